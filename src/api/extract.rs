@@ -1,0 +1,127 @@
+//! Request extractors whose every failure is one of our JSON errors (never actix's plain text):
+//! a JSON body with field paths for 422, and query strings.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::dev::Payload;
+use actix_web::error::{PayloadError, QueryPayloadError};
+use actix_web::http::header;
+use actix_web::{FromRequest, HttpRequest, web};
+use serde::de::DeserializeOwned;
+
+use crate::error::{ApiError, FieldError};
+
+/// A JSON request body. An empty body counts as `{}` so `curl -X POST` works where every
+/// field is optional; a required field then gives a 422 naming it.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+/// The largest body `JsonBody` reads, set from `api.max_body_kb`.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let limit = req
+            .app_data::<BodyLimit>()
+            .map(|l| l.0)
+            .unwrap_or(1024 * 1024);
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let declared_len = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let body = web::Bytes::from_request(req, payload);
+        Box::pin(async move {
+            if declared_len.is_some_and(|n| n > limit) {
+                return Err(too_large(limit));
+            }
+            let bytes = body.await.map_err(|e| match e.as_error::<PayloadError>() {
+                Some(PayloadError::Overflow) => too_large(limit),
+                _ => ApiError::InvalidRequest(format!("cannot read the request body: {e}")),
+            })?;
+            if bytes.len() > limit {
+                return Err(too_large(limit));
+            }
+            let data: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+                b"{}"
+            } else {
+                &bytes
+            };
+            if data != b"{}" && !is_json(content_type.as_deref()) {
+                return Err(ApiError::UnsupportedMediaType(
+                    "Content-Type must be application/json".into(),
+                ));
+            }
+            let mut de = serde_json::Deserializer::from_slice(data);
+            let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                if inner.is_data() {
+                    let field = if path.is_empty() || path == "." {
+                        "body".to_string()
+                    } else {
+                        path
+                    };
+                    ApiError::Validation(vec![FieldError::new(
+                        field,
+                        strip_position(&inner.to_string()),
+                    )])
+                } else {
+                    ApiError::InvalidRequest(format!("Malformed JSON: {inner}"))
+                }
+            })?;
+            de.end()
+                .map_err(|e| ApiError::InvalidRequest(format!("Malformed JSON: {e}")))?;
+            Ok(JsonBody(value))
+        })
+    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::PayloadTooLarge(format!("Request body is larger than {} KiB", limit / 1024))
+}
+
+fn is_json(content_type: Option<&str>) -> bool {
+    content_type.is_some_and(|ct| {
+        let essence = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        essence == "application/json"
+            || (essence.starts_with("application/") && essence.ends_with("+json"))
+    })
+}
+
+/// serde_json appends " at line 1 column 9" to data errors; the field path says more.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+/// Query-string errors as 422 with the message serde gives.
+pub fn query_error(err: QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
+    let message = match &err {
+        QueryPayloadError::Deserialize(e) => e.to_string(),
+        other => other.to_string(),
+    };
+    ApiError::Validation(vec![FieldError::new("query", message)]).into()
+}
+
+/// Path-segment errors: the resource does not exist under that name.
+pub fn path_error(err: actix_web::error::PathError, _: &HttpRequest) -> actix_web::Error {
+    ApiError::NotFound(format!("No such resource: {err}")).into()
+}

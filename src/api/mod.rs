@@ -1,0 +1,41 @@
+//! HTTP handlers, grouped by resource; each module has one `configure`.
+
+pub mod extract;
+pub mod middleware;
+mod service;
+mod sessions;
+mod users;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use crate::error::ApiError;
+
+pub type ApiResult = Result<HttpResponse, ApiError>;
+
+/// Every route: `/api/v1/...`, the service endpoints, and JSON for unknown routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/api/v1")
+            .configure(sessions::configure)
+            .configure(users::configure),
+    )
+    .configure(service::configure);
+}
+
+/// A resource whose wrong-method answer is our JSON 405, not actix's empty one.
+pub fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+async fn method_not_allowed() -> ApiResult {
+    Err(ApiError::MethodNotAllowed)
+}
+
+/// The answer for a path no route matches.
+pub async fn not_found(req: HttpRequest) -> ApiResult {
+    Err(ApiError::NotFound(format!(
+        "No route for {} {}",
+        req.method(),
+        req.path()
+    )))
+}

@@ -1,0 +1,106 @@
+//! Service endpoints outside `/api/v1`: `/health` and `/`.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Serialize;
+
+use super::resource;
+use crate::actors::GetStats;
+use crate::startup::AppState;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/health").route(web::get().to(get_health)))
+        .service(resource("/").route(web::get().to(get_root)));
+}
+
+#[derive(Debug, Serialize)]
+struct CliInfo {
+    path: String,
+    found: bool,
+    version: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Health {
+    status: &'static str,
+    version: &'static str,
+    active_sessions: i64,
+    in_memory_clients: usize,
+    memory_mb: u64,
+    storage_type: &'static str,
+    uptime_seconds: u64,
+    cli: CliInfo,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// 200 `healthy`, or 503 `unhealthy` with `error` when storage does not answer.
+async fn get_health(state: web::Data<AppState>) -> HttpResponse {
+    let stats = state.registry.send(GetStats).await.ok();
+    let (active_sessions, error) = match state.storage.count_open_sessions().await {
+        Ok(n) => (n, None),
+        Err(e) => (0, Some(e.to_string())),
+    };
+    let cli = crate::cli::locate(&state.settings.cli.path);
+    let body = Health {
+        status: if error.is_none() {
+            "healthy"
+        } else {
+            "unhealthy"
+        },
+        version: env!("CARGO_PKG_VERSION"),
+        active_sessions,
+        in_memory_clients: stats.map(|s| s.live_sessions).unwrap_or(0),
+        memory_mb: stats.map(|s| s.memory.total_mb()).unwrap_or(0),
+        storage_type: state.storage.kind().as_str(),
+        uptime_seconds: state.started_at.elapsed().as_secs(),
+        cli: CliInfo {
+            found: cli.is_some(),
+            path: cli
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| state.settings.cli.path.clone()),
+            version: None,
+        },
+        error,
+    };
+    if body.error.is_some() {
+        HttpResponse::ServiceUnavailable()
+            .insert_header((header::RETRY_AFTER, 5))
+            .json(body)
+    } else {
+        HttpResponse::Ok().json(body)
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct ServiceInfo {
+    name: &'static str,
+    version: &'static str,
+    docs: &'static str,
+    health: &'static str,
+}
+
+const CONSOLE_PLACEHOLDER: &str = "<!doctype html><html lang=en><meta charset=utf-8>\
+<title>claude-agent-http</title><h1>claude-agent-http</h1>\
+<p>The HTTP API is under <code>/api/v1</code>. Service health: <a href=/health>/health</a>.</p></html>";
+
+/// Browsers (`Accept: text/html`) get a page; other clients the seed's JSON.
+async fn get_root(req: HttpRequest) -> HttpResponse {
+    let wants_html = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"));
+    if wants_html {
+        HttpResponse::Ok()
+            .content_type("text/html; charset=utf-8")
+            .body(CONSOLE_PLACEHOLDER)
+    } else {
+        HttpResponse::Ok().json(ServiceInfo {
+            name: "claude-agent-http",
+            version: env!("CARGO_PKG_VERSION"),
+            docs: "/docs",
+            health: "/health",
+        })
+    }
+}

@@ -1,0 +1,184 @@
+//! Who is calling: the [`Caller`] extractor every `/api/v1` handler asks for.
+
+pub mod admin;
+pub mod keys;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{FromRequest, HttpRequest, web};
+
+use crate::error::ApiError;
+use crate::settings::AuthMode;
+use crate::startup::AppState;
+use crate::storage::Storage;
+pub use admin::AdminKey;
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// A user key: acts as this user only.
+    User(String),
+    /// The admin key: may act for any user.
+    Admin,
+    /// `auth.mode = "none"`: the seed's trusted mode, the user comes from the request.
+    Open,
+}
+
+impl Caller {
+    /// The user a request acts for. A user key may omit `requested` or repeat its own id
+    /// (another one is 403); admin and open callers must name one.
+    pub fn acting_user(&self, requested: Option<&str>) -> Result<String, ApiError> {
+        let requested = requested.filter(|u| !u.is_empty());
+        match (self, requested) {
+            (Caller::User(own), None) => Ok(own.clone()),
+            (Caller::User(own), Some(other)) if other == own => Ok(own.clone()),
+            (Caller::User(_), Some(_)) => Err(ApiError::Forbidden(
+                "A user key can only act for its own user".into(),
+            )),
+            (Caller::Admin | Caller::Open, Some(user)) => {
+                crate::sessions::workspace::validate_user_id(user)?;
+                Ok(user.to_string())
+            }
+            (Caller::Admin | Caller::Open, None) => {
+                Err(ApiError::validation("user_id", "is required"))
+            }
+        }
+    }
+
+    /// The user whose resources a listing may show: a user key sees only its own
+    /// (naming another is 403); admin and open callers see all unless they filter.
+    pub fn visible_user(&self, requested: Option<&str>) -> Result<Option<String>, ApiError> {
+        match self {
+            Caller::User(_) => self.acting_user(requested).map(Some),
+            Caller::Admin | Caller::Open => {
+                Ok(requested.filter(|u| !u.is_empty()).map(str::to_string))
+            }
+        }
+    }
+
+    /// Whether the caller may see a resource owned by `owner`. A foreign session must look
+    /// exactly like a missing one, so callers turn `false` into a 404.
+    pub fn may_access(&self, owner: &str) -> bool {
+        match self {
+            Caller::User(own) => own == owner,
+            Caller::Admin | Caller::Open => true,
+        }
+    }
+
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        match self {
+            Caller::Admin => Ok(()),
+            Caller::Open => Err(ApiError::Forbidden(
+                "User management needs auth.mode = \"api_key\"".into(),
+            )),
+            Caller::User(_) => Err(ApiError::Forbidden("This needs the admin key".into())),
+        }
+    }
+}
+
+/// What authentication needs at request time.
+#[derive(Debug, Clone)]
+pub struct Authenticator {
+    pub mode: AuthMode,
+    pub admin: AdminKey,
+}
+
+impl Authenticator {
+    /// Resolves a presented key to a caller. Every failure is the same 401, so a client cannot
+    /// tell a revoked key from an unknown one.
+    pub async fn authenticate(
+        &self,
+        storage: &Storage,
+        presented: Option<&str>,
+    ) -> Result<Caller, ApiError> {
+        if self.mode == AuthMode::None {
+            return Ok(Caller::Open);
+        }
+        let presented = presented.ok_or_else(|| {
+            ApiError::Unauthorized(
+                "Missing API key: send `Authorization: Bearer <key>` or `X-API-Key`".into(),
+            )
+        })?;
+        let invalid = || ApiError::Unauthorized("Invalid or revoked API key".into());
+        let hash = keys::hash_key(presented);
+        if let AdminKey::Configured { hash: admin_hash } = &self.admin
+            && keys::hashes_match(&hash, admin_hash)
+        {
+            return Ok(Caller::Admin);
+        }
+        let key_id = keys::key_id_of(presented).ok_or_else(invalid)?;
+        let row = storage.find_key(key_id).await?.ok_or_else(invalid)?;
+        if row.revoked_at.is_some() || !keys::hashes_match(&hash, &row.key_hash) {
+            return Err(invalid());
+        }
+        match (row.is_admin, row.user_id) {
+            (true, _) if matches!(self.admin, AdminKey::Stored) => Ok(Caller::Admin),
+            (false, Some(user)) => Ok(Caller::User(user)),
+            _ => Err(invalid()),
+        }
+    }
+}
+
+/// The key a request carries: `Authorization: Bearer <key>` or `X-API-Key: <key>`.
+pub fn presented_key(req: &HttpRequest) -> Option<&str> {
+    let headers = req.headers();
+    if let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let mut parts = value.splitn(2, ' ');
+        if let (Some(scheme), Some(token)) = (parts.next(), parts.next())
+            && scheme.eq_ignore_ascii_case("bearer")
+        {
+            return Some(token.trim()).filter(|t| !t.is_empty());
+        }
+    }
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Caller, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let presented = presented_key(req).map(str::to_owned);
+        Box::pin(async move {
+            let state =
+                state.ok_or_else(|| ApiError::Internal("application state missing".into()))?;
+            state
+                .authenticator
+                .authenticate(&state.storage, presented.as_deref())
+                .await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_keys_act_only_for_their_user() {
+        let c = Caller::User("alice".into());
+        assert_eq!(c.acting_user(None).unwrap(), "alice");
+        assert_eq!(c.acting_user(Some("alice")).unwrap(), "alice");
+        assert_eq!(c.acting_user(Some("bob")).unwrap_err().code(), "forbidden");
+        assert!(c.may_access("alice") && !c.may_access("bob"));
+        assert_eq!(
+            Caller::Admin.acting_user(None).unwrap_err().code(),
+            "validation_error"
+        );
+        assert_eq!(
+            Caller::Open.acting_user(Some("../x")).unwrap_err().code(),
+            "validation_error"
+        );
+    }
+}

@@ -1,0 +1,262 @@
+//! The one error type of the HTTP API. Every variant maps to a status and a stable code in
+//! [`ApiError::status_and_code`]; the body is always
+//! `{"error": {"code", "message", "fields"?}, "detail": message}`.
+
+use std::fmt;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::storage::StorageError;
+
+/// One invalid field of a request (422 `validation_error`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApiError {
+    InvalidRequest(String),
+    InvalidPath(String),
+    Unauthorized(String),
+    Forbidden(String),
+    SessionNotFound,
+    UserNotFound,
+    NotFound(String),
+    MethodNotAllowed,
+    UserExists,
+    SessionClosed,
+    NoTurnRunning,
+    SessionExpired,
+    PayloadTooLarge(String),
+    UnsupportedMediaType(String),
+    Validation(Vec<FieldError>),
+    SessionBusy,
+    QuotaExceeded {
+        message: String,
+        retry_after_secs: u64,
+    },
+    CliFailed(String),
+    MemoryPressure {
+        message: String,
+        retry_after_secs: u64,
+    },
+    Overloaded {
+        retry_after_secs: u64,
+    },
+    StorageUnavailable(String),
+    TurnTimeout(String),
+    Internal(String),
+}
+
+impl ApiError {
+    /// The table: status and stable code of every error the API returns.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        use ApiError::*;
+        match self {
+            InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            InvalidPath(_) => (StatusCode::BAD_REQUEST, "invalid_path"),
+            Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            SessionNotFound => (StatusCode::NOT_FOUND, "session_not_found"),
+            UserNotFound => (StatusCode::NOT_FOUND, "user_not_found"),
+            NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            UserExists => (StatusCode::CONFLICT, "user_exists"),
+            SessionClosed => (StatusCode::CONFLICT, "session_closed"),
+            NoTurnRunning => (StatusCode::CONFLICT, "no_turn_running"),
+            SessionExpired => (StatusCode::GONE, "session_expired"),
+            PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"),
+            SessionBusy => (StatusCode::TOO_MANY_REQUESTS, "session_busy"),
+            QuotaExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
+            CliFailed(_) => (StatusCode::BAD_GATEWAY, "cli_failed"),
+            MemoryPressure { .. } => (StatusCode::SERVICE_UNAVAILABLE, "memory_pressure"),
+            Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            StorageUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
+            TurnTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "turn_timeout"),
+            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.status_and_code().1
+    }
+
+    /// Seconds a client should wait before trying again (sent as `Retry-After`).
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            ApiError::SessionBusy => Some(1),
+            ApiError::QuotaExceeded {
+                retry_after_secs, ..
+            }
+            | ApiError::MemoryPressure {
+                retry_after_secs, ..
+            }
+            | ApiError::Overloaded { retry_after_secs } => Some((*retry_after_secs).max(1)),
+            ApiError::StorageUnavailable(_) => Some(5),
+            _ => None,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        use ApiError::*;
+        match self {
+            InvalidRequest(m) | InvalidPath(m) | Unauthorized(m) | Forbidden(m) | NotFound(m) => {
+                m.clone()
+            }
+            PayloadTooLarge(m) | UnsupportedMediaType(m) | CliFailed(m) | TurnTimeout(m) => {
+                m.clone()
+            }
+            QuotaExceeded { message, .. } | MemoryPressure { message, .. } => message.clone(),
+            SessionNotFound => "Session not found".into(),
+            UserNotFound => "User not found".into(),
+            MethodNotAllowed => "Method not allowed on this route".into(),
+            UserExists => "User already exists".into(),
+            SessionClosed => "Session is closed; resume it first".into(),
+            NoTurnRunning => "No turn is running in this session".into(),
+            SessionExpired => "Session has expired".into(),
+            Validation(fields) => match fields.as_slice() {
+                [one] => format!("Invalid field `{}`: {}", one.field, one.message),
+                _ => format!("{} invalid fields", fields.len()),
+            },
+            SessionBusy => "A turn is already running in this session".into(),
+            Overloaded { .. } => "Too many turns are running; try again shortly".into(),
+            StorageUnavailable(m) => format!("Storage is unavailable: {m}"),
+            // Internal details go to the log, not to the client.
+            Internal(_) => "Internal server error".into(),
+        }
+    }
+
+    pub fn validation(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::Validation(vec![FieldError::new(field, message)])
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code(), self.message())
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorInner<'a>,
+    detail: &'a str,
+}
+
+#[derive(Serialize)]
+struct ErrorInner<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fields: Option<&'a [FieldError]>,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status_and_code().0
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (status, code) = self.status_and_code();
+        if let ApiError::Internal(detail) = self {
+            log::error!("internal error: {detail}");
+        }
+        let message = self.message();
+        let fields = match self {
+            ApiError::Validation(f) => Some(f.as_slice()),
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: ErrorInner {
+                code,
+                message: &message,
+                fields,
+            },
+            detail: &message,
+        };
+        let mut response = HttpResponse::build(status);
+        if let Some(secs) = self.retry_after_secs() {
+            response.insert_header((header::RETRY_AFTER, HeaderValue::from(secs)));
+        }
+        response.json(body)
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Unavailable(m) => ApiError::StorageUnavailable(m),
+            StorageError::Conflict(m) | StorageError::Query(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+impl From<actix::MailboxError> for ApiError {
+    fn from(e: actix::MailboxError) -> Self {
+        ApiError::Internal(format!("actor mailbox: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::MessageBody;
+
+    #[test]
+    fn body_has_code_message_and_detail() {
+        let resp = ApiError::SessionNotFound.error_response();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        let bytes = resp.into_body().try_into_bytes().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["error"]["code"], "session_not_found");
+        assert_eq!(v["detail"], "Session not found");
+    }
+
+    #[test]
+    fn service_unavailable_and_quota_carry_retry_after() {
+        for e in [
+            ApiError::StorageUnavailable("down".into()),
+            ApiError::MemoryPressure {
+                message: "m".into(),
+                retry_after_secs: 5,
+            },
+            ApiError::QuotaExceeded {
+                message: "q".into(),
+                retry_after_secs: 10,
+            },
+        ] {
+            let resp = e.error_response();
+            assert!(resp.headers().contains_key(header::RETRY_AFTER), "{e}");
+        }
+        assert!(
+            !ApiError::SessionNotFound
+                .error_response()
+                .headers()
+                .contains_key(header::RETRY_AFTER)
+        );
+    }
+
+    #[test]
+    fn internal_details_are_not_sent() {
+        let e = ApiError::Internal("secret path /x".into());
+        assert!(!e.message().contains("secret"));
+    }
+}

@@ -1,0 +1,815 @@
+//! Settings: `Settings.toml` (or `--config` / `CLAUDE_AGENT_CONFIG`), overridden by the
+//! environment (`CLAUDE_AGENT_<SECTION>__<KEY>` and the seed's variable names).
+//! Precedence is total: environment > file > built-in defaults.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variable that names the settings file.
+pub const CONFIG_ENV: &str = "CLAUDE_AGENT_CONFIG";
+/// File read when neither `--config` nor `CLAUDE_AGENT_CONFIG` names one (if it exists).
+pub const DEFAULT_CONFIG_FILE: &str = "Settings.toml";
+const ENV_PREFIX: &str = "CLAUDE_AGENT_";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// SDK-level plugins passed to every session (the CLI's `--plugin-dir` entries).
+    pub plugins: Vec<String>,
+    pub api: ApiSettings,
+    pub user: UserSettings,
+    pub session: SessionSettings,
+    pub defaults: AgentDefaults,
+    /// MCP servers given to every session, in the CLI's `mcpServers` shape.
+    pub mcp_servers: BTreeMap<String, serde_json::Value>,
+    pub auth: AuthSettings,
+    pub cli: CliSettings,
+    pub sandbox: SandboxSettings,
+    pub permissions: PermissionSettings,
+    pub files: FileSettings,
+    pub events: EventSettings,
+    pub memory: MemorySettings,
+    pub data: DataSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSettings {
+    pub host: String,
+    pub port: u16,
+    pub cors_origins: Vec<String>,
+    pub max_sessions: u32,
+    pub max_sessions_per_user: u32,
+    pub max_concurrent_requests: u32,
+    pub memory_limit_mb: u64,
+    pub idle_session_timeout: u64,
+    pub queue_timeout: u64,
+    pub shutdown_grace: u64,
+    pub max_body_kb: usize,
+    pub workers: usize,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8000,
+            cors_origins: Vec::new(),
+            max_sessions: 20,
+            max_sessions_per_user: 5,
+            max_concurrent_requests: 5,
+            memory_limit_mb: 7168,
+            idle_session_timeout: 600,
+            queue_timeout: 30,
+            shutdown_grace: 30,
+            max_body_kb: 1024,
+            workers: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserSettings {
+    pub base_dir: PathBuf,
+    pub auto_create_dir: bool,
+}
+
+impl Default for UserSettings {
+    fn default() -> Self {
+        Self {
+            base_dir: "users".into(),
+            auto_create_dir: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    Sqlite,
+    Postgresql,
+    Memory,
+}
+
+impl StorageKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageKind::Sqlite => "sqlite",
+            StorageKind::Postgresql => "postgresql",
+            StorageKind::Memory => "memory",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionSettings {
+    pub storage: StorageKind,
+    pub ttl: u64,
+    pub sqlite_path: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    pub pool_size: usize,
+    pub overridable: Vec<String>,
+}
+
+/// Session options a create request may override unless `session.overridable` says otherwise.
+pub const DEFAULT_OVERRIDABLE: &[&str] = &[
+    "system_prompt",
+    "append_system_prompt",
+    "model",
+    "permission_mode",
+    "allowed_tools",
+    "disallowed_tools",
+    "max_turns",
+    "max_budget_usd",
+];
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        Self {
+            storage: StorageKind::Sqlite,
+            ttl: 3600,
+            sqlite_path: "data/claude-agent-http.db".into(),
+            database_url: None,
+            pool_size: 8,
+            overridable: DEFAULT_OVERRIDABLE.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PermissionMode {
+    Default,
+    AcceptEdits,
+    Plan,
+    BypassPermissions,
+    DontAsk,
+    Auto,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentDefaults {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_prompt: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub append_system_prompt: Option<String>,
+    pub permission_mode: PermissionMode,
+    pub allowed_tools: Vec<String>,
+    pub disallowed_tools: Vec<String>,
+    pub setting_sources: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    pub max_turns: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_budget_usd: Option<f64>,
+}
+
+impl Default for AgentDefaults {
+    fn default() -> Self {
+        Self {
+            system_prompt: None,
+            append_system_prompt: None,
+            permission_mode: PermissionMode::BypassPermissions,
+            allowed_tools: Vec::new(),
+            disallowed_tools: Vec::new(),
+            setting_sources: vec!["user".into(), "project".into()],
+            model: None,
+            max_turns: 50,
+            max_budget_usd: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    ApiKey,
+    None,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    pub mode: AuthMode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_key: Option<String>,
+    pub allow_unauthenticated_remote: bool,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::ApiKey,
+            admin_key: None,
+            allow_unauthenticated_remote: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CliSettings {
+    pub path: String,
+    pub env: BTreeMap<String, String>,
+    pub stop_grace: u64,
+    pub max_rss_mb: u64,
+}
+
+impl Default for CliSettings {
+    fn default() -> Self {
+        Self {
+            path: "claude".into(),
+            env: BTreeMap::new(),
+            stop_grace: 5,
+            max_rss_mb: 2048,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxMode {
+    Auto,
+    Landlock,
+    Off,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxSettings {
+    pub mode: SandboxMode,
+}
+
+impl Default for SandboxSettings {
+    fn default() -> Self {
+        Self {
+            mode: SandboxMode::Auto,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PermissionSettings {
+    pub timeout: u64,
+}
+
+impl Default for PermissionSettings {
+    fn default() -> Self {
+        Self { timeout: 300 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileSettings {
+    pub max_upload_mb: u64,
+}
+
+impl Default for FileSettings {
+    fn default() -> Self {
+        Self { max_upload_mb: 50 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventSettings {
+    pub replay: u32,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        Self { replay: 1000 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemorySettings {
+    pub check_interval: u64,
+}
+
+impl Default for MemorySettings {
+    fn default() -> Self {
+        Self { check_interval: 5 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSettings {
+    pub dir: PathBuf,
+}
+
+impl Default for DataSettings {
+    fn default() -> Self {
+        Self { dir: "data".into() }
+    }
+}
+
+/// Why the settings could not be loaded: always one line that names the key or file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingsError(pub String);
+
+impl fmt::Display for SettingsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SettingsError {}
+
+fn err(msg: impl Into<String>) -> SettingsError {
+    SettingsError(msg.into().replace('\n', " "))
+}
+
+/// The seed's variable names and the key each one sets.
+const SEED_ENV: &[(&str, &str, &str)] = &[
+    ("CLAUDE_AGENT_USER_BASE_DIR", "user", "base_dir"),
+    ("CLAUDE_AGENT_SESSION_STORAGE", "session", "storage"),
+    ("CLAUDE_AGENT_SESSION_TTL", "session", "ttl"),
+    ("CLAUDE_AGENT_SESSION_SQLITE_PATH", "session", "sqlite_path"),
+    ("CLAUDE_AGENT_API_PORT", "api", "port"),
+    ("CLAUDE_AGENT_MAX_SESSIONS", "api", "max_sessions"),
+    (
+        "CLAUDE_AGENT_MAX_SESSIONS_PER_USER",
+        "api",
+        "max_sessions_per_user",
+    ),
+    (
+        "CLAUDE_AGENT_MAX_CONCURRENT",
+        "api",
+        "max_concurrent_requests",
+    ),
+    ("CLAUDE_AGENT_MEMORY_LIMIT_MB", "api", "memory_limit_mb"),
+    (
+        "CLAUDE_AGENT_IDLE_SESSION_TIMEOUT",
+        "api",
+        "idle_session_timeout",
+    ),
+    ("CLAUDE_AGENT_CLI_PATH", "cli", "path"),
+    ("CLAUDE_AGENT_ADMIN_KEY", "auth", "admin_key"),
+];
+
+/// Seed variables that together make `session.database_url` when it is not set.
+const SEED_PG_ENV: &[&str] = &[
+    "CLAUDE_AGENT_SESSION_PG_HOST",
+    "CLAUDE_AGENT_SESSION_PG_PORT",
+    "CLAUDE_AGENT_SESSION_PG_DATABASE",
+    "CLAUDE_AGENT_SESSION_PG_USER",
+    "CLAUDE_AGENT_SESSION_PG_PASSWORD",
+];
+
+/// Variables with the prefix that are not settings keys.
+const NON_KEY_ENV: &[&str] = &[CONFIG_ENV];
+
+impl Settings {
+    /// Loads settings from the process environment and the file it names (or `explicit`).
+    pub fn load(explicit: Option<&Path>) -> Result<Settings, SettingsError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let file = match explicit {
+            Some(p) => Some(p.to_path_buf()),
+            None => match env.iter().find(|(k, _)| k == CONFIG_ENV) {
+                Some((_, v)) if !v.is_empty() => Some(PathBuf::from(v)),
+                _ => {
+                    let p = PathBuf::from(DEFAULT_CONFIG_FILE);
+                    p.exists().then_some(p)
+                }
+            },
+        };
+        let text = match &file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .map_err(|e| err(format!("cannot read settings file {}: {e}", p.display())))?,
+            ),
+            None => None,
+        };
+        Self::from_sources(text.as_deref(), file.as_deref(), &env)
+    }
+
+    /// Builds settings from a file's text (if any) and environment pairs; pure, for tests.
+    pub fn from_sources(
+        file_text: Option<&str>,
+        file_name: Option<&Path>,
+        env: &[(String, String)],
+    ) -> Result<Settings, SettingsError> {
+        let file_label = file_name
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "settings".into());
+        let mut table = match file_text {
+            Some(text) => parse_file(text, &file_label)?,
+            None => toml::Table::new(),
+        };
+        let defaults = toml::Table::try_from(Settings::default())
+            .map_err(|e| err(format!("internal: cannot serialise defaults: {e}")))?;
+
+        // The `__` form is more specific than a seed name, so it is applied last and wins.
+        let mut seed = Vec::new();
+        let mut specific = Vec::new();
+        let mut pg = BTreeMap::new();
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if let Some(&(_, section, key)) = SEED_ENV.iter().find(|(n, _, _)| n == name) {
+                seed.push((
+                    name.as_str(),
+                    section.to_string(),
+                    key.to_string(),
+                    value.as_str(),
+                ));
+            } else if SEED_PG_ENV.contains(&name.as_str()) {
+                pg.insert(name.as_str(), value.as_str());
+            } else if let Some((section, key)) = rest.split_once("__") {
+                specific.push((
+                    name.as_str(),
+                    section.to_lowercase(),
+                    key.to_lowercase(),
+                    value.as_str(),
+                ));
+            } else if !NON_KEY_ENV.contains(&name.as_str()) {
+                log::debug!("ignoring environment variable {name}: not a settings key");
+            }
+        }
+        for (name, section, key, value) in seed.into_iter().chain(specific) {
+            apply_env(&mut table, &defaults, name, &section, &key, value)?;
+        }
+        if !pg.is_empty() {
+            let has_url = table
+                .get("session")
+                .and_then(|s| s.get("database_url"))
+                .and_then(|v| v.as_str())
+                .is_some_and(|s| !s.is_empty());
+            if !has_url {
+                let url = postgres_url_from_seed(&pg);
+                let session = table
+                    .entry("session")
+                    .or_insert_with(|| toml::Value::Table(Default::default()));
+                if let Some(t) = session.as_table_mut() {
+                    t.insert("database_url".into(), toml::Value::String(url));
+                }
+            }
+        }
+
+        let settings: Settings = serde_path_to_error::deserialize(table).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            if path.is_empty() || path == "." {
+                err(format!("invalid settings ({file_label}): {inner}"))
+            } else {
+                err(format!(
+                    "invalid setting `{path}` ({file_label} or environment): {inner}"
+                ))
+            }
+        })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Range and consistency checks serde cannot express.
+    fn validate(&self) -> Result<(), SettingsError> {
+        let positive: &[(&str, u64)] = &[
+            ("api.max_sessions", self.api.max_sessions.into()),
+            (
+                "api.max_sessions_per_user",
+                self.api.max_sessions_per_user.into(),
+            ),
+            (
+                "api.max_concurrent_requests",
+                self.api.max_concurrent_requests.into(),
+            ),
+            ("api.memory_limit_mb", self.api.memory_limit_mb),
+            ("api.max_body_kb", self.api.max_body_kb as u64),
+            ("api.workers", self.api.workers as u64),
+            ("session.pool_size", self.session.pool_size as u64),
+            ("memory.check_interval", self.memory.check_interval),
+            ("permissions.timeout", self.permissions.timeout),
+            ("files.max_upload_mb", self.files.max_upload_mb),
+        ];
+        for (key, value) in positive {
+            if *value == 0 {
+                return Err(err(format!(
+                    "invalid setting `{key}`: must be greater than 0"
+                )));
+            }
+        }
+        if self.api.host.trim().is_empty() {
+            return Err(err("invalid setting `api.host`: must not be empty"));
+        }
+        if self.cli.path.trim().is_empty() {
+            return Err(err("invalid setting `cli.path`: must not be empty"));
+        }
+        for name in &self.session.overridable {
+            if !crate::sessions::options::OPTION_NAMES.contains(&name.as_str()) {
+                return Err(err(format!(
+                    "invalid setting `session.overridable`: unknown option `{name}` (known: {})",
+                    crate::sessions::options::OPTION_NAMES.join(", ")
+                )));
+            }
+        }
+        if self.session.storage == StorageKind::Postgresql
+            && self
+                .session
+                .database_url
+                .as_deref()
+                .is_none_or(str::is_empty)
+        {
+            return Err(err(
+                "invalid setting `session.database_url`: required when session.storage = \"postgresql\" \
+                 (or set CLAUDE_AGENT_SESSION_PG_HOST and friends)",
+            ));
+        }
+        if let Some(max) = self.defaults.max_budget_usd
+            && !(max > 0.0)
+        {
+            return Err(err(
+                "invalid setting `defaults.max_budget_usd`: must be greater than 0",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The `host:port` the server binds.
+    pub fn bind_address(&self) -> String {
+        format!("{}:{}", self.api.host, self.api.port)
+    }
+}
+
+fn parse_file(text: &str, label: &str) -> Result<toml::Table, SettingsError> {
+    text.parse::<toml::Table>().map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
+            .unwrap_or(0);
+        err(format!(
+            "invalid settings file {label} (line {line}): {}",
+            e.message().trim()
+        ))
+    })
+}
+
+/// Applies one environment override, typed after the key's default (or file) value.
+fn apply_env(
+    table: &mut toml::Table,
+    defaults: &toml::Table,
+    name: &str,
+    section: &str,
+    key: &str,
+    raw: &str,
+) -> Result<(), SettingsError> {
+    let template = defaults
+        .get(section)
+        .and_then(|s| s.as_table())
+        .and_then(|t| t.get(key));
+    let known_section = defaults.get(section).is_some_and(|s| s.is_table());
+    if !known_section {
+        return Err(err(format!(
+            "unknown settings section `{section}` in environment variable {name}"
+        )));
+    }
+    let value = typed_env_value(template, raw).map_err(|why| {
+        err(format!(
+            "invalid value for `{section}.{key}` in {name}: {why}"
+        ))
+    })?;
+    let entry = table
+        .entry(section.to_string())
+        .or_insert_with(|| toml::Value::Table(Default::default()));
+    match entry.as_table_mut() {
+        Some(t) => {
+            t.insert(key.to_string(), value);
+            Ok(())
+        }
+        None => Err(err(format!(
+            "settings `{section}` is not a table, cannot apply {name}"
+        ))),
+    }
+}
+
+fn typed_env_value(template: Option<&toml::Value>, raw: &str) -> Result<toml::Value, String> {
+    use toml::Value;
+    let literal = || -> Option<Value> {
+        format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+    };
+    Ok(match template {
+        Some(Value::String(_)) => Value::String(raw.to_string()),
+        Some(Value::Integer(_)) => Value::Integer(
+            raw.trim()
+                .parse()
+                .map_err(|_| format!("expected an integer, got {raw:?}"))?,
+        ),
+        Some(Value::Float(_)) => Value::Float(
+            raw.trim()
+                .parse()
+                .map_err(|_| format!("expected a number, got {raw:?}"))?,
+        ),
+        Some(Value::Boolean(_)) => Value::Boolean(match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" => false,
+            _ => return Err(format!("expected true or false, got {raw:?}")),
+        }),
+        Some(Value::Array(_)) => match literal() {
+            Some(v @ Value::Array(_)) => v,
+            _ => Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| Value::String(s.to_string()))
+                    .collect(),
+            ),
+        },
+        Some(Value::Table(_)) => match literal() {
+            Some(v @ Value::Table(_)) => v,
+            _ => return Err("expected an inline table like {a = \"b\"}".into()),
+        },
+        // No default to copy the type from (an optional key): a TOML literal, else a string.
+        _ => match literal() {
+            Some(v) => v,
+            None => Value::String(raw.to_string()),
+        },
+    })
+}
+
+fn postgres_url_from_seed(pg: &BTreeMap<&str, &str>) -> String {
+    let get = |k: &str, d: &str| {
+        pg.get(k)
+            .copied()
+            .filter(|v| !v.is_empty())
+            .unwrap_or(d)
+            .to_string()
+    };
+    let host = get("CLAUDE_AGENT_SESSION_PG_HOST", "localhost");
+    let port = get("CLAUDE_AGENT_SESSION_PG_PORT", "5432");
+    let db = get("CLAUDE_AGENT_SESSION_PG_DATABASE", "claude_agent");
+    let user = get("CLAUDE_AGENT_SESSION_PG_USER", "postgres");
+    let password = get("CLAUDE_AGENT_SESSION_PG_PASSWORD", "");
+    let auth = if password.is_empty() {
+        percent_encode(&user)
+    } else {
+        format!("{}:{}", percent_encode(&user), percent_encode(&password))
+    };
+    format!("postgres://{auth}@{host}:{port}/{}", percent_encode(&db))
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986) for a URL's userinfo or path.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_without_a_file() {
+        let s = Settings::from_sources(None, None, &[]).expect("defaults are valid");
+        assert_eq!(s.api.port, 8000);
+        assert_eq!(s.session.storage, StorageKind::Sqlite);
+    }
+
+    #[test]
+    fn shipped_settings_file_equals_the_defaults() {
+        let text = include_str!("../Settings.toml");
+        let s = Settings::from_sources(Some(text), None, &[]).expect("Settings.toml is valid");
+        let a = toml::Table::try_from(&s).unwrap();
+        let b = toml::Table::try_from(Settings::default()).unwrap();
+        assert_eq!(
+            a, b,
+            "Settings.toml must state exactly the built-in defaults"
+        );
+    }
+
+    #[test]
+    fn unknown_file_key_is_named() {
+        let e = Settings::from_sources(Some("[api]\nprot = 1\n"), None, &[]).unwrap_err();
+        assert!(e.0.contains("prot"), "{e}");
+        assert!(!e.0.contains('\n'));
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let e = Settings::from_sources(Some("[api]\nport = \"x\"\n"), None, &[]).unwrap_err();
+        assert!(e.0.contains("api.port"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_gives_the_line() {
+        let e = Settings::from_sources(Some("[api]\nport = = 1\n"), None, &[]).unwrap_err();
+        assert!(e.0.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_file_and_seed_names_work() {
+        let s = Settings::from_sources(
+            Some("[api]\nport = 9000\nmax_sessions = 3\n"),
+            None,
+            &env(&[
+                ("CLAUDE_AGENT_API__PORT", "9100"),
+                ("CLAUDE_AGENT_MAX_SESSIONS", "7"),
+                ("CLAUDE_AGENT_API__CORS_ORIGINS", "http://a, http://b"),
+                ("CLAUDE_AGENT_DEFAULTS__MODEL", "claude-x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.api.port, 9100);
+        assert_eq!(s.api.max_sessions, 7);
+        assert_eq!(s.api.cors_origins, vec!["http://a", "http://b"]);
+        assert_eq!(s.defaults.model.as_deref(), Some("claude-x"));
+    }
+
+    #[test]
+    fn specific_env_name_beats_seed_name() {
+        let s = Settings::from_sources(
+            None,
+            None,
+            &env(&[
+                ("CLAUDE_AGENT_API__PORT", "9200"),
+                ("CLAUDE_AGENT_API_PORT", "9300"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.api.port, 9200);
+    }
+
+    #[test]
+    fn unknown_env_key_and_bad_env_value_are_named() {
+        let e = Settings::from_sources(None, None, &env(&[("CLAUDE_AGENT_API__PROT", "1")]))
+            .unwrap_err();
+        assert!(e.0.contains("prot"), "{e}");
+        let e =
+            Settings::from_sources(None, None, &env(&[("CLAUDE_AGENT_NOPE__X", "1")])).unwrap_err();
+        assert!(e.0.contains("CLAUDE_AGENT_NOPE__X"), "{e}");
+        let e = Settings::from_sources(None, None, &env(&[("CLAUDE_AGENT_API_PORT", "eighty")]))
+            .unwrap_err();
+        assert!(
+            e.0.contains("api.port") && e.0.contains("CLAUDE_AGENT_API_PORT"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn seed_postgres_variables_make_a_url() {
+        let s = Settings::from_sources(
+            None,
+            None,
+            &env(&[
+                ("CLAUDE_AGENT_SESSION_STORAGE", "postgresql"),
+                ("CLAUDE_AGENT_SESSION_PG_HOST", "db"),
+                ("CLAUDE_AGENT_SESSION_PG_USER", "app"),
+                ("CLAUDE_AGENT_SESSION_PG_PASSWORD", "p@ss"),
+                ("CLAUDE_AGENT_SESSION_PG_DATABASE", "agents"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.session.database_url.as_deref(),
+            Some("postgres://app:p%40ss@db:5432/agents")
+        );
+    }
+
+    #[test]
+    fn postgres_without_url_is_refused() {
+        let e = Settings::from_sources(Some("[session]\nstorage = \"postgresql\"\n"), None, &[])
+            .unwrap_err();
+        assert!(e.0.contains("session.database_url"), "{e}");
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        let e = Settings::from_sources(Some("[api]\nmax_sessions = 0\n"), None, &[]).unwrap_err();
+        assert!(e.0.contains("api.max_sessions"), "{e}");
+    }
+
+    #[test]
+    fn overridable_names_are_checked() {
+        let e = Settings::from_sources(Some("[session]\noverridable = [\"cwd\"]\n"), None, &[])
+            .unwrap_err();
+        assert!(e.0.contains("cwd"), "{e}");
+    }
+}

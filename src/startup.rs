@@ -1,0 +1,248 @@
+//! Building and running the application: storage, admin key, registry actor, HTTP server.
+
+use std::net::{IpAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::{Actor, Addr};
+use actix_cors::Cors;
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::{Condition, from_fn};
+use actix_web::{App, HttpServer, web};
+
+use crate::actors::Registry;
+use crate::actors::registry::Limits;
+use crate::api::extract::{BodyLimit, path_error, query_error};
+use crate::api::middleware::{REQUEST_ID_HEADER, log_requests};
+use crate::auth::Authenticator;
+use crate::auth::admin::ensure_admin_key;
+use crate::sessions::SessionService;
+use crate::settings::{AuthMode, Settings};
+use crate::storage::Storage;
+
+/// Shared by every handler (`web::Data<AppState>`).
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub storage: Storage,
+    pub registry: Addr<Registry>,
+    pub sessions: SessionService,
+    pub authenticator: Authenticator,
+    pub started_at: Instant,
+}
+
+/// Why the application could not start: one line for the operator.
+#[derive(Debug)]
+pub struct StartupError(pub String);
+
+impl std::fmt::Display for StartupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartupError {}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: web::Data<AppState>,
+}
+
+impl Application {
+    /// Opens storage (running migrations), makes sure an admin key exists, starts the registry
+    /// and binds the server. Must run inside an actix `System`.
+    pub async fn build(settings: Settings) -> Result<Application, StartupError> {
+        let settings = Arc::new(settings);
+        check_exposure(&settings)?;
+        create_dir(&settings.data.dir, "data.dir")?;
+        create_dir(&settings.user.base_dir, "user.base_dir")?;
+        let users_root = std::fs::canonicalize(&settings.user.base_dir).map_err(|e| {
+            StartupError(format!(
+                "user.base_dir {}: {e}",
+                settings.user.base_dir.display()
+            ))
+        })?;
+
+        let storage = Storage::connect(&settings.session).await.map_err(|e| {
+            StartupError(format!(
+                "cannot open {} storage ({}): {e}",
+                settings.session.storage.as_str(),
+                describe_storage(&settings)
+            ))
+        })?;
+        let reset = storage
+            .mark_live_sessions_idle()
+            .await
+            .map_err(|e| StartupError(format!("cannot update sessions at start-up: {e}")))?;
+        if reset > 0 {
+            log::info!(
+                "{reset} session(s) left live by the previous run are now idle (they resume on their next message)"
+            );
+        }
+        let admin = match settings.auth.mode {
+            AuthMode::ApiKey => ensure_admin_key(
+                settings.auth.admin_key.as_deref(),
+                &storage,
+                &settings.data.dir,
+            )
+            .await
+            .map_err(StartupError)?,
+            AuthMode::None => {
+                log::warn!(
+                    "auth.mode = \"none\": requests are not authenticated (trusted network only)"
+                );
+                crate::auth::AdminKey::Stored
+            }
+        };
+
+        let registry = Registry::new(Limits::from_settings(&settings), storage.clone()).start();
+        let sessions = SessionService::new(
+            settings.clone(),
+            storage.clone(),
+            registry.clone(),
+            users_root,
+        );
+        let state = web::Data::new(AppState {
+            authenticator: Authenticator {
+                mode: settings.auth.mode,
+                admin,
+            },
+            settings: settings.clone(),
+            storage,
+            registry,
+            sessions,
+            started_at: Instant::now(),
+        });
+
+        let listener = TcpListener::bind(settings.bind_address()).map_err(|e| {
+            StartupError(format!("cannot listen on {}: {e}", settings.bind_address()))
+        })?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| StartupError(e.to_string()))?
+            .port();
+        let server = build_server(listener, state.clone())?;
+        log::info!(
+            "claude-agent-http {} listening on {}:{port} ({} storage)",
+            env!("CARGO_PKG_VERSION"),
+            settings.api.host,
+            settings.session.storage.as_str()
+        );
+        Ok(Application {
+            port,
+            server,
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the server (gracefully with `stop(true)`), for tests and signal handling.
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+fn build_server(listener: TcpListener, state: web::Data<AppState>) -> Result<Server, StartupError> {
+    let settings = state.settings.clone();
+    let (workers, grace) = (settings.api.workers, settings.api.shutdown_grace);
+    let body_limit = BodyLimit(settings.api.max_body_kb * 1024);
+    let server = HttpServer::new(move || {
+        let cors_origins = &settings.api.cors_origins;
+        App::new()
+            .app_data(state.clone())
+            .app_data(body_limit)
+            .app_data(web::QueryConfig::default().error_handler(query_error))
+            .app_data(web::PathConfig::default().error_handler(path_error))
+            .configure(crate::api::configure)
+            .default_service(web::to(crate::api::not_found))
+            .wrap(Condition::new(!cors_origins.is_empty(), cors(cors_origins)))
+            .wrap(from_fn(log_requests))
+    })
+    .workers(workers)
+    .shutdown_timeout(grace)
+    .listen(listener)
+    .map_err(|e| StartupError(format!("cannot serve: {e}")))?
+    .run();
+    Ok(server)
+}
+
+/// CORS for the configured origins. `*` allows any origin; credentials are never allowed
+/// (keys travel in headers, not cookies), so a wildcard never meets credentials.
+fn cors(origins: &[String]) -> Cors {
+    let mut cors = Cors::default()
+        .allowed_methods(["GET", "POST", "PUT", "DELETE", "OPTIONS"])
+        .allowed_headers([
+            "authorization",
+            "x-api-key",
+            "content-type",
+            "last-event-id",
+            "x-request-id",
+        ])
+        .expose_headers([REQUEST_ID_HEADER.as_str(), "retry-after"])
+        .max_age(3600);
+    for origin in origins {
+        cors = if origin == "*" {
+            cors.allow_any_origin().send_wildcard()
+        } else {
+            cors.allowed_origin(origin)
+        };
+    }
+    cors
+}
+
+/// `auth.mode = "none"` serves only loopback unless explicitly allowed.
+fn check_exposure(settings: &Settings) -> Result<(), StartupError> {
+    if settings.auth.mode != AuthMode::None || settings.auth.allow_unauthenticated_remote {
+        return Ok(());
+    }
+    let host = settings
+        .api
+        .host
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        Ok(())
+    } else {
+        Err(StartupError(format!(
+            "refusing to serve without authentication on {host}: auth.mode = \"none\" is for loopback only \
+             (set auth.allow_unauthenticated_remote = true to override)"
+        )))
+    }
+}
+
+fn create_dir(dir: &Path, key: &str) -> Result<PathBuf, StartupError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StartupError(format!("cannot create {key} {}: {e}", dir.display())))?;
+    Ok(dir.to_path_buf())
+}
+
+/// Where the storage is, without credentials.
+fn describe_storage(settings: &Settings) -> String {
+    match settings.session.storage {
+        crate::settings::StorageKind::Sqlite => settings.session.sqlite_path.display().to_string(),
+        crate::settings::StorageKind::Memory => "in memory".into(),
+        crate::settings::StorageKind::Postgresql => {
+            let url = settings.session.database_url.as_deref().unwrap_or("");
+            // Drop `user:password@` so no secret reaches the log.
+            match (url.find("://"), url.rfind('@')) {
+                (Some(scheme), Some(at)) if at > scheme => {
+                    format!("{}{}", &url[..scheme + 3], &url[at + 1..])
+                }
+                _ => url.to_string(),
+            }
+        }
+    }
+}

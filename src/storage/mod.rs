@@ -1,0 +1,238 @@
+//! Storage: one type over SQLite and PostgreSQL (diesel-async), the backend chosen from the
+//! settings. Every query is written once; [`with_conn!`] instantiates it per backend.
+
+mod blocking;
+mod migrations;
+pub mod models;
+pub mod schema;
+mod sessions;
+mod users;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel::SqliteConnection;
+use diesel::result::{ConnectionError, DatabaseErrorKind};
+use diesel_async::pooled_connection::deadpool::{Pool, PoolError};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+
+use crate::settings::{SessionSettings, StorageKind};
+
+pub use models::*;
+pub use sessions::SessionFilter;
+
+pub type SqliteConn = SyncConnectionWrapper<SqliteConnection, blocking::DetachedBlocking>;
+
+/// How long a request waits for a connection before the storage counts as unavailable.
+const POOL_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageError {
+    /// The database cannot be reached (or is shutting down): 503, try again later.
+    Unavailable(String),
+    /// A unique key already exists.
+    Conflict(String),
+    /// Any other query failure (a bug or a corrupt database).
+    Query(String),
+}
+
+impl std::fmt::Display for StorageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StorageError::Unavailable(m) => write!(f, "storage unavailable: {m}"),
+            StorageError::Conflict(m) => write!(f, "conflict: {m}"),
+            StorageError::Query(m) => write!(f, "query failed: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for StorageError {}
+
+impl From<diesel::result::Error> for StorageError {
+    fn from(e: diesel::result::Error) -> Self {
+        use diesel::result::Error as E;
+        match &e {
+            E::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
+                StorageError::Conflict(info.message().to_string())
+            }
+            E::DatabaseError(
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                info,
+            ) => StorageError::Unavailable(info.message().to_string()),
+            E::DatabaseError(_, info) if is_connection_trouble(info.message()) => {
+                StorageError::Unavailable(info.message().to_string())
+            }
+            _ => StorageError::Query(e.to_string()),
+        }
+    }
+}
+
+/// Errors whose text says the server went away or is busy rather than that the query is wrong
+/// (PostgreSQL admin shutdown, SQLite lock or I/O trouble).
+fn is_connection_trouble(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "terminating connection",
+        "connection",
+        "shutting down",
+        "database is locked",
+        "disk i/o",
+    ]
+    .iter()
+    .any(|needle| m.contains(needle))
+}
+
+impl From<PoolError> for StorageError {
+    fn from(e: PoolError) -> Self {
+        StorageError::Unavailable(e.to_string())
+    }
+}
+
+impl From<ConnectionError> for StorageError {
+    fn from(e: ConnectionError) -> Self {
+        StorageError::Unavailable(e.to_string())
+    }
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(Pool<SqliteConn>),
+    Pg(Pool<AsyncPgConnection>),
+}
+
+/// The service's storage. Cheap to clone (pools are shared).
+#[derive(Clone)]
+pub struct Storage {
+    backend: Backend,
+    kind: StorageKind,
+    /// `memory` keeps one connection open so the shared in-memory database lives as long as we do.
+    _keepalive: Option<Arc<std::sync::Mutex<SqliteConn>>>,
+}
+
+/// Runs `$body` with `$conn` bound to a pooled connection of whichever backend is configured.
+/// The body is compiled once per backend, so every query is written once.
+macro_rules! with_conn {
+    ($storage:expr, |$conn:ident| $body:expr) => {
+        match &$storage.backend {
+            $crate::storage::Backend::Sqlite(pool) => {
+                let mut pooled = pool.get().await?;
+                let $conn = &mut *pooled;
+                $body
+            }
+            $crate::storage::Backend::Pg(pool) => {
+                let mut pooled = pool.get().await?;
+                let $conn = &mut *pooled;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_conn;
+
+impl Storage {
+    /// Opens the configured storage and brings its schema up to date.
+    pub async fn connect(settings: &SessionSettings) -> Result<Storage, StorageError> {
+        match settings.storage {
+            StorageKind::Sqlite => {
+                let path = &settings.sqlite_path;
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        StorageError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+                    })?;
+                }
+                let url = sqlite_url(path)?;
+                migrations::run_sqlite(&url).await?;
+                let pool = sqlite_pool(&url, settings.pool_size)?;
+                let storage = Storage {
+                    backend: Backend::Sqlite(pool),
+                    kind: StorageKind::Sqlite,
+                    _keepalive: None,
+                };
+                storage.ping().await?;
+                Ok(storage)
+            }
+            StorageKind::Memory => {
+                // A named shared-cache in-memory database: every connection of the pool sees it.
+                let url = format!(
+                    "file:claude-agent-http-{}?mode=memory&cache=shared",
+                    uuid::Uuid::new_v4()
+                );
+                let keepalive = SqliteConn::establish(&url).await?;
+                migrations::run_sqlite(&url).await?;
+                // One connection: shared-cache mode locks per table, so concurrency buys nothing.
+                let pool = sqlite_pool(&url, 1)?;
+                let storage = Storage {
+                    backend: Backend::Sqlite(pool),
+                    kind: StorageKind::Memory,
+                    _keepalive: Some(Arc::new(std::sync::Mutex::new(keepalive))),
+                };
+                storage.ping().await?;
+                Ok(storage)
+            }
+            StorageKind::Postgresql => {
+                let url = settings.database_url.clone().unwrap_or_default();
+                migrations::run_postgres(&url).await?;
+                let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+                let pool = Pool::builder(manager)
+                    .max_size(settings.pool_size)
+                    .runtime(deadpool::Runtime::Tokio1)
+                    .wait_timeout(Some(POOL_TIMEOUT))
+                    .create_timeout(Some(POOL_TIMEOUT))
+                    .recycle_timeout(Some(POOL_TIMEOUT))
+                    .build()
+                    .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+                let storage = Storage {
+                    backend: Backend::Pg(pool),
+                    kind: StorageKind::Postgresql,
+                    _keepalive: None,
+                };
+                storage.ping().await?;
+                Ok(storage)
+            }
+        }
+    }
+
+    pub fn kind(&self) -> StorageKind {
+        self.kind
+    }
+
+    /// A trivial round trip: is the database there?
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        with_conn!(self, |conn| conn.batch_execute("SELECT 1").await?);
+        Ok(())
+    }
+}
+
+fn sqlite_url(path: &Path) -> Result<String, StorageError> {
+    path.to_str().map(str::to_owned).ok_or_else(|| {
+        StorageError::Unavailable(format!("sqlite path is not UTF-8: {}", path.display()))
+    })
+}
+
+fn sqlite_pool(url: &str, size: usize) -> Result<Pool<SqliteConn>, StorageError> {
+    let mut config = ManagerConfig::<SqliteConn>::default();
+    config.custom_setup = Box::new(|url| {
+        let url = url.to_owned();
+        Box::pin(async move {
+            let mut conn = SqliteConn::establish(&url).await?;
+            conn.batch_execute(
+                "PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL;",
+            )
+            .await
+            .map_err(ConnectionError::CouldntSetupConfiguration)?;
+            Ok(conn)
+        })
+    });
+    let manager = AsyncDieselConnectionManager::<SqliteConn>::new_with_config(url, config);
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(deadpool::Runtime::Tokio1)
+        .wait_timeout(Some(POOL_TIMEOUT))
+        .create_timeout(Some(POOL_TIMEOUT))
+        .recycle_timeout(Some(POOL_TIMEOUT))
+        .build()
+        .map_err(|e| StorageError::Unavailable(e.to_string()))
+}

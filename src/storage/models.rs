@@ -1,0 +1,45 @@
+//! Rows as stored. Shared by both backends (portable column types only).
+
+use diesel::prelude::*;
+
+use super::schema::{api_keys, sessions, users};
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = users)]
+pub struct UserRow {
+    pub user_id: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = api_keys)]
+pub struct ApiKeyRow {
+    pub key_id: String,
+    pub user_id: Option<String>,
+    pub is_admin: bool,
+    pub key_hash: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = sessions)]
+pub struct SessionRow {
+    pub session_id: String,
+    pub user_id: String,
+    pub subdir: String,
+    pub cwd: String,
+    pub status: String,
+    pub created_at: i64,
+    pub last_active_at: i64,
+    pub message_count: i64,
+    pub total_cost_usd: f64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    /// JSON object.
+    pub metadata: String,
+    /// JSON object of the per-session option overrides.
+    pub options: String,
+    pub cli_session_id: String,
+    pub last_event_id: i64,
+}

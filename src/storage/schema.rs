@@ -1,0 +1,65 @@
+//! The schema, written once with portable SQL types (Text, BigInt, Double, Bool) so one
+//! `table!` serves SQLite and PostgreSQL. Times are epoch milliseconds (UTC).
+
+diesel::table! {
+    users (user_id) {
+        user_id -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    api_keys (key_id) {
+        key_id -> Text,
+        user_id -> Nullable<Text>,
+        is_admin -> Bool,
+        key_hash -> Text,
+        created_at -> BigInt,
+        revoked_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    sessions (session_id) {
+        session_id -> Text,
+        user_id -> Text,
+        subdir -> Text,
+        cwd -> Text,
+        status -> Text,
+        created_at -> BigInt,
+        last_active_at -> BigInt,
+        message_count -> BigInt,
+        total_cost_usd -> Double,
+        input_tokens -> BigInt,
+        output_tokens -> BigInt,
+        metadata -> Text,
+        options -> Text,
+        cli_session_id -> Text,
+        last_event_id -> BigInt,
+    }
+}
+
+diesel::table! {
+    messages (id) {
+        id -> BigInt,
+        session_id -> Text,
+        turn_id -> Text,
+        role -> Text,
+        text -> Text,
+        tool_calls -> Text,
+        created_at -> BigInt,
+        cost_usd -> Nullable<Double>,
+    }
+}
+
+diesel::table! {
+    events (session_id, event_id) {
+        session_id -> Text,
+        event_id -> BigInt,
+        turn_id -> Text,
+        payload -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(users, api_keys, sessions, messages, events);
