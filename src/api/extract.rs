@@ -62,26 +62,18 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
                     "Content-Type must be application/json".into(),
                 ));
             }
-            let mut de = serde_json::Deserializer::from_slice(data);
-            let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-                let path = e.path().to_string();
-                let inner = e.into_inner();
-                if inner.is_data() {
-                    let field = if path.is_empty() || path == "." {
-                        "body".to_string()
-                    } else {
-                        path
-                    };
-                    ApiError::Validation(vec![FieldError::new(
-                        field,
-                        strip_position(&inner.to_string()),
-                    )])
-                } else {
-                    ApiError::InvalidRequest(format!("Malformed JSON: {inner}"))
-                }
-            })?;
-            de.end()
+            // Syntax first (400), then shape (422 with the field's path).
+            let json: serde_json::Value = serde_json::from_slice(data)
                 .map_err(|e| ApiError::InvalidRequest(format!("Malformed JSON: {e}")))?;
+            let value = serde_path_to_error::deserialize(json).map_err(|e| {
+                let path = e.path().to_string();
+                let field = if path.is_empty() || path == "." {
+                    "body".to_string()
+                } else {
+                    path
+                };
+                ApiError::Validation(vec![FieldError::new(field, e.into_inner().to_string())])
+            })?;
             Ok(JsonBody(value))
         })
     }
@@ -102,14 +94,6 @@ fn is_json(content_type: Option<&str>) -> bool {
         essence == "application/json"
             || (essence.starts_with("application/") && essence.ends_with("+json"))
     })
-}
-
-/// serde_json appends " at line 1 column 9" to data errors; the field path says more.
-fn strip_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(i) => message[..i].to_string(),
-        None => message.to_string(),
-    }
 }
 
 /// Query-string errors as 422 with the message serde gives.

@@ -144,6 +144,12 @@ impl Storage {
                     })?;
                 }
                 let url = sqlite_url(path)?;
+                // WAL is a property of the file: set once here, before any pooled connection,
+                // because switching it takes an exclusive lock that concurrent connections would race for.
+                SqliteConn::establish(&url)
+                    .await?
+                    .batch_execute("PRAGMA journal_mode=WAL;")
+                    .await?;
                 migrations::run_sqlite(&url).await?;
                 let pool = sqlite_pool(&url, settings.pool_size)?;
                 let storage = Storage {
@@ -219,7 +225,7 @@ fn sqlite_pool(url: &str, size: usize) -> Result<Pool<SqliteConn>, StorageError>
         Box::pin(async move {
             let mut conn = SqliteConn::establish(&url).await?;
             conn.batch_execute(
-                "PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL;",
+                "PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL;",
             )
             .await
             .map_err(ConnectionError::CouldntSetupConfiguration)?;

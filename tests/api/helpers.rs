@@ -1,0 +1,421 @@
+//! Test harness: the app on port 0 with its own folder and a fresh database (SQLite file, or a
+//! PostgreSQL schema on 127.0.0.1:5432), plus one helper per endpoint.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use awc::http::{Method, StatusCode, header::HeaderMap};
+use claude_agent_http::settings::{AuthMode, StorageKind};
+use claude_agent_http::{Application, Settings};
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use serde_json::{Value, json};
+
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+    Memory,
+}
+
+/// The PostgreSQL the tests use (`PG_TEST_URL`, default the local server's `test` database).
+pub fn pg_base_url() -> String {
+    std::env::var("PG_TEST_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
+}
+
+/// Runs one SQL batch on the test server's base database (admin work: schemas, databases).
+pub async fn pg_admin(sql: &str) {
+    let mut conn = AsyncPgConnection::establish(&pg_base_url())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL at {} is required for the tests: {e}",
+                pg_base_url()
+            )
+        });
+    conn.batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// A URL of the test server whose connections use `schema` first.
+pub fn pg_url_with_schema(schema: &str) -> String {
+    let base = pg_base_url();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-csearch_path%3D{schema}")
+}
+
+/// A URL of another database on the test server.
+pub fn pg_url_for_database(db: &str) -> String {
+    let base = pg_base_url();
+    let (head, query) = match base.split_once('?') {
+        Some((h, q)) => (h.to_string(), format!("?{q}")),
+        None => (base.clone(), String::new()),
+    };
+    let root = &head[..head.rfind('/').expect("PG_TEST_URL names a database")];
+    format!("{root}/{db}{query}")
+}
+
+/// Settings for a test app living in `dir`.
+pub fn test_settings(dir: &Path) -> Settings {
+    let mut s = Settings::default();
+    s.api.host = "127.0.0.1".into();
+    s.api.port = 0;
+    s.api.workers = 1;
+    s.api.shutdown_grace = 1;
+    s.user.base_dir = dir.join("users");
+    s.data.dir = dir.join("data");
+    s.session.sqlite_path = dir.join("data/test.db");
+    s.session.pool_size = 4;
+    s.auth.admin_key = Some(ADMIN_KEY.into());
+    s.cli.path = "/nonexistent/claude".into();
+    s
+}
+
+pub struct TestResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl TestResponse {
+    /// The stable error code of an error response.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.text);
+        assert_eq!(self.code(), code, "body: {}", self.text);
+        assert_eq!(
+            self.body["detail"], self.body["error"]["message"],
+            "detail mirrors the message"
+        );
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub settings: Settings,
+    pub handle: ServerHandle,
+    pub client: awc::Client,
+    pub dir: Arc<tempfile::TempDir>,
+    pg_schema: Option<String>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // Drop the schema from a thread of its own: Drop cannot await, and the test's runtime
+        // may be gone already.
+        if let Some(schema) = self.pg_schema.take()
+            && Arc::strong_count(&self.dir) == 1
+        {
+            let _ = std::thread::spawn(move || {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    rt.block_on(async {
+                        if let Ok(mut conn) = AsyncPgConnection::establish(&pg_base_url()).await {
+                            let _ = conn
+                                .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                                .await;
+                        }
+                    });
+                }
+            })
+            .join();
+        }
+    }
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// Starts an app on `backend` after `customize` has adjusted its settings.
+pub async fn spawn_app_with(backend: Backend, customize: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let mut settings = test_settings(dir.path());
+    let mut pg_schema = None;
+    match backend {
+        Backend::Sqlite => settings.session.storage = StorageKind::Sqlite,
+        Backend::Memory => settings.session.storage = StorageKind::Memory,
+        Backend::Postgres => {
+            let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+            pg_admin(&format!("CREATE SCHEMA {schema}")).await;
+            settings.session.storage = StorageKind::Postgresql;
+            settings.session.database_url = Some(pg_url_with_schema(&schema));
+            pg_schema = Some(schema);
+        }
+    }
+    customize(&mut settings);
+    start(settings, dir, pg_schema).await
+}
+
+async fn start(
+    settings: Settings,
+    dir: Arc<tempfile::TempDir>,
+    pg_schema: Option<String>,
+) -> TestApp {
+    let app = Application::build(settings.clone())
+        .await
+        .expect("app builds");
+    let port = app.port();
+    let handle = app.handle();
+    actix_web::rt::spawn(app.run_until_stopped());
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        settings,
+        handle,
+        client: awc::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .finish(),
+        dir,
+        pg_schema,
+    }
+}
+
+impl TestApp {
+    /// Stops the server gracefully and starts a new one on the same storage and folders.
+    pub async fn restart(mut self) -> TestApp {
+        self.handle.stop(true).await;
+        let schema = self.pg_schema.take();
+        start(self.settings.clone(), self.dir.clone(), schema).await
+    }
+
+    pub fn users_dir(&self) -> PathBuf {
+        std::fs::canonicalize(&self.settings.user.base_dir).expect("users dir exists")
+    }
+
+    /// Any request; `body` is sent as JSON when given.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> TestResponse {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.address));
+        if let Some(key) = key {
+            req = req.insert_header(("Authorization", format!("Bearer {key}")));
+        }
+        let res = match body {
+            Some(body) => req.send_json(&body).await,
+            None => req.send().await,
+        };
+        read(res.expect("request is answered")).await
+    }
+
+    /// A request with a raw body and content type.
+    pub async fn request_raw(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> TestResponse {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.address));
+        if let Some(key) = key {
+            req = req.insert_header(("Authorization", format!("Bearer {key}")));
+        }
+        if let Some(ct) = content_type {
+            req = req.insert_header(("Content-Type", ct));
+        }
+        read(req.send_body(body).await.expect("request is answered")).await
+    }
+
+    // ---- service endpoints
+
+    pub async fn get_health(&self) -> TestResponse {
+        self.request(Method::GET, "/health", None, None).await
+    }
+
+    pub async fn get_root(&self, accept: &str) -> TestResponse {
+        let req = self
+            .client
+            .get(format!("{}/", self.address))
+            .insert_header(("Accept", accept));
+        read(req.send().await.expect("answered")).await
+    }
+
+    // ---- users (admin)
+
+    pub async fn post_user(&self, key: &str, body: Value) -> TestResponse {
+        self.request(Method::POST, "/api/v1/users", Some(key), Some(body))
+            .await
+    }
+
+    /// Creates a user with the admin key and returns its API key.
+    pub async fn create_user(&self, user_id: &str) -> String {
+        let res = self
+            .post_user(ADMIN_KEY, json!({ "user_id": user_id }))
+            .await;
+        assert_eq!(res.status, StatusCode::CREATED, "{}", res.text);
+        res.body["api_key"].as_str().expect("api_key").to_string()
+    }
+
+    pub async fn list_users(&self, key: &str) -> TestResponse {
+        self.request(Method::GET, "/api/v1/users", Some(key), None)
+            .await
+    }
+
+    pub async fn delete_user(&self, key: &str, user_id: &str) -> TestResponse {
+        self.request(
+            Method::DELETE,
+            &format!("/api/v1/users/{user_id}"),
+            Some(key),
+            None,
+        )
+        .await
+    }
+
+    pub async fn post_key(&self, key: &str, user_id: &str) -> TestResponse {
+        self.request(
+            Method::POST,
+            &format!("/api/v1/users/{user_id}/keys"),
+            Some(key),
+            None,
+        )
+        .await
+    }
+
+    pub async fn delete_key(&self, key: &str, user_id: &str, key_id: &str) -> TestResponse {
+        self.request(
+            Method::DELETE,
+            &format!("/api/v1/users/{user_id}/keys/{key_id}"),
+            Some(key),
+            None,
+        )
+        .await
+    }
+
+    pub async fn get_me(&self, key: &str) -> TestResponse {
+        self.request(Method::GET, "/api/v1/me", Some(key), None)
+            .await
+    }
+
+    // ---- sessions
+
+    pub async fn post_session(&self, key: &str, body: Value) -> TestResponse {
+        self.request(Method::POST, "/api/v1/sessions", Some(key), Some(body))
+            .await
+    }
+
+    /// Creates a session and returns its id.
+    pub async fn create_session(&self, key: &str, body: Value) -> String {
+        let res = self.post_session(key, body).await;
+        assert_eq!(res.status, StatusCode::CREATED, "{}", res.text);
+        res.body["session_id"]
+            .as_str()
+            .expect("session_id")
+            .to_string()
+    }
+
+    pub async fn list_sessions(&self, key: &str, query: &str) -> TestResponse {
+        self.request(
+            Method::GET,
+            &format!("/api/v1/sessions{query}"),
+            Some(key),
+            None,
+        )
+        .await
+    }
+
+    pub async fn get_session(&self, key: &str, id: &str) -> TestResponse {
+        self.request(
+            Method::GET,
+            &format!("/api/v1/sessions/{id}"),
+            Some(key),
+            None,
+        )
+        .await
+    }
+
+    pub async fn delete_session(&self, key: &str, id: &str, query: &str) -> TestResponse {
+        self.request(
+            Method::DELETE,
+            &format!("/api/v1/sessions/{id}{query}"),
+            Some(key),
+            None,
+        )
+        .await
+    }
+
+    pub async fn resume_session(&self, key: &str, id: &str) -> TestResponse {
+        self.request(
+            Method::POST,
+            &format!("/api/v1/sessions/{id}/resume"),
+            Some(key),
+            None,
+        )
+        .await
+    }
+}
+
+async fn read<S>(mut res: awc::ClientResponse<S>) -> TestResponse
+where
+    S: futures_util::Stream<Item = Result<actix_web::web::Bytes, awc::error::PayloadError>> + Unpin,
+{
+    let status = res.status();
+    let headers = res.headers().clone();
+    let bytes = res.body().limit(16 * 1024 * 1024).await.expect("body");
+    let text = String::from_utf8_lossy(&bytes).to_string();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    TestResponse {
+        status,
+        headers,
+        body,
+        text,
+    }
+}
+
+/// Waits until `check` holds, polling (for background work such as the TTL sweeper).
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Settings tweak for the seed-compatible unauthenticated mode.
+pub fn auth_none(s: &mut Settings) {
+    s.auth.mode = AuthMode::None;
+}
+
+/// Runs each listed `async fn name(backend: Backend)` on SQLite and on PostgreSQL.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[actix_web::test] async fn $name() { super::$name($crate::helpers::Backend::Sqlite).await } )*
+        }
+        mod postgres {
+            $( #[actix_web::test] async fn $name() { super::$name($crate::helpers::Backend::Postgres).await } )*
+        }
+    };
+}

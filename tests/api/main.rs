@@ -1,0 +1,8 @@
+//! Black-box tests of the HTTP API: each test starts the app on port 0 with a fresh database.
+
+mod auth;
+mod helpers;
+mod service;
+mod sessions;
+mod startup;
+mod users;
