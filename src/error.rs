@@ -20,10 +20,7 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
+        Self { field: field.into(), message: message.into() }
     }
 }
 
@@ -45,18 +42,10 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     Validation(Vec<FieldError>),
     SessionBusy,
-    QuotaExceeded {
-        message: String,
-        retry_after_secs: u64,
-    },
+    QuotaExceeded { message: String, retry_after_secs: u64 },
     CliFailed(String),
-    MemoryPressure {
-        message: String,
-        retry_after_secs: u64,
-    },
-    Overloaded {
-        retry_after_secs: u64,
-    },
+    MemoryPressure { message: String, retry_after_secs: u64 },
+    Overloaded { retry_after_secs: u64 },
     StorageUnavailable(String),
     TurnTimeout(String),
     Internal(String),
@@ -80,9 +69,7 @@ impl ApiError {
             NoTurnRunning => (StatusCode::CONFLICT, "no_turn_running"),
             SessionExpired => (StatusCode::GONE, "session_expired"),
             PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            UnsupportedMediaType(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
-            }
+            UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"),
             SessionBusy => (StatusCode::TOO_MANY_REQUESTS, "session_busy"),
             QuotaExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
@@ -103,12 +90,8 @@ impl ApiError {
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
             ApiError::SessionBusy => Some(1),
-            ApiError::QuotaExceeded {
-                retry_after_secs, ..
-            }
-            | ApiError::MemoryPressure {
-                retry_after_secs, ..
-            }
+            ApiError::QuotaExceeded { retry_after_secs, .. }
+            | ApiError::MemoryPressure { retry_after_secs, .. }
             | ApiError::Overloaded { retry_after_secs } => Some((*retry_after_secs).max(1)),
             ApiError::StorageUnavailable(_) => Some(5),
             _ => None,
@@ -118,12 +101,8 @@ impl ApiError {
     pub fn message(&self) -> String {
         use ApiError::*;
         match self {
-            InvalidRequest(m) | InvalidPath(m) | Unauthorized(m) | Forbidden(m) | NotFound(m) => {
-                m.clone()
-            }
-            PayloadTooLarge(m) | UnsupportedMediaType(m) | CliFailed(m) | TurnTimeout(m) => {
-                m.clone()
-            }
+            InvalidRequest(m) | InvalidPath(m) | Unauthorized(m) | Forbidden(m) | NotFound(m) => m.clone(),
+            PayloadTooLarge(m) | UnsupportedMediaType(m) | CliFailed(m) | TurnTimeout(m) => m.clone(),
             QuotaExceeded { message, .. } | MemoryPressure { message, .. } => message.clone(),
             SessionNotFound => "Session not found".into(),
             UserNotFound => "User not found".into(),
@@ -184,14 +163,7 @@ impl ResponseError for ApiError {
             ApiError::Validation(f) => Some(f.as_slice()),
             _ => None,
         };
-        let body = ErrorBody {
-            error: ErrorInner {
-                code,
-                message: &message,
-                fields,
-            },
-            detail: &message,
-        };
+        let body = ErrorBody { error: ErrorInner { code, message: &message, fields }, detail: &message };
         let mut response = HttpResponse::build(status);
         if let Some(secs) = self.retry_after_secs() {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from(secs)));
@@ -234,24 +206,13 @@ mod tests {
     fn service_unavailable_and_quota_carry_retry_after() {
         for e in [
             ApiError::StorageUnavailable("down".into()),
-            ApiError::MemoryPressure {
-                message: "m".into(),
-                retry_after_secs: 5,
-            },
-            ApiError::QuotaExceeded {
-                message: "q".into(),
-                retry_after_secs: 10,
-            },
+            ApiError::MemoryPressure { message: "m".into(), retry_after_secs: 5 },
+            ApiError::QuotaExceeded { message: "q".into(), retry_after_secs: 10 },
         ] {
             let resp = e.error_response();
             assert!(resp.headers().contains_key(header::RETRY_AFTER), "{e}");
         }
-        assert!(
-            !ApiError::SessionNotFound
-                .error_response()
-                .headers()
-                .contains_key(header::RETRY_AFTER)
-        );
+        assert!(!ApiError::SessionNotFound.error_response().headers().contains_key(header::RETRY_AFTER));
     }
 
     #[test]

@@ -22,15 +22,9 @@ impl MemorySample {
 
 /// Takes one sample now. Cost: one pass over `/proc/*/stat` (a few ms with thousands of processes).
 pub fn sample() -> MemorySample {
-    let service_bytes = memory_stats::memory_stats()
-        .map(|m| m.physical_mem as u64)
-        .unwrap_or(0);
+    let service_bytes = memory_stats::memory_stats().map(|m| m.physical_mem as u64).unwrap_or(0);
     let (children_bytes, children) = descendants_rss(std::process::id());
-    MemorySample {
-        service_bytes,
-        children_bytes,
-        children,
-    }
+    MemorySample { service_bytes, children_bytes, children }
 }
 
 /// Sum of VmRSS over every descendant of `root`, and how many there are.
@@ -47,11 +41,7 @@ pub fn descendants(root: u32) -> Vec<u32> {
         return Vec::new();
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
         if let Some(ppid) = parent_pid(pid) {
@@ -92,10 +82,7 @@ mod tests {
 
     #[test]
     fn sees_a_spawned_child_and_its_memory() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("5")
-            .spawn()
-            .unwrap();
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
         let pid = child.id();
         let found = descendants(std::process::id());
         let rss = rss_bytes(pid);

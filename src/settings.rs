@@ -80,10 +80,7 @@ pub struct UserSettings {
 
 impl Default for UserSettings {
     fn default() -> Self {
-        Self {
-            base_dir: "users".into(),
-            auto_create_dir: true,
-        }
+        Self { base_dir: "users".into(), auto_create_dir: true }
     }
 }
 
@@ -205,11 +202,7 @@ pub struct AuthSettings {
 
 impl Default for AuthSettings {
     fn default() -> Self {
-        Self {
-            mode: AuthMode::ApiKey,
-            admin_key: None,
-            allow_unauthenticated_remote: false,
-        }
+        Self { mode: AuthMode::ApiKey, admin_key: None, allow_unauthenticated_remote: false }
     }
 }
 
@@ -224,12 +217,7 @@ pub struct CliSettings {
 
 impl Default for CliSettings {
     fn default() -> Self {
-        Self {
-            path: "claude".into(),
-            env: BTreeMap::new(),
-            stop_grace: 5,
-            max_rss_mb: 2048,
-        }
+        Self { path: "claude".into(), env: BTreeMap::new(), stop_grace: 5, max_rss_mb: 2048 }
     }
 }
 
@@ -249,9 +237,7 @@ pub struct SandboxSettings {
 
 impl Default for SandboxSettings {
     fn default() -> Self {
-        Self {
-            mode: SandboxMode::Auto,
-        }
+        Self { mode: SandboxMode::Auto }
     }
 }
 
@@ -339,22 +325,10 @@ const SEED_ENV: &[(&str, &str, &str)] = &[
     ("CLAUDE_AGENT_SESSION_SQLITE_PATH", "session", "sqlite_path"),
     ("CLAUDE_AGENT_API_PORT", "api", "port"),
     ("CLAUDE_AGENT_MAX_SESSIONS", "api", "max_sessions"),
-    (
-        "CLAUDE_AGENT_MAX_SESSIONS_PER_USER",
-        "api",
-        "max_sessions_per_user",
-    ),
-    (
-        "CLAUDE_AGENT_MAX_CONCURRENT",
-        "api",
-        "max_concurrent_requests",
-    ),
+    ("CLAUDE_AGENT_MAX_SESSIONS_PER_USER", "api", "max_sessions_per_user"),
+    ("CLAUDE_AGENT_MAX_CONCURRENT", "api", "max_concurrent_requests"),
     ("CLAUDE_AGENT_MEMORY_LIMIT_MB", "api", "memory_limit_mb"),
-    (
-        "CLAUDE_AGENT_IDLE_SESSION_TIMEOUT",
-        "api",
-        "idle_session_timeout",
-    ),
+    ("CLAUDE_AGENT_IDLE_SESSION_TIMEOUT", "api", "idle_session_timeout"),
     ("CLAUDE_AGENT_CLI_PATH", "cli", "path"),
     ("CLAUDE_AGENT_ADMIN_KEY", "auth", "admin_key"),
 ];
@@ -401,9 +375,7 @@ impl Settings {
         file_name: Option<&Path>,
         env: &[(String, String)],
     ) -> Result<Settings, SettingsError> {
-        let file_label = file_name
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "settings".into());
+        let file_label = file_name.map(|p| p.display().to_string()).unwrap_or_else(|| "settings".into());
         let mut table = match file_text {
             Some(text) => parse_file(text, &file_label)?,
             None => toml::Table::new(),
@@ -420,21 +392,11 @@ impl Settings {
                 continue;
             };
             if let Some(&(_, section, key)) = SEED_ENV.iter().find(|(n, _, _)| n == name) {
-                seed.push((
-                    name.as_str(),
-                    section.to_string(),
-                    key.to_string(),
-                    value.as_str(),
-                ));
+                seed.push((name.as_str(), section.to_string(), key.to_string(), value.as_str()));
             } else if SEED_PG_ENV.contains(&name.as_str()) {
                 pg.insert(name.as_str(), value.as_str());
             } else if let Some((section, key)) = rest.split_once("__") {
-                specific.push((
-                    name.as_str(),
-                    section.to_lowercase(),
-                    key.to_lowercase(),
-                    value.as_str(),
-                ));
+                specific.push((name.as_str(), section.to_lowercase(), key.to_lowercase(), value.as_str()));
             } else if !NON_KEY_ENV.contains(&name.as_str()) {
                 log::debug!("ignoring environment variable {name}: not a settings key");
             }
@@ -450,9 +412,7 @@ impl Settings {
                 .is_some_and(|s| !s.is_empty());
             if !has_url {
                 let url = postgres_url_from_seed(&pg);
-                let session = table
-                    .entry("session")
-                    .or_insert_with(|| toml::Value::Table(Default::default()));
+                let session = table.entry("session").or_insert_with(|| toml::Value::Table(Default::default()));
                 if let Some(t) = session.as_table_mut() {
                     t.insert("database_url".into(), toml::Value::String(url));
                 }
@@ -465,9 +425,7 @@ impl Settings {
             if path.is_empty() || path == "." {
                 err(format!("invalid settings ({file_label}): {inner}"))
             } else {
-                err(format!(
-                    "invalid setting `{path}` ({file_label} or environment): {inner}"
-                ))
+                err(format!("invalid setting `{path}` ({file_label} or environment): {inner}"))
             }
         })?;
         settings.validate()?;
@@ -478,14 +436,8 @@ impl Settings {
     fn validate(&self) -> Result<(), SettingsError> {
         let positive: &[(&str, u64)] = &[
             ("api.max_sessions", self.api.max_sessions.into()),
-            (
-                "api.max_sessions_per_user",
-                self.api.max_sessions_per_user.into(),
-            ),
-            (
-                "api.max_concurrent_requests",
-                self.api.max_concurrent_requests.into(),
-            ),
+            ("api.max_sessions_per_user", self.api.max_sessions_per_user.into()),
+            ("api.max_concurrent_requests", self.api.max_concurrent_requests.into()),
             ("api.memory_limit_mb", self.api.memory_limit_mb),
             ("api.max_body_kb", self.api.max_body_kb as u64),
             ("api.workers", self.api.workers as u64),
@@ -496,9 +448,7 @@ impl Settings {
         ];
         for (key, value) in positive {
             if *value == 0 {
-                return Err(err(format!(
-                    "invalid setting `{key}`: must be greater than 0"
-                )));
+                return Err(err(format!("invalid setting `{key}`: must be greater than 0")));
             }
         }
         if self.api.host.trim().is_empty() {
@@ -516,23 +466,15 @@ impl Settings {
             }
         }
         if self.session.storage == StorageKind::Postgresql
-            && self
-                .session
-                .database_url
-                .as_deref()
-                .is_none_or(str::is_empty)
+            && self.session.database_url.as_deref().is_none_or(str::is_empty)
         {
-            return Err(err(
-                "invalid setting `session.database_url`: required when session.storage = \"postgresql\" \
-                 (or set CLAUDE_AGENT_SESSION_PG_HOST and friends)",
-            ));
+            return Err(err("invalid setting `session.database_url`: required when session.storage = \"postgresql\" \
+                 (or set CLAUDE_AGENT_SESSION_PG_HOST and friends)"));
         }
         if let Some(max) = self.defaults.max_budget_usd
             && !(max > 0.0)
         {
-            return Err(err(
-                "invalid setting `defaults.max_budget_usd`: must be greater than 0",
-            ));
+            return Err(err("invalid setting `defaults.max_budget_usd`: must be greater than 0"));
         }
         Ok(())
     }
@@ -545,14 +487,8 @@ impl Settings {
 
 fn parse_file(text: &str, label: &str) -> Result<toml::Table, SettingsError> {
     text.parse::<toml::Table>().map_err(|e| {
-        let line = e
-            .span()
-            .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
-            .unwrap_or(0);
-        err(format!(
-            "invalid settings file {label} (line {line}): {}",
-            e.message().trim()
-        ))
+        let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1)).unwrap_or(0);
+        err(format!("invalid settings file {label} (line {line}): {}", e.message().trim()))
     })
 }
 
@@ -565,55 +501,35 @@ fn apply_env(
     key: &str,
     raw: &str,
 ) -> Result<(), SettingsError> {
-    let template = defaults
-        .get(section)
-        .and_then(|s| s.as_table())
-        .and_then(|t| t.get(key));
+    let template = defaults.get(section).and_then(|s| s.as_table()).and_then(|t| t.get(key));
     let known_section = defaults.get(section).is_some_and(|s| s.is_table());
     if !known_section {
-        return Err(err(format!(
-            "unknown settings section `{section}` in environment variable {name}"
-        )));
+        return Err(err(format!("unknown settings section `{section}` in environment variable {name}")));
     }
-    let value = typed_env_value(template, raw).map_err(|why| {
-        err(format!(
-            "invalid value for `{section}.{key}` in {name}: {why}"
-        ))
-    })?;
-    let entry = table
-        .entry(section.to_string())
-        .or_insert_with(|| toml::Value::Table(Default::default()));
+    let value = typed_env_value(template, raw)
+        .map_err(|why| err(format!("invalid value for `{section}.{key}` in {name}: {why}")))?;
+    let entry = table.entry(section.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
     match entry.as_table_mut() {
         Some(t) => {
             t.insert(key.to_string(), value);
             Ok(())
         }
-        None => Err(err(format!(
-            "settings `{section}` is not a table, cannot apply {name}"
-        ))),
+        None => Err(err(format!("settings `{section}` is not a table, cannot apply {name}"))),
     }
 }
 
 fn typed_env_value(template: Option<&toml::Value>, raw: &str) -> Result<toml::Value, String> {
     use toml::Value;
-    let literal = || -> Option<Value> {
-        format!("v = {raw}")
-            .parse::<toml::Table>()
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-    };
+    let literal =
+        || -> Option<Value> { format!("v = {raw}").parse::<toml::Table>().ok().and_then(|mut t| t.remove("v")) };
     Ok(match template {
         Some(Value::String(_)) => Value::String(raw.to_string()),
-        Some(Value::Integer(_)) => Value::Integer(
-            raw.trim()
-                .parse()
-                .map_err(|_| format!("expected an integer, got {raw:?}"))?,
-        ),
-        Some(Value::Float(_)) => Value::Float(
-            raw.trim()
-                .parse()
-                .map_err(|_| format!("expected a number, got {raw:?}"))?,
-        ),
+        Some(Value::Integer(_)) => {
+            Value::Integer(raw.trim().parse().map_err(|_| format!("expected an integer, got {raw:?}"))?)
+        }
+        Some(Value::Float(_)) => {
+            Value::Float(raw.trim().parse().map_err(|_| format!("expected a number, got {raw:?}"))?)
+        }
         Some(Value::Boolean(_)) => Value::Boolean(match raw.trim().to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" | "on" => true,
             "false" | "0" | "no" | "off" => false,
@@ -622,11 +538,7 @@ fn typed_env_value(template: Option<&toml::Value>, raw: &str) -> Result<toml::Va
         Some(Value::Array(_)) => match literal() {
             Some(v @ Value::Array(_)) => v,
             _ => Value::Array(
-                raw.split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| Value::String(s.to_string()))
-                    .collect(),
+                raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Value::String(s.to_string())).collect(),
             ),
         },
         Some(Value::Table(_)) => match literal() {
@@ -642,13 +554,7 @@ fn typed_env_value(template: Option<&toml::Value>, raw: &str) -> Result<toml::Va
 }
 
 fn postgres_url_from_seed(pg: &BTreeMap<&str, &str>) -> String {
-    let get = |k: &str, d: &str| {
-        pg.get(k)
-            .copied()
-            .filter(|v| !v.is_empty())
-            .unwrap_or(d)
-            .to_string()
-    };
+    let get = |k: &str, d: &str| pg.get(k).copied().filter(|v| !v.is_empty()).unwrap_or(d).to_string();
     let host = get("CLAUDE_AGENT_SESSION_PG_HOST", "localhost");
     let port = get("CLAUDE_AGENT_SESSION_PG_PORT", "5432");
     let db = get("CLAUDE_AGENT_SESSION_PG_DATABASE", "claude_agent");
@@ -680,10 +586,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -699,10 +602,7 @@ mod tests {
         let s = Settings::from_sources(Some(text), None, &[]).expect("Settings.toml is valid");
         let a = toml::Table::try_from(&s).unwrap();
         let b = toml::Table::try_from(Settings::default()).unwrap();
-        assert_eq!(
-            a, b,
-            "Settings.toml must state exactly the built-in defaults"
-        );
+        assert_eq!(a, b, "Settings.toml must state exactly the built-in defaults");
     }
 
     #[test]
@@ -748,10 +648,7 @@ mod tests {
         let s = Settings::from_sources(
             None,
             None,
-            &env(&[
-                ("CLAUDE_AGENT_API__PORT", "9200"),
-                ("CLAUDE_AGENT_API_PORT", "9300"),
-            ]),
+            &env(&[("CLAUDE_AGENT_API__PORT", "9200"), ("CLAUDE_AGENT_API_PORT", "9300")]),
         )
         .unwrap();
         assert_eq!(s.api.port, 9200);
@@ -759,18 +656,12 @@ mod tests {
 
     #[test]
     fn unknown_env_key_and_bad_env_value_are_named() {
-        let e = Settings::from_sources(None, None, &env(&[("CLAUDE_AGENT_API__PROT", "1")]))
-            .unwrap_err();
+        let e = Settings::from_sources(None, None, &env(&[("CLAUDE_AGENT_API__PROT", "1")])).unwrap_err();
         assert!(e.0.contains("prot"), "{e}");
-        let e =
-            Settings::from_sources(None, None, &env(&[("CLAUDE_AGENT_NOPE__X", "1")])).unwrap_err();
+        let e = Settings::from_sources(None, None, &env(&[("CLAUDE_AGENT_NOPE__X", "1")])).unwrap_err();
         assert!(e.0.contains("CLAUDE_AGENT_NOPE__X"), "{e}");
-        let e = Settings::from_sources(None, None, &env(&[("CLAUDE_AGENT_API_PORT", "eighty")]))
-            .unwrap_err();
-        assert!(
-            e.0.contains("api.port") && e.0.contains("CLAUDE_AGENT_API_PORT"),
-            "{e}"
-        );
+        let e = Settings::from_sources(None, None, &env(&[("CLAUDE_AGENT_API_PORT", "eighty")])).unwrap_err();
+        assert!(e.0.contains("api.port") && e.0.contains("CLAUDE_AGENT_API_PORT"), "{e}");
     }
 
     #[test]
@@ -787,16 +678,12 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(
-            s.session.database_url.as_deref(),
-            Some("postgres://app:p%40ss@db:5432/agents")
-        );
+        assert_eq!(s.session.database_url.as_deref(), Some("postgres://app:p%40ss@db:5432/agents"));
     }
 
     #[test]
     fn postgres_without_url_is_refused() {
-        let e = Settings::from_sources(Some("[session]\nstorage = \"postgresql\"\n"), None, &[])
-            .unwrap_err();
+        let e = Settings::from_sources(Some("[session]\nstorage = \"postgresql\"\n"), None, &[]).unwrap_err();
         assert!(e.0.contains("session.database_url"), "{e}");
     }
 
@@ -808,8 +695,7 @@ mod tests {
 
     #[test]
     fn overridable_names_are_checked() {
-        let e = Settings::from_sources(Some("[session]\noverridable = [\"cwd\"]\n"), None, &[])
-            .unwrap_err();
+        let e = Settings::from_sources(Some("[session]\noverridable = [\"cwd\"]\n"), None, &[]).unwrap_err();
         assert!(e.0.contains("cwd"), "{e}");
     }
 }

@@ -11,8 +11,7 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::{Condition, from_fn};
 use actix_web::{App, HttpServer, web};
 
-use crate::actors::Registry;
-use crate::actors::registry::Limits;
+use crate::actors::{Registry, Shutdown};
 use crate::api::extract::{BodyLimit, path_error, query_error};
 use crate::api::middleware::{REQUEST_ID_HEADER, log_requests};
 use crate::auth::Authenticator;
@@ -29,6 +28,8 @@ pub struct AppState {
     pub sessions: SessionService,
     pub authenticator: Authenticator,
     pub started_at: Instant,
+    /// `cli.path --version`, asked once (the real CLI takes ~0.5 s to answer).
+    pub cli_version: std::sync::OnceLock<String>,
 }
 
 /// Why the application could not start: one line for the operator.
@@ -57,12 +58,8 @@ impl Application {
         check_exposure(&settings)?;
         create_dir(&settings.data.dir, "data.dir")?;
         create_dir(&settings.user.base_dir, "user.base_dir")?;
-        let users_root = std::fs::canonicalize(&settings.user.base_dir).map_err(|e| {
-            StartupError(format!(
-                "user.base_dir {}: {e}",
-                settings.user.base_dir.display()
-            ))
-        })?;
+        let users_root = std::fs::canonicalize(&settings.user.base_dir)
+            .map_err(|e| StartupError(format!("user.base_dir {}: {e}", settings.user.base_dir.display())))?;
 
         let storage = Storage::connect(&settings.session).await.map_err(|e| {
             StartupError(format!(
@@ -81,47 +78,30 @@ impl Application {
             );
         }
         let admin = match settings.auth.mode {
-            AuthMode::ApiKey => ensure_admin_key(
-                settings.auth.admin_key.as_deref(),
-                &storage,
-                &settings.data.dir,
-            )
-            .await
-            .map_err(StartupError)?,
+            AuthMode::ApiKey => ensure_admin_key(settings.auth.admin_key.as_deref(), &storage, &settings.data.dir)
+                .await
+                .map_err(StartupError)?,
             AuthMode::None => {
-                log::warn!(
-                    "auth.mode = \"none\": requests are not authenticated (trusted network only)"
-                );
+                log::warn!("auth.mode = \"none\": requests are not authenticated (trusted network only)");
                 crate::auth::AdminKey::Stored
             }
         };
 
-        let registry = Registry::new(Limits::from_settings(&settings), storage.clone()).start();
-        let sessions = SessionService::new(
-            settings.clone(),
-            storage.clone(),
-            registry.clone(),
-            users_root,
-        );
+        let registry = Registry::new(settings.clone(), storage.clone()).start();
+        let sessions = SessionService::new(settings.clone(), storage.clone(), registry.clone(), users_root);
         let state = web::Data::new(AppState {
-            authenticator: Authenticator {
-                mode: settings.auth.mode,
-                admin,
-            },
+            authenticator: Authenticator { mode: settings.auth.mode, admin },
             settings: settings.clone(),
             storage,
             registry,
             sessions,
             started_at: Instant::now(),
+            cli_version: std::sync::OnceLock::new(),
         });
 
-        let listener = TcpListener::bind(settings.bind_address()).map_err(|e| {
-            StartupError(format!("cannot listen on {}: {e}", settings.bind_address()))
-        })?;
-        let port = listener
-            .local_addr()
-            .map_err(|e| StartupError(e.to_string()))?
-            .port();
+        let listener = TcpListener::bind(settings.bind_address())
+            .map_err(|e| StartupError(format!("cannot listen on {}: {e}", settings.bind_address())))?;
+        let port = listener.local_addr().map_err(|e| StartupError(e.to_string()))?.port();
         let server = build_server(listener, state.clone())?;
         log::info!(
             "claude-agent-http {} listening on {}:{port} ({} storage)",
@@ -129,11 +109,7 @@ impl Application {
             settings.api.host,
             settings.session.storage.as_str()
         );
-        Ok(Application {
-            port,
-            server,
-            state,
-        })
+        Ok(Application { port, server, state })
     }
 
     pub fn port(&self) -> u16 {
@@ -149,8 +125,15 @@ impl Application {
         self.state.clone()
     }
 
+    /// Serves until the server is stopped (SIGTERM/SIGINT or a handle), then stops every
+    /// session's CLI and waits until all are reaped.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let served = self.server.await;
+        log::info!("stopping every session's CLI");
+        if let Err(e) = self.state.registry.send(Shutdown).await {
+            log::error!("registry unavailable at shutdown: {e}");
+        }
+        served
     }
 }
 
@@ -183,21 +166,11 @@ fn build_server(listener: TcpListener, state: web::Data<AppState>) -> Result<Ser
 fn cors(origins: &[String]) -> Cors {
     let mut cors = Cors::default()
         .allowed_methods(["GET", "POST", "PUT", "DELETE", "OPTIONS"])
-        .allowed_headers([
-            "authorization",
-            "x-api-key",
-            "content-type",
-            "last-event-id",
-            "x-request-id",
-        ])
+        .allowed_headers(["authorization", "x-api-key", "content-type", "last-event-id", "x-request-id"])
         .expose_headers([REQUEST_ID_HEADER.as_str(), "retry-after"])
         .max_age(3600);
     for origin in origins {
-        cors = if origin == "*" {
-            cors.allow_any_origin().send_wildcard()
-        } else {
-            cors.allowed_origin(origin)
-        };
+        cors = if origin == "*" { cors.allow_any_origin().send_wildcard() } else { cors.allowed_origin(origin) };
     }
     cors
 }
@@ -207,11 +180,7 @@ fn check_exposure(settings: &Settings) -> Result<(), StartupError> {
     if settings.auth.mode != AuthMode::None || settings.auth.allow_unauthenticated_remote {
         return Ok(());
     }
-    let host = settings
-        .api
-        .host
-        .trim_start_matches('[')
-        .trim_end_matches(']');
+    let host = settings.api.host.trim_start_matches('[').trim_end_matches(']');
     let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
     if loopback {
         Ok(())
@@ -224,8 +193,7 @@ fn check_exposure(settings: &Settings) -> Result<(), StartupError> {
 }
 
 fn create_dir(dir: &Path, key: &str) -> Result<PathBuf, StartupError> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| StartupError(format!("cannot create {key} {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(|e| StartupError(format!("cannot create {key} {}: {e}", dir.display())))?;
     Ok(dir.to_path_buf())
 }
 

@@ -1,5 +1,9 @@
-//! Actors: the registry that admits and supervises every live session.
+//! Actors: the registry that admits and supervises every live session, and one
+//! `SessionActor` per live session that owns its CLI process.
 
+mod persist;
 pub mod registry;
+pub mod session;
 
-pub use registry::{Admit, GetStats, Registry, RegistryStats, Release};
+pub use registry::{GetStats, Launch, Lookup, Registry, RegistryStats, Retire, Shutdown};
+pub use session::{Interrupt, SessionActor, StartTurn, StopReason, TurnRefused, TurnStarted};

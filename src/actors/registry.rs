@@ -1,27 +1,41 @@
-//! The registry actor: the one place that admits or refuses every create and resume
-//! (global and per-user caps, memory), samples memory, and expires sessions past their TTL.
-//! Each decision and its effect (the reserved slot) happen in one message, so two requests
-//! racing for the last slot cannot both win.
+//! The registry actor: the one place that admits or refuses every launch (create, resume,
+//! respawn) and every turn, and supervises all session actors. Each decision and its effect
+//! happen in one message, so two requests racing for the last slot cannot both win.
+//!
+//! It also samples memory (the service plus every descendant process), evicts idle sessions
+//! after `api.idle_session_timeout`, evicts least-recently-used idle sessions under memory
+//! pressure (never one in a turn), and expires sessions past their TTL.
 
-use std::collections::HashMap;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use serde_json::{Map, Value};
+use tokio::sync::{oneshot, watch};
 
+use super::session::{SessionActor, SessionSetup, Stop, StopReason};
+use crate::cli::command::{AgentOptions, StartMode, build_args, build_env, transcript_path};
+use crate::cli::process::{self, LaunchSpec};
 use crate::error::ApiError;
 use crate::memory::{self, MemorySample};
 use crate::settings::Settings;
-use crate::storage::Storage;
+use crate::storage::{SessionRow, Storage};
 
 /// Limits the registry enforces, read from the settings once.
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_sessions: u32,
     pub max_sessions_per_user: u32,
+    pub max_concurrent_turns: u32,
     pub memory_limit_bytes: u64,
     pub check_interval: Duration,
     /// 0 = sessions never expire.
     pub ttl: Duration,
+    /// 0 = never evict for idleness.
+    pub idle_timeout: Duration,
+    pub max_rss_bytes: u64,
 }
 
 impl Limits {
@@ -29,42 +43,191 @@ impl Limits {
         Self {
             max_sessions: s.api.max_sessions,
             max_sessions_per_user: s.api.max_sessions_per_user,
+            max_concurrent_turns: s.api.max_concurrent_requests,
             memory_limit_bytes: s.api.memory_limit_mb.saturating_mul(1024 * 1024),
             check_interval: Duration::from_secs(s.memory.check_interval),
             ttl: Duration::from_secs(s.session.ttl),
+            idle_timeout: Duration::from_secs(s.api.idle_session_timeout),
+            max_rss_bytes: s.cli.max_rss_mb.saturating_mul(1024 * 1024),
         }
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Live,
+    /// Its process is being stopped; it holds no quota slot, and a new launch waits for it.
+    Stopping,
+}
+
+struct Entry {
+    user_id: String,
+    addr: Addr<SessionActor>,
+    pid: u32,
+    last_active: Instant,
+    phase: Phase,
+    ended: watch::Sender<bool>,
+}
+
 pub struct Registry {
     limits: Limits,
+    settings: Arc<Settings>,
     storage: Storage,
-    /// Live sessions of this instance: session id → owner.
-    live: HashMap<String, String>,
-    per_user: HashMap<String, u32>,
+    entries: HashMap<String, Entry>,
+    turns_running: HashSet<String>,
+    turn_waiters: VecDeque<(String, oneshot::Sender<TurnPermit>)>,
     memory: MemorySample,
     sweeping: bool,
 }
 
 impl Registry {
-    pub fn new(limits: Limits, storage: Storage) -> Self {
+    pub fn new(settings: Arc<Settings>, storage: Storage) -> Self {
         Self {
-            limits,
+            limits: Limits::from_settings(&settings),
+            settings,
             storage,
-            live: HashMap::new(),
-            per_user: HashMap::new(),
+            entries: HashMap::new(),
+            turns_running: HashSet::new(),
+            turn_waiters: VecDeque::new(),
             memory: memory::sample(),
             sweeping: false,
         }
     }
 
-    fn release(&mut self, session_id: &str) {
-        if let Some(user) = self.live.remove(session_id)
-            && let Some(n) = self.per_user.get_mut(&user)
-        {
-            *n -= 1;
-            if *n == 0 {
-                self.per_user.remove(&user);
+    fn live_count(&self) -> usize {
+        self.entries.values().filter(|e| e.phase == Phase::Live).count()
+    }
+
+    fn live_of_user(&self, user_id: &str) -> u32 {
+        self.entries.values().filter(|e| e.phase == Phase::Live && e.user_id == user_id).count() as u32
+    }
+
+    /// Admission and spawn of a session that has no live actor, in one step.
+    fn launch_new(&mut self, row: &SessionRow, me: Addr<Registry>) -> Result<Addr<SessionActor>, ApiError> {
+        if self.memory.total_bytes() >= self.limits.memory_limit_bytes {
+            return Err(Refusal::Memory {
+                used_mb: self.memory.total_mb(),
+                limit_mb: self.limits.memory_limit_bytes / (1024 * 1024),
+                retry_after_secs: self.limits.check_interval.as_secs().max(1),
+            }
+            .into());
+        }
+        if self.live_count() as u32 >= self.limits.max_sessions {
+            return Err(Refusal::GlobalCap { max: self.limits.max_sessions }.into());
+        }
+        if self.live_of_user(&row.user_id) >= self.limits.max_sessions_per_user {
+            return Err(Refusal::UserCap { max: self.limits.max_sessions_per_user }.into());
+        }
+        let program = crate::cli::locate(&self.settings.cli.path).ok_or_else(|| {
+            ApiError::CliFailed(format!("the claude CLI was not found at `{}` (cli.path)", self.settings.cli.path))
+        })?;
+        let cwd = PathBuf::from(&row.cwd);
+        let user_dir = self.settings_user_dir(&row.user_id)?;
+        let config_dir = user_dir.join(".claude");
+        let tmp_dir = std::env::temp_dir().join("claude-agent-http").join(&row.session_id);
+        for dir in [&config_dir, &tmp_dir] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| ApiError::Internal(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let overrides: Map<String, Value> = serde_json::from_str(&row.options).unwrap_or_default();
+        let options = AgentOptions::resolve(&self.settings, &overrides);
+        let mode = if transcript_path(&config_dir, &row.cwd, &row.cli_session_id).is_some() {
+            StartMode::Resume
+        } else {
+            StartMode::New
+        };
+        let args = build_args(&options, &self.settings.plugins, &row.cli_session_id, mode);
+        let env = build_env(std::env::vars(), &self.settings.cli.env, &config_dir, &tmp_dir);
+        let spec = LaunchSpec { program: &program, args: &args, env: &env, cwd: &cwd };
+        let label = format!("session {}", row.session_id);
+        let child = process::spawn(&spec, &label)
+            .map_err(|e| ApiError::CliFailed(format!("cannot start the claude CLI at {}: {e}", program.display())))?;
+        log::info!("session {}: started the CLI (pid {}, {:?})", row.session_id, child.pid, mode);
+        let pid = child.pid;
+        let setup = SessionSetup {
+            session_id: row.session_id.clone(),
+            cli_session_id: row.cli_session_id.clone(),
+            user_id: row.user_id.clone(),
+            last_event_id: row.last_event_id,
+            total_cost_usd: row.total_cost_usd,
+            tmp_dir,
+        };
+        let addr = SessionActor::new(setup, child, me, self.storage.clone(), self.settings.clone()).start();
+        let (ended, _) = watch::channel(false);
+        self.entries.insert(
+            row.session_id.clone(),
+            Entry {
+                user_id: row.user_id.clone(),
+                addr: addr.clone(),
+                pid,
+                last_active: Instant::now(),
+                phase: Phase::Live,
+                ended,
+            },
+        );
+        Ok(addr)
+    }
+
+    fn settings_user_dir(&self, user_id: &str) -> Result<PathBuf, ApiError> {
+        let root = std::fs::canonicalize(&self.settings.user.base_dir)
+            .map_err(|e| ApiError::Internal(format!("user.base_dir: {e}")))?;
+        Ok(root.join(user_id))
+    }
+
+    fn retire(&mut self, session_id: &str, reason: StopReason) {
+        if let Some(entry) = self.entries.get_mut(session_id) {
+            if entry.phase == Phase::Live {
+                entry.phase = Phase::Stopping;
+            }
+            entry.addr.do_send(Stop { reason });
+        }
+    }
+
+    /// Idle sessions past `api.idle_session_timeout`, and the least recently used idle ones
+    /// while memory is at the limit.
+    fn evict(&mut self) {
+        let now = Instant::now();
+        let mut idle: Vec<(&String, &Entry)> =
+            self.entries.iter().filter(|(id, e)| e.phase == Phase::Live && !self.turns_running.contains(*id)).collect();
+        idle.sort_by_key(|(_, e)| e.last_active);
+        let mut victims: Vec<(String, StopReason)> = Vec::new();
+        if !self.limits.idle_timeout.is_zero() {
+            for (id, e) in &idle {
+                if now.duration_since(e.last_active) >= self.limits.idle_timeout {
+                    victims.push(((*id).clone(), StopReason::IdleEviction));
+                }
+            }
+        }
+        let total = self.memory.total_bytes();
+        if total >= self.limits.memory_limit_bytes {
+            let target = self.limits.memory_limit_bytes / 10 * 9;
+            let mut expected = total;
+            for (id, e) in &idle {
+                if expected < target {
+                    break;
+                }
+                if !victims.iter().any(|(v, _)| v == *id) {
+                    victims.push(((*id).clone(), StopReason::MemoryEviction));
+                }
+                let (rss, _) = memory::descendants_rss(e.pid);
+                expected = expected.saturating_sub(rss + memory::rss_bytes(e.pid).unwrap_or(0));
+            }
+        }
+        for (id, reason) in victims {
+            log::info!("session {id}: evicting ({reason:?})");
+            // The actor refuses if a turn started meanwhile; it reports back with `Stopping`.
+            if let Some(e) = self.entries.get(&id) {
+                e.addr.do_send(Stop { reason });
+            }
+        }
+        // A single CLI above cli.max_rss_mb is restarted once its turn is over.
+        for (id, e) in &self.entries {
+            if e.phase == Phase::Live {
+                let rss = memory::rss_bytes(e.pid).unwrap_or(0) + memory::descendants_rss(e.pid).0;
+                if rss > self.limits.max_rss_bytes {
+                    log::info!("session {id}: CLI uses {} MiB, restarting it after its turn", rss >> 20);
+                    e.addr.do_send(Stop { reason: StopReason::TooLarge });
+                }
             }
         }
     }
@@ -82,7 +245,7 @@ impl Registry {
             match result {
                 Ok(expired) => {
                     for id in &expired {
-                        act.release(id);
+                        act.retire(id, StopReason::Expired);
                     }
                     if !expired.is_empty() {
                         log::info!("expired {} session(s) past session.ttl", expired.len());
@@ -92,38 +255,50 @@ impl Registry {
             }
         }));
     }
+
+    fn grant_turn_slots(&mut self, me: &Addr<Registry>) {
+        while (self.turns_running.len() as u32) < self.limits.max_concurrent_turns {
+            let Some((session_id, waiter)) = self.turn_waiters.pop_front() else { break };
+            if waiter.is_closed() {
+                continue; // gave up waiting
+            }
+            let permit = TurnPermit { session_id: session_id.clone(), registry: Some(me.clone()) };
+            self.turns_running.insert(session_id);
+            if let Err(mut permit) = waiter.send(permit) {
+                // Dropped between the check and the send: give the slot back without a message.
+                permit.registry = None;
+                self.turns_running.remove(&permit.session_id);
+            }
+        }
+    }
 }
 
 impl Actor for Registry {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(1024);
         ctx.run_interval(self.limits.check_interval, |act, _| {
-            act.memory = memory::sample()
+            act.memory = memory::sample();
+            act.evict();
         });
+        if !self.limits.idle_timeout.is_zero() {
+            let every = (self.limits.idle_timeout / 4).clamp(Duration::from_millis(250), self.limits.check_interval);
+            ctx.run_interval(every, |act, _| act.evict());
+        }
         if !self.limits.ttl.is_zero() {
-            // Often enough that an expired session is noticed within a quarter of its TTL.
-            let every =
-                (self.limits.ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+            let every = (self.limits.ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
             ctx.run_interval(every, |act, ctx| act.sweep_expired(ctx));
         }
     }
 }
 
-/// Why a session was not admitted.
+/// Why a launch was not admitted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    GlobalCap {
-        max: u32,
-    },
-    UserCap {
-        max: u32,
-    },
-    Memory {
-        used_mb: u64,
-        limit_mb: u64,
-        retry_after_secs: u64,
-    },
+    GlobalCap { max: u32 },
+    UserCap { max: u32 },
+    Memory { used_mb: u64, limit_mb: u64, retry_after_secs: u64 },
 }
 
 impl From<Refusal> for ApiError {
@@ -137,11 +312,7 @@ impl From<Refusal> for ApiError {
                 message: format!("You have the maximum of {max} live sessions; close one first"),
                 retry_after_secs: 10,
             },
-            Refusal::Memory {
-                used_mb,
-                limit_mb,
-                retry_after_secs,
-            } => ApiError::MemoryPressure {
+            Refusal::Memory { used_mb, limit_mb, retry_after_secs } => ApiError::MemoryPressure {
                 message: format!("Memory in use ({used_mb} MiB) is at the limit ({limit_mb} MiB)"),
                 retry_after_secs,
             },
@@ -149,65 +320,186 @@ impl From<Refusal> for ApiError {
     }
 }
 
-/// Reserve a live slot for a session (create or resume). Idempotent for a session already live.
+/// The live actor of a session, launching its CLI if it has none (create, resume, respawn).
 #[derive(Message)]
-#[rtype(result = "Result<(), Refusal>")]
-pub struct Admit {
-    pub session_id: String,
-    pub user_id: String,
+#[rtype(result = "Result<Addr<SessionActor>, ApiError>")]
+pub struct Launch {
+    pub row: SessionRow,
 }
 
-impl Handler<Admit> for Registry {
-    type Result = Result<(), Refusal>;
+impl Handler<Launch> for Registry {
+    type Result = ResponseActFuture<Self, Result<Addr<SessionActor>, ApiError>>;
 
-    fn handle(&mut self, msg: Admit, _: &mut Context<Self>) -> Self::Result {
-        if self.live.contains_key(&msg.session_id) {
-            return Ok(());
+    fn handle(&mut self, msg: Launch, ctx: &mut Context<Self>) -> Self::Result {
+        let me = ctx.address();
+        match self.entries.get_mut(&msg.row.session_id) {
+            Some(entry) if entry.phase == Phase::Live => {
+                entry.last_active = Instant::now();
+                let addr = entry.addr.clone();
+                Box::pin(async move { Ok(addr) }.into_actor(self))
+            }
+            Some(entry) => {
+                // One process per session: wait for the old one to be reaped, then launch again.
+                let mut ended = entry.ended.subscribe();
+                let wait = self.settings.cli.stop_grace * 2 + 2;
+                Box::pin(
+                    async move {
+                        let _ = tokio::time::timeout(Duration::from_secs(wait), ended.wait_for(|done| *done)).await;
+                        me.send(msg).await?
+                    }
+                    .into_actor(self),
+                )
+            }
+            None => {
+                let result = self.launch_new(&msg.row, me);
+                Box::pin(async move { result }.into_actor(self))
+            }
         }
-        if self.memory.total_bytes() >= self.limits.memory_limit_bytes {
-            return Err(Refusal::Memory {
-                used_mb: self.memory.total_mb(),
-                limit_mb: self.limits.memory_limit_bytes / (1024 * 1024),
-                retry_after_secs: self.limits.check_interval.as_secs().max(1),
-            });
-        }
-        if self.live.len() as u32 >= self.limits.max_sessions {
-            return Err(Refusal::GlobalCap {
-                max: self.limits.max_sessions,
-            });
-        }
-        let of_user = self.per_user.get(&msg.user_id).copied().unwrap_or(0);
-        if of_user >= self.limits.max_sessions_per_user {
-            return Err(Refusal::UserCap {
-                max: self.limits.max_sessions_per_user,
-            });
-        }
-        *self.per_user.entry(msg.user_id.clone()).or_insert(0) += 1;
-        self.live.insert(msg.session_id, msg.user_id);
-        Ok(())
     }
 }
 
-/// Give a session's slot back (closed, purged, expired, or its create failed).
+/// The live actor of a session, if it has one.
+#[derive(Message)]
+#[rtype(result = "Option<Addr<SessionActor>>")]
+pub struct Lookup {
+    pub session_id: String,
+}
+
+impl Handler<Lookup> for Registry {
+    type Result = Option<Addr<SessionActor>>;
+
+    fn handle(&mut self, msg: Lookup, _: &mut Context<Self>) -> Self::Result {
+        self.entries.get(&msg.session_id).filter(|e| e.phase == Phase::Live).map(|e| e.addr.clone())
+    }
+}
+
+/// Stop these sessions' processes (closed, purged, expired, user deleted).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Release {
+pub struct Retire {
     pub session_ids: Vec<String>,
+    pub reason: StopReason,
 }
 
-impl Handler<Release> for Registry {
+impl Handler<Retire> for Registry {
     type Result = ();
 
-    fn handle(&mut self, msg: Release, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Retire, _: &mut Context<Self>) {
         for id in &msg.session_ids {
-            self.release(id);
+            self.retire(id, msg.reason);
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// From a session actor: it has started stopping (its slot is free).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stopping {
+    pub session_id: String,
+}
+
+impl Handler<Stopping> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Stopping, _: &mut Context<Self>) {
+        if let Some(e) = self.entries.get_mut(&msg.session_id) {
+            e.phase = Phase::Stopping;
+        }
+    }
+}
+
+/// From a session actor: its process is reaped and the actor is gone.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Ended {
+    pub session_id: String,
+}
+
+impl Handler<Ended> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Ended, _: &mut Context<Self>) {
+        if let Some(e) = self.entries.remove(&msg.session_id) {
+            let _ = e.ended.send(true);
+        }
+    }
+}
+
+/// From a session actor: a turn started or ended (for idle and LRU eviction).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Activity {
+    pub session_id: String,
+}
+
+impl Handler<Activity> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Activity, _: &mut Context<Self>) {
+        if let Some(e) = self.entries.get_mut(&msg.session_id) {
+            e.last_active = Instant::now();
+        }
+    }
+}
+
+/// A slot of `api.max_concurrent_requests`, held for the length of one turn. Dropping it
+/// gives the slot back.
+#[derive(Debug)]
+pub struct TurnPermit {
+    session_id: String,
+    registry: Option<Addr<Registry>>,
+}
+
+impl Drop for TurnPermit {
+    fn drop(&mut self) {
+        if let Some(registry) = self.registry.take() {
+            registry.do_send(ReleaseTurnSlot { session_id: std::mem::take(&mut self.session_id) });
+        }
+    }
+}
+
+/// Ask for a turn slot; the answer arrives on the receiver when one is free (the caller
+/// bounds the wait with `api.queue_timeout`).
+#[derive(Message)]
+#[rtype(result = "oneshot::Receiver<TurnPermit>")]
+pub struct AcquireTurnSlot {
+    pub session_id: String,
+}
+
+impl Handler<AcquireTurnSlot> for Registry {
+    type Result = MessageResult<AcquireTurnSlot>;
+
+    fn handle(&mut self, msg: AcquireTurnSlot, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.turn_waiters.push_back((msg.session_id, tx));
+        self.grant_turn_slots(&ctx.address());
+        MessageResult(rx)
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ReleaseTurnSlot {
+    session_id: String,
+}
+
+impl Handler<ReleaseTurnSlot> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReleaseTurnSlot, ctx: &mut Context<Self>) {
+        self.turns_running.remove(&msg.session_id);
+        if let Some(e) = self.entries.get_mut(&msg.session_id) {
+            e.last_active = Instant::now();
+        }
+        self.grant_turn_slots(&ctx.address());
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistryStats {
     pub live_sessions: usize,
+    pub processes: Vec<u32>,
+    pub turns_running: usize,
     pub memory: MemorySample,
 }
 
@@ -220,8 +512,38 @@ impl Handler<GetStats> for Registry {
 
     fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
         MessageResult(RegistryStats {
-            live_sessions: self.live.len(),
+            live_sessions: self.live_count(),
+            processes: self.entries.values().map(|e| e.pid).collect(),
+            turns_running: self.turns_running.len(),
             memory: self.memory,
+        })
+    }
+}
+
+/// Server shutdown: stop every session's process and wait until all are reaped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+impl Handler<Shutdown> for Registry {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) -> Self::Result {
+        let waits: Vec<watch::Receiver<bool>> = self
+            .entries
+            .values_mut()
+            .map(|e| {
+                e.phase = Phase::Stopping;
+                e.addr.do_send(Stop { reason: StopReason::Shutdown });
+                e.ended.subscribe()
+            })
+            .collect();
+        let limit = Duration::from_secs(self.settings.cli.stop_grace * 2 + 5);
+        Box::pin(async move {
+            let all = futures_util::future::join_all(waits.into_iter().map(|mut rx| async move {
+                let _ = rx.wait_for(|done| *done).await;
+            }));
+            let _ = tokio::time::timeout(limit, all).await;
         })
     }
 }

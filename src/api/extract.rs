@@ -26,15 +26,8 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let limit = req
-            .app_data::<BodyLimit>()
-            .map(|l| l.0)
-            .unwrap_or(1024 * 1024);
-        let content_type = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let limit = req.app_data::<BodyLimit>().map(|l| l.0).unwrap_or(1024 * 1024);
+        let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let declared_len = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -52,26 +45,16 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
             if bytes.len() > limit {
                 return Err(too_large(limit));
             }
-            let data: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-                b"{}"
-            } else {
-                &bytes
-            };
+            let data: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
             if data != b"{}" && !is_json(content_type.as_deref()) {
-                return Err(ApiError::UnsupportedMediaType(
-                    "Content-Type must be application/json".into(),
-                ));
+                return Err(ApiError::UnsupportedMediaType("Content-Type must be application/json".into()));
             }
             // Syntax first (400), then shape (422 with the field's path).
-            let json: serde_json::Value = serde_json::from_slice(data)
-                .map_err(|e| ApiError::InvalidRequest(format!("Malformed JSON: {e}")))?;
+            let json: serde_json::Value =
+                serde_json::from_slice(data).map_err(|e| ApiError::InvalidRequest(format!("Malformed JSON: {e}")))?;
             let value = serde_path_to_error::deserialize(json).map_err(|e| {
                 let path = e.path().to_string();
-                let field = if path.is_empty() || path == "." {
-                    "body".to_string()
-                } else {
-                    path
-                };
+                let field = if path.is_empty() || path == "." { "body".to_string() } else { path };
                 ApiError::Validation(vec![FieldError::new(field, e.into_inner().to_string())])
             })?;
             Ok(JsonBody(value))
@@ -85,14 +68,8 @@ fn too_large(limit: usize) -> ApiError {
 
 fn is_json(content_type: Option<&str>) -> bool {
     content_type.is_some_and(|ct| {
-        let essence = ct
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        essence == "application/json"
-            || (essence.starts_with("application/") && essence.ends_with("+json"))
+        let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
     })
 }
 

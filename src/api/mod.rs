@@ -1,9 +1,11 @@
 //! HTTP handlers, grouped by resource; each module has one `configure`.
 
+mod chat;
 pub mod extract;
 pub mod middleware;
 mod service;
 mod sessions;
+pub mod sse;
 mod users;
 
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -15,9 +17,7 @@ pub type ApiResult = Result<HttpResponse, ApiError>;
 /// Every route: `/api/v1/...`, the service endpoints, and JSON for unknown routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::scope("/api/v1")
-            .configure(sessions::configure)
-            .configure(users::configure),
+        web::scope("/api/v1").configure(sessions::configure).configure(chat::configure).configure(users::configure),
     )
     .configure(service::configure);
 }
@@ -33,9 +33,5 @@ async fn method_not_allowed() -> ApiResult {
 
 /// The answer for a path no route matches.
 pub async fn not_found(req: HttpRequest) -> ApiResult {
-    Err(ApiError::NotFound(format!(
-        "No route for {} {}",
-        req.method(),
-        req.path()
-    )))
+    Err(ApiError::NotFound(format!("No route for {} {}", req.method(), req.path())))
 }

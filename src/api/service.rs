@@ -34,39 +34,55 @@ struct Health {
     error: Option<String>,
 }
 
-/// 200 `healthy`, or 503 `unhealthy` with `error` when storage does not answer.
+/// 200 `healthy`, or 503 `unhealthy` with `error` when storage does not answer or the CLI
+/// is missing or broken.
 async fn get_health(state: web::Data<AppState>) -> HttpResponse {
     let stats = state.registry.send(GetStats).await.ok();
-    let (active_sessions, error) = match state.storage.count_open_sessions().await {
+    let (active_sessions, storage_error) = match state.storage.count_open_sessions().await {
         Ok(n) => (n, None),
         Err(e) => (0, Some(e.to_string())),
     };
     let cli = crate::cli::locate(&state.settings.cli.path);
-    let body = Health {
-        status: if error.is_none() {
-            "healthy"
-        } else {
-            "unhealthy"
+    let version = match &cli {
+        // Only an answer is remembered: a CLI installed or fixed later is seen on the next call.
+        Some(path) => match state.cli_version.get() {
+            Some(v) => Some(v.clone()),
+            None => {
+                let probed = crate::cli::process::version(path).await;
+                if let Some(v) = &probed {
+                    let _ = state.cli_version.set(v.clone());
+                }
+                probed
+            }
         },
+        None => None,
+    };
+    let cli_error = match (&cli, &version) {
+        (None, _) => Some(format!("the claude CLI was not found at `{}` (cli.path)", state.settings.cli.path)),
+        (Some(path), None) => Some(format!("the claude CLI at {} does not answer --version", path.display())),
+        _ => None,
+    };
+    let error = match (storage_error, cli_error) {
+        (Some(s), Some(c)) => Some(format!("{s}; {c}")),
+        (s, c) => s.or(c),
+    };
+    let body = Health {
+        status: if error.is_none() { "healthy" } else { "unhealthy" },
         version: env!("CARGO_PKG_VERSION"),
         active_sessions,
-        in_memory_clients: stats.map(|s| s.live_sessions).unwrap_or(0),
-        memory_mb: stats.map(|s| s.memory.total_mb()).unwrap_or(0),
+        in_memory_clients: stats.as_ref().map(|s| s.live_sessions).unwrap_or(0),
+        memory_mb: stats.as_ref().map(|s| s.memory.total_mb()).unwrap_or(0),
         storage_type: state.storage.kind().as_str(),
         uptime_seconds: state.started_at.elapsed().as_secs(),
         cli: CliInfo {
             found: cli.is_some(),
-            path: cli
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| state.settings.cli.path.clone()),
-            version: None,
+            path: cli.map(|p| p.display().to_string()).unwrap_or_else(|| state.settings.cli.path.clone()),
+            version,
         },
         error,
     };
     if body.error.is_some() {
-        HttpResponse::ServiceUnavailable()
-            .insert_header((header::RETRY_AFTER, 5))
-            .json(body)
+        HttpResponse::ServiceUnavailable().insert_header((header::RETRY_AFTER, 5)).json(body)
     } else {
         HttpResponse::Ok().json(body)
     }
@@ -92,9 +108,7 @@ async fn get_root(req: HttpRequest) -> HttpResponse {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.contains("text/html"));
     if wants_html {
-        HttpResponse::Ok()
-            .content_type("text/html; charset=utf-8")
-            .body(CONSOLE_PLACEHOLDER)
+        HttpResponse::Ok().content_type("text/html; charset=utf-8").body(CONSOLE_PLACEHOLDER)
     } else {
         HttpResponse::Ok().json(ServiceInfo {
             name: "claude-agent-http",

@@ -10,17 +10,13 @@ use crate::sessions::{CreateSession, ListQuery, Session};
 use crate::startup::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        resource("/sessions")
-            .route(web::post().to(create_session))
-            .route(web::get().to(list_sessions)),
-    )
-    .service(
-        resource("/sessions/{session_id}")
-            .route(web::get().to(get_session))
-            .route(web::delete().to(delete_session)),
-    )
-    .service(resource("/sessions/{session_id}/resume").route(web::post().to(resume_session)));
+    cfg.service(resource("/sessions").route(web::post().to(create_session)).route(web::get().to(list_sessions)))
+        .service(
+            resource("/sessions/{session_id}")
+                .route(web::get().to(get_session))
+                .route(web::delete().to(delete_session)),
+        )
+        .service(resource("/sessions/{session_id}/resume").route(web::post().to(resume_session)));
 }
 
 async fn create_session(
@@ -42,18 +38,10 @@ struct ListParams {
     offset: Option<i64>,
 }
 
-async fn list_sessions(
-    state: web::Data<AppState>,
-    caller: Caller,
-    params: web::Query<ListParams>,
-) -> ApiResult {
+async fn list_sessions(state: web::Data<AppState>, caller: Caller, params: web::Query<ListParams>) -> ApiResult {
     let params = params.into_inner();
-    let query = ListQuery {
-        user_id: params.user_id,
-        status: params.status,
-        limit: params.limit,
-        offset: params.offset,
-    };
+    let query =
+        ListQuery { user_id: params.user_id, status: params.status, limit: params.limit, offset: params.offset };
     let rows = state.sessions.list(&caller, query).await?;
     Ok(if params.detail {
         HttpResponse::Ok().json(rows.into_iter().map(Session::from).collect::<Vec<_>>())
@@ -62,11 +50,7 @@ async fn list_sessions(
     })
 }
 
-async fn get_session(
-    state: web::Data<AppState>,
-    caller: Caller,
-    path: web::Path<String>,
-) -> ApiResult {
+async fn get_session(state: web::Data<AppState>, caller: Caller, path: web::Path<String>) -> ApiResult {
     let row = state.sessions.get(&caller, &path).await?;
     Ok(HttpResponse::Ok().json(Session::from(row)))
 }
@@ -87,11 +71,7 @@ async fn delete_session(
     Ok(HttpResponse::NoContent().finish())
 }
 
-async fn resume_session(
-    state: web::Data<AppState>,
-    caller: Caller,
-    path: web::Path<String>,
-) -> ApiResult {
+async fn resume_session(state: web::Data<AppState>, caller: Caller, path: web::Path<String>) -> ApiResult {
     let row = state.sessions.resume(&caller, &path).await?;
     Ok(HttpResponse::Ok().json(Session::from(row)))
 }

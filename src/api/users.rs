@@ -15,15 +15,11 @@ use crate::startup::AppState;
 use crate::storage::{ApiKeyRow, StorageError, UserRow};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        resource("/users")
-            .route(web::post().to(create_user))
-            .route(web::get().to(list_users)),
-    )
-    .service(resource("/users/{user_id}").route(web::delete().to(delete_user)))
-    .service(resource("/users/{user_id}/keys").route(web::post().to(create_key)))
-    .service(resource("/users/{user_id}/keys/{key_id}").route(web::delete().to(revoke_key)))
-    .service(resource("/me").route(web::get().to(get_me)));
+    cfg.service(resource("/users").route(web::post().to(create_user)).route(web::get().to(list_users)))
+        .service(resource("/users/{user_id}").route(web::delete().to(delete_user)))
+        .service(resource("/users/{user_id}/keys").route(web::post().to(create_key)))
+        .service(resource("/users/{user_id}/keys/{key_id}").route(web::delete().to(revoke_key)))
+        .service(resource("/me").route(web::get().to(get_me)));
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,24 +67,13 @@ fn new_key_row(user_id: &str, issued: &keys::IssuedKey, now: i64) -> ApiKeyRow {
     }
 }
 
-async fn create_user(
-    state: web::Data<AppState>,
-    caller: Caller,
-    JsonBody(body): JsonBody<CreateUser>,
-) -> ApiResult {
+async fn create_user(state: web::Data<AppState>, caller: Caller, JsonBody(body): JsonBody<CreateUser>) -> ApiResult {
     caller.require_admin()?;
     validate_user_id(&body.user_id)?;
     let now = clock::now_ms();
     let issued = keys::issue_key();
-    let user = UserRow {
-        user_id: body.user_id.clone(),
-        created_at: now,
-    };
-    match state
-        .storage
-        .insert_user_with_key(&user, &new_key_row(&body.user_id, &issued, now))
-        .await
-    {
+    let user = UserRow { user_id: body.user_id.clone(), created_at: now };
+    match state.storage.insert_user_with_key(&user, &new_key_row(&body.user_id, &issued, now)).await {
         Ok(()) => {}
         Err(StorageError::Conflict(_)) => return Err(ApiError::UserExists),
         Err(e) => return Err(e.into()),
@@ -124,61 +109,32 @@ async fn list_users(state: web::Data<AppState>, caller: Caller) -> ApiResult {
     Ok(HttpResponse::Ok().json(infos))
 }
 
-async fn delete_user(
-    state: web::Data<AppState>,
-    caller: Caller,
-    path: web::Path<String>,
-) -> ApiResult {
+async fn delete_user(state: web::Data<AppState>, caller: Caller, path: web::Path<String>) -> ApiResult {
     caller.require_admin()?;
-    let closed = state
-        .storage
-        .delete_user(&path, clock::now_ms())
-        .await?
-        .ok_or(ApiError::UserNotFound)?;
-    state.sessions.release(closed);
+    let closed = state.storage.delete_user(&path, clock::now_ms()).await?.ok_or(ApiError::UserNotFound)?;
+    state.sessions.retire(closed, crate::actors::StopReason::UserDeleted);
     Ok(HttpResponse::NoContent().finish())
 }
 
-async fn create_key(
-    state: web::Data<AppState>,
-    caller: Caller,
-    path: web::Path<String>,
-) -> ApiResult {
+async fn create_key(state: web::Data<AppState>, caller: Caller, path: web::Path<String>) -> ApiResult {
     caller.require_admin()?;
     let user_id = path.into_inner();
     if state.storage.get_user(&user_id).await?.is_none() {
         return Err(ApiError::UserNotFound);
     }
     let issued = keys::issue_key();
-    state
-        .storage
-        .insert_key(&new_key_row(&user_id, &issued, clock::now_ms()))
-        .await?;
-    Ok(HttpResponse::Created().json(CreatedKey {
-        user_id,
-        key_id: issued.key_id,
-        api_key: issued.api_key,
-    }))
+    state.storage.insert_key(&new_key_row(&user_id, &issued, clock::now_ms())).await?;
+    Ok(HttpResponse::Created().json(CreatedKey { user_id, key_id: issued.key_id, api_key: issued.api_key }))
 }
 
-async fn revoke_key(
-    state: web::Data<AppState>,
-    caller: Caller,
-    path: web::Path<(String, String)>,
-) -> ApiResult {
+async fn revoke_key(state: web::Data<AppState>, caller: Caller, path: web::Path<(String, String)>) -> ApiResult {
     caller.require_admin()?;
     let (user_id, key_id) = path.into_inner();
     if state.storage.get_user(&user_id).await?.is_none() {
         return Err(ApiError::UserNotFound);
     }
-    if !state
-        .storage
-        .revoke_key(&user_id, &key_id, clock::now_ms())
-        .await?
-    {
-        return Err(ApiError::NotFound(
-            "No such active key for this user".into(),
-        ));
+    if !state.storage.revoke_key(&user_id, &key_id, clock::now_ms()).await? {
+        return Err(ApiError::NotFound("No such active key for this user".into()));
     }
     Ok(HttpResponse::NoContent().finish())
 }
@@ -191,18 +147,9 @@ struct Me {
 
 async fn get_me(caller: Caller) -> ApiResult {
     let me = match caller {
-        Caller::User(user_id) => Me {
-            user_id: Some(user_id),
-            role: "user",
-        },
-        Caller::Admin => Me {
-            user_id: None,
-            role: "admin",
-        },
-        Caller::Open => Me {
-            user_id: None,
-            role: "open",
-        },
+        Caller::User(user_id) => Me { user_id: Some(user_id), role: "user" },
+        Caller::Admin => Me { user_id: None, role: "admin" },
+        Caller::Open => Me { user_id: None, role: "open" },
     };
     Ok(HttpResponse::Ok().json(me))
 }

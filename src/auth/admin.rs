@@ -29,17 +29,14 @@ pub async fn ensure_admin_key(
 ) -> Result<AdminKey, String> {
     if let Some(key) = configured.filter(|k| !k.is_empty()) {
         if key.len() < 16 {
-            return Err("the configured admin key (auth.admin_key / CLAUDE_AGENT_ADMIN_KEY) must be at least 16 characters".into());
+            return Err(
+                "the configured admin key (auth.admin_key / CLAUDE_AGENT_ADMIN_KEY) must be at least 16 characters"
+                    .into(),
+            );
         }
-        return Ok(AdminKey::Configured {
-            hash: keys::hash_key(key),
-        });
+        return Ok(AdminKey::Configured { hash: keys::hash_key(key) });
     }
-    if storage
-        .admin_key_exists()
-        .await
-        .map_err(|e| e.to_string())?
-    {
+    if storage.admin_key_exists().await.map_err(|e| e.to_string())? {
         return Ok(AdminKey::Stored);
     }
     let issued = keys::issue_key();
@@ -60,15 +57,9 @@ pub async fn ensure_admin_key(
     let path = data_dir.join(ADMIN_KEY_FILE);
     if let Err(e) = write_secret_file(&path, &issued.api_key) {
         let _ = storage.delete_key(&issued.key_id).await;
-        return Err(format!(
-            "cannot write the admin key to {}: {e}",
-            path.display()
-        ));
+        return Err(format!("cannot write the admin key to {}: {e}", path.display()));
     }
-    log::warn!(
-        "generated an admin key; it is in {} (readable by this user only)",
-        path.display()
-    );
+    log::warn!("generated an admin key; it is in {} (readable by this user only)", path.display());
     Ok(AdminKey::Stored)
 }
 
@@ -76,11 +67,7 @@ pub async fn ensure_admin_key(
 fn write_secret_file(path: &PathBuf, secret: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
     file.write_all(secret.as_bytes())?;
     file.write_all(b"\n")?;
     file.sync_all()?;

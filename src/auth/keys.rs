@@ -26,11 +26,7 @@ pub fn issue_key() -> IssuedKey {
     let key_id = random_hex(KEY_ID_BYTES);
     let api_key = format!("{PREFIX}{key_id}_{}", random_hex(SECRET_BYTES));
     let hash = hash_key(&api_key);
-    IssuedKey {
-        key_id,
-        api_key,
-        hash,
-    }
+    IssuedKey { key_id, api_key, hash }
 }
 
 pub fn hash_key(key: &str) -> String {
@@ -43,10 +39,7 @@ pub fn key_id_of(key: &str) -> Option<&str> {
     let (id, secret) = rest.split_once('_')?;
     let well_formed = id.len() == KEY_ID_BYTES * 2
         && secret.len() == SECRET_BYTES * 2
-        && id
-            .bytes()
-            .chain(secret.bytes())
-            .all(|b| b.is_ascii_hexdigit());
+        && id.bytes().chain(secret.bytes()).all(|b| b.is_ascii_hexdigit());
     well_formed.then_some(id)
 }
 
@@ -70,13 +63,7 @@ mod tests {
 
     #[test]
     fn malformed_keys_have_no_id() {
-        for bad in [
-            "",
-            "cah_",
-            "cah_zz_yy",
-            "Bearer x",
-            "cah_0123456789abcdef_short",
-        ] {
+        for bad in ["", "cah_", "cah_zz_yy", "Bearer x", "cah_0123456789abcdef_short"] {
             assert_eq!(key_id_of(bad), None, "{bad}");
         }
     }

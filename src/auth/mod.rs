@@ -35,16 +35,12 @@ impl Caller {
         match (self, requested) {
             (Caller::User(own), None) => Ok(own.clone()),
             (Caller::User(own), Some(other)) if other == own => Ok(own.clone()),
-            (Caller::User(_), Some(_)) => Err(ApiError::Forbidden(
-                "A user key can only act for its own user".into(),
-            )),
+            (Caller::User(_), Some(_)) => Err(ApiError::Forbidden("A user key can only act for its own user".into())),
             (Caller::Admin | Caller::Open, Some(user)) => {
                 crate::sessions::workspace::validate_user_id(user)?;
                 Ok(user.to_string())
             }
-            (Caller::Admin | Caller::Open, None) => {
-                Err(ApiError::validation("user_id", "is required"))
-            }
+            (Caller::Admin | Caller::Open, None) => Err(ApiError::validation("user_id", "is required")),
         }
     }
 
@@ -53,9 +49,7 @@ impl Caller {
     pub fn visible_user(&self, requested: Option<&str>) -> Result<Option<String>, ApiError> {
         match self {
             Caller::User(_) => self.acting_user(requested).map(Some),
-            Caller::Admin | Caller::Open => {
-                Ok(requested.filter(|u| !u.is_empty()).map(str::to_string))
-            }
+            Caller::Admin | Caller::Open => Ok(requested.filter(|u| !u.is_empty()).map(str::to_string)),
         }
     }
 
@@ -71,9 +65,7 @@ impl Caller {
     pub fn require_admin(&self) -> Result<(), ApiError> {
         match self {
             Caller::Admin => Ok(()),
-            Caller::Open => Err(ApiError::Forbidden(
-                "User management needs auth.mode = \"api_key\"".into(),
-            )),
+            Caller::Open => Err(ApiError::Forbidden("User management needs auth.mode = \"api_key\"".into())),
             Caller::User(_) => Err(ApiError::Forbidden("This needs the admin key".into())),
         }
     }
@@ -89,18 +81,12 @@ pub struct Authenticator {
 impl Authenticator {
     /// Resolves a presented key to a caller. Every failure is the same 401, so a client cannot
     /// tell a revoked key from an unknown one.
-    pub async fn authenticate(
-        &self,
-        storage: &Storage,
-        presented: Option<&str>,
-    ) -> Result<Caller, ApiError> {
+    pub async fn authenticate(&self, storage: &Storage, presented: Option<&str>) -> Result<Caller, ApiError> {
         if self.mode == AuthMode::None {
             return Ok(Caller::Open);
         }
         let presented = presented.ok_or_else(|| {
-            ApiError::Unauthorized(
-                "Missing API key: send `Authorization: Bearer <key>` or `X-API-Key`".into(),
-            )
+            ApiError::Unauthorized("Missing API key: send `Authorization: Bearer <key>` or `X-API-Key`".into())
         })?;
         let invalid = || ApiError::Unauthorized("Invalid or revoked API key".into());
         let hash = keys::hash_key(presented);
@@ -125,10 +111,7 @@ impl Authenticator {
 /// The key a request carries: `Authorization: Bearer <key>` or `X-API-Key: <key>`.
 pub fn presented_key(req: &HttpRequest) -> Option<&str> {
     let headers = req.headers();
-    if let Some(value) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
+    if let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let mut parts = value.splitn(2, ' ');
         if let (Some(scheme), Some(token)) = (parts.next(), parts.next())
             && scheme.eq_ignore_ascii_case("bearer")
@@ -136,11 +119,7 @@ pub fn presented_key(req: &HttpRequest) -> Option<&str> {
             return Some(token.trim()).filter(|t| !t.is_empty());
         }
     }
-    headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+    headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim).filter(|t| !t.is_empty())
 }
 
 impl FromRequest for Caller {
@@ -151,12 +130,8 @@ impl FromRequest for Caller {
         let state = req.app_data::<web::Data<AppState>>().cloned();
         let presented = presented_key(req).map(str::to_owned);
         Box::pin(async move {
-            let state =
-                state.ok_or_else(|| ApiError::Internal("application state missing".into()))?;
-            state
-                .authenticator
-                .authenticate(&state.storage, presented.as_deref())
-                .await
+            let state = state.ok_or_else(|| ApiError::Internal("application state missing".into()))?;
+            state.authenticator.authenticate(&state.storage, presented.as_deref()).await
         })
     }
 }
@@ -172,13 +147,7 @@ mod tests {
         assert_eq!(c.acting_user(Some("alice")).unwrap(), "alice");
         assert_eq!(c.acting_user(Some("bob")).unwrap_err().code(), "forbidden");
         assert!(c.may_access("alice") && !c.may_access("bob"));
-        assert_eq!(
-            Caller::Admin.acting_user(None).unwrap_err().code(),
-            "validation_error"
-        );
-        assert_eq!(
-            Caller::Open.acting_user(Some("../x")).unwrap_err().code(),
-            "validation_error"
-        );
+        assert_eq!(Caller::Admin.acting_user(None).unwrap_err().code(), "validation_error");
+        assert_eq!(Caller::Open.acting_user(Some("../x")).unwrap_err().code(), "validation_error");
     }
 }

@@ -1,4 +1,8 @@
-//! The Claude Code CLI as a child process. For now: finding the binary.
+//! The Claude Code CLI as a child process: its protocol, command line and process handling.
+
+pub mod command;
+pub mod process;
+pub mod protocol;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -11,9 +15,7 @@ pub fn locate(configured: &str) -> Option<PathBuf> {
         return is_executable(&path).then(|| std::fs::canonicalize(&path).unwrap_or(path));
     }
     let search = std::env::var_os("PATH")?;
-    std::env::split_paths(&search)
-        .map(|dir| dir.join(configured))
-        .find(|candidate| is_executable(candidate))
+    std::env::split_paths(&search).map(|dir| dir.join(configured)).find(|candidate| is_executable(candidate))
 }
 
 fn is_executable(path: &Path) -> bool {

@@ -1,18 +1,22 @@
 //! Session logic behind the REST handlers: validation, working directories, admission by the
 //! registry, and the stored row. Handlers stay thin; the runtime plugs its actors in here.
 
+pub mod events;
 pub mod options;
 mod status;
 pub mod workspace;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::Addr;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::actors::{Admit, Registry, Release};
+use crate::actors::{
+    Interrupt, Launch, Lookup, Registry, Retire, SessionActor, StartTurn, StopReason, TurnRefused, TurnStarted,
+};
 use crate::auth::Caller;
 use crate::clock;
 use crate::error::ApiError;
@@ -59,18 +63,13 @@ pub struct Session {
 
 impl From<SessionRow> for Session {
     fn from(row: SessionRow) -> Self {
-        let parse = |text: &str| {
-            serde_json::from_str(text).unwrap_or_else(|_| Value::Object(Default::default()))
-        };
+        let parse = |text: &str| serde_json::from_str(text).unwrap_or_else(|_| Value::Object(Default::default()));
         Session {
             metadata: parse(&row.metadata),
             options: parse(&row.options),
             created_at: clock::rfc3339(row.created_at),
             last_active_at: clock::rfc3339(row.last_active_at),
-            usage: Usage {
-                input_tokens: row.input_tokens,
-                output_tokens: row.output_tokens,
-            },
+            usage: Usage { input_tokens: row.input_tokens, output_tokens: row.output_tokens },
             session_id: row.session_id,
             user_id: row.user_id,
             subdir: row.subdir,
@@ -101,18 +100,8 @@ pub struct SessionService {
 }
 
 impl SessionService {
-    pub fn new(
-        settings: Arc<Settings>,
-        storage: Storage,
-        registry: Addr<Registry>,
-        users_root: PathBuf,
-    ) -> Self {
-        Self {
-            settings,
-            storage,
-            registry,
-            users_root,
-        }
+    pub fn new(settings: Arc<Settings>, storage: Storage, registry: Addr<Registry>, users_root: PathBuf) -> Self {
+        Self { settings, storage, registry, users_root }
     }
 
     pub async fn create(&self, caller: &Caller, req: CreateSession) -> Result<Session, ApiError> {
@@ -120,15 +109,13 @@ impl SessionService {
         if *caller == Caller::Admin && self.storage.get_user(&user_id).await?.is_none() {
             return Err(ApiError::UserNotFound);
         }
-        let options =
-            options::validate_options(req.options.as_ref(), &self.settings.session.overridable)?;
+        let options = options::validate_options(req.options.as_ref(), &self.settings.session.overridable)?;
         let metadata = match req.metadata {
             None | Some(Value::Null) => Value::Object(Default::default()),
             Some(m @ Value::Object(_)) => m,
             Some(_) => return Err(ApiError::validation("metadata", "must be an object")),
         };
-        let metadata =
-            serde_json::to_string(&metadata).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let metadata = serde_json::to_string(&metadata).map_err(|e| ApiError::Internal(e.to_string()))?;
         if metadata.len() > MAX_METADATA_BYTES {
             return Err(ApiError::validation(
                 "metadata",
@@ -136,30 +123,18 @@ impl SessionService {
             ));
         }
         let subdir = workspace::normalize_subdir(req.subdir.as_deref().unwrap_or(""))?;
-        let user_dir = workspace::user_dir(
-            &self.users_root,
-            &user_id,
-            self.settings.user.auto_create_dir,
-        )?;
+        let user_dir = workspace::user_dir(&self.users_root, &user_id, self.settings.user.auto_create_dir)?;
         let cwd = workspace::resolve_session_dir(&user_dir, &subdir)?;
-        let cwd = cwd
-            .to_str()
-            .ok_or_else(|| ApiError::InvalidPath("working directory is not UTF-8".into()))?;
+        let cwd = cwd.to_str().ok_or_else(|| ApiError::InvalidPath("working directory is not UTF-8".into()))?;
 
         let session_id = uuid::Uuid::new_v4().to_string();
-        self.registry
-            .send(Admit {
-                session_id: session_id.clone(),
-                user_id: user_id.clone(),
-            })
-            .await??;
         let now = clock::now_ms();
         let row = SessionRow {
             session_id: session_id.clone(),
             user_id,
             subdir,
             cwd: cwd.to_string(),
-            status: SessionStatus::Active.as_str().to_string(),
+            status: SessionStatus::Starting.as_str().to_string(),
             created_at: now,
             last_active_at: now,
             message_count: 0,
@@ -171,9 +146,14 @@ impl SessionService {
             cli_session_id: session_id.clone(),
             last_event_id: 0,
         };
-        if let Err(e) = self.storage.insert_session(&row).await {
-            self.release(vec![session_id]);
-            return Err(e.into());
+        self.storage.insert_session(&row).await?;
+        // The CLI starts now, in the background, so the first message finds it ready. A refused
+        // or failed launch leaves no row behind.
+        if let Err(e) = self.launch(&row).await {
+            if let Err(purge) = self.storage.purge_session(&session_id).await {
+                log::error!("session {session_id}: launch failed ({e}) and its row could not be removed: {purge}");
+            }
+            return Err(e);
         }
         Ok(row.into())
     }
@@ -181,11 +161,7 @@ impl SessionService {
     /// The caller's session, or 404 for a missing or foreign one (indistinguishable).
     /// A session past its TTL is expired on the spot rather than at the next sweep.
     pub async fn get(&self, caller: &Caller, session_id: &str) -> Result<SessionRow, ApiError> {
-        let row = self
-            .storage
-            .get_session(session_id)
-            .await?
-            .ok_or(ApiError::SessionNotFound)?;
+        let row = self.storage.get_session(session_id).await?.ok_or(ApiError::SessionNotFound)?;
         if !caller.may_access(&row.user_id) {
             return Err(ApiError::SessionNotFound);
         }
@@ -195,119 +171,135 @@ impl SessionService {
         Ok(row)
     }
 
-    pub async fn list(
-        &self,
-        caller: &Caller,
-        query: ListQuery,
-    ) -> Result<Vec<SessionRow>, ApiError> {
+    pub async fn list(&self, caller: &Caller, query: ListQuery) -> Result<Vec<SessionRow>, ApiError> {
         let user_id = caller.visible_user(query.user_id.as_deref())?;
         let status = match query.status.as_deref() {
             None | Some("") => None,
             Some(s) => Some(SessionStatus::parse(s).ok_or_else(|| {
-                ApiError::validation(
-                    "status",
-                    "must be one of starting, active, busy, idle, closed, expired, failed",
-                )
+                ApiError::validation("status", "must be one of starting, active, busy, idle, closed, expired, failed")
             })?),
         };
         let limit = query.limit.unwrap_or(DEFAULT_LIST_LIMIT);
         if !(1..=MAX_LIST_LIMIT).contains(&limit) {
-            return Err(ApiError::validation(
-                "limit",
-                format!("must be from 1 to {MAX_LIST_LIMIT}"),
-            ));
+            return Err(ApiError::validation("limit", format!("must be from 1 to {MAX_LIST_LIMIT}")));
         }
         let offset = query.offset.unwrap_or(0);
         if offset < 0 {
             return Err(ApiError::validation("offset", "must not be negative"));
         }
-        Ok(self
-            .storage
-            .list_sessions(&SessionFilter {
-                user_id,
-                status,
-                limit,
-                offset,
-            })
-            .await?)
+        Ok(self.storage.list_sessions(&SessionFilter { user_id, status, limit, offset }).await?)
     }
 
-    /// Closes a session (row kept), or with `purge` deletes it with its history.
-    pub async fn close(
-        &self,
-        caller: &Caller,
-        session_id: &str,
-        purge: bool,
-    ) -> Result<(), ApiError> {
+    /// Closes a session (row kept), or with `purge` deletes it with its history and transcript
+    /// (never its working directory).
+    pub async fn close(&self, caller: &Caller, session_id: &str, purge: bool) -> Result<(), ApiError> {
         let row = self.get(caller, session_id).await?;
-        self.release(vec![row.session_id.clone()]);
         if purge {
             self.storage.purge_session(&row.session_id).await?;
+            self.retire(vec![row.session_id.clone()], StopReason::Purged);
+            self.remove_transcript(&row);
         } else {
-            self.storage
-                .transition_session(
-                    &row.session_id,
-                    &SessionStatus::OPEN,
-                    SessionStatus::Closed,
-                    None,
-                )
-                .await?;
+            self.storage.transition_session(&row.session_id, &SessionStatus::OPEN, SessionStatus::Closed, None).await?;
+            self.retire(vec![row.session_id.clone()], StopReason::Closed);
         }
         Ok(())
     }
 
-    /// Reopens a closed, idle or failed session; a live one is returned as it is.
+    /// Reopens a closed, idle or failed session (its CLI resumes the conversation); a live one
+    /// is returned as it is. Counts against quotas and memory like a create.
     pub async fn resume(&self, caller: &Caller, session_id: &str) -> Result<SessionRow, ApiError> {
         let row = self.get(caller, session_id).await?;
-        let status = SessionStatus::parse(&row.status).unwrap_or(SessionStatus::Failed);
-        match status {
-            SessionStatus::Expired => Err(ApiError::SessionExpired),
-            s if s.is_live() => Ok(row),
-            _ => {
-                self.registry
-                    .send(Admit {
-                        session_id: row.session_id.clone(),
-                        user_id: row.user_id.clone(),
-                    })
-                    .await??;
-                let now = clock::now_ms();
-                let changed = self
-                    .storage
-                    .transition_session(
-                        &row.session_id,
-                        &SessionStatus::RESUMABLE,
-                        SessionStatus::Active,
-                        Some(now),
-                    )
-                    .await;
-                match changed {
-                    Ok(Some(row)) => Ok(row),
-                    // Someone else changed it meanwhile (closed, expired or resumed): show what it is now.
-                    Ok(None) => {
-                        let now_row = self.get(caller, session_id).await?;
-                        if !SessionStatus::parse(&now_row.status)
-                            .is_some_and(SessionStatus::is_live)
-                        {
-                            self.release(vec![now_row.session_id.clone()]);
-                        }
-                        if now_row.status == SessionStatus::Expired.as_str() {
-                            return Err(ApiError::SessionExpired);
-                        }
-                        Ok(now_row)
-                    }
-                    Err(e) => {
-                        self.release(vec![row.session_id]);
-                        Err(e.into())
-                    }
-                }
+        let previous = SessionStatus::parse(&row.status).unwrap_or(SessionStatus::Failed);
+        if previous == SessionStatus::Expired {
+            return Err(ApiError::SessionExpired);
+        }
+        if previous.is_live() {
+            return Ok(row);
+        }
+        let now = clock::now_ms();
+        let reopened = self
+            .storage
+            .transition_session(&row.session_id, &SessionStatus::RESUMABLE, SessionStatus::Starting, Some(now))
+            .await?;
+        let Some(reopened) = reopened else {
+            // Changed meanwhile (closed, expired or resumed): answer with what it is now.
+            let current = self.get(caller, session_id).await?;
+            if current.status == SessionStatus::Expired.as_str() {
+                return Err(ApiError::SessionExpired);
             }
+            return Ok(current);
+        };
+        if let Err(e) = self.launch(&reopened).await {
+            let back = self.storage.transition_session(&row.session_id, &[SessionStatus::Starting], previous, None);
+            if let Err(undo) = back.await {
+                log::error!("session {}: could not restore its status after a refused resume: {undo}", row.session_id);
+            }
+            return Err(e);
+        }
+        Ok(reopened)
+    }
+
+    /// Starts a turn and returns its events. A session without a live CLI (idle after an
+    /// eviction, a crash or a restart) is respawned with `--resume`, invisibly to the client.
+    pub async fn start_turn(
+        &self,
+        caller: &Caller,
+        session_id: &str,
+        message: String,
+        timeout: Duration,
+    ) -> Result<TurnStarted, ApiError> {
+        let queue_timeout = Duration::from_secs(self.settings.api.queue_timeout);
+        for _ in 0..3 {
+            let row = self.get(caller, session_id).await?;
+            match SessionStatus::parse(&row.status) {
+                Some(SessionStatus::Closed) => return Err(ApiError::SessionClosed),
+                Some(SessionStatus::Expired) => return Err(ApiError::SessionExpired),
+                _ => {}
+            }
+            let actor = match self.registry.send(Lookup { session_id: row.session_id.clone() }).await? {
+                Some(actor) => actor,
+                None => {
+                    self.storage
+                        .transition_session(&row.session_id, &SessionStatus::RESUMABLE, SessionStatus::Starting, None)
+                        .await?;
+                    self.launch(&row).await?
+                }
+            };
+            let request = StartTurn { message: message.clone(), timeout, queue_timeout };
+            match actor.send(request).await {
+                Ok(Ok(started)) => return Ok(started),
+                Ok(Err(TurnRefused::Api(e))) => return Err(e),
+                // The actor is stopping or just stopped: look again, the registry relaunches.
+                Ok(Err(TurnRefused::Gone)) | Err(_) => {}
+            }
+        }
+        Err(ApiError::Overloaded { retry_after_secs: 1 })
+    }
+
+    /// Interrupts the running turn; its id is returned.
+    pub async fn interrupt(&self, caller: &Caller, session_id: &str) -> Result<String, ApiError> {
+        let row = self.get(caller, session_id).await?;
+        let actor = self.registry.send(Lookup { session_id: row.session_id }).await?.ok_or(ApiError::NoTurnRunning)?;
+        actor.send(Interrupt).await.map_err(|_| ApiError::NoTurnRunning)?
+    }
+
+    /// Stops these sessions' processes (their rows were updated by the caller).
+    pub fn retire(&self, session_ids: Vec<String>, reason: StopReason) {
+        if !session_ids.is_empty() {
+            self.registry.do_send(Retire { session_ids, reason });
         }
     }
 
-    /// Gives these sessions' live slots back to the registry.
-    pub fn release(&self, session_ids: Vec<String>) {
-        if !session_ids.is_empty() {
-            self.registry.do_send(Release { session_ids });
+    async fn launch(&self, row: &SessionRow) -> Result<Addr<SessionActor>, ApiError> {
+        self.registry.send(Launch { row: row.clone() }).await?
+    }
+
+    fn remove_transcript(&self, row: &SessionRow) {
+        let config_dir = self.users_root.join(&row.user_id).join(".claude");
+        if let Some(path) = crate::cli::command::transcript_path(&config_dir, &row.cwd, &row.cli_session_id)
+            && let Err(e) = std::fs::remove_file(&path)
+        {
+            log::warn!("session {}: cannot remove its transcript {}: {e}", row.session_id, path.display());
         }
     }
 
@@ -319,15 +311,10 @@ impl SessionService {
     }
 
     async fn expire(&self, row: SessionRow) -> Result<SessionRow, ApiError> {
-        self.release(vec![row.session_id.clone()]);
+        self.retire(vec![row.session_id.clone()], StopReason::Expired);
         let expired = self
             .storage
-            .transition_session(
-                &row.session_id,
-                &SessionStatus::OPEN,
-                SessionStatus::Expired,
-                None,
-            )
+            .transition_session(&row.session_id, &SessionStatus::OPEN, SessionStatus::Expired, None)
             .await?;
         Ok(expired.unwrap_or(row))
     }

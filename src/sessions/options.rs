@@ -18,23 +18,13 @@ pub const OPTION_NAMES: &[&str] = &[
     "mcp_servers",
 ];
 
-const PERMISSION_MODES: &[&str] = &[
-    "default",
-    "acceptEdits",
-    "plan",
-    "bypassPermissions",
-    "dontAsk",
-    "auto",
-];
+const PERMISSION_MODES: &[&str] = &["default", "acceptEdits", "plan", "bypassPermissions", "dontAsk", "auto"];
 const SETTING_SOURCES: &[&str] = &["user", "project", "local"];
 const MAX_PROMPT_CHARS: usize = 100_000;
 
 /// Checks a create request's `options`: unknown names and bad values are 422, names the
 /// settings do not let requests override are 403. Returns the accepted overrides.
-pub fn validate_options(
-    options: Option<&Value>,
-    overridable: &[String],
-) -> Result<Map<String, Value>, ApiError> {
+pub fn validate_options(options: Option<&Value>, overridable: &[String]) -> Result<Map<String, Value>, ApiError> {
     let map = match options {
         None | Some(Value::Null) => return Ok(Map::new()),
         Some(Value::Object(map)) => map,
@@ -49,11 +39,8 @@ pub fn validate_options(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let refused: Vec<&str> = map
-        .keys()
-        .map(String::as_str)
-        .filter(|name| !overridable.iter().any(|o| o == name))
-        .collect();
+    let refused: Vec<&str> =
+        map.keys().map(String::as_str).filter(|name| !overridable.iter().any(|o| o == name)).collect();
     if !refused.is_empty() {
         return Err(ApiError::Forbidden(format!(
             "these options may not be set per session: {} (see session.overridable)",
@@ -72,11 +59,7 @@ pub fn validate_options(
             Err(message) => errors.push(FieldError::new(format!("options.{name}"), message)),
         }
     }
-    if errors.is_empty() {
-        Ok(accepted)
-    } else {
-        Err(ApiError::Validation(errors))
-    }
+    if errors.is_empty() { Ok(accepted) } else { Err(ApiError::Validation(errors)) }
 }
 
 fn check_value(name: &str, value: &Value) -> Result<(), String> {
@@ -87,11 +70,7 @@ fn check_value(name: &str, value: &Value) -> Result<(), String> {
             None => Err("must be a string".into()),
         },
         "model" => match value.as_str() {
-            Some(s)
-                if !s.is_empty() && s.len() <= 200 && s.chars().all(|c| c.is_ascii_graphic()) =>
-            {
-                Ok(())
-            }
+            Some(s) if !s.is_empty() && s.len() <= 200 && s.chars().all(|c| c.is_ascii_graphic()) => Ok(()),
             _ => Err("must be a model name (1-200 printable ASCII characters)".into()),
         },
         "permission_mode" => match value.as_str() {
@@ -133,10 +112,7 @@ mod tests {
     use serde_json::json;
 
     fn all() -> Vec<String> {
-        crate::settings::DEFAULT_OVERRIDABLE
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        crate::settings::DEFAULT_OVERRIDABLE.iter().map(|s| s.to_string()).collect()
     }
 
     #[test]

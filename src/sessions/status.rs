@@ -32,11 +32,7 @@ impl SessionStatus {
         SessionStatus::Failed,
     ];
     /// Statuses with a live process in some instance.
-    pub const LIVE: [SessionStatus; 3] = [
-        SessionStatus::Starting,
-        SessionStatus::Active,
-        SessionStatus::Busy,
-    ];
+    pub const LIVE: [SessionStatus; 3] = [SessionStatus::Starting, SessionStatus::Active, SessionStatus::Busy];
     pub const LIVE_STRS: [&'static str; 3] = ["starting", "active", "busy"];
     /// Statuses the TTL applies to (everything not closed or expired).
     pub const OPEN: [SessionStatus; 5] = [
@@ -48,11 +44,7 @@ impl SessionStatus {
     ];
     pub const OPEN_STRS: [&'static str; 5] = ["starting", "active", "busy", "idle", "failed"];
     /// Statuses `resume` reopens.
-    pub const RESUMABLE: [SessionStatus; 3] = [
-        SessionStatus::Closed,
-        SessionStatus::Idle,
-        SessionStatus::Failed,
-    ];
+    pub const RESUMABLE: [SessionStatus; 3] = [SessionStatus::Closed, SessionStatus::Idle, SessionStatus::Failed];
 
     pub fn as_str(self) -> &'static str {
         match self {

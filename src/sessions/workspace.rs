@@ -12,44 +12,27 @@ const MAX_COMPONENT_BYTES: usize = 255;
 /// `user_id`: 1–64 characters of `[A-Za-z0-9_-]`.
 pub fn validate_user_id(user_id: &str) -> Result<(), ApiError> {
     let ok = (1..=64).contains(&user_id.len())
-        && user_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::validation(
-            "user_id",
-            "must be 1-64 characters of A-Z, a-z, 0-9, _ and -",
-        ))
-    }
+        && user_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok { Ok(()) } else { Err(ApiError::validation("user_id", "must be 1-64 characters of A-Z, a-z, 0-9, _ and -")) }
 }
 
 /// Normalises a requested `subdir` to plain relative components (`a/./b/` → `a/b`), refusing
 /// absolute paths, `..`, NUL and control characters.
 pub fn normalize_subdir(subdir: &str) -> Result<String, ApiError> {
     if subdir.len() > MAX_SUBDIR_BYTES {
-        return Err(ApiError::InvalidPath(format!(
-            "subdir is longer than {MAX_SUBDIR_BYTES} bytes"
-        )));
+        return Err(ApiError::InvalidPath(format!("subdir is longer than {MAX_SUBDIR_BYTES} bytes")));
     }
     if subdir.chars().any(char::is_control) {
-        return Err(ApiError::InvalidPath(
-            "subdir contains NUL or control characters".into(),
-        ));
+        return Err(ApiError::InvalidPath("subdir contains NUL or control characters".into()));
     }
     let path = Path::new(subdir);
     let mut parts = Vec::new();
     for component in path.components() {
         match component {
             Component::Normal(part) => {
-                let part = part
-                    .to_str()
-                    .ok_or_else(|| ApiError::InvalidPath("subdir is not UTF-8".into()))?;
+                let part = part.to_str().ok_or_else(|| ApiError::InvalidPath("subdir is not UTF-8".into()))?;
                 if part.len() > MAX_COMPONENT_BYTES {
-                    return Err(ApiError::InvalidPath(
-                        "a subdir component is too long".into(),
-                    ));
+                    return Err(ApiError::InvalidPath("a subdir component is too long".into()));
                 }
                 parts.push(part);
             }
@@ -58,9 +41,7 @@ pub fn normalize_subdir(subdir: &str) -> Result<String, ApiError> {
                 return Err(ApiError::InvalidPath("subdir must not contain `..`".into()));
             }
             Component::RootDir | Component::Prefix(_) => {
-                return Err(ApiError::InvalidPath(
-                    "subdir must be a relative path".into(),
-                ));
+                return Err(ApiError::InvalidPath("subdir must be a relative path".into()));
             }
         }
     }
@@ -81,13 +62,7 @@ pub fn user_dir(users_root: &Path, user_id: &str, auto_create: bool) -> Result<P
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound && auto_create => {
             std::fs::create_dir(&dir)
-                .or_else(|e| {
-                    if e.kind() == io::ErrorKind::AlreadyExists {
-                        Ok(())
-                    } else {
-                        Err(e)
-                    }
-                })
+                .or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
                 .map_err(|e| ApiError::Internal(format!("cannot create {}: {e}", dir.display())))?;
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -96,19 +71,13 @@ pub fn user_dir(users_root: &Path, user_id: &str, auto_create: bool) -> Result<P
             )));
         }
         Err(e) => {
-            return Err(ApiError::Internal(format!(
-                "cannot inspect {}: {e}",
-                dir.display()
-            )));
+            return Err(ApiError::Internal(format!("cannot inspect {}: {e}", dir.display())));
         }
     }
-    let canonical = std::fs::canonicalize(&dir)
-        .map_err(|e| ApiError::Internal(format!("{}: {e}", dir.display())))?;
+    let canonical = std::fs::canonicalize(&dir).map_err(|e| ApiError::Internal(format!("{}: {e}", dir.display())))?;
     // The user's directory itself must not be a link out of the users' root.
     if !is_within(users_root, &canonical) || canonical == users_root {
-        return Err(ApiError::InvalidPath(format!(
-            "the directory of user {user_id} points outside the users' root"
-        )));
+        return Err(ApiError::InvalidPath(format!("the directory of user {user_id} points outside the users' root")));
     }
     Ok(canonical)
 }
@@ -128,34 +97,21 @@ pub fn resolve_session_dir(user_dir: &Path, subdir: &str) -> Result<PathBuf, Api
                     return Err(outside());
                 }
                 if !resolved.is_dir() {
-                    return Err(ApiError::InvalidPath(format!(
-                        "subdir component `{part}` is not a directory"
-                    )));
+                    return Err(ApiError::InvalidPath(format!("subdir component `{part}` is not a directory")));
                 }
                 current = resolved;
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 std::fs::create_dir(&next)
-                    .or_else(|e| {
-                        if e.kind() == io::ErrorKind::AlreadyExists {
-                            Ok(())
-                        } else {
-                            Err(e)
-                        }
-                    })
-                    .map_err(|e| {
-                        ApiError::Internal(format!("cannot create {}: {e}", next.display()))
-                    })?;
+                    .or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
+                    .map_err(|e| ApiError::Internal(format!("cannot create {}: {e}", next.display())))?;
                 current = std::fs::canonicalize(&next).map_err(|_| outside())?;
                 if !is_within(user_dir, &current) {
                     return Err(outside());
                 }
             }
             Err(e) => {
-                return Err(ApiError::Internal(format!(
-                    "cannot inspect {}: {e}",
-                    next.display()
-                )));
+                return Err(ApiError::Internal(format!("cannot inspect {}: {e}", next.display())));
             }
         }
     }
@@ -179,11 +135,7 @@ mod tests {
         assert_eq!(normalize_subdir("").unwrap(), "");
         assert_eq!(normalize_subdir("a/./b/").unwrap(), "a/b");
         for bad in ["/etc", "a/../../b", "..", "a\0b", "a\nb"] {
-            assert_eq!(
-                normalize_subdir(bad).unwrap_err().code(),
-                "invalid_path",
-                "{bad:?}"
-            );
+            assert_eq!(normalize_subdir(bad).unwrap_err().code(), "invalid_path", "{bad:?}");
         }
     }
 
@@ -209,9 +161,6 @@ mod tests {
         let users = std::fs::canonicalize(root.path()).unwrap().join("users");
         std::fs::create_dir(&users).unwrap();
         std::os::unix::fs::symlink(root.path(), users.join("mallory")).unwrap();
-        assert_eq!(
-            user_dir(&users, "mallory", true).unwrap_err().code(),
-            "invalid_path"
-        );
+        assert_eq!(user_dir(&users, "mallory", true).unwrap_err().code(), "invalid_path");
     }
 }

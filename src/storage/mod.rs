@@ -22,7 +22,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use crate::settings::{SessionSettings, StorageKind};
 
 pub use models::*;
-pub use sessions::SessionFilter;
+pub use sessions::{SessionFilter, TurnRecord};
 
 pub type SqliteConn = SyncConnectionWrapper<SqliteConnection, blocking::DetachedBlocking>;
 
@@ -58,10 +58,9 @@ impl From<diesel::result::Error> for StorageError {
             E::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
                 StorageError::Conflict(info.message().to_string())
             }
-            E::DatabaseError(
-                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
-                info,
-            ) => StorageError::Unavailable(info.message().to_string()),
+            E::DatabaseError(DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand, info) => {
+                StorageError::Unavailable(info.message().to_string())
+            }
             E::DatabaseError(_, info) if is_connection_trouble(info.message()) => {
                 StorageError::Unavailable(info.message().to_string())
             }
@@ -74,15 +73,9 @@ impl From<diesel::result::Error> for StorageError {
 /// (PostgreSQL admin shutdown, SQLite lock or I/O trouble).
 fn is_connection_trouble(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
-    [
-        "terminating connection",
-        "connection",
-        "shutting down",
-        "database is locked",
-        "disk i/o",
-    ]
-    .iter()
-    .any(|needle| m.contains(needle))
+    ["terminating connection", "connection", "shutting down", "database is locked", "disk i/o"]
+        .iter()
+        .any(|needle| m.contains(needle))
 }
 
 impl From<PoolError> for StorageError {
@@ -132,6 +125,30 @@ macro_rules! with_conn {
 }
 pub(crate) use with_conn;
 
+/// One storage operation: the arguments named in `[...]` are copied into it (as owned values,
+/// seen by the body as references), and it runs with [`with_conn!`] through [`to_completion`].
+macro_rules! run {
+    ($storage:expr, [$($arg:ident),*], |$conn:ident| $body:expr) => {{
+        let storage = $storage.clone();
+        $( let $arg = $arg.to_owned(); )*
+        $crate::storage::to_completion(async move {
+            $( #[allow(unused_variables)] let $arg = &$arg; )*
+            Ok($crate::storage::with_conn!(storage, |$conn| $body))
+        })
+        .await
+    }};
+}
+pub(crate) use run;
+
+/// Runs a storage operation in a task of its own, so it always runs to its end: a request
+/// that goes away mid-query (a client hanging up, a sibling extractor failing) can neither
+/// leave a write half-done nor hand a connection still in use back to the pool.
+pub(crate) async fn to_completion<T: 'static>(
+    operation: impl std::future::Future<Output = Result<T, StorageError>> + 'static,
+) -> Result<T, StorageError> {
+    actix_web::rt::spawn(operation).await.map_err(|e| StorageError::Query(format!("storage task failed: {e}")))?
+}
+
 impl Storage {
     /// Opens the configured storage and brings its schema up to date.
     pub async fn connect(settings: &SessionSettings) -> Result<Storage, StorageError> {
@@ -139,33 +156,22 @@ impl Storage {
             StorageKind::Sqlite => {
                 let path = &settings.sqlite_path;
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).map_err(|e| {
-                        StorageError::Unavailable(format!("cannot create {}: {e}", dir.display()))
-                    })?;
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| StorageError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
                 }
                 let url = sqlite_url(path)?;
                 // WAL is a property of the file: set once here, before any pooled connection,
                 // because switching it takes an exclusive lock that concurrent connections would race for.
-                SqliteConn::establish(&url)
-                    .await?
-                    .batch_execute("PRAGMA journal_mode=WAL;")
-                    .await?;
+                SqliteConn::establish(&url).await?.batch_execute("PRAGMA journal_mode=WAL;").await?;
                 migrations::run_sqlite(&url).await?;
                 let pool = sqlite_pool(&url, settings.pool_size)?;
-                let storage = Storage {
-                    backend: Backend::Sqlite(pool),
-                    kind: StorageKind::Sqlite,
-                    _keepalive: None,
-                };
+                let storage = Storage { backend: Backend::Sqlite(pool), kind: StorageKind::Sqlite, _keepalive: None };
                 storage.ping().await?;
                 Ok(storage)
             }
             StorageKind::Memory => {
                 // A named shared-cache in-memory database: every connection of the pool sees it.
-                let url = format!(
-                    "file:claude-agent-http-{}?mode=memory&cache=shared",
-                    uuid::Uuid::new_v4()
-                );
+                let url = format!("file:claude-agent-http-{}?mode=memory&cache=shared", uuid::Uuid::new_v4());
                 let keepalive = SqliteConn::establish(&url).await?;
                 migrations::run_sqlite(&url).await?;
                 // One connection: shared-cache mode locks per table, so concurrency buys nothing.
@@ -190,11 +196,7 @@ impl Storage {
                     .recycle_timeout(Some(POOL_TIMEOUT))
                     .build()
                     .map_err(|e| StorageError::Unavailable(e.to_string()))?;
-                let storage = Storage {
-                    backend: Backend::Pg(pool),
-                    kind: StorageKind::Postgresql,
-                    _keepalive: None,
-                };
+                let storage = Storage { backend: Backend::Pg(pool), kind: StorageKind::Postgresql, _keepalive: None };
                 storage.ping().await?;
                 Ok(storage)
             }
@@ -207,15 +209,19 @@ impl Storage {
 
     /// A trivial round trip: is the database there?
     pub async fn ping(&self) -> Result<(), StorageError> {
-        with_conn!(self, |conn| conn.batch_execute("SELECT 1").await?);
-        Ok(())
+        let this = self.clone();
+        to_completion(async move {
+            with_conn!(this, |conn| conn.batch_execute("SELECT 1").await?);
+            Ok(())
+        })
+        .await
     }
 }
 
 fn sqlite_url(path: &Path) -> Result<String, StorageError> {
-    path.to_str().map(str::to_owned).ok_or_else(|| {
-        StorageError::Unavailable(format!("sqlite path is not UTF-8: {}", path.display()))
-    })
+    path.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| StorageError::Unavailable(format!("sqlite path is not UTF-8: {}", path.display())))
 }
 
 fn sqlite_pool(url: &str, size: usize) -> Result<Pool<SqliteConn>, StorageError> {
@@ -224,11 +230,9 @@ fn sqlite_pool(url: &str, size: usize) -> Result<Pool<SqliteConn>, StorageError>
         let url = url.to_owned();
         Box::pin(async move {
             let mut conn = SqliteConn::establish(&url).await?;
-            conn.batch_execute(
-                "PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL;",
-            )
-            .await
-            .map_err(ConnectionError::CouldntSetupConfiguration)?;
+            conn.batch_execute("PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL;")
+                .await
+                .map_err(ConnectionError::CouldntSetupConfiguration)?;
             Ok(conn)
         })
     });

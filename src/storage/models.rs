@@ -43,3 +43,15 @@ pub struct SessionRow {
     pub cli_session_id: String,
     pub last_event_id: i64,
 }
+
+#[derive(Debug, Clone, PartialEq, Insertable)]
+#[diesel(table_name = super::schema::messages)]
+pub struct NewMessage<'a> {
+    pub session_id: &'a str,
+    pub turn_id: &'a str,
+    pub role: &'a str,
+    pub text: &'a str,
+    pub tool_calls: &'a str,
+    pub created_at: i64,
+    pub cost_usd: Option<f64>,
+}

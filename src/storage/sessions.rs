@@ -5,7 +5,7 @@ use diesel_async::AsyncConnection;
 use diesel_async::RunQueryDsl;
 
 use super::schema::{events, messages, sessions};
-use super::{SessionRow, Storage, StorageError, with_conn};
+use super::{NewMessage, SessionRow, Storage, StorageError, run};
 use crate::sessions::SessionStatus;
 
 /// Which sessions a listing returns (newest first).
@@ -19,29 +19,19 @@ pub struct SessionFilter {
 
 impl Storage {
     pub async fn insert_session(&self, row: &SessionRow) -> Result<(), StorageError> {
-        with_conn!(self, |conn| diesel::insert_into(sessions::table)
-            .values(row)
-            .execute(conn)
-            .await?);
-        Ok(())
+        run!(self, [row], |conn| {
+            diesel::insert_into(sessions::table).values(row).execute(conn).await?;
+        })
     }
 
     pub async fn get_session(&self, session_id: &str) -> Result<Option<SessionRow>, StorageError> {
-        Ok(with_conn!(self, |conn| {
-            sessions::table
-                .find(session_id)
-                .select(SessionRow::as_select())
-                .first(conn)
-                .await
-                .optional()?
-        }))
+        run!(self, [session_id], |conn| {
+            sessions::table.find(session_id).select(SessionRow::as_select()).first(conn).await.optional()?
+        })
     }
 
-    pub async fn list_sessions(
-        &self,
-        filter: &SessionFilter,
-    ) -> Result<Vec<SessionRow>, StorageError> {
-        Ok(with_conn!(self, |conn| {
+    pub async fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<SessionRow>, StorageError> {
+        run!(self, [filter], |conn| {
             let mut query = sessions::table
                 .select(SessionRow::as_select())
                 .order((sessions::created_at.desc(), sessions::session_id.desc()))
@@ -55,7 +45,7 @@ impl Storage {
                 query = query.filter(sessions::status.eq(status.as_str()));
             }
             query.load(conn).await?
-        }))
+        })
     }
 
     /// Moves a session to `to` if its status is one of `from`, in one statement, so that two
@@ -69,81 +59,56 @@ impl Storage {
         touch: Option<i64>,
     ) -> Result<Option<SessionRow>, StorageError> {
         let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
-        Ok(with_conn!(self, |conn| {
+        run!(self, [session_id, from, to, touch], |conn| {
             conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
-                let target = sessions::table
-                    .filter(sessions::session_id.eq(session_id))
-                    .filter(sessions::status.eq_any(&from));
+                let target =
+                    sessions::table.filter(sessions::session_id.eq(session_id)).filter(sessions::status.eq_any(from));
                 let n = match touch {
                     Some(at) => {
                         diesel::update(target)
-                            .set((
-                                sessions::status.eq(to.as_str()),
-                                sessions::last_active_at.eq(at),
-                            ))
+                            .set((sessions::status.eq(to.as_str()), sessions::last_active_at.eq(at)))
                             .execute(conn)
                             .await?
                     }
-                    None => {
-                        diesel::update(target)
-                            .set(sessions::status.eq(to.as_str()))
-                            .execute(conn)
-                            .await?
-                    }
+                    None => diesel::update(target).set(sessions::status.eq(to.as_str())).execute(conn).await?,
                 };
                 if n == 0 {
                     return Ok(None);
                 }
-                sessions::table
-                    .find(session_id)
-                    .select(SessionRow::as_select())
-                    .first(conn)
-                    .await
-                    .optional()
+                sessions::table.find(session_id).select(SessionRow::as_select()).first(conn).await.optional()
             })
             .await?
-        }))
+        })
     }
 
     /// Deletes a session with its history and events. False if it did not exist.
     pub async fn purge_session(&self, session_id: &str) -> Result<bool, StorageError> {
-        Ok(with_conn!(self, |conn| {
+        run!(self, [session_id], |conn| {
             conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
-                diesel::delete(events::table.filter(events::session_id.eq(session_id)))
-                    .execute(conn)
-                    .await?;
-                diesel::delete(messages::table.filter(messages::session_id.eq(session_id)))
-                    .execute(conn)
-                    .await?;
-                let n = diesel::delete(sessions::table.find(session_id))
-                    .execute(conn)
-                    .await?;
+                diesel::delete(events::table.filter(events::session_id.eq(session_id))).execute(conn).await?;
+                diesel::delete(messages::table.filter(messages::session_id.eq(session_id))).execute(conn).await?;
+                let n = diesel::delete(sessions::table.find(session_id)).execute(conn).await?;
                 Ok(n > 0)
             })
             .await?
-        }))
+        })
     }
 
     /// At start-up no CLI runs yet: sessions left live by the previous run become `idle`
     /// (they resume on their next message).
     pub async fn mark_live_sessions_idle(&self) -> Result<usize, StorageError> {
-        Ok(with_conn!(self, |conn| {
-            diesel::update(
-                sessions::table.filter(sessions::status.eq_any(SessionStatus::LIVE_STRS)),
-            )
-            .set(sessions::status.eq(SessionStatus::Idle.as_str()))
-            .execute(conn)
-            .await?
-        }))
+        run!(self, [], |conn| {
+            diesel::update(sessions::table.filter(sessions::status.eq_any(SessionStatus::LIVE_STRS)))
+                .set(sessions::status.eq(SessionStatus::Idle.as_str()))
+                .execute(conn)
+                .await?
+        })
     }
 
     /// Marks every open session inactive since before `cutoff` (epoch ms) as expired and
     /// returns their ids.
-    pub async fn expire_sessions_inactive_since(
-        &self,
-        cutoff: i64,
-    ) -> Result<Vec<String>, StorageError> {
-        Ok(with_conn!(self, |conn| {
+    pub async fn expire_sessions_inactive_since(&self, cutoff: i64) -> Result<Vec<String>, StorageError> {
+        run!(self, [cutoff], |conn| {
             conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
                 let stale = sessions::table
                     .filter(sessions::status.eq_any(SessionStatus::OPEN_STRS))
@@ -160,19 +125,83 @@ impl Storage {
                 Ok(stale)
             })
             .await?
-        }))
+        })
     }
 }
 
 impl Storage {
     /// Sessions that are neither closed nor expired (also a liveness probe for `/health`).
     pub async fn count_open_sessions(&self) -> Result<i64, StorageError> {
-        Ok(with_conn!(self, |conn| {
-            sessions::table
-                .filter(sessions::status.eq_any(SessionStatus::OPEN_STRS))
-                .count()
-                .get_result(conn)
-                .await?
-        }))
+        run!(self, [], |conn| {
+            sessions::table.filter(sessions::status.eq_any(SessionStatus::OPEN_STRS)).count().get_result(conn).await?
+        })
+    }
+}
+
+/// Everything a finished turn writes, in one transaction.
+#[derive(Debug, Clone)]
+pub struct TurnRecord {
+    pub session_id: String,
+    pub turn_id: String,
+    pub finished_at: i64,
+    pub started_at: i64,
+    /// The session's total cost after this turn.
+    pub total_cost_usd: f64,
+    pub turn_cost_usd: f64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub last_event_id: i64,
+    pub user_text: String,
+    pub assistant_text: String,
+    /// JSON array of tool calls.
+    pub tool_calls: String,
+}
+
+impl Storage {
+    /// Counts the turn on the session row (message_count, last_active_at, cost, usage, last
+    /// event id, busy → active) and stores its two messages, atomically.
+    pub async fn finish_turn(&self, r: &TurnRecord) -> Result<(), StorageError> {
+        run!(self, [r], |conn| {
+            conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
+                diesel::update(sessions::table.find(&r.session_id))
+                    .set((
+                        sessions::message_count.eq(sessions::message_count + 1),
+                        sessions::last_active_at.eq(r.finished_at),
+                        sessions::total_cost_usd.eq(r.total_cost_usd),
+                        sessions::input_tokens.eq(sessions::input_tokens + r.input_tokens),
+                        sessions::output_tokens.eq(sessions::output_tokens + r.output_tokens),
+                        sessions::last_event_id.eq(r.last_event_id),
+                    ))
+                    .execute(conn)
+                    .await?;
+                diesel::update(sessions::table.find(&r.session_id))
+                    .filter(sessions::status.eq(SessionStatus::Busy.as_str()))
+                    .set(sessions::status.eq(SessionStatus::Active.as_str()))
+                    .execute(conn)
+                    .await?;
+                let user = NewMessage {
+                    session_id: &r.session_id,
+                    turn_id: &r.turn_id,
+                    role: "user",
+                    text: &r.user_text,
+                    tool_calls: "[]",
+                    created_at: r.started_at,
+                    cost_usd: None,
+                };
+                let assistant = NewMessage {
+                    role: "assistant",
+                    text: &r.assistant_text,
+                    tool_calls: &r.tool_calls,
+                    created_at: r.finished_at,
+                    cost_usd: Some(r.turn_cost_usd),
+                    ..user.clone()
+                };
+                for message in [&user, &assistant] {
+                    diesel::insert_into(messages::table).values(message).execute(conn).await?;
+                }
+                Ok(())
+            })
+            .await?;
+        })
     }
 }

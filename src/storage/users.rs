@@ -5,66 +5,41 @@ use diesel_async::AsyncConnection;
 use diesel_async::RunQueryDsl;
 
 use super::schema::{api_keys, sessions, users};
-use super::{ApiKeyRow, Storage, StorageError, UserRow, with_conn};
+use super::{ApiKeyRow, Storage, StorageError, UserRow, run};
 use crate::sessions::SessionStatus;
 
 impl Storage {
     /// Creates a user together with its first key, atomically. `Conflict` if the user exists.
-    pub async fn insert_user_with_key(
-        &self,
-        user: &UserRow,
-        key: &ApiKeyRow,
-    ) -> Result<(), StorageError> {
-        with_conn!(self, |conn| {
+    pub async fn insert_user_with_key(&self, user: &UserRow, key: &ApiKeyRow) -> Result<(), StorageError> {
+        run!(self, [user, key], |conn| {
             conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
-                diesel::insert_into(users::table)
-                    .values(user)
-                    .execute(conn)
-                    .await?;
-                diesel::insert_into(api_keys::table)
-                    .values(key)
-                    .execute(conn)
-                    .await?;
+                diesel::insert_into(users::table).values(user).execute(conn).await?;
+                diesel::insert_into(api_keys::table).values(key).execute(conn).await?;
                 Ok(())
             })
             .await?
-        });
-        Ok(())
+        })
     }
 
     pub async fn list_users(&self) -> Result<Vec<UserRow>, StorageError> {
-        Ok(with_conn!(self, |conn| {
-            users::table
-                .select(UserRow::as_select())
-                .order(users::user_id.asc())
-                .load(conn)
-                .await?
-        }))
+        run!(self, [], |conn| users::table.select(UserRow::as_select()).order(users::user_id.asc()).load(conn).await?)
     }
 
     pub async fn get_user(&self, user_id: &str) -> Result<Option<UserRow>, StorageError> {
-        Ok(with_conn!(self, |conn| {
-            users::table
-                .find(user_id)
-                .select(UserRow::as_select())
-                .first(conn)
-                .await
-                .optional()?
-        }))
+        run!(self, [user_id], |conn| users::table
+            .find(user_id)
+            .select(UserRow::as_select())
+            .first(conn)
+            .await
+            .optional()?)
     }
 
     /// Deletes a user, revokes its keys and closes its open sessions in one transaction.
     /// Returns `None` if there was no such user, else the ids of the sessions it closed.
-    pub async fn delete_user(
-        &self,
-        user_id: &str,
-        now: i64,
-    ) -> Result<Option<Vec<String>>, StorageError> {
-        Ok(with_conn!(self, |conn| {
+    pub async fn delete_user(&self, user_id: &str, now: i64) -> Result<Option<Vec<String>>, StorageError> {
+        run!(self, [user_id, now], |conn| {
             conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
-                let deleted = diesel::delete(users::table.find(user_id))
-                    .execute(conn)
-                    .await?;
+                let deleted = diesel::delete(users::table.find(user_id)).execute(conn).await?;
                 if deleted == 0 {
                     return Ok(None);
                 }
@@ -86,74 +61,62 @@ impl Storage {
                 Ok(Some(open))
             })
             .await?
-        }))
+        })
     }
 
     pub async fn insert_key(&self, key: &ApiKeyRow) -> Result<(), StorageError> {
-        with_conn!(self, |conn| diesel::insert_into(api_keys::table)
-            .values(key)
-            .execute(conn)
-            .await?);
-        Ok(())
+        run!(self, [key], |conn| {
+            diesel::insert_into(api_keys::table).values(key).execute(conn).await?;
+        })
     }
 
     pub async fn find_key(&self, key_id: &str) -> Result<Option<ApiKeyRow>, StorageError> {
-        Ok(with_conn!(self, |conn| {
-            api_keys::table
-                .find(key_id)
-                .select(ApiKeyRow::as_select())
-                .first(conn)
-                .await
-                .optional()?
-        }))
+        run!(self, [key_id], |conn| api_keys::table
+            .find(key_id)
+            .select(ApiKeyRow::as_select())
+            .first(conn)
+            .await
+            .optional()?)
     }
 
     /// Revokes one key of a user; false if the user has no such (unrevoked) key.
-    pub async fn revoke_key(
-        &self,
-        user_id: &str,
-        key_id: &str,
-        now: i64,
-    ) -> Result<bool, StorageError> {
-        let n = with_conn!(self, |conn| {
+    pub async fn revoke_key(&self, user_id: &str, key_id: &str, now: i64) -> Result<bool, StorageError> {
+        run!(self, [user_id, key_id, now], |conn| {
             diesel::update(api_keys::table.find(key_id))
                 .filter(api_keys::user_id.eq(user_id))
                 .filter(api_keys::revoked_at.is_null())
                 .set(api_keys::revoked_at.eq(now))
                 .execute(conn)
                 .await?
-        });
-        Ok(n > 0)
+                > 0
+        })
     }
 
     pub async fn admin_key_exists(&self) -> Result<bool, StorageError> {
-        let n: i64 = with_conn!(self, |conn| {
-            api_keys::table
+        run!(self, [], |conn| {
+            let n: i64 = api_keys::table
                 .filter(api_keys::is_admin.eq(true))
                 .filter(api_keys::revoked_at.is_null())
                 .count()
                 .get_result(conn)
-                .await?
-        });
-        Ok(n > 0)
+                .await?;
+            n > 0
+        })
     }
 
     pub async fn delete_key(&self, key_id: &str) -> Result<(), StorageError> {
-        with_conn!(self, |conn| diesel::delete(api_keys::table.find(key_id))
-            .execute(conn)
-            .await?);
-        Ok(())
+        run!(self, [key_id], |conn| {
+            diesel::delete(api_keys::table.find(key_id)).execute(conn).await?;
+        })
     }
 
     /// Every key that belongs to a user (admin keys left out), oldest first.
     pub async fn list_user_keys(&self) -> Result<Vec<ApiKeyRow>, StorageError> {
-        Ok(with_conn!(self, |conn| {
-            api_keys::table
-                .filter(api_keys::user_id.is_not_null())
-                .select(ApiKeyRow::as_select())
-                .order(api_keys::created_at.asc())
-                .load(conn)
-                .await?
-        }))
+        run!(self, [], |conn| api_keys::table
+            .filter(api_keys::user_id.is_not_null())
+            .select(ApiKeyRow::as_select())
+            .order(api_keys::created_at.asc())
+            .load(conn)
+            .await?)
     }
 }

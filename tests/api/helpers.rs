@@ -30,15 +30,8 @@ pub fn pg_base_url() -> String {
 pub async fn pg_admin(sql: &str) {
     let mut conn = AsyncPgConnection::establish(&pg_base_url())
         .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL at {} is required for the tests: {e}",
-                pg_base_url()
-            )
-        });
-    conn.batch_execute(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        .unwrap_or_else(|e| panic!("PostgreSQL at {} is required for the tests: {e}", pg_base_url()));
+    conn.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 /// A URL of the test server whose connections use `schema` first.
@@ -71,8 +64,18 @@ pub fn test_settings(dir: &Path) -> Settings {
     s.session.sqlite_path = dir.join("data/test.db");
     s.session.pool_size = 4;
     s.auth.admin_key = Some(ADMIN_KEY.into());
-    s.cli.path = "/nonexistent/claude".into();
+    s.cli.path = fake_cli_path().display().to_string();
+    s.cli.stop_grace = 1;
     s
+}
+
+/// The fake CLI (`examples/fake_claude.rs`), built by `cargo test` next to the test binary.
+pub fn fake_cli_path() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let target = exe.parent().and_then(Path::parent).expect("target dir");
+    let fake = target.join("examples/fake_claude");
+    assert!(fake.exists(), "{} is missing: run `cargo build --examples` (scripts/test does)", fake.display());
+    fake
 }
 
 pub struct TestResponse {
@@ -96,10 +99,7 @@ impl TestResponse {
     pub fn assert_error(&self, status: u16, code: &str) {
         assert_eq!(self.status.as_u16(), status, "body: {}", self.text);
         assert_eq!(self.code(), code, "body: {}", self.text);
-        assert_eq!(
-            self.body["detail"], self.body["error"]["message"],
-            "detail mirrors the message"
-        );
+        assert_eq!(self.body["detail"], self.body["error"]["message"], "detail mirrors the message");
     }
 }
 
@@ -109,31 +109,29 @@ pub struct TestApp {
     pub handle: ServerHandle,
     pub client: awc::Client,
     pub dir: Arc<tempfile::TempDir>,
+    pub app_state: actix_web::web::Data<claude_agent_http::startup::AppState>,
+    server: Option<actix_web::rt::task::JoinHandle<std::io::Result<()>>>,
     pg_schema: Option<String>,
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        // Drop the schema from a thread of its own: Drop cannot await, and the test's runtime
-        // may be gone already.
+        // Drop the schema from a detached thread: Drop cannot await, and blocking this thread
+        // could deadlock with a transaction of the app that runs on it. Schemas an interrupted
+        // run leaves behind are dropped by scripts/test.
         if let Some(schema) = self.pg_schema.take()
             && Arc::strong_count(&self.dir) == 1
         {
-            let _ = std::thread::spawn(move || {
-                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
+            std::thread::spawn(move || {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     rt.block_on(async {
                         if let Ok(mut conn) = AsyncPgConnection::establish(&pg_base_url()).await {
-                            let _ = conn
-                                .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                                .await;
+                            let sql = format!("SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {schema} CASCADE");
+                            let _ = conn.batch_execute(&sql).await;
                         }
                     });
                 }
-            })
-            .join();
+            });
         }
     }
 }
@@ -162,33 +160,36 @@ pub async fn spawn_app_with(backend: Backend, customize: impl FnOnce(&mut Settin
     start(settings, dir, pg_schema).await
 }
 
-async fn start(
-    settings: Settings,
-    dir: Arc<tempfile::TempDir>,
-    pg_schema: Option<String>,
-) -> TestApp {
-    let app = Application::build(settings.clone())
-        .await
-        .expect("app builds");
+async fn start(settings: Settings, dir: Arc<tempfile::TempDir>, pg_schema: Option<String>) -> TestApp {
+    let app = Application::build(settings.clone()).await.expect("app builds");
     let port = app.port();
     let handle = app.handle();
-    actix_web::rt::spawn(app.run_until_stopped());
+    let app_state = app.state();
+    let server = Some(actix_web::rt::spawn(app.run_until_stopped()));
     TestApp {
+        app_state,
+        server,
         address: format!("http://127.0.0.1:{port}"),
         settings,
         handle,
-        client: awc::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .finish(),
+        client: awc::Client::builder().timeout(Duration::from_secs(60)).finish(),
         dir,
         pg_schema,
     }
 }
 
 impl TestApp {
+    /// Stops the server gracefully and waits until every session's CLI is reaped.
+    pub async fn stop(&mut self) {
+        self.handle.stop(true).await;
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task").expect("server ran");
+        }
+    }
+
     /// Stops the server gracefully and starts a new one on the same storage and folders.
     pub async fn restart(mut self) -> TestApp {
-        self.handle.stop(true).await;
+        self.stop().await;
         let schema = self.pg_schema.take();
         start(self.settings.clone(), self.dir.clone(), schema).await
     }
@@ -198,16 +199,8 @@ impl TestApp {
     }
 
     /// Any request; `body` is sent as JSON when given.
-    pub async fn request(
-        &self,
-        method: Method,
-        path: &str,
-        key: Option<&str>,
-        body: Option<Value>,
-    ) -> TestResponse {
-        let mut req = self
-            .client
-            .request(method, format!("{}{path}", self.address));
+    pub async fn request(&self, method: Method, path: &str, key: Option<&str>, body: Option<Value>) -> TestResponse {
+        let mut req = self.client.request(method, format!("{}{path}", self.address));
         if let Some(key) = key {
             req = req.insert_header(("Authorization", format!("Bearer {key}")));
         }
@@ -227,9 +220,7 @@ impl TestApp {
         content_type: Option<&str>,
         body: Vec<u8>,
     ) -> TestResponse {
-        let mut req = self
-            .client
-            .request(method, format!("{}{path}", self.address));
+        let mut req = self.client.request(method, format!("{}{path}", self.address));
         if let Some(key) = key {
             req = req.insert_header(("Authorization", format!("Bearer {key}")));
         }
@@ -246,125 +237,214 @@ impl TestApp {
     }
 
     pub async fn get_root(&self, accept: &str) -> TestResponse {
-        let req = self
-            .client
-            .get(format!("{}/", self.address))
-            .insert_header(("Accept", accept));
+        let req = self.client.get(format!("{}/", self.address)).insert_header(("Accept", accept));
         read(req.send().await.expect("answered")).await
     }
 
     // ---- users (admin)
 
     pub async fn post_user(&self, key: &str, body: Value) -> TestResponse {
-        self.request(Method::POST, "/api/v1/users", Some(key), Some(body))
-            .await
+        self.request(Method::POST, "/api/v1/users", Some(key), Some(body)).await
     }
 
     /// Creates a user with the admin key and returns its API key.
     pub async fn create_user(&self, user_id: &str) -> String {
-        let res = self
-            .post_user(ADMIN_KEY, json!({ "user_id": user_id }))
-            .await;
+        let res = self.post_user(ADMIN_KEY, json!({ "user_id": user_id })).await;
         assert_eq!(res.status, StatusCode::CREATED, "{}", res.text);
         res.body["api_key"].as_str().expect("api_key").to_string()
     }
 
     pub async fn list_users(&self, key: &str) -> TestResponse {
-        self.request(Method::GET, "/api/v1/users", Some(key), None)
-            .await
+        self.request(Method::GET, "/api/v1/users", Some(key), None).await
     }
 
     pub async fn delete_user(&self, key: &str, user_id: &str) -> TestResponse {
-        self.request(
-            Method::DELETE,
-            &format!("/api/v1/users/{user_id}"),
-            Some(key),
-            None,
-        )
-        .await
+        self.request(Method::DELETE, &format!("/api/v1/users/{user_id}"), Some(key), None).await
     }
 
     pub async fn post_key(&self, key: &str, user_id: &str) -> TestResponse {
-        self.request(
-            Method::POST,
-            &format!("/api/v1/users/{user_id}/keys"),
-            Some(key),
-            None,
-        )
-        .await
+        self.request(Method::POST, &format!("/api/v1/users/{user_id}/keys"), Some(key), None).await
     }
 
     pub async fn delete_key(&self, key: &str, user_id: &str, key_id: &str) -> TestResponse {
-        self.request(
-            Method::DELETE,
-            &format!("/api/v1/users/{user_id}/keys/{key_id}"),
-            Some(key),
-            None,
-        )
-        .await
+        self.request(Method::DELETE, &format!("/api/v1/users/{user_id}/keys/{key_id}"), Some(key), None).await
     }
 
     pub async fn get_me(&self, key: &str) -> TestResponse {
-        self.request(Method::GET, "/api/v1/me", Some(key), None)
-            .await
+        self.request(Method::GET, "/api/v1/me", Some(key), None).await
     }
 
     // ---- sessions
 
     pub async fn post_session(&self, key: &str, body: Value) -> TestResponse {
-        self.request(Method::POST, "/api/v1/sessions", Some(key), Some(body))
-            .await
+        self.request(Method::POST, "/api/v1/sessions", Some(key), Some(body)).await
     }
 
     /// Creates a session and returns its id.
     pub async fn create_session(&self, key: &str, body: Value) -> String {
         let res = self.post_session(key, body).await;
         assert_eq!(res.status, StatusCode::CREATED, "{}", res.text);
-        res.body["session_id"]
-            .as_str()
-            .expect("session_id")
-            .to_string()
+        res.body["session_id"].as_str().expect("session_id").to_string()
     }
 
     pub async fn list_sessions(&self, key: &str, query: &str) -> TestResponse {
-        self.request(
-            Method::GET,
-            &format!("/api/v1/sessions{query}"),
-            Some(key),
-            None,
-        )
-        .await
+        self.request(Method::GET, &format!("/api/v1/sessions{query}"), Some(key), None).await
     }
 
     pub async fn get_session(&self, key: &str, id: &str) -> TestResponse {
-        self.request(
-            Method::GET,
-            &format!("/api/v1/sessions/{id}"),
-            Some(key),
-            None,
-        )
-        .await
+        self.request(Method::GET, &format!("/api/v1/sessions/{id}"), Some(key), None).await
     }
 
     pub async fn delete_session(&self, key: &str, id: &str, query: &str) -> TestResponse {
-        self.request(
-            Method::DELETE,
-            &format!("/api/v1/sessions/{id}{query}"),
-            Some(key),
-            None,
-        )
-        .await
+        self.request(Method::DELETE, &format!("/api/v1/sessions/{id}{query}"), Some(key), None).await
     }
 
     pub async fn resume_session(&self, key: &str, id: &str) -> TestResponse {
-        self.request(
-            Method::POST,
-            &format!("/api/v1/sessions/{id}/resume"),
-            Some(key),
-            None,
-        )
-        .await
+        self.request(Method::POST, &format!("/api/v1/sessions/{id}/resume"), Some(key), None).await
     }
+
+    /// Waits until the session's CLI answered `initialize` (status `active`).
+    pub async fn wait_active(&self, key: &str, id: &str) {
+        let ok = eventually(Duration::from_secs(10), || async {
+            self.get_session(key, id).await.body["status"] == "active"
+        })
+        .await;
+        assert!(ok, "session {id} became active: {}", self.get_session(key, id).await.text);
+    }
+
+    // ---- chat
+
+    pub async fn chat(&self, key: &str, session_id: &str, message: &str) -> TestResponse {
+        self.post_chat(key, json!({ "session_id": session_id, "message": message })).await
+    }
+
+    pub async fn post_chat(&self, key: &str, body: Value) -> TestResponse {
+        self.request(Method::POST, "/api/v1/chat", Some(key), Some(body)).await
+    }
+
+    /// A whole `/chat/stream` answer.
+    pub async fn chat_stream(&self, key: &str, body: Value) -> SseResponse {
+        let res = self
+            .client
+            .post(format!("{}/api/v1/chat/stream", self.address))
+            .insert_header(("Authorization", format!("Bearer {key}")))
+            .send_json(&body)
+            .await
+            .expect("answered");
+        let status = res.status();
+        let headers = res.headers().clone();
+        let r = read(res).await;
+        SseResponse { status, headers, frames: parse_sse(&r.text), text: r.text }
+    }
+
+    /// Opens `/chat/stream` and returns the live response to read frame by frame.
+    pub async fn open_chat_stream(&self, key: &str, session_id: &str, message: &str) -> SseReader {
+        let res = self
+            .client
+            .post(format!("{}/api/v1/chat/stream", self.address))
+            .insert_header(("Authorization", format!("Bearer {key}")))
+            .send_json(&json!({ "session_id": session_id, "message": message }))
+            .await
+            .expect("answered");
+        assert_eq!(res.status(), StatusCode::OK);
+        SseReader { res: Box::new(res), buffer: String::new() }
+    }
+
+    pub async fn interrupt(&self, key: &str, id: &str) -> TestResponse {
+        self.request(Method::POST, &format!("/api/v1/sessions/{id}/interrupt"), Some(key), None).await
+    }
+
+    /// Pids of the CLI processes the registry supervises now.
+    pub async fn cli_pids(&self) -> Vec<u32> {
+        let stats = self.app_state.registry.send(claude_agent_http::actors::GetStats).await.expect("registry");
+        stats.processes
+    }
+}
+
+/// A finished SSE answer: its frames as (id, JSON), comments left out.
+pub struct SseResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub frames: Vec<(i64, Value)>,
+    pub text: String,
+}
+
+impl SseResponse {
+    pub fn types(&self) -> Vec<String> {
+        self.frames.iter().map(|(_, f)| f["type"].as_str().unwrap_or("").to_string()).collect()
+    }
+
+    pub fn last(&self) -> &Value {
+        &self.frames.last().expect("at least one frame").1
+    }
+}
+
+/// Parses `id:`/`data:` blocks.
+pub fn parse_sse(text: &str) -> Vec<(i64, Value)> {
+    let mut frames = Vec::new();
+    for block in text.split("\n\n") {
+        let mut id = None;
+        let mut data = None;
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("id: ") {
+                id = v.trim().parse::<i64>().ok();
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                data = serde_json::from_str::<Value>(v).ok();
+            }
+        }
+        if let Some(data) = data {
+            frames.push((id.expect("every frame has an id"), data));
+        }
+    }
+    frames
+}
+
+type LiveBody = awc::ClientResponse;
+
+/// An SSE response read as it arrives.
+pub struct SseReader {
+    res: Box<LiveBody>,
+    buffer: String,
+}
+
+impl SseReader {
+    /// The next frame, or `None` at the end of the stream.
+    pub async fn next_frame(&mut self) -> Option<(i64, Value)> {
+        use futures_util::StreamExt;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                if let Some(frame) = parse_sse(&block).pop() {
+                    return Some(frame);
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(30), self.res.next()).await.ok()??.ok()?;
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// Frames until the stream ends.
+    pub async fn rest(&mut self) -> Vec<(i64, Value)> {
+        let mut frames = Vec::new();
+        while let Some(f) = self.next_frame().await {
+            frames.push(f);
+        }
+        frames
+    }
+}
+
+/// Whether a process runs (a zombie does not count).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
+}
+
+/// Waits until none of `pids` runs.
+pub async fn all_gone(pids: &[u32]) -> bool {
+    eventually(Duration::from_secs(15), || async { pids.iter().all(|p| !process_alive(*p)) }).await
 }
 
 async fn read<S>(mut res: awc::ClientResponse<S>) -> TestResponse
@@ -376,12 +456,7 @@ where
     let bytes = res.body().limit(16 * 1024 * 1024).await.expect("body");
     let text = String::from_utf8_lossy(&bytes).to_string();
     let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    TestResponse {
-        status,
-        headers,
-        body,
-        text,
-    }
+    TestResponse { status, headers, body, text }
 }
 
 /// Waits until `check` holds, polling (for background work such as the TTL sweeper).

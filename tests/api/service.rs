@@ -6,9 +6,7 @@ use std::time::Duration;
 use awc::http::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{
-    Backend, eventually, pg_admin, pg_url_for_database, spawn_app, spawn_app_with,
-};
+use crate::helpers::{Backend, eventually, pg_admin, pg_url_for_database, spawn_app, spawn_app_with};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -32,15 +30,12 @@ async fn health_reports_the_service(backend: Backend) {
     assert_eq!(h["active_sessions"], 1);
     assert_eq!(h["in_memory_clients"], 1);
     assert!(h["memory_mb"].as_u64().unwrap() > 0);
-    let storage = if backend == Backend::Postgres {
-        "postgresql"
-    } else {
-        "sqlite"
-    };
+    let storage = if backend == Backend::Postgres { "postgresql" } else { "sqlite" };
     assert_eq!(h["storage_type"], storage);
     assert!(h["uptime_seconds"].is_u64());
-    assert_eq!(h["cli"]["found"], false);
-    assert_eq!(h["cli"]["path"], "/nonexistent/claude");
+    assert_eq!(h["cli"]["found"], true);
+    assert_eq!(h["cli"]["path"], app.settings.cli.path.as_str());
+    assert_eq!(h["cli"]["version"], "2.1.330-fake (Claude Code)");
 }
 
 async fn root_answers_json_or_html(backend: Backend) {
@@ -51,70 +46,36 @@ async fn root_answers_json_or_html(backend: Backend) {
     assert_eq!(json.body["health"], "/health");
     let html = app.get_root("text/html,application/xhtml+xml").await;
     assert_eq!(html.status, StatusCode::OK);
-    assert!(
-        html.header("content-type")
-            .unwrap()
-            .starts_with("text/html")
-    );
+    assert!(html.header("content-type").unwrap().starts_with("text/html"));
     assert!(html.text.contains("<html"));
 }
 
 async fn unknown_routes_and_wrong_methods_answer_json(backend: Backend) {
     let app = spawn_app(backend).await;
-    app.request(Method::GET, "/api/v1/nothing-here", None, None)
-        .await
-        .assert_error(404, "not_found");
-    app.request(Method::GET, "/favicon.ico", None, None)
-        .await
-        .assert_error(404, "not_found");
-    app.request(Method::PUT, "/health", None, None)
-        .await
-        .assert_error(405, "method_not_allowed");
+    app.request(Method::GET, "/api/v1/nothing-here", None, None).await.assert_error(404, "not_found");
+    app.request(Method::GET, "/favicon.ico", None, None).await.assert_error(404, "not_found");
+    app.request(Method::PUT, "/health", None, None).await.assert_error(405, "method_not_allowed");
     let key = app.create_user("alice").await;
-    app.request(Method::PATCH, "/api/v1/sessions", Some(&key), None)
-        .await
-        .assert_error(405, "method_not_allowed");
+    app.request(Method::PATCH, "/api/v1/sessions", Some(&key), None).await.assert_error(405, "method_not_allowed");
 }
 
 async fn bad_bodies_answer_json_errors(backend: Backend) {
     let app = spawn_app_with(backend, |s| s.api.max_body_kb = 4).await;
     let key = app.create_user("alice").await;
     let post = |ct: Option<&'static str>, body: &[u8]| {
-        app.request_raw(
-            Method::POST,
-            "/api/v1/sessions",
-            Some(&key),
-            ct,
-            body.to_vec(),
-        )
+        app.request_raw(Method::POST, "/api/v1/sessions", Some(&key), ct, body.to_vec())
     };
-    post(Some("application/json"), b"{\"subdir\": ")
-        .await
-        .assert_error(400, "invalid_request");
-    post(Some("application/json"), b"[1,2")
-        .await
-        .assert_error(400, "invalid_request");
-    post(Some("application/json"), b"{} trailing")
-        .await
-        .assert_error(400, "invalid_request");
-    post(Some("text/plain"), b"{\"subdir\":\"a\"}")
-        .await
-        .assert_error(415, "unsupported_media_type");
-    post(None, b"{\"subdir\":\"a\"}")
-        .await
-        .assert_error(415, "unsupported_media_type");
+    post(Some("application/json"), b"{\"subdir\": ").await.assert_error(400, "invalid_request");
+    post(Some("application/json"), b"[1,2").await.assert_error(400, "invalid_request");
+    post(Some("application/json"), b"{} trailing").await.assert_error(400, "invalid_request");
+    post(Some("text/plain"), b"{\"subdir\":\"a\"}").await.assert_error(415, "unsupported_media_type");
+    post(None, b"{\"subdir\":\"a\"}").await.assert_error(415, "unsupported_media_type");
     let big = format!("{{\"subdir\":\"{}\"}}", "a".repeat(8 * 1024));
-    post(Some("application/json"), big.as_bytes())
-        .await
-        .assert_error(413, "payload_too_large");
+    post(Some("application/json"), big.as_bytes()).await.assert_error(413, "payload_too_large");
     let typed = post(Some("application/json"), b"{\"subdir\": 5}").await;
     typed.assert_error(422, "validation_error");
     assert_eq!(typed.body["error"]["fields"][0]["field"], "subdir");
-    let ok = post(
-        Some("application/json; charset=utf-8"),
-        b"{\"subdir\":\"a\"}",
-    )
-    .await;
+    let ok = post(Some("application/json; charset=utf-8"), b"{\"subdir\":\"a\"}").await;
     assert_eq!(ok.status, StatusCode::CREATED);
 }
 
@@ -124,68 +85,31 @@ async fn every_response_carries_a_request_id(backend: Backend) {
     let id = res.header("x-request-id").expect("request id").to_string();
     assert!(id.len() >= 16);
     assert_ne!(app.get_health().await.header("x-request-id").unwrap(), id);
-    let err = app
-        .request(Method::GET, "/api/v1/sessions", None, None)
-        .await;
+    let err = app.request(Method::GET, "/api/v1/sessions", None, None).await;
     assert!(err.header("x-request-id").is_some());
-    let mine = app
-        .client
-        .get(format!("{}/health", app.address))
-        .insert_header(("X-Request-Id", "trace-42"))
-        .send();
-    assert_eq!(
-        mine.await.unwrap().headers().get("x-request-id").unwrap(),
-        "trace-42"
-    );
+    let mine = app.client.get(format!("{}/health", app.address)).insert_header(("X-Request-Id", "trace-42")).send();
+    assert_eq!(mine.await.unwrap().headers().get("x-request-id").unwrap(), "trace-42");
 }
 
 async fn cors_allows_only_configured_origins(backend: Backend) {
-    let app = spawn_app_with(backend, |s| {
-        s.api.cors_origins = vec!["https://console.example".into()]
-    })
-    .await;
+    let app = spawn_app_with(backend, |s| s.api.cors_origins = vec!["https://console.example".into()]).await;
     let preflight = |origin: &'static str| {
         app.client
             .request(Method::OPTIONS, format!("{}/api/v1/sessions", app.address))
             .insert_header(("Origin", origin))
             .insert_header(("Access-Control-Request-Method", "POST"))
-            .insert_header((
-                "Access-Control-Request-Headers",
-                "authorization,content-type",
-            ))
+            .insert_header(("Access-Control-Request-Headers", "authorization,content-type"))
             .send()
     };
     let allowed = preflight("https://console.example").await.unwrap();
-    assert_eq!(
-        allowed
-            .headers()
-            .get("access-control-allow-origin")
-            .unwrap(),
-        "https://console.example"
-    );
-    assert!(
-        allowed
-            .headers()
-            .get("access-control-allow-credentials")
-            .is_none()
-    );
+    assert_eq!(allowed.headers().get("access-control-allow-origin").unwrap(), "https://console.example");
+    assert!(allowed.headers().get("access-control-allow-credentials").is_none());
     let other = preflight("https://evil.example").await.unwrap();
     assert!(other.headers().get("access-control-allow-origin").is_none());
 
     let closed = spawn_app(backend).await;
-    let res = closed
-        .client
-        .get(format!("{}/health", closed.address))
-        .insert_header(("Origin", "https://x"))
-        .send();
-    assert!(
-        res.await
-            .unwrap()
-            .headers()
-            .get("access-control-allow-origin")
-            .is_none(),
-        "no CORS by default"
-    );
+    let res = closed.client.get(format!("{}/health", closed.address)).insert_header(("Origin", "https://x")).send();
+    assert!(res.await.unwrap().headers().get("access-control-allow-origin").is_none(), "no CORS by default");
 }
 
 /// A database that goes away answers 503 `storage_unavailable` with Retry-After, and the
@@ -208,10 +132,7 @@ async fn postgres_going_away_gives_503_and_the_service_recovers() {
         app.get_session(&key, &id).await.code() == "storage_unavailable"
     })
     .await;
-    assert!(
-        down,
-        "requests answer storage_unavailable while the database is away"
-    );
+    assert!(down, "requests answer storage_unavailable while the database is away");
     let res = app.get_session(&key, &id).await;
     res.assert_error(503, "storage_unavailable");
     assert!(res.header("retry-after").is_some());
@@ -221,10 +142,9 @@ async fn postgres_going_away_gives_503_and_the_service_recovers() {
     assert!(health.body["error"].is_string());
 
     pg_admin(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true")).await;
-    let back = eventually(Duration::from_secs(20), || async {
-        app.get_session(&key, &id).await.status == StatusCode::OK
-    })
-    .await;
+    let back =
+        eventually(Duration::from_secs(20), || async { app.get_session(&key, &id).await.status == StatusCode::OK })
+            .await;
     assert!(back, "the service recovers by itself");
     assert_eq!(app.get_health().await.status, StatusCode::OK);
     drop(app);

@@ -25,11 +25,7 @@ fn run_failing(cmd: &mut Command) -> (i32, Vec<String>) {
     let out = cmd.stdin(Stdio::null()).output().expect("binary runs");
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!stderr.contains("panicked"), "no panic: {stderr}");
-    let lines: Vec<String> = stderr
-        .lines()
-        .filter(|l| l.starts_with("claude-agent-http:"))
-        .map(String::from)
-        .collect();
+    let lines: Vec<String> = stderr.lines().filter(|l| l.starts_with("claude-agent-http:")).map(String::from).collect();
     (out.status.code().unwrap_or(-1), lines)
 }
 
@@ -47,11 +43,7 @@ fn help_and_version_work() {
 #[test]
 fn an_unknown_settings_key_stops_start_up_naming_it() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("Settings.toml"),
-        "[api]\nport = 0\nmax_sesions = 3\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("Settings.toml"), "[api]\nport = 0\nmax_sesions = 3\n").unwrap();
     let (code, lines) = run_failing(&mut service(dir.path()));
     assert_eq!(code, 2);
     assert_eq!(lines.len(), 1, "{lines:?}");
@@ -72,9 +64,7 @@ fn a_bad_value_in_file_or_environment_stops_start_up_naming_it() {
     assert_eq!(code, 2);
     assert!(lines[0].contains("CLAUDE_AGENT_API__PORT"), "{lines:?}");
 
-    let (code, lines) = run_failing(
-        service(dir.path()).env("CLAUDE_AGENT_CONFIG", dir.path().join("missing.toml")),
-    );
+    let (code, lines) = run_failing(service(dir.path()).env("CLAUDE_AGENT_CONFIG", dir.path().join("missing.toml")));
     assert_eq!(code, 2);
     assert!(lines[0].contains("missing.toml"), "{lines:?}");
 }
@@ -83,27 +73,17 @@ fn a_bad_value_in_file_or_environment_stops_start_up_naming_it() {
 fn an_unreachable_database_stops_start_up_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     // A port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let (code, lines) = run_failing(
         service(dir.path())
             .env("CLAUDE_AGENT_API__PORT", "0")
             .env("CLAUDE_AGENT_SESSION__STORAGE", "postgresql")
-            .env(
-                "CLAUDE_AGENT_SESSION__DATABASE_URL",
-                format!("postgres://app:secret@127.0.0.1:{port}/x"),
-            ),
+            .env("CLAUDE_AGENT_SESSION__DATABASE_URL", format!("postgres://app:secret@127.0.0.1:{port}/x")),
     );
     assert_eq!(code, 1);
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("postgresql storage"), "{lines:?}");
-    assert!(
-        !lines[0].contains("secret"),
-        "no password in the message: {lines:?}"
-    );
+    assert!(!lines[0].contains("secret"), "no password in the message: {lines:?}");
 }
 
 #[test]
@@ -124,9 +104,11 @@ fn unauthenticated_mode_refuses_a_public_address() {
 #[test]
 fn the_run_command_serves_on_embedded_defaults() {
     let dir = tempfile::tempdir().unwrap();
-    // Port 0 instead of 8000 so parallel runs never collide; everything else is the default.
+    // Port 0 instead of 8000 so parallel runs never collide, and the fake CLI in place of a
+    // `claude` on PATH; everything else is the default.
     let mut child = service(dir.path())
         .env("CLAUDE_AGENT_API_PORT", "0")
+        .env("CLAUDE_AGENT_CLI_PATH", crate::helpers::fake_cli_path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -144,10 +126,7 @@ fn the_run_command_serves_on_embedded_defaults() {
     while port.is_none() && Instant::now() < deadline {
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
             if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
-                port = rest
-                    .split_whitespace()
-                    .next()
-                    .and_then(|p| p.parse::<u16>().ok());
+                port = rest.split_whitespace().next().and_then(|p| p.parse::<u16>().ok());
             }
             seen.push(line);
         }
@@ -155,9 +134,7 @@ fn the_run_command_serves_on_embedded_defaults() {
     let port = port.unwrap_or_else(|| panic!("no listening line: {seen:?}"));
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     use std::io::{Read, Write};
-    stream
-        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -165,20 +142,10 @@ fn the_run_command_serves_on_embedded_defaults() {
     assert!(dir.path().join("data/claude-agent-http.db").exists());
     assert!(dir.path().join("data/admin.key").exists());
     assert!(dir.path().join("users").is_dir());
-    assert!(
-        seen.iter().any(|l| l.contains("admin.key")),
-        "the key's location is announced: {seen:?}"
-    );
-    assert!(
-        !seen.iter().any(|l| l.contains("cah_")),
-        "the key itself is never logged"
-    );
+    assert!(seen.iter().any(|l| l.contains("admin.key")), "the key's location is announced: {seen:?}");
+    assert!(!seen.iter().any(|l| l.contains("cah_")), "the key itself is never logged");
 
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
+    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "SIGTERM ends with exit 0: {status:?}");
 }

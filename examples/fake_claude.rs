@@ -1,0 +1,379 @@
+//! A stand-in for the `claude` CLI that speaks its stream-json protocol (see
+//! `../shared/protocol.md`), for fast tests, benchmarks and demos without an API key.
+//!
+//! Run as the service's `cli.path`. It answers `initialize`, emits `system/init`, partial
+//! `stream_event` text deltas, `assistant` frames, tool_use → tool_result pairs and a `result`
+//! with cost and usage; obeys `interrupt`; keeps each session's history on disk so that
+//! `--session-id` / `--resume` behave like the real CLI. The message text picks a behaviour:
+//!
+//! | message            | behaviour |
+//! |--------------------|-----------|
+//! | anything else      | answers `echo: <message>` in a few deltas |
+//! | `slow N [MS]`      | N words, one every MS ms (default 100); interruptible |
+//! | `sleep MS`         | answers after MS ms |
+//! | `tool`             | a Bash tool_use, its tool_result, then text |
+//! | `write NAME TEXT`  | a Write tool_use that really writes NAME in the cwd |
+//! | `crash`            | a delta, then exits with code 3 mid-turn |
+//! | `hang`             | never answers, ignores interrupts |
+//! | `garbage`          | prints a non-JSON and a malformed line, then echoes |
+//! | `huge MB`          | one text delta line of MB MiB |
+//! | `spawn`            | starts `sleep 1000` as a grandchild, leaves it running, answers its pid |
+//! | `history`          | answers every earlier user message of the session, joined by ` | ` |
+//! | `stamp`            | answers `stamp:<ns since epoch>` taken just before writing the first delta |
+//!
+//! Environment: `FAKE_CLAUDE_INIT_DELAY_MS` delays the `initialize` answer (a slow start);
+//! `FAKE_CLAUDE_ARGV_LOG` appends the argument list and chosen environment to that file.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+const COST_PER_TURN: f64 = 0.001;
+
+struct Session {
+    id: String,
+    cwd: String,
+    history_file: PathBuf,
+    history: Vec<String>,
+    total_cost: f64,
+    result_index: u64,
+    queued: Vec<Value>,
+}
+
+enum Input {
+    Line(Value),
+    Eof,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--version" || a == "-v") {
+        println!("2.1.330-fake (Claude Code)");
+        return;
+    }
+    if let Ok(path) = std::env::var("FAKE_CLAUDE_ARGV_LOG") {
+        let env: Vec<String> = std::env::vars().map(|(k, _)| k).filter(|k| !k.starts_with("FAKE_CLAUDE")).collect();
+        let line = json!({"args": args, "env": env, "pid": std::process::id()});
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+    let flag = |name: &str| args.iter().find_map(|a| a.strip_prefix(&format!("--{name}=")).map(str::to_owned));
+    let cwd = std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_default();
+    let config_dir = std::env::var("CLAUDE_CONFIG_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".claude"));
+    let sanitized: String = cwd.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    let project_dir = config_dir.join("projects").join(sanitized);
+
+    let (id, resume) = match (flag("session-id"), flag("resume")) {
+        (Some(id), _) => (id, false),
+        (None, Some(id)) => (id, true),
+        (None, None) => (format!("{:032x}", std::process::id()), false),
+    };
+    let history_file = project_dir.join(format!("{id}.jsonl"));
+    let mut session =
+        Session { id, cwd, history_file, history: Vec::new(), total_cost: 0.0, result_index: 0, queued: Vec::new() };
+    if resume {
+        match std::fs::read_to_string(&session.history_file) {
+            Ok(text) => {
+                for line in text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
+                    if let Some(t) = line["text"].as_str() {
+                        session.history.push(t.to_string());
+                    }
+                    session.total_cost = line["cost_total"].as_f64().unwrap_or(session.total_cost);
+                }
+            }
+            Err(_) => {
+                eprintln!("No conversation found with session ID: {}", session.id);
+                emit(&json!({"type":"result","subtype":"error_during_execution","is_error":true,"num_turns":0,
+                    "duration_ms":0,"total_cost_usd":0,"usage":{"input_tokens":0,"output_tokens":0},
+                    "session_id":"00000000-0000-4000-8000-000000000000",
+                    "errors":[format!("No conversation found with session ID: {}", session.id)]}));
+                std::process::exit(1);
+            }
+        }
+    } else if session.history_file.exists() {
+        eprintln!("Error: Session ID {} is already in use.", session.id);
+        std::process::exit(1);
+    }
+
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        for line in stdin.lock().lines() {
+            let Ok(line) = line else { break };
+            match serde_json::from_str::<Value>(&line) {
+                Ok(v) => {
+                    if tx.send(Input::Line(v)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // Like the real CLI: invalid input is fatal.
+                    eprintln!("Error parsing streaming input line: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        let _ = tx.send(Input::Eof);
+    });
+
+    loop {
+        let next = if session.queued.is_empty() { rx.recv().ok() } else { Some(Input::Line(session.queued.remove(0))) };
+        match next {
+            None | Some(Input::Eof) => return,
+            Some(Input::Line(v)) => handle(&mut session, v, &rx),
+        }
+    }
+}
+
+fn emit(v: &Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+fn control_success(request_id: &str, response: Value) {
+    emit(
+        &json!({"type":"control_response","response":{"subtype":"success","request_id":request_id,"response":response}}),
+    );
+}
+
+fn handle(session: &mut Session, v: Value, rx: &Receiver<Input>) {
+    match v["type"].as_str() {
+        Some("control_request") => {
+            let request_id = v["request_id"].as_str().unwrap_or("");
+            match v["request"]["subtype"].as_str() {
+                Some("initialize") => {
+                    if let Some(ms) = std::env::var("FAKE_CLAUDE_INIT_DELAY_MS").ok().and_then(|s| s.parse().ok()) {
+                        std::thread::sleep(Duration::from_millis(ms));
+                    }
+                    control_success(
+                        request_id,
+                        json!({"claude_code_version":"2.1.330-fake","pid":std::process::id(),"commands":[],"models":[]}),
+                    );
+                }
+                Some("interrupt") => control_success(request_id, json!({"still_queued": []})),
+                Some(other) => emit(&json!({"type":"control_response","response":{"subtype":"error",
+                    "request_id":request_id,"error":format!("Unsupported control request subtype: {other}")}})),
+                None => {}
+            }
+        }
+        Some("control_response") => {}
+        Some("user") => {
+            let text = match &v["message"]["content"] {
+                Value::String(s) => s.clone(),
+                Value::Array(blocks) => blocks.iter().filter_map(|b| b["text"].as_str()).collect::<Vec<_>>().join("\n"),
+                _ => String::new(),
+            };
+            let uuid = v["uuid"].as_str().unwrap_or("").to_string();
+            turn(session, &text, &uuid, rx);
+        }
+        _ => {}
+    }
+}
+
+/// What interrupted a turn's waiting, if anything.
+enum Wait {
+    Elapsed,
+    Interrupted,
+    Eof,
+}
+
+/// Sleeps `d` while answering control requests; an interrupt cuts it short.
+fn wait(session: &mut Session, d: Duration, rx: &Receiver<Input>, obey: bool) -> Wait {
+    let deadline = Instant::now() + d;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Err(RecvTimeoutError::Timeout) => return Wait::Elapsed,
+            Err(RecvTimeoutError::Disconnected) | Ok(Input::Eof) => return Wait::Eof,
+            Ok(Input::Line(v)) => {
+                if v["type"] == "control_request" && v["request"]["subtype"] == "interrupt" {
+                    if obey {
+                        control_success(v["request_id"].as_str().unwrap_or(""), json!({"still_queued": []}));
+                        return Wait::Interrupted;
+                    }
+                } else if v["type"] == "control_request" {
+                    handle(session, v, rx);
+                } else {
+                    session.queued.push(v);
+                }
+            }
+        }
+    }
+}
+
+fn delta(session: &Session, text: &str) {
+    emit(&json!({"type":"stream_event","event":{"type":"content_block_delta","index":0,
+        "delta":{"type":"text_delta","text":text}},"session_id":session.id,"parent_tool_use_id":null}));
+}
+
+fn assistant(session: &Session, content: Value) {
+    emit(&json!({"type":"assistant","message":{"id":"msg_fake","type":"message","role":"assistant",
+        "model":"fake","content":content},"parent_tool_use_id":null,"session_id":session.id}));
+}
+
+fn tool_result(session: &Session, id: &str, content: &str, is_error: bool) {
+    emit(&json!({"type":"user","message":{"role":"user","content":[{"tool_use_id":id,"type":"tool_result",
+        "content":content,"is_error":is_error}]},"parent_tool_use_id":null,"session_id":session.id}));
+}
+
+fn finish(session: &mut Session, user_text: &str, uuid: &str, subtype: &str, text: &str, started: Instant, turns: i64) {
+    session.total_cost += COST_PER_TURN;
+    session.history.push(user_text.to_string());
+    if let Some(dir) = session.history_file.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&session.history_file) {
+        let _ = writeln!(f, "{}", json!({"type":"user","text":user_text,"cost_total":session.total_cost}));
+    }
+    let is_error = subtype != "success";
+    let mut result = json!({"type":"result","subtype":subtype,"is_error":is_error,
+        "duration_ms":started.elapsed().as_millis() as u64,"duration_api_ms":1,"num_turns":turns,
+        "session_id":session.id,"total_cost_usd":session.total_cost,
+        "usage":{"input_tokens":10 + user_text.len() as i64,"output_tokens":text.split_whitespace().count() as i64},
+        "result_index":session.result_index,"user_message_uuid":uuid});
+    if !is_error {
+        result["result"] = Value::String(text.to_string());
+    }
+    session.result_index += 1;
+    emit(&result);
+}
+
+fn turn(session: &mut Session, text: &str, uuid: &str, rx: &Receiver<Input>) {
+    let started = Instant::now();
+    emit(&json!({"type":"system","subtype":"init","session_id":session.id,"cwd":session.cwd,"tools":["Bash","Write"],
+        "mcp_servers":[],"model":"fake","permissionMode":"bypassPermissions","claude_code_version":"2.1.330-fake",
+        "user_message_uuids":[uuid]}));
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let arg = |i: usize| words.get(i).and_then(|w| w.parse::<u64>().ok());
+    match words.first().copied().unwrap_or("") {
+        "slow" => {
+            let (n, ms) = (arg(1).unwrap_or(10), arg(2).unwrap_or(100));
+            let mut said = String::new();
+            for i in 0..n {
+                match wait(session, Duration::from_millis(ms), rx, true) {
+                    Wait::Elapsed => {}
+                    Wait::Interrupted => {
+                        assistant(session, json!([{"type":"text","text":said}]));
+                        finish(session, text, uuid, "error_during_execution", &said, started, 1);
+                        return;
+                    }
+                    Wait::Eof => std::process::exit(0),
+                }
+                let word = format!("w{i} ");
+                delta(session, &word);
+                said.push_str(&word);
+            }
+            assistant(session, json!([{"type":"text","text":said}]));
+            finish(session, text, uuid, "success", &said, started, 1);
+        }
+        "sleep" => {
+            if let Wait::Interrupted = wait(session, Duration::from_millis(arg(1).unwrap_or(100)), rx, true) {
+                finish(session, text, uuid, "error_during_execution", "", started, 1);
+                return;
+            }
+            let answer = "slept";
+            delta(session, answer);
+            assistant(session, json!([{"type":"text","text":answer}]));
+            finish(session, text, uuid, "success", answer, started, 1);
+        }
+        "tool" => {
+            let input = json!({"command":"echo hi","description":"Print hi"});
+            assistant(session, json!([{"type":"tool_use","id":"toolu_fake1","name":"Bash","input":input}]));
+            tool_result(session, "toolu_fake1", "hi", false);
+            let answer = "The command printed hi.";
+            delta(session, answer);
+            assistant(session, json!([{"type":"text","text":answer}]));
+            finish(session, text, uuid, "success", answer, started, 2);
+        }
+        "write" => {
+            let name = words.get(1).copied().unwrap_or("out.txt");
+            let content = words.get(2..).map(|w| w.join(" ")).unwrap_or_default();
+            let path = format!("{}/{name}", session.cwd);
+            assistant(
+                session,
+                json!([{"type":"tool_use","id":"toolu_fake2","name":"Write",
+                "input":{"file_path":path,"content":content}}]),
+            );
+            match std::fs::write(&path, &content) {
+                Ok(()) => tool_result(session, "toolu_fake2", &format!("File created successfully at: {path}"), false),
+                Err(e) => tool_result(session, "toolu_fake2", &format!("Error: {e}"), true),
+            }
+            let answer = format!("Wrote {name}.");
+            delta(session, &answer);
+            assistant(session, json!([{"type":"text","text":answer}]));
+            finish(session, text, uuid, "success", &answer, started, 2);
+        }
+        "crash" => {
+            delta(session, "about to crash");
+            eprintln!("fake claude: crashing on purpose");
+            std::process::exit(3);
+        }
+        "hang" => loop {
+            if let Wait::Eof = wait(session, Duration::from_secs(3600), rx, false) {
+                // Even stdin closing does not end a hung CLI: only a signal does.
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        },
+        "garbage" => {
+            emit_raw("[debug] this is not JSON");
+            emit_raw("{\"type\": broken json");
+            echo(session, text, uuid, started);
+        }
+        "huge" => {
+            let mb = arg(1).unwrap_or(1) as usize;
+            let big = "x".repeat(mb * 1024 * 1024);
+            delta(session, &big);
+            assistant(session, json!([{"type":"text","text":"huge"}]));
+            finish(session, text, uuid, "success", "huge", started, 1);
+        }
+        "spawn" => {
+            let child = std::process::Command::new("sleep").arg("1000").spawn();
+            let answer = match child {
+                Ok(c) => format!("spawned {}", c.id()),
+                Err(e) => format!("spawn failed: {e}"),
+            };
+            delta(session, &answer);
+            assistant(session, json!([{"type":"text","text":answer}]));
+            finish(session, text, uuid, "success", &answer, started, 1);
+        }
+        "history" => {
+            let answer = session.history.join(" | ");
+            delta(session, &answer);
+            assistant(session, json!([{"type":"text","text":answer}]));
+            finish(session, text, uuid, "success", &answer, started, 1);
+        }
+        "stamp" => {
+            let ns = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+            let answer = format!("stamp:{ns}");
+            delta(session, &answer);
+            assistant(session, json!([{"type":"text","text":answer}]));
+            finish(session, text, uuid, "success", &answer, started, 1);
+        }
+        _ => echo(session, text, uuid, started),
+    }
+}
+
+fn emit_raw(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn echo(session: &mut Session, text: &str, uuid: &str, started: Instant) {
+    let answer = format!("echo: {text}");
+    let mut rest = answer.as_str();
+    while !rest.is_empty() {
+        let cut = rest.char_indices().nth(8).map(|(i, _)| i).unwrap_or(rest.len());
+        delta(session, &rest[..cut]);
+        rest = &rest[cut..];
+    }
+    assistant(session, json!([{"type":"text","text":answer}]));
+    finish(session, text, uuid, "success", &answer, started, 1);
+}

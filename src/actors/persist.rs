@@ -1,0 +1,52 @@
+//! Per-session writer: the session actor hands it status changes and finished turns and never
+//! waits for the database. Jobs run in order; a database that is away is retried with backoff.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::sessions::SessionStatus;
+use crate::storage::{Storage, StorageError, TurnRecord};
+
+#[derive(Debug)]
+pub enum PersistJob {
+    /// Move the status to `to` if it is one of `from` (never overwrites closed or expired).
+    Status {
+        to: SessionStatus,
+        from: &'static [SessionStatus],
+    },
+    TurnFinished(Box<TurnRecord>),
+}
+
+const RETRIES: u32 = 8;
+
+/// Starts the writer task of one session.
+pub fn start(storage: Storage, session_id: String) -> mpsc::UnboundedSender<PersistJob> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<PersistJob>();
+    actix_web::rt::spawn(async move {
+        while let Some(job) = rx.recv().await {
+            let mut delay = Duration::from_millis(100);
+            for attempt in 1..=RETRIES {
+                let result = match &job {
+                    PersistJob::Status { to, from } => {
+                        storage.transition_session(&session_id, from, *to, None).await.map(|_| ())
+                    }
+                    PersistJob::TurnFinished(record) => storage.finish_turn(record).await,
+                };
+                match result {
+                    Ok(()) => break,
+                    Err(StorageError::Unavailable(e)) if attempt < RETRIES => {
+                        log::warn!("session {session_id}: storage unavailable ({e}); retrying in {delay:?}");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                    Err(e) => {
+                        log::error!("session {session_id}: could not store {job:?}: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    tx
+}

@@ -1,0 +1,673 @@
+//! One actor per live session. It owns the session's CLI process (through [`CliProcess`]): the
+//! stdin writer, the stdout stream, the current turn and its numbered events. Turns are
+//! strictly sequential. The actor lives exactly as long as its process: when the process ends
+//! (close, eviction, crash, shutdown) the actor records why, tells the registry and stops.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+
+use super::persist::{self, PersistJob};
+use super::registry::{AcquireTurnSlot, Activity, Ended, Registry, Stopping, TurnPermit};
+use crate::cli::process::{CliProcess, ExitInfo, MAX_LINE_BYTES, StdoutItem, stdout_messages};
+use crate::cli::protocol::{
+    CliMessage, ContentBlock, Delta, OutgoingControlRequest, OutgoingControlResponse, ResultMessage, StreamEvent,
+    UserInput, to_line, tool_result_text,
+};
+use crate::clock;
+use crate::error::ApiError;
+use crate::sessions::SessionStatus;
+use crate::sessions::events::{self, SessionEvent, ToolCall, TurnOutcome, TurnResult};
+use crate::settings::Settings;
+use crate::storage::{Storage, TurnRecord};
+
+/// How long the CLI may take to answer `initialize`.
+const INITIALIZE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an interrupted turn may take to end before the CLI is killed.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(5);
+/// Frames buffered for one client; a client further behind is dropped (it can reconnect).
+pub const CLIENT_BUFFER: usize = 4096;
+
+/// Why a session's process is stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Closed,
+    Purged,
+    Expired,
+    UserDeleted,
+    IdleEviction,
+    MemoryEviction,
+    /// Above `cli.max_rss_mb`: restarted once its turn is over.
+    TooLarge,
+    Shutdown,
+    /// Did not obey an interrupt.
+    Unresponsive,
+    /// Broke the protocol (a line over the cap).
+    ProtocolError,
+    /// Never became ready.
+    StartFailed,
+}
+
+impl StopReason {
+    /// The status the session gets once the process is gone (`None`: the caller set it).
+    fn final_status(self) -> Option<SessionStatus> {
+        use StopReason::*;
+        match self {
+            Closed | Purged | Expired | UserDeleted => None,
+            IdleEviction | MemoryEviction | TooLarge | Shutdown | Unresponsive | ProtocolError => {
+                Some(SessionStatus::Idle)
+            }
+            StartFailed => Some(SessionStatus::Failed),
+        }
+    }
+
+    /// Evictions never stop a session in a turn.
+    fn spares_a_turn(self) -> bool {
+        matches!(self, StopReason::IdleEviction | StopReason::MemoryEviction | StopReason::TooLarge)
+    }
+}
+
+/// What the registry knows when it starts the actor.
+pub struct SessionSetup {
+    pub session_id: String,
+    pub cli_session_id: String,
+    pub user_id: String,
+    pub last_event_id: i64,
+    pub total_cost_usd: f64,
+    pub tmp_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Interruption {
+    ByClient,
+    Timeout,
+}
+
+struct Turn {
+    id: Arc<str>,
+    user_text: String,
+    started_at: i64,
+    started: Instant,
+    sink: Option<mpsc::Sender<Arc<SessionEvent>>>,
+    /// Text streamed since the last complete assistant frame (deltas make it redundant).
+    streamed_since_block: bool,
+    assistant_text: String,
+    tool_calls: Vec<ToolCall>,
+    interrupted: Option<Interruption>,
+    _permit: TurnPermit,
+}
+
+/// Reply to a turn request.
+#[derive(Debug)]
+pub struct TurnStarted {
+    pub turn_id: String,
+    pub first_event_id: i64,
+    pub events: mpsc::Receiver<Arc<SessionEvent>>,
+}
+
+/// Why a turn could not start.
+#[derive(Debug)]
+pub enum TurnRefused {
+    /// The actor is stopping: launch the session again.
+    Gone,
+    Api(ApiError),
+}
+
+pub struct SessionActor {
+    id: String,
+    cli_session_id: String,
+    registry: Addr<Registry>,
+    settings: Arc<Settings>,
+    persist: mpsc::UnboundedSender<PersistJob>,
+    process: CliProcess,
+    tmp_dir: PathBuf,
+    ready: bool,
+    ready_waiters: Vec<oneshot::Sender<Result<(), ApiError>>>,
+    /// A turn request is waiting for a slot or for readiness.
+    reserved: bool,
+    turn: Option<Turn>,
+    controls: HashMap<String, oneshot::Sender<Result<Value, String>>>,
+    control_seq: u64,
+    next_event_id: i64,
+    /// The CLI's cumulative cost at its last result (starts at the stored total).
+    cost_seen: f64,
+    total_cost: f64,
+    stopping: Option<StopReason>,
+    /// A stop that waits for the running turn to end.
+    stop_after_turn: Option<StopReason>,
+    /// What went wrong before the CLI became ready (e.g. a failed resume).
+    start_error: Option<String>,
+}
+
+impl SessionActor {
+    pub fn new(
+        setup: SessionSetup,
+        process: CliProcess,
+        registry: Addr<Registry>,
+        storage: Storage,
+        settings: Arc<Settings>,
+    ) -> Self {
+        SessionActor {
+            persist: persist::start(storage, setup.session_id.clone()),
+            id: setup.session_id,
+            cli_session_id: setup.cli_session_id,
+            registry,
+            settings,
+            process,
+            tmp_dir: setup.tmp_dir,
+            ready: false,
+            ready_waiters: Vec::new(),
+            reserved: false,
+            turn: None,
+            controls: HashMap::new(),
+            control_seq: 0,
+            next_event_id: setup.last_event_id + 1,
+            cost_seen: setup.total_cost_usd,
+            total_cost: setup.total_cost_usd,
+            stopping: None,
+            stop_after_turn: None,
+            start_error: None,
+        }
+    }
+
+    fn write(&self, line: Vec<u8>) {
+        // A closed channel means the process is going away; its exit is reported separately.
+        let _ = self.process.stdin.send(line);
+    }
+
+    /// Sends a control request; the answer (or the timeout) comes back on the receiver.
+    fn control(&mut self, request: Value) -> oneshot::Receiver<Result<Value, String>> {
+        self.control_seq += 1;
+        let request_id = format!("req_{}_{}", self.control_seq, &self.id[..8.min(self.id.len())]);
+        let (tx, rx) = oneshot::channel();
+        self.write(to_line(&OutgoingControlRequest::new(&request_id, request)));
+        self.controls.insert(request_id, tx);
+        rx
+    }
+
+    fn set_status(&self, to: SessionStatus) {
+        let _ = self.persist.send(PersistJob::Status { to, from: &SessionStatus::LIVE });
+    }
+
+    /// Numbers an event and hands it to the turn's client. A client that cannot keep up is
+    /// dropped rather than slowing the turn.
+    fn emit(&mut self, json: String, outcome: Option<TurnOutcome>) {
+        let Some(turn) = self.turn.as_mut() else { return };
+        let event =
+            Arc::new(SessionEvent { id: self.next_event_id, turn_id: turn.id.clone(), json: json.into(), outcome });
+        self.next_event_id += 1;
+        if let Some(sink) = &turn.sink
+            && sink.try_send(event).is_err()
+        {
+            log::info!("session {}: client gone or too slow; the turn goes on without it", self.id);
+            turn.sink = None;
+        }
+    }
+
+    fn on_message(&mut self, message: CliMessage, ctx: &mut Context<Self>) {
+        match message {
+            CliMessage::ControlResponse(r) => {
+                let body = r.response;
+                if let Some(waiter) = self.controls.remove(&body.request_id) {
+                    let result = if body.subtype == "success" {
+                        Ok(body.response.unwrap_or(Value::Null))
+                    } else {
+                        Err(body.error.unwrap_or_else(|| "error".into()))
+                    };
+                    let _ = waiter.send(result);
+                }
+            }
+            CliMessage::ControlRequest(req) => {
+                // Requests we do not serve get an error answer, so the CLI never waits on us.
+                let message = format!("unsupported control request: {}", req.subtype());
+                log::debug!("session {}: {message}", self.id);
+                self.write(to_line(&OutgoingControlResponse::error(&req.request_id, &message)));
+            }
+            CliMessage::ControlCancel { .. } | CliMessage::System(_) | CliMessage::Unknown => {}
+            CliMessage::StreamEvent(e) => {
+                if e.parent_tool_use_id.is_none()
+                    && let StreamEvent::ContentBlockDelta { delta: Delta::Text { text } } = e.event
+                    && let Some(turn) = self.turn.as_mut()
+                {
+                    turn.streamed_since_block = true;
+                    self.emit(events::text_delta(&text), None);
+                }
+            }
+            CliMessage::Assistant(a) => {
+                if a.parent_tool_use_id.is_some() {
+                    return;
+                }
+                for block in a.message.content.blocks() {
+                    match block {
+                        ContentBlock::Text { text } => {
+                            let Some(turn) = self.turn.as_mut() else { return };
+                            turn.assistant_text.push_str(text);
+                            if !turn.streamed_since_block {
+                                self.emit(events::text_delta(text), None);
+                            }
+                        }
+                        ContentBlock::ToolUse { id, name, input } => {
+                            let Some(turn) = self.turn.as_mut() else { return };
+                            turn.tool_calls.push(ToolCall {
+                                id: id.clone(),
+                                tool: name.clone(),
+                                input: input.clone(),
+                                output: Value::Null,
+                                is_error: false,
+                            });
+                            self.emit(events::tool_use(id, name, input), None);
+                        }
+                        _ => {}
+                    }
+                }
+                if let Some(turn) = self.turn.as_mut() {
+                    turn.streamed_since_block = false;
+                }
+            }
+            CliMessage::User(u) => {
+                if u.is_replay || u.parent_tool_use_id.is_some() {
+                    return;
+                }
+                for block in u.message.content.blocks() {
+                    if let ContentBlock::ToolResult { tool_use_id, content, is_error } = block {
+                        let Some(turn) = self.turn.as_mut() else { return };
+                        let output = tool_result_text(content);
+                        let is_error = is_error.unwrap_or(false);
+                        let name = turn.tool_calls.iter_mut().find(|c| &c.id == tool_use_id).map(|call| {
+                            call.output = output.clone();
+                            call.is_error = is_error;
+                            call.tool.clone()
+                        });
+                        self.emit(events::tool_result(tool_use_id, name.as_deref(), &output, is_error), None);
+                    }
+                }
+            }
+            CliMessage::Result(result) => self.on_result(result, ctx),
+        }
+    }
+
+    fn on_result(&mut self, result: ResultMessage, ctx: &mut Context<Self>) {
+        // Cost is cumulative per process; a resumed CLI may or may not start from the saved total.
+        let reported = result.total_cost_usd.unwrap_or(self.cost_seen);
+        let turn_cost = if reported >= self.cost_seen { reported - self.cost_seen } else { reported };
+        self.cost_seen = reported;
+        self.total_cost += turn_cost;
+        let Some(turn) = self.turn.as_ref() else {
+            if !self.ready {
+                // A result before `initialize` was answered: the start failed (e.g. a bad resume).
+                let why = result.errors.join("; ");
+                self.start_error = Some(if why.is_empty() { "the CLI ended before it was ready".into() } else { why });
+            }
+            return;
+        };
+        let subtype = match turn.interrupted {
+            Some(Interruption::ByClient) => "interrupted".to_string(),
+            _ => result.subtype.clone(),
+        };
+        let text = match result.result.clone() {
+            Some(t) if !t.is_empty() => t,
+            _ => turn.assistant_text.clone(),
+        };
+        let summary = TurnResult {
+            text,
+            subtype,
+            is_error: result.is_error,
+            cost_usd: turn_cost,
+            usage: result.usage.clone(),
+            num_turns: result.num_turns,
+            duration_ms: result.duration_ms,
+        };
+        if turn.interrupted == Some(Interruption::Timeout) {
+            let err = ApiError::TurnTimeout("The turn took longer than its timeout and was interrupted".into());
+            self.finish_turn(Some(summary), TurnOutcome::Failed(err), ctx);
+        } else {
+            let tool_calls = turn.tool_calls.clone();
+            self.finish_turn(Some(summary.clone()), TurnOutcome::Done { result: summary, tool_calls }, ctx);
+        }
+    }
+
+    /// Ends the current turn: its last frame, the stored record, the slot back.
+    fn finish_turn(&mut self, summary: Option<TurnResult>, outcome: TurnOutcome, ctx: &mut Context<Self>) {
+        let json = match &outcome {
+            TurnOutcome::Done { result, .. } => events::done(result),
+            TurnOutcome::Failed(err) => events::error(err),
+        };
+        self.emit(json, Some(outcome));
+        let Some(turn) = self.turn.take() else { return };
+        let usage = summary.as_ref().map(|s| s.usage.clone()).unwrap_or_default();
+        let record = TurnRecord {
+            session_id: self.id.clone(),
+            turn_id: turn.id.to_string(),
+            started_at: turn.started_at,
+            finished_at: clock::now_ms(),
+            total_cost_usd: self.total_cost,
+            turn_cost_usd: summary.as_ref().map(|s| s.cost_usd).unwrap_or(0.0),
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            last_event_id: self.next_event_id - 1,
+            user_text: turn.user_text,
+            assistant_text: summary.map(|s| s.text).unwrap_or(turn.assistant_text),
+            tool_calls: serde_json::to_string(&turn.tool_calls).unwrap_or_else(|_| "[]".into()),
+        };
+        log::debug!("session {}: turn {} ended after {:?}", self.id, record.turn_id, turn.started.elapsed());
+        let _ = self.persist.send(PersistJob::TurnFinished(Box::new(record)));
+        self.registry.do_send(Activity { session_id: self.id.clone() });
+        if let Some(reason) = self.stop_after_turn.take() {
+            self.begin_stop(reason, ctx);
+        }
+    }
+
+    fn interrupt(&mut self, why: Interruption, ctx: &mut Context<Self>) {
+        let Some(turn) = self.turn.as_mut() else { return };
+        if turn.interrupted.is_some() {
+            return;
+        }
+        turn.interrupted = Some(why);
+        let turn_id = turn.id.clone();
+        drop(self.control(json!({ "subtype": "interrupt" })));
+        // A CLI that does not obey is killed; the session becomes idle and resumes later.
+        ctx.run_later(INTERRUPT_GRACE, move |act, ctx| {
+            if act.turn.as_ref().is_some_and(|t| t.id == turn_id) {
+                log::warn!("session {}: the CLI ignored an interrupt; stopping it", act.id);
+                act.end_turn_without_result(why, ctx);
+                act.begin_stop(StopReason::Unresponsive, ctx);
+            }
+        });
+    }
+
+    /// Ends a turn whose CLI will not send a result (killed, crashed, gone).
+    fn end_turn_without_result(&mut self, why: Interruption, ctx: &mut Context<Self>) {
+        let Some(turn) = self.turn.as_ref() else { return };
+        match why {
+            Interruption::ByClient => {
+                let summary = TurnResult {
+                    text: turn.assistant_text.clone(),
+                    subtype: "interrupted".into(),
+                    is_error: true,
+                    cost_usd: 0.0,
+                    usage: Default::default(),
+                    num_turns: 0,
+                    duration_ms: turn.started.elapsed().as_millis() as i64,
+                };
+                let tool_calls = turn.tool_calls.clone();
+                self.finish_turn(Some(summary.clone()), TurnOutcome::Done { result: summary, tool_calls }, ctx);
+            }
+            Interruption::Timeout => {
+                let err = ApiError::TurnTimeout("The turn took longer than its timeout and was stopped".into());
+                self.finish_turn(None, TurnOutcome::Failed(err), ctx);
+            }
+        }
+    }
+
+    /// Starts stopping the process: stdin closed (the CLI's cue to finish and exit), then the
+    /// supervisor's ladder (grace, SIGTERM, grace, SIGKILL of the group).
+    fn begin_stop(&mut self, reason: StopReason, _ctx: &mut Context<Self>) {
+        if self.stopping.is_some() {
+            return;
+        }
+        self.stopping = Some(reason);
+        self.registry.do_send(Stopping { session_id: self.id.clone() });
+        let grace = match reason {
+            StopReason::Unresponsive | StopReason::ProtocolError => Duration::ZERO,
+            _ => Duration::from_secs(self.settings.cli.stop_grace),
+        };
+        // Replacing the sender drops the last one: the writer task ends and stdin closes.
+        let (closed, _) = mpsc::unbounded_channel();
+        self.process.stdin = closed;
+        if let Some(stop) = self.process.stop.take() {
+            let _ = stop.send(grace);
+        }
+    }
+
+    fn on_exit(&mut self, info: ExitInfo, ctx: &mut Context<Self>) {
+        let stderr = self.process.stderr_tail.lock().map(|t| t.text()).unwrap_or_default();
+        let reason = self.stopping;
+        let why = match (&self.start_error, reason) {
+            (Some(e), _) => format!("the CLI could not start the session: {e}"),
+            (None, Some(r)) => format!("the session was stopped ({r:?})"),
+            (None, None) => {
+                let tail = if stderr.is_empty() { String::new() } else { format!(": {stderr}") };
+                format!("the CLI {}{tail}", info.describe())
+            }
+        };
+        if reason.is_none() || self.start_error.is_some() {
+            log::warn!("session {}: {why}", self.id);
+        }
+        if let Some(turn) = self.turn.as_ref() {
+            match turn.interrupted {
+                Some(why) if reason == Some(StopReason::Unresponsive) => self.end_turn_without_result(why, ctx),
+                _ => self.finish_turn(None, TurnOutcome::Failed(ApiError::CliFailed(why.clone())), ctx),
+            }
+        }
+        for waiter in self.ready_waiters.drain(..) {
+            let _ = waiter.send(Err(ApiError::CliFailed(why.clone())));
+        }
+        let status = match reason {
+            Some(r) => r.final_status(),
+            None if !self.ready => Some(SessionStatus::Failed),
+            // Crashed after it was ready: the next message resumes it.
+            None => Some(SessionStatus::Idle),
+        };
+        if let Some(status) = status {
+            self.set_status(status);
+        }
+        let _ = std::fs::remove_dir_all(&self.tmp_dir);
+        self.registry.do_send(Stopping { session_id: self.id.clone() });
+        self.registry.do_send(Ended { session_id: self.id.clone() });
+        ctx.stop();
+    }
+
+    fn on_ready(&mut self) {
+        self.ready = true;
+        self.set_status(SessionStatus::Active);
+        for waiter in self.ready_waiters.drain(..) {
+            let _ = waiter.send(Ok(()));
+        }
+    }
+}
+
+impl Actor for SessionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(stdout) = self.process.stdout.take() {
+            ctx.add_stream(stdout_messages(stdout, MAX_LINE_BYTES));
+        }
+        if let Some(exited) = self.process.exited.take() {
+            ctx.spawn(
+                async move { exited.await.unwrap_or(ExitInfo { status: None }) }
+                    .into_actor(self)
+                    .map(|info, act, ctx| act.on_exit(info, ctx)),
+            );
+        }
+        // The answer to `initialize` is the CLI's "ready"; the first message waits for it.
+        let answer = self.control(json!({ "subtype": "initialize", "hooks": null }));
+        ctx.spawn(async move { tokio::time::timeout(INITIALIZE_TIMEOUT, answer).await }.into_actor(self).map(
+            |result, act, ctx| match result {
+                Ok(Ok(Ok(info))) => {
+                    let version = info.get("claude_code_version").and_then(Value::as_str).unwrap_or("?");
+                    log::debug!("session {}: CLI {version} ready", act.id);
+                    act.on_ready();
+                }
+                Ok(Ok(Err(e))) => {
+                    act.start_error = Some(format!("initialize failed: {e}"));
+                    act.begin_stop(StopReason::StartFailed, ctx);
+                }
+                Ok(Err(_)) => {} // the process ended first; on_exit reports it
+                Err(_) => {
+                    act.start_error = Some("the CLI did not answer initialize within 60 s".into());
+                    act.begin_stop(StopReason::StartFailed, ctx);
+                }
+            },
+        ));
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        // Dropping `process` (with its stop sender) makes the supervisor stop and reap the child
+        // even if the actor ended unexpectedly.
+        self.registry.do_send(Ended { session_id: self.id.clone() });
+    }
+}
+
+impl StreamHandler<StdoutItem> for SessionActor {
+    fn handle(&mut self, item: StdoutItem, ctx: &mut Context<Self>) {
+        match item {
+            StdoutItem::Message(message) => self.on_message(message, ctx),
+            StdoutItem::Malformed(text) => {
+                log::warn!("session {}: malformed line from the CLI skipped: {text}", self.id)
+            }
+            StdoutItem::TooLong => {
+                log::error!("session {}: the CLI wrote a line over {MAX_LINE_BYTES} bytes", self.id);
+                self.start_error.get_or_insert_with(|| "the CLI wrote a line over 64 MiB".into());
+                if self.turn.is_some() {
+                    let err = ApiError::CliFailed("the CLI broke the protocol (a line over 64 MiB)".into());
+                    self.finish_turn(None, TurnOutcome::Failed(err), ctx);
+                }
+                self.begin_stop(StopReason::ProtocolError, ctx);
+            }
+        }
+    }
+
+    fn finished(&mut self, _: &mut Context<Self>) {
+        // stdout closed: the process is ending; `on_exit` follows once it is reaped.
+    }
+}
+
+/// Start a turn: `message` goes to the CLI once a turn slot is free and the CLI is ready.
+#[derive(Message)]
+#[rtype(result = "Result<TurnStarted, TurnRefused>")]
+pub struct StartTurn {
+    pub message: String,
+    pub timeout: Duration,
+    pub queue_timeout: Duration,
+}
+
+impl Handler<StartTurn> for SessionActor {
+    type Result = ResponseActFuture<Self, Result<TurnStarted, TurnRefused>>;
+
+    fn handle(&mut self, msg: StartTurn, ctx: &mut Context<Self>) -> Self::Result {
+        if self.stopping.is_some() || self.stop_after_turn.is_some_and(|r| !r.spares_a_turn()) {
+            return Box::pin(fut::ready(Err(TurnRefused::Gone)));
+        }
+        if self.turn.is_some() || self.reserved {
+            return Box::pin(fut::ready(Err(TurnRefused::Api(ApiError::SessionBusy))));
+        }
+        self.reserved = true;
+        let slot = self.registry.send(AcquireTurnSlot { session_id: self.id.clone() });
+        let ready = if self.ready {
+            None
+        } else {
+            let (tx, rx) = oneshot::channel();
+            self.ready_waiters.push(tx);
+            Some(rx)
+        };
+        let _ = ctx;
+        let queue_timeout = msg.queue_timeout;
+        let wait = async move {
+            let permit_rx = slot.await.map_err(ApiError::from)?;
+            let permit = tokio::time::timeout(queue_timeout, permit_rx)
+                .await
+                .map_err(|_| ApiError::Overloaded { retry_after_secs: 1 })?
+                .map_err(|_| ApiError::Internal("turn slot lost".into()))?;
+            if let Some(ready) = ready {
+                tokio::time::timeout(INITIALIZE_TIMEOUT, ready)
+                    .await
+                    .map_err(|_| ApiError::CliFailed("the CLI did not become ready".into()))?
+                    .map_err(|_| ApiError::CliFailed("the CLI ended before it was ready".into()))??;
+            }
+            Ok::<_, ApiError>(permit)
+        };
+        Box::pin(wait.into_actor(self).map(move |waited, act, ctx| {
+            act.reserved = false;
+            let permit = waited.map_err(TurnRefused::Api)?;
+            if act.stopping.is_some() {
+                return Err(TurnRefused::Gone);
+            }
+            let turn_id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
+            let (sink, events) = mpsc::channel(CLIENT_BUFFER);
+            act.write(to_line(&UserInput::new(&act.cli_session_id, &turn_id, &msg.message)));
+            act.turn = Some(Turn {
+                id: turn_id.clone(),
+                user_text: msg.message,
+                started_at: clock::now_ms(),
+                started: Instant::now(),
+                sink: Some(sink),
+                streamed_since_block: false,
+                assistant_text: String::new(),
+                tool_calls: Vec::new(),
+                interrupted: None,
+                _permit: permit,
+            });
+            act.set_status(SessionStatus::Busy);
+            act.registry.do_send(Activity { session_id: act.id.clone() });
+            let timeout_turn = turn_id.clone();
+            ctx.run_later(msg.timeout, move |act, ctx| {
+                if act.turn.as_ref().is_some_and(|t| t.id == timeout_turn) {
+                    log::info!("session {}: turn timed out; interrupting", act.id);
+                    act.interrupt(Interruption::Timeout, ctx);
+                }
+            });
+            Ok(TurnStarted { turn_id: turn_id.to_string(), first_event_id: act.next_event_id, events })
+        }))
+    }
+}
+
+/// Interrupt the running turn (`409 no_turn_running` if there is none).
+#[derive(Message)]
+#[rtype(result = "Result<String, ApiError>")]
+pub struct Interrupt;
+
+impl Handler<Interrupt> for SessionActor {
+    type Result = Result<String, ApiError>;
+
+    fn handle(&mut self, _: Interrupt, ctx: &mut Context<Self>) -> Self::Result {
+        let turn_id = self.turn.as_ref().map(|t| t.id.to_string()).ok_or(ApiError::NoTurnRunning)?;
+        self.interrupt(Interruption::ByClient, ctx);
+        Ok(turn_id)
+    }
+}
+
+/// Stop the process (close, eviction, shutdown, …). Evictions spare a session in a turn.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop {
+    pub reason: StopReason,
+}
+
+impl Handler<Stop> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Stop, ctx: &mut Context<Self>) {
+        let in_turn = self.turn.is_some() || self.reserved;
+        match msg.reason {
+            StopReason::IdleEviction | StopReason::MemoryEviction if in_turn => {
+                // Refused: the registry sees the session stays live.
+            }
+            StopReason::TooLarge if in_turn => {
+                self.stop_after_turn.get_or_insert(StopReason::TooLarge);
+            }
+            StopReason::Shutdown if self.turn.is_some() => {
+                // Running turns may finish within api.shutdown_grace; then they are interrupted.
+                self.stop_after_turn = Some(StopReason::Shutdown);
+                self.registry.do_send(Stopping { session_id: self.id.clone() });
+                ctx.run_later(Duration::from_secs(self.settings.api.shutdown_grace), |act, ctx| {
+                    if act.turn.is_some() {
+                        act.interrupt(Interruption::ByClient, ctx);
+                    }
+                });
+            }
+            reason => {
+                if self.turn.is_some() {
+                    let err = ApiError::CliFailed(format!("the session was stopped ({reason:?}) during the turn"));
+                    self.finish_turn(None, TurnOutcome::Failed(err), ctx);
+                }
+                self.begin_stop(reason, ctx);
+            }
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! `/api/v1/chat`, `/api/v1/chat/stream` and `/api/v1/sessions/{id}/interrupt`.
+
+use std::time::Duration;
+
+use actix_web::{HttpResponse, web};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiResult, resource, sse};
+use crate::api::extract::JsonBody;
+use crate::auth::Caller;
+use crate::cli::protocol::Usage;
+use crate::clock;
+use crate::error::{ApiError, FieldError};
+use crate::sessions::events::{ToolCall, TurnOutcome};
+use crate::startup::AppState;
+
+pub const MAX_MESSAGE_CHARS: usize = 100_000;
+pub const DEFAULT_TIMEOUT_SECS: u64 = 120;
+pub const MAX_TIMEOUT_SECS: u64 = 3600;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/chat").route(web::post().to(post_chat)))
+        .service(resource("/chat/stream").route(web::post().to(post_chat_stream)))
+        .service(resource("/sessions/{session_id}/interrupt").route(web::post().to(post_interrupt)));
+}
+
+/// The seed's chat body; `user_id` is optional (checked against the key when given).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatRequest {
+    pub session_id: String,
+    pub message: String,
+    pub timeout: Option<u64>,
+    pub user_id: Option<String>,
+}
+
+impl ChatRequest {
+    /// The message and the turn's timeout, or 422 naming what is wrong.
+    fn validate(&self, caller: &Caller) -> Result<Duration, ApiError> {
+        if let Some(user) = self.user_id.as_deref().filter(|u| !u.is_empty()) {
+            if let Caller::User(own) = caller
+                && own != user
+            {
+                return Err(ApiError::Forbidden("A user key can only act for its own user".into()));
+            }
+        }
+        let mut errors = Vec::new();
+        let chars = self.message.chars().count();
+        if self.message.trim().is_empty() {
+            errors.push(FieldError::new("message", "must not be blank"));
+        } else if chars > MAX_MESSAGE_CHARS {
+            errors.push(FieldError::new("message", format!("must be at most {MAX_MESSAGE_CHARS} characters")));
+        }
+        let timeout = self.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS);
+        if !(1..=MAX_TIMEOUT_SECS).contains(&timeout) {
+            errors.push(FieldError::new("timeout", format!("must be from 1 to {MAX_TIMEOUT_SECS} seconds")));
+        }
+        if errors.is_empty() { Ok(Duration::from_secs(timeout)) } else { Err(ApiError::Validation(errors)) }
+    }
+}
+
+/// `POST /chat` answer (seed fields, filled in properly).
+#[derive(Debug, Serialize)]
+struct ChatResponse {
+    session_id: String,
+    text: String,
+    tool_calls: Vec<ToolCall>,
+    timestamp: String,
+    cost_usd: f64,
+    usage: Usage,
+    duration_ms: i64,
+    num_turns: i64,
+    subtype: String,
+}
+
+async fn post_chat(state: web::Data<AppState>, caller: Caller, JsonBody(req): JsonBody<ChatRequest>) -> ApiResult {
+    let timeout = req.validate(&caller)?;
+    let mut turn = state.sessions.start_turn(&caller, &req.session_id, req.message, timeout).await?;
+    while let Some(event) = turn.events.recv().await {
+        match &event.outcome {
+            Some(TurnOutcome::Done { result, tool_calls }) => {
+                return Ok(HttpResponse::Ok().json(ChatResponse {
+                    session_id: req.session_id,
+                    text: result.text.clone(),
+                    tool_calls: tool_calls.clone(),
+                    timestamp: clock::rfc3339(clock::now_ms()),
+                    cost_usd: result.cost_usd,
+                    usage: result.usage.clone(),
+                    duration_ms: result.duration_ms,
+                    num_turns: result.num_turns,
+                    subtype: result.subtype.clone(),
+                }));
+            }
+            Some(TurnOutcome::Failed(err)) => return Err(err.clone()),
+            None => {}
+        }
+    }
+    Err(ApiError::Internal("the turn ended without a result".into()))
+}
+
+/// Errors found before the stream starts are plain HTTP errors; later ones are `error` frames.
+async fn post_chat_stream(
+    state: web::Data<AppState>,
+    caller: Caller,
+    JsonBody(req): JsonBody<ChatRequest>,
+) -> Result<impl actix_web::Responder, ApiError> {
+    let timeout = req.validate(&caller)?;
+    let turn = state.sessions.start_turn(&caller, &req.session_id, req.message, timeout).await?;
+    Ok(sse::respond(turn.events, true))
+}
+
+#[derive(Debug, Serialize)]
+struct Interrupting {
+    session_id: String,
+    turn_id: String,
+}
+
+async fn post_interrupt(state: web::Data<AppState>, caller: Caller, path: web::Path<String>) -> ApiResult {
+    let session_id = path.into_inner();
+    let turn_id = state.sessions.interrupt(&caller, &session_id).await?;
+    Ok(HttpResponse::Accepted().json(Interrupting { session_id, turn_id }))
+}

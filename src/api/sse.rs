@@ -1,0 +1,60 @@
+//! The SSE responder every stream uses: `id:` + `data:` frames with no `event:` name, a
+//! `: ping` comment after 15 s without a frame, and the headers proxies need.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use actix_web::Responder;
+use actix_web_lab::sse::{Data, Event, Sse};
+use futures_util::Stream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
+
+use crate::sessions::events::SessionEvent;
+
+pub const PING_EVERY: Duration = Duration::from_secs(15);
+
+/// Frames from `events` until the turn's last one, with pings while idle.
+pub fn respond(events: mpsc::Receiver<Arc<SessionEvent>>, stop_after_outcome: bool) -> impl Responder {
+    let stream =
+        EventStream { events, ping: Box::pin(tokio::time::sleep(PING_EVERY)), stop_after_outcome, done: false };
+    Sse::from_stream(stream).customize().insert_header(("X-Accel-Buffering", "no"))
+}
+
+struct EventStream {
+    events: mpsc::Receiver<Arc<SessionEvent>>,
+    ping: Pin<Box<Sleep>>,
+    stop_after_outcome: bool,
+    done: bool,
+}
+
+impl Stream for EventStream {
+    type Item = Result<Event, std::convert::Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.events.poll_recv(cx) {
+            Poll::Ready(Some(event)) => {
+                self.ping.as_mut().reset(Instant::now() + PING_EVERY);
+                if self.stop_after_outcome && event.outcome.is_some() {
+                    self.done = true;
+                }
+                // ByteString clones share the bytes: no copy per client.
+                let data = Data::new(event.json.clone()).id(event.id.to_string());
+                Poll::Ready(Some(Ok(Event::Data(data))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match self.ping.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    self.ping.as_mut().reset(Instant::now() + PING_EVERY);
+                    Poll::Ready(Some(Ok(Event::Comment("ping".into()))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}

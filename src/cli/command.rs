@@ -1,0 +1,203 @@
+//! The CLI's command line and environment for one session.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use crate::settings::Settings;
+
+/// The agent options of one session: the settings' defaults with its overrides applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentOptions {
+    pub system_prompt: Option<String>,
+    pub append_system_prompt: Option<String>,
+    pub permission_mode: String,
+    pub allowed_tools: Vec<String>,
+    pub disallowed_tools: Vec<String>,
+    pub setting_sources: Vec<String>,
+    pub model: Option<String>,
+    pub max_turns: Option<u64>,
+    pub max_budget_usd: Option<f64>,
+    pub mcp_servers: Map<String, Value>,
+}
+
+impl AgentOptions {
+    /// `overrides` were checked by `sessions::options::validate_options` when stored.
+    pub fn resolve(settings: &Settings, overrides: &Map<String, Value>) -> Self {
+        let d = &settings.defaults;
+        let text = |key: &str, default: &Option<String>| {
+            overrides.get(key).and_then(Value::as_str).map(str::to_owned).or_else(|| default.clone())
+        };
+        let list = |key: &str, default: &[String]| match overrides.get(key).and_then(Value::as_array) {
+            Some(items) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+            None => default.to_vec(),
+        };
+        let mut mcp_servers: Map<String, Value> =
+            settings.mcp_servers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        if let Some(Value::Object(own)) = overrides.get("mcp_servers") {
+            mcp_servers.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        let default_mode = serde_json::to_value(d.permission_mode)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "default".into());
+        AgentOptions {
+            system_prompt: text("system_prompt", &d.system_prompt),
+            append_system_prompt: text("append_system_prompt", &d.append_system_prompt),
+            permission_mode: overrides
+                .get("permission_mode")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .unwrap_or(default_mode),
+            allowed_tools: list("allowed_tools", &d.allowed_tools),
+            disallowed_tools: list("disallowed_tools", &d.disallowed_tools),
+            setting_sources: list("setting_sources", &d.setting_sources),
+            model: text("model", &d.model),
+            max_turns: overrides
+                .get("max_turns")
+                .and_then(Value::as_u64)
+                .or(Some(d.max_turns as u64))
+                .filter(|n| *n > 0),
+            max_budget_usd: overrides.get("max_budget_usd").and_then(Value::as_f64).or(d.max_budget_usd),
+            mcp_servers,
+        }
+    }
+}
+
+/// How the CLI process picks up its conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartMode {
+    /// A new conversation with this id (`--session-id`).
+    New,
+    /// Continue the stored transcript (`--resume`).
+    Resume,
+}
+
+/// argv after the program, every valued flag in the `--flag=value` form so that no value
+/// can be read as another flag.
+pub fn build_args(options: &AgentOptions, plugins: &[String], session_id: &str, mode: StartMode) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "--output-format=stream-json".into(),
+        "--verbose".into(),
+        "--input-format=stream-json".into(),
+        "--include-partial-messages".into(),
+    ];
+    if let Some(p) = &options.system_prompt {
+        args.push(format!("--system-prompt={p}"));
+    }
+    if let Some(p) = &options.append_system_prompt {
+        args.push(format!("--append-system-prompt={p}"));
+    }
+    args.push(format!("--permission-mode={}", options.permission_mode));
+    if let Some(m) = &options.model {
+        args.push(format!("--model={m}"));
+    }
+    if let Some(n) = options.max_turns {
+        args.push(format!("--max-turns={n}"));
+    }
+    if let Some(x) = options.max_budget_usd {
+        args.push(format!("--max-budget-usd={x}"));
+    }
+    if !options.allowed_tools.is_empty() {
+        args.push(format!("--allowedTools={}", options.allowed_tools.join(",")));
+    }
+    if !options.disallowed_tools.is_empty() {
+        args.push(format!("--disallowedTools={}", options.disallowed_tools.join(",")));
+    }
+    args.push(format!("--setting-sources={}", options.setting_sources.join(",")));
+    if !options.mcp_servers.is_empty() {
+        let config = serde_json::json!({ "mcpServers": options.mcp_servers });
+        args.push(format!("--mcp-config={config}"));
+    }
+    for dir in plugins {
+        args.push(format!("--plugin-dir={dir}"));
+    }
+    args.push(match mode {
+        StartMode::New => format!("--session-id={session_id}"),
+        StartMode::Resume => format!("--resume={session_id}"),
+    });
+    args
+}
+
+/// Variables passed through from the service's environment; everything else stays behind
+/// (the admin key, database URLs, the service's own settings).
+const PASSED_THROUGH: &[&str] = &["PATH", "LANG", "LC_ALL", "LC_CTYPE", "HOME", "TZ", "TERM"];
+const PASSED_PREFIXES: &[&str] = &["ANTHROPIC_", "CLAUDE_CODE_"];
+
+/// The child's whole environment: the allowlist, `cli.env`, and the per-user config dir
+/// and private temp dir.
+pub fn build_env(
+    inherited: impl Iterator<Item = (String, String)>,
+    extra: &std::collections::BTreeMap<String, String>,
+    config_dir: &Path,
+    tmp_dir: &Path,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = inherited
+        .filter(|(k, _)| PASSED_THROUGH.contains(&k.as_str()) || PASSED_PREFIXES.iter().any(|p| k.starts_with(p)))
+        .collect();
+    env.push(("CLAUDE_CODE_ENTRYPOINT".into(), "sdk-rust".into()));
+    env.push(("DISABLE_AUTOUPDATER".into(), "1".into()));
+    env.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.push(("CLAUDE_CONFIG_DIR".into(), config_dir.display().to_string()));
+    env.push(("TMPDIR".into(), tmp_dir.display().to_string()));
+    // Later entries win when the child's environment is built.
+    env
+}
+
+/// Where the CLI keeps a session's transcript: `<config dir>/projects/<cwd with every
+/// non-alphanumeric character as ->/<session id>.jsonl`. Long paths are cut and hashed by
+/// the CLI, so those are found by prefix.
+pub fn transcript_path(config_dir: &Path, cwd: &str, session_id: &str) -> Option<PathBuf> {
+    let sanitized: String = cwd.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    let projects = config_dir.join("projects");
+    let file = format!("{session_id}.jsonl");
+    if sanitized.len() <= 200 {
+        let path = projects.join(&sanitized).join(&file);
+        return path.exists().then_some(path);
+    }
+    let prefix = &sanitized[..200];
+    std::fs::read_dir(&projects).ok()?.flatten().find_map(|entry| {
+        let name = entry.file_name();
+        let path = entry.path().join(&file);
+        (name.to_string_lossy().starts_with(prefix) && path.exists()).then_some(path)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn overrides_win_over_defaults_and_flags_use_equals() {
+        let mut settings = Settings::default();
+        settings.defaults.model = Some("base-model".into());
+        let overrides = json!({"model": "-evil", "max_turns": 3, "allowed_tools": ["Read", "Bash(git:*)"]});
+        let options = AgentOptions::resolve(&settings, overrides.as_object().unwrap());
+        let args = build_args(&options, &[], "abc", StartMode::Resume);
+        assert!(args.contains(&"--model=-evil".to_string()));
+        assert!(args.contains(&"--max-turns=3".to_string()));
+        assert!(args.contains(&"--allowedTools=Read,Bash(git:*)".to_string()));
+        assert!(args.contains(&"--permission-mode=bypassPermissions".to_string()));
+        assert_eq!(args.last().unwrap(), "--resume=abc");
+        assert!(args.iter().all(|a| a.starts_with("--")));
+    }
+
+    #[test]
+    fn environment_is_an_allowlist() {
+        let inherited = vec![
+            ("PATH".to_string(), "/bin".to_string()),
+            ("CLAUDE_AGENT_ADMIN_KEY".to_string(), "secret".to_string()),
+            ("DATABASE_URL".to_string(), "postgres://x".to_string()),
+            ("CLAUDECODE".to_string(), "1".to_string()),
+            ("ANTHROPIC_BASE_URL".to_string(), "http://127.0.0.1:1".to_string()),
+        ];
+        let extra = [("IS_SANDBOX".to_string(), "1".to_string())].into_iter().collect();
+        let env = build_env(inherited.into_iter(), &extra, Path::new("/u/.claude"), Path::new("/t"));
+        let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert!(names.contains(&"PATH") && names.contains(&"ANTHROPIC_BASE_URL") && names.contains(&"IS_SANDBOX"));
+        assert!(!names.contains(&"CLAUDE_AGENT_ADMIN_KEY") && !names.contains(&"DATABASE_URL"));
+        assert!(!names.contains(&"CLAUDECODE"));
+        assert!(env.contains(&("CLAUDE_CONFIG_DIR".into(), "/u/.claude".into())));
+    }
+}

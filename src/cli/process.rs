@@ -1,0 +1,293 @@
+//! One CLI child process: spawned in its own process group (with `PR_SET_PDEATHSIG`), stdin fed
+//! by one writer task, stdout framed on bytes with a line cap, stderr always drained into the
+//! log with its tail kept, and a supervisor task that owns the child until it is reaped.
+
+use std::collections::VecDeque;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::Stream;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
+use tokio::sync::{mpsc, oneshot};
+
+use super::protocol::{CliMessage, parse_line};
+
+/// The longest stdout line accepted (tool results with images can be megabytes).
+pub const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
+const STDERR_TAIL_BYTES: usize = 2048;
+
+/// What a command line needs to start.
+pub struct LaunchSpec<'a> {
+    pub program: &'a Path,
+    pub args: &'a [String],
+    pub env: &'a [(String, String)],
+    pub cwd: &'a Path,
+}
+
+/// The last bytes the CLI wrote to stderr, for error messages.
+#[derive(Debug, Default)]
+pub struct StderrTail(VecDeque<u8>);
+
+impl StderrTail {
+    fn push_line(&mut self, line: &str) {
+        self.0.extend(line.as_bytes());
+        self.0.push_back(b'\n');
+        let excess = self.0.len().saturating_sub(STDERR_TAIL_BYTES);
+        self.0.drain(..excess);
+    }
+
+    pub fn text(&self) -> String {
+        let bytes: Vec<u8> = self.0.iter().copied().collect();
+        String::from_utf8_lossy(&bytes).trim().to_string()
+    }
+}
+
+/// How a child ended.
+#[derive(Debug, Clone)]
+pub struct ExitInfo {
+    pub status: Option<ExitStatus>,
+}
+
+impl ExitInfo {
+    pub fn describe(&self) -> String {
+        match self.status {
+            Some(s) => match (s.code(), s.signal()) {
+                (Some(code), _) => format!("exited with code {code}"),
+                (None, Some(sig)) => format!("was killed by signal {sig}"),
+                _ => "exited".into(),
+            },
+            None => "could not be waited for".into(),
+        }
+    }
+}
+
+/// A running child, seen from its owner (the session actor).
+pub struct CliProcess {
+    pub pid: u32,
+    /// Lines for stdin. Dropping the sender closes stdin (the CLI's "no more input").
+    pub stdin: mpsc::UnboundedSender<Vec<u8>>,
+    pub stderr_tail: Arc<Mutex<StderrTail>>,
+    /// Sending (or dropping) starts the stop ladder: wait `grace` for the exit that closing
+    /// stdin asks for, SIGTERM the group, wait `grace`, SIGKILL the group.
+    pub stop: Option<oneshot::Sender<Duration>>,
+    /// Resolves once the child is reaped and its process group is gone.
+    pub exited: Option<oneshot::Receiver<ExitInfo>>,
+    pub stdout: Option<ChildStdout>,
+}
+
+/// Starts the CLI. Must be called on a thread that lives as long as the service (the
+/// parent-death signal follows the thread that forks), which the registry actor's is.
+pub fn spawn(spec: &LaunchSpec<'_>, session_label: &str) -> std::io::Result<CliProcess> {
+    let mut cmd = Command::new(spec.program);
+    cmd.args(spec.args)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(spec.cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let pid = child.id().unwrap_or(0);
+    let stdin = child.stdin.take().ok_or_else(|| std::io::Error::other("no stdin pipe"))?;
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take().ok_or_else(|| std::io::Error::other("no stderr pipe"))?;
+    let stderr_tail = Arc::new(Mutex::new(StderrTail::default()));
+
+    let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();
+    actix_web::rt::spawn(write_stdin(stdin, stdin_rx));
+    actix_web::rt::spawn(drain_stderr(stderr, stderr_tail.clone(), session_label.to_string()));
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let (exit_tx, exit_rx) = oneshot::channel();
+    actix_web::rt::spawn(supervise(child, pid as i32, stop_rx, exit_tx));
+    Ok(CliProcess { pid, stdin: stdin_tx, stderr_tail, stop: Some(stop_tx), exited: Some(exit_rx), stdout })
+}
+
+/// The single writer: lines in order; the channel closing closes stdin.
+async fn write_stdin(mut stdin: ChildStdin, mut lines: mpsc::UnboundedReceiver<Vec<u8>>) {
+    while let Some(line) = lines.recv().await {
+        // A write error means the child is gone; the supervisor reports the exit.
+        if stdin.write_all(&line).await.is_err() || stdin.flush().await.is_err() {
+            break;
+        }
+    }
+}
+
+/// stderr is always read (an undrained pipe blocks the CLI at ~64 KiB).
+async fn drain_stderr(stderr: ChildStderr, tail: Arc<Mutex<StderrTail>>, label: String) {
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        log::debug!(target: "cli", "{label} stderr: {line}");
+        if let Ok(mut t) = tail.lock() {
+            t.push_line(&line);
+        }
+    }
+}
+
+fn signal_group(pgid: i32, signal: i32) {
+    if pgid > 0 {
+        // SAFETY: plain syscall; ESRCH (group already gone) is fine.
+        unsafe {
+            libc::kill(-pgid, signal);
+        }
+    }
+}
+
+/// Owns the child until it is reaped; afterwards kills whatever is left in its process group
+/// (tools, shells, MCP servers the CLI started).
+async fn supervise(mut child: Child, pgid: i32, stop: oneshot::Receiver<Duration>, exited: oneshot::Sender<ExitInfo>) {
+    let status = tokio::select! {
+        status = child.wait() => status.ok(),
+        grace = stop => {
+            let grace = grace.unwrap_or(Duration::from_secs(5));
+            match tokio::time::timeout(grace, child.wait()).await {
+                Ok(status) => status.ok(),
+                Err(_) => {
+                    signal_group(pgid, libc::SIGTERM);
+                    match tokio::time::timeout(grace, child.wait()).await {
+                        Ok(status) => status.ok(),
+                        Err(_) => {
+                            signal_group(pgid, libc::SIGKILL);
+                            child.wait().await.ok()
+                        }
+                    }
+                }
+            }
+        }
+    };
+    signal_group(pgid, libc::SIGKILL);
+    let _ = exited.send(ExitInfo { status });
+}
+
+/// What the stdout reader yields.
+#[derive(Debug)]
+pub enum StdoutItem {
+    Message(CliMessage),
+    /// A `{` line that did not parse: logged and skipped.
+    Malformed(String),
+    /// A line over [`MAX_LINE_BYTES`]: the stream cannot resync, the session fails.
+    TooLong,
+}
+
+/// stdout as a stream of parsed lines, framed on `\n` in a byte buffer (never on chunk
+/// boundaries), with the cap checked while the line is still partial.
+pub fn stdout_messages(stdout: ChildStdout, max_line: usize) -> impl Stream<Item = StdoutItem> {
+    let state = (BufReader::with_capacity(64 * 1024, stdout), Vec::with_capacity(8 * 1024), false);
+    futures_util::stream::unfold(state, move |(mut reader, mut line, done)| async move {
+        if done {
+            return None;
+        }
+        loop {
+            line.clear();
+            match read_capped_line(&mut reader, &mut line, max_line).await {
+                Ok(LineRead::Eof) => return None,
+                Ok(LineRead::TooLong) => return Some((StdoutItem::TooLong, (reader, line, true))),
+                Ok(LineRead::Line) => match parse_line(&line) {
+                    Ok(Some(message)) => return Some((StdoutItem::Message(message), (reader, line, false))),
+                    Ok(None) => {
+                        if !line.trim_ascii().is_empty() {
+                            log::debug!(target: "cli", "non-JSON stdout line skipped: {}", excerpt(&line));
+                        }
+                    }
+                    Err(e) => {
+                        let text = format!("{e}: {}", excerpt(&line));
+                        return Some((StdoutItem::Malformed(text), (reader, line, false)));
+                    }
+                },
+                Err(_) => return None,
+            }
+        }
+    })
+}
+
+enum LineRead {
+    Line,
+    Eof,
+    TooLong,
+}
+
+async fn read_capped_line(
+    reader: &mut BufReader<ChildStdout>,
+    line: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<LineRead> {
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            // EOF: a complete last line without its newline still counts.
+            return Ok(if line.is_empty() { LineRead::Eof } else { LineRead::Line });
+        }
+        if let Some(pos) = available.iter().position(|&b| b == b'\n') {
+            if line.len() + pos > max {
+                return Ok(LineRead::TooLong);
+            }
+            line.extend_from_slice(&available[..pos]);
+            reader.consume(pos + 1);
+            return Ok(LineRead::Line);
+        }
+        let n = available.len();
+        if line.len() + n > max {
+            return Ok(LineRead::TooLong);
+        }
+        line.extend_from_slice(available);
+        reader.consume(n);
+    }
+}
+
+fn excerpt(line: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&line[..line.len().min(200)]);
+    text.into_owned()
+}
+
+/// Runs `program --version` with a timeout; for `/health`.
+pub async fn version(program: &Path) -> Option<String> {
+    let mut child = Command::new(program)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .ok()?;
+    let mut out = String::new();
+    let mut stdout = child.stdout.take()?;
+    let read = async {
+        stdout.read_to_string(&mut out).await.ok()?;
+        child.wait().await.ok()
+    };
+    let status = tokio::time::timeout(Duration::from_secs(10), read).await.ok()??;
+    if !status.success() {
+        return None;
+    }
+    out.lines().next().map(|l| l.trim().to_string()).filter(|l| !l.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stderr_tail_keeps_the_end() {
+        let mut tail = StderrTail::default();
+        for i in 0..1000 {
+            tail.push_line(&format!("line {i}"));
+        }
+        let text = tail.text();
+        assert!(text.ends_with("line 999"));
+        assert!(text.len() <= STDERR_TAIL_BYTES);
+    }
+}

@@ -1,0 +1,340 @@
+//! The CLI's stream-json protocol as typed messages, both ways. Only the fields the service
+//! uses are modelled; unknown fields are ignored and unknown message types become
+//! [`CliMessage::Unknown`] (logged, never fatal).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+// ---------------------------------------------------------------- host → CLI
+
+/// A user turn: `{"type":"user","message":{"role":"user","content":…},…}`.
+#[derive(Debug, Serialize)]
+pub struct UserInput<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub message: UserInputMessage<'a>,
+    pub parent_tool_use_id: Option<()>,
+    pub session_id: &'a str,
+    pub uuid: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UserInputMessage<'a> {
+    pub role: &'static str,
+    pub content: &'a str,
+}
+
+impl<'a> UserInput<'a> {
+    pub fn new(session_id: &'a str, uuid: &'a str, text: &'a str) -> Self {
+        UserInput {
+            kind: "user",
+            message: UserInputMessage { role: "user", content: text },
+            parent_tool_use_id: None,
+            session_id,
+            uuid,
+        }
+    }
+}
+
+/// A control request we send (`initialize`, `interrupt`).
+#[derive(Debug, Serialize)]
+pub struct OutgoingControlRequest<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub request_id: &'a str,
+    pub request: Value,
+}
+
+impl<'a> OutgoingControlRequest<'a> {
+    pub fn new(request_id: &'a str, request: Value) -> Self {
+        OutgoingControlRequest { kind: "control_request", request_id, request }
+    }
+}
+
+/// Our answer to a request the CLI made.
+#[derive(Debug, Serialize)]
+pub struct OutgoingControlResponse<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub response: ControlResponseBody<'a>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ControlResponseBody<'a> {
+    pub subtype: &'static str,
+    pub request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a str>,
+}
+
+impl<'a> OutgoingControlResponse<'a> {
+    pub fn success(request_id: &'a str, response: Value) -> Self {
+        OutgoingControlResponse {
+            kind: "control_response",
+            response: ControlResponseBody { subtype: "success", request_id, response: Some(response), error: None },
+        }
+    }
+
+    pub fn error(request_id: &'a str, error: &'a str) -> Self {
+        OutgoingControlResponse {
+            kind: "control_response",
+            response: ControlResponseBody { subtype: "error", request_id, response: None, error: Some(error) },
+        }
+    }
+}
+
+/// One JSON line for stdin (serde only, so the CLI never sees invalid JSON).
+pub fn to_line<T: Serialize>(message: &T) -> Vec<u8> {
+    let mut line = serde_json::to_vec(message).unwrap_or_else(|_| b"{}".to_vec());
+    line.push(b'\n');
+    line
+}
+
+// ---------------------------------------------------------------- CLI → host
+
+/// One line of the CLI's stdout.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type")]
+pub enum CliMessage {
+    #[serde(rename = "system")]
+    System(SystemMessage),
+    #[serde(rename = "assistant")]
+    Assistant(AssistantMessage),
+    #[serde(rename = "user")]
+    User(UserMessage),
+    #[serde(rename = "result")]
+    Result(ResultMessage),
+    #[serde(rename = "stream_event")]
+    StreamEvent(StreamEventMessage),
+    #[serde(rename = "control_request")]
+    ControlRequest(IncomingControlRequest),
+    #[serde(rename = "control_response")]
+    ControlResponse(IncomingControlResponse),
+    #[serde(rename = "control_cancel_request")]
+    ControlCancel { request_id: String },
+    #[serde(other)]
+    Unknown,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SystemMessage {
+    #[serde(default)]
+    pub subtype: String,
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AssistantMessage {
+    pub message: ContentMessage,
+    #[serde(default)]
+    pub parent_tool_use_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct UserMessage {
+    pub message: ContentMessage,
+    #[serde(default)]
+    pub parent_tool_use_id: Option<String>,
+    #[serde(default, rename = "isReplay")]
+    pub is_replay: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ContentMessage {
+    #[serde(default)]
+    pub content: Content,
+}
+
+/// `content` is a string or a list of blocks.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Blocks(Vec<ContentBlock>),
+}
+
+impl Default for Content {
+    fn default() -> Self {
+        Content::Blocks(Vec::new())
+    }
+}
+
+impl Content {
+    pub fn blocks(&self) -> &[ContentBlock] {
+        match self {
+            Content::Blocks(b) => b,
+            Content::Text(_) => &[],
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type")]
+pub enum ContentBlock {
+    #[serde(rename = "text")]
+    Text { text: String },
+    #[serde(rename = "tool_use")]
+    ToolUse {
+        id: String,
+        name: String,
+        #[serde(default)]
+        input: Value,
+    },
+    #[serde(rename = "tool_result")]
+    ToolResult {
+        tool_use_id: String,
+        #[serde(default)]
+        content: Value,
+        #[serde(default)]
+        is_error: Option<bool>,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StreamEventMessage {
+    pub event: StreamEvent,
+    #[serde(default)]
+    pub parent_tool_use_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type")]
+pub enum StreamEvent {
+    #[serde(rename = "content_block_delta")]
+    ContentBlockDelta { delta: Delta },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type")]
+pub enum Delta {
+    #[serde(rename = "text_delta")]
+    Text { text: String },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+pub struct Usage {
+    #[serde(default)]
+    pub input_tokens: i64,
+    #[serde(default)]
+    pub output_tokens: i64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ResultMessage {
+    #[serde(default)]
+    pub subtype: String,
+    #[serde(default)]
+    pub is_error: bool,
+    #[serde(default)]
+    pub result: Option<String>,
+    #[serde(default)]
+    pub total_cost_usd: Option<f64>,
+    #[serde(default)]
+    pub usage: Usage,
+    #[serde(default)]
+    pub num_turns: i64,
+    #[serde(default)]
+    pub duration_ms: i64,
+    #[serde(default)]
+    pub errors: Vec<String>,
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct IncomingControlRequest {
+    pub request_id: String,
+    pub request: Value,
+}
+
+impl IncomingControlRequest {
+    pub fn subtype(&self) -> &str {
+        self.request.get("subtype").and_then(Value::as_str).unwrap_or("")
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct IncomingControlResponse {
+    pub response: IncomingControlResponseBody,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct IncomingControlResponseBody {
+    pub subtype: String,
+    pub request_id: String,
+    #[serde(default)]
+    pub response: Option<Value>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Parses one stdout line. `Ok(None)` for lines that are not JSON objects (some builds print
+/// debug text to stdout); they are skipped.
+pub fn parse_line(line: &[u8]) -> Result<Option<CliMessage>, serde_json::Error> {
+    let trimmed = line.trim_ascii();
+    if !trimmed.starts_with(b"{") {
+        return Ok(None);
+    }
+    serde_json::from_slice(trimmed).map(Some)
+}
+
+/// The text of a tool result's `content` (a string, or text blocks joined).
+pub fn tool_result_text(content: &Value) -> Value {
+    match content {
+        Value::Array(blocks) => {
+            let texts: Vec<&str> = blocks.iter().filter_map(|b| b.get("text").and_then(Value::as_str)).collect();
+            if texts.len() == blocks.len() { Value::String(texts.join("\n")) } else { content.clone() }
+        }
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_protocol_lines_and_tolerates_the_unknown() {
+        let delta = br#"{"type":"stream_event","event":{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello "}},"session_id":"s","parent_tool_use_id":null,"uuid":"u","new_field":1}"#;
+        match parse_line(delta).unwrap().unwrap() {
+            CliMessage::StreamEvent(StreamEventMessage {
+                event: StreamEvent::ContentBlockDelta { delta: Delta::Text { text } },
+                ..
+            }) => assert_eq!(text, "Hello "),
+            other => panic!("{other:?}"),
+        }
+        let tool = br#"{"type":"assistant","message":{"id":"m","content":[{"type":"tool_use","id":"toolu_1","name":"Bash","input":{"command":"echo hi"}}]},"parent_tool_use_id":null}"#;
+        assert!(matches!(parse_line(tool).unwrap().unwrap(), CliMessage::Assistant(_)));
+        let result = br#"{"type":"result","subtype":"success","is_error":false,"duration_ms":136,"num_turns":1,"result":"Hi","total_cost_usd":0.000141,"usage":{"input_tokens":12,"output_tokens":7,"cache_read_input_tokens":0},"modelUsage":{}}"#;
+        match parse_line(result).unwrap().unwrap() {
+            CliMessage::Result(r) => {
+                assert_eq!(r.result.as_deref(), Some("Hi"));
+                assert_eq!(r.usage, Usage { input_tokens: 12, output_tokens: 7 });
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse_line(br#"{"type":"rate_limit_event","x":1}"#).unwrap(), Some(CliMessage::Unknown)));
+        assert!(matches!(parse_line(b"[SandboxDebug] hello").unwrap(), None));
+        assert!(parse_line(b"{not json").is_err());
+        let ctl = br#"{"type":"control_response","response":{"subtype":"success","request_id":"r1","response":{"still_queued":[]}}}"#;
+        assert!(matches!(parse_line(ctl).unwrap(), Some(CliMessage::ControlResponse(_))));
+    }
+
+    #[test]
+    fn input_lines_are_single_json_objects() {
+        let line = to_line(&UserInput::new("", "u1", "say \"hi\"\nnow"));
+        assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+        let v: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["message"]["content"], "say \"hi\"\nnow");
+        assert_eq!(v["parent_tool_use_id"], Value::Null);
+    }
+}

@@ -1,0 +1,154 @@
+//! What a turn emits: SSE frames with the seed's five keys (`type, text, tool_name,
+//! tool_input, error`, unused ones null) plus the fields of their type, and the turn's summary.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::cli::protocol::Usage;
+use crate::error::ApiError;
+
+/// One tool call of a turn, as `/chat` reports it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolCall {
+    pub id: String,
+    pub tool: String,
+    pub input: Value,
+    pub output: Value,
+    pub is_error: bool,
+}
+
+/// The `result` of a `done` frame.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TurnResult {
+    pub text: String,
+    pub subtype: String,
+    pub is_error: bool,
+    pub cost_usd: f64,
+    pub usage: Usage,
+    pub num_turns: i64,
+    pub duration_ms: i64,
+}
+
+/// How a turn ended, for `/chat` (which answers from it instead of re-reading frames).
+#[derive(Debug, Clone)]
+pub enum TurnOutcome {
+    Done { result: TurnResult, tool_calls: Vec<ToolCall> },
+    Failed(ApiError),
+}
+
+/// A numbered event of a session: its frame as compact JSON, serialised once and shared by
+/// every receiver.
+#[derive(Debug)]
+pub struct SessionEvent {
+    pub id: i64,
+    pub turn_id: Arc<str>,
+    pub json: bytestring::ByteString,
+    /// Set on the last event of a turn.
+    pub outcome: Option<TurnOutcome>,
+}
+
+#[derive(Serialize)]
+struct Frame<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    text: Option<&'a str>,
+    tool_name: Option<&'a str>,
+    tool_input: Option<&'a Value>,
+    error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_use_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    is_error: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<&'a TurnResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'a str>,
+}
+
+impl<'a> Frame<'a> {
+    fn new(kind: &'a str) -> Self {
+        Frame {
+            kind,
+            text: None,
+            tool_name: None,
+            tool_input: None,
+            error: None,
+            tool_use_id: None,
+            output: None,
+            is_error: None,
+            request_id: None,
+            result: None,
+            code: None,
+        }
+    }
+
+    fn json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
+}
+
+pub fn text_delta(text: &str) -> String {
+    Frame { text: Some(text), ..Frame::new("text_delta") }.json()
+}
+
+pub fn tool_use(id: &str, name: &str, input: &Value) -> String {
+    Frame { tool_name: Some(name), tool_input: Some(input), tool_use_id: Some(id), ..Frame::new("tool_use") }.json()
+}
+
+pub fn tool_result(id: &str, name: Option<&str>, output: &Value, is_error: bool) -> String {
+    Frame {
+        tool_name: name,
+        tool_use_id: Some(id),
+        output: Some(output),
+        is_error: Some(is_error),
+        ..Frame::new("tool_result")
+    }
+    .json()
+}
+
+pub fn done(result: &TurnResult) -> String {
+    Frame { text: Some(&result.text), result: Some(result), ..Frame::new("done") }.json()
+}
+
+pub fn error(err: &ApiError) -> String {
+    let message = err.message();
+    Frame { error: Some(&message), code: Some(err.code()), ..Frame::new("error") }.json()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_frame_has_the_five_seed_keys() {
+        let frames = [
+            text_delta("hi"),
+            tool_use("t1", "Bash", &serde_json::json!({"command": "ls"})),
+            tool_result("t1", Some("Bash"), &Value::String("out".into()), false),
+            done(&TurnResult {
+                text: "x".into(),
+                subtype: "success".into(),
+                is_error: false,
+                cost_usd: 0.1,
+                usage: Usage::default(),
+                num_turns: 1,
+                duration_ms: 5,
+            }),
+            error(&ApiError::CliFailed("boom".into())),
+        ];
+        for f in frames {
+            let v: Value = serde_json::from_str(&f).unwrap();
+            for key in ["type", "text", "tool_name", "tool_input", "error"] {
+                assert!(v.get(key).is_some(), "{key} in {f}");
+            }
+        }
+        let e: Value = serde_json::from_str(&error(&ApiError::CliFailed("boom".into()))).unwrap();
+        assert_eq!(e["code"], "cli_failed");
+    }
+}
