@@ -520,6 +520,24 @@ impl Handler<GetStats> for Registry {
     }
 }
 
+/// Changes `api.memory_limit_mb` at run time (an operator lowering the limit on a busy host;
+/// the tests use it to create pressure on demand) and acts on it at once.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetMemoryLimit {
+    pub mb: u64,
+}
+
+impl Handler<SetMemoryLimit> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetMemoryLimit, _: &mut Context<Self>) {
+        self.limits.memory_limit_bytes = msg.mb.saturating_mul(1024 * 1024);
+        self.memory = memory::sample();
+        self.evict();
+    }
+}
+
 /// Server shutdown: stop every session's process and wait until all are reaped.
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -551,6 +551,9 @@ impl Handler<StartTurn> for SessionActor {
     type Result = ResponseActFuture<Self, Result<TurnStarted, TurnRefused>>;
 
     fn handle(&mut self, msg: StartTurn, ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(why) = &self.start_error {
+            return Box::pin(fut::ready(Err(TurnRefused::Api(ApiError::CliFailed(why.clone())))));
+        }
         if self.stopping.is_some() || self.stop_after_turn.is_some_and(|r| !r.spares_a_turn()) {
             return Box::pin(fut::ready(Err(TurnRefused::Gone)));
         }

@@ -54,11 +54,24 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
                 serde_json::from_slice(data).map_err(|e| ApiError::InvalidRequest(format!("Malformed JSON: {e}")))?;
             let value = serde_path_to_error::deserialize(json).map_err(|e| {
                 let path = e.path().to_string();
-                let field = if path.is_empty() || path == "." { "body".to_string() } else { path };
-                ApiError::Validation(vec![FieldError::new(field, e.into_inner().to_string())])
+                let message = e.into_inner().to_string();
+                ApiError::Validation(vec![FieldError::new(field_of(&path, &message), message)])
             })?;
             Ok(JsonBody(value))
         })
+    }
+}
+
+/// The field a deserialisation error is about. A missing field is reported at its parent, so
+/// its name is taken from the message (serde's "missing field `name`").
+fn field_of(path: &str, message: &str) -> String {
+    let parent = if path.is_empty() || path == "." { "" } else { path };
+    let missing = message.strip_prefix("missing field `").and_then(|rest| rest.split('`').next());
+    match (parent, missing) {
+        ("", Some(name)) => name.to_string(),
+        (parent, Some(name)) => format!("{parent}.{name}"),
+        ("", None) => "body".to_string(),
+        (parent, None) => parent.to_string(),
     }
 }
 

@@ -273,7 +273,7 @@ impl SessionService {
                 Ok(Err(TurnRefused::Gone)) | Err(_) => {}
             }
         }
-        Err(ApiError::Overloaded { retry_after_secs: 1 })
+        Err(ApiError::CliFailed("the CLI keeps exiting before it is ready; see the service log".into()))
     }
 
     /// Interrupts the running turn; its id is returned.

@@ -1,7 +1,9 @@
 //! Black-box tests of the HTTP API: each test starts the app on port 0 with a fresh database.
 
 mod auth;
+mod chat;
 mod helpers;
+mod processes;
 mod service;
 mod sessions;
 mod startup;
