@@ -4,6 +4,7 @@ mod auth;
 mod chat;
 mod helpers;
 mod processes;
+mod real_cli;
 mod service;
 mod sessions;
 mod startup;

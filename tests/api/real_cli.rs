@@ -1,0 +1,157 @@
+//! The real Claude Code CLI (pinned, installed by scripts/install-cli) driven through the
+//! service against examples/mock_anthropic.rs. These never skip: without the CLI they fail.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use awc::http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, TestApp, eventually, spawn_app_with};
+
+fn real_cli_path() -> PathBuf {
+    let path = std::env::var("REAL_CLAUDE_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cli/node_modules/.bin/claude"));
+    assert!(
+        path.exists(),
+        "the real CLI is missing at {}: run scripts/install-cli (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// examples/mock_anthropic.rs on a free loopback port; killed on drop.
+pub struct MockApi {
+    child: Child,
+    pub url: String,
+}
+
+impl MockApi {
+    pub fn start() -> MockApi {
+        let bin = crate::helpers::fake_cli_path().with_file_name("mock_anthropic");
+        let mut child = Command::new(&bin)
+            .arg("0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line.trim().strip_prefix("listening on ").expect("mock prints its address").to_string();
+        MockApi { child, url: format!("http://{addr}") }
+    }
+
+    /// Every request body the mock received.
+    pub async fn requests(&self, client: &awc::Client) -> Vec<Value> {
+        let mut res = client.get(format!("{}/_mock/requests", self.url)).send().await.unwrap();
+        res.json::<Vec<Value>>().limit(256 * 1024 * 1024).await.unwrap()
+    }
+}
+
+impl Drop for MockApi {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An app whose sessions run the real CLI against `mock`.
+pub async fn spawn_real_app(mock: &MockApi, customize: impl FnOnce(&mut claude_agent_http::Settings)) -> TestApp {
+    let url = mock.url.clone();
+    spawn_app_with(Backend::Sqlite, move |s| {
+        s.cli.path = real_cli_path().display().to_string();
+        for (k, v) in [
+            ("ANTHROPIC_BASE_URL", url.as_str()),
+            ("ANTHROPIC_API_KEY", "test-key-offline"),
+            ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+            ("DISABLE_TELEMETRY", "1"),
+            ("CLAUDE_CODE_MAX_RETRIES", "0"),
+            // bypassPermissions as root (CI runs as root) needs exactly IS_SANDBOX=1.
+            ("IS_SANDBOX", "1"),
+        ] {
+            s.cli.env.insert(k.into(), v.into());
+        }
+        s.defaults.model = Some("claude-sonnet-4-5".into());
+        s.cli.stop_grace = 5;
+        customize(s);
+    })
+    .await
+}
+
+#[actix_web::test]
+async fn the_real_cli_chats_streams_tokens_and_writes_a_file_in_the_session_directory() {
+    let mock = MockApi::start();
+    let app = spawn_real_app(&mock, |_| {}).await;
+    let key = app.create_user("alice").await;
+    let id = app.create_session(&key, json!({"subdir": "proj"})).await;
+    app.wait_active(&key, &id).await;
+
+    let res = app.chat(&key, &id, "hello").await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text);
+    assert_eq!(res.body["text"], "mock: hello");
+    assert_eq!(res.body["subtype"], "success");
+    assert!(res.body["cost_usd"].as_f64().unwrap() > 0.0);
+
+    let stream = app.chat_stream(&key, json!({"session_id": id, "message": "tell me a longer story please"})).await;
+    assert_eq!(stream.status, StatusCode::OK);
+    let deltas: Vec<&str> = stream
+        .frames
+        .iter()
+        .filter(|(_, f)| f["type"] == "text_delta")
+        .map(|(_, f)| f["text"].as_str().unwrap())
+        .collect();
+    assert!(deltas.len() >= 4, "token deltas: {:?}", stream.types());
+    assert_eq!(deltas.concat(), "mock: tell me a longer story please");
+    assert_eq!(stream.last()["type"], "done");
+
+    let res = app.chat(&key, &id, "write note.txt written by the real cli").await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text);
+    assert_eq!(res.body["tool_calls"][0]["tool"], "Write");
+    assert_eq!(res.body["tool_calls"][0]["is_error"], false);
+    assert_eq!(res.body["text"], "Wrote note.txt.");
+    let written = app.users_dir().join("alice/proj/note.txt");
+    assert_eq!(std::fs::read_to_string(&written).unwrap(), "written by the real cli");
+}
+
+#[actix_web::test]
+async fn the_real_cli_obeys_an_interrupt() {
+    let mock = MockApi::start();
+    let app = spawn_real_app(&mock, |_| {}).await;
+    let key = app.create_user("alice").await;
+    let id = app.create_session(&key, json!({})).await;
+    let mut stream = app.open_chat_stream(&key, &id, "slow").await;
+    let (_, first) = stream.next_frame().await.expect("first frame");
+    assert_eq!(first["type"], "text_delta");
+    let started = std::time::Instant::now();
+    assert_eq!(app.interrupt(&key, &id).await.status, StatusCode::ACCEPTED);
+    let rest = stream.rest().await;
+    assert!(started.elapsed() < Duration::from_secs(5), "ended within 5 s");
+    let last = &rest.last().expect("a last frame").1;
+    assert_eq!(last["type"], "done", "{last}");
+    assert_eq!(last["result"]["subtype"], "interrupted");
+    // The process stayed usable.
+    assert_eq!(app.chat(&key, &id, "after").await.body["text"], "mock: after");
+}
+
+#[actix_web::test]
+async fn the_real_cli_resumes_its_conversation_after_its_process_was_stopped() {
+    let mock = MockApi::start();
+    let app = spawn_real_app(&mock, |s| s.api.idle_session_timeout = 2).await;
+    let key = app.create_user("alice").await;
+    let id = app.create_session(&key, json!({})).await;
+    assert_eq!(app.chat(&key, &id, "alpha").await.body["text"], "mock: alpha");
+    let stopped =
+        eventually(Duration::from_secs(20), || async { app.get_session(&key, &id).await.body["status"] == "idle" })
+            .await;
+    assert!(stopped, "the idle CLI was stopped");
+    assert!(app.cli_pids().await.is_empty());
+    let res = app.chat(&key, &id, "history").await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text);
+    assert_eq!(res.body["text"], "alpha", "the respawned CLI sent the earlier turn to the model");
+    let requests = mock.requests(&app.client).await;
+    let last = requests.iter().rev().find(|r| r["tools"].as_array().is_some_and(|t| !t.is_empty())).unwrap();
+    assert!(last["messages"].to_string().contains("alpha"), "the mock saw the earlier turn");
+}
