@@ -19,6 +19,8 @@ use super::protocol::{CliMessage, parse_line};
 /// The longest stdout line accepted (tool results with images can be megabytes).
 pub const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
 const STDERR_TAIL_BYTES: usize = 2048;
+const READ_BUFFER_BYTES: usize = 8 * 1024;
+const LINE_KEEP_BYTES: usize = 64 * 1024;
 
 /// What a command line needs to start.
 pub struct LaunchSpec<'a> {
@@ -129,7 +131,7 @@ async fn write_stdin(mut stdin: ChildStdin, mut lines: mpsc::UnboundedReceiver<V
 
 /// stderr is always read (an undrained pipe blocks the CLI at ~64 KiB).
 async fn drain_stderr(stderr: ChildStderr, tail: Arc<Mutex<StderrTail>>, label: String) {
-    let mut lines = BufReader::new(stderr).lines();
+    let mut lines = BufReader::with_capacity(1024, stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         log::debug!(target: "cli", "{label} stderr: {line}");
         if let Ok(mut t) = tail.lock() {
@@ -186,13 +188,18 @@ pub enum StdoutItem {
 /// stdout as a stream of parsed lines, framed on `\n` in a byte buffer (never on chunk
 /// boundaries), with the cap checked while the line is still partial.
 pub fn stdout_messages(stdout: ChildStdout, max_line: usize) -> impl Stream<Item = StdoutItem> {
-    let state = (BufReader::with_capacity(64 * 1024, stdout), Vec::with_capacity(8 * 1024), false);
+    // Small buffers: an idle session should cost little; long lines are assembled in `line`.
+    let state = (BufReader::with_capacity(READ_BUFFER_BYTES, stdout), Vec::new(), false);
     futures_util::stream::unfold(state, move |(mut reader, mut line, done)| async move {
         if done {
             return None;
         }
         loop {
             line.clear();
+            // Do not keep a megabyte buffer for the rest of the session after one huge line.
+            if line.capacity() > LINE_KEEP_BYTES {
+                line.shrink_to(LINE_KEEP_BYTES);
+            }
             match read_capped_line(&mut reader, &mut line, max_line).await {
                 Ok(LineRead::Eof) => return None,
                 Ok(LineRead::TooLong) => return Some((StdoutItem::TooLong, (reader, line, true))),

@@ -226,6 +226,8 @@ fn sqlite_url(path: &Path) -> Result<String, StorageError> {
 
 fn sqlite_pool(url: &str, size: usize) -> Result<Pool<SqliteConn>, StorageError> {
     let mut config = ManagerConfig::<SqliteConn>::default();
+    // A local file does not go away between two uses: skip the test query on every checkout.
+    config.recycling_method = diesel_async::pooled_connection::RecyclingMethod::Fast;
     config.custom_setup = Box::new(|url| {
         let url = url.to_owned();
         Box::pin(async move {

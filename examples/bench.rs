@@ -1,0 +1,446 @@
+//! Benchmark of the service against the fake CLI (examples/fake_claude.rs). Prints, for one run:
+//! - overhead per turn of the service over driving the fake CLI directly (p50, p99),
+//! - latency from the CLI writing its first stdout line of a turn to the first SSE byte,
+//! - the service's RSS idle and per idle session (CLI processes excluded),
+//! - turns per second across 100 sessions,
+//! - create → first answer with the CLI pre-started versus started cold at the first message.
+//!
+//! `cargo build --release --examples && target/release/examples/bench`
+//! (`--turns N` changes the sample size; default 300).
+//!
+//! The service runs as a child process (this binary re-run with `--serve`, the library's
+//! `Application` on settings from the environment), so its RSS is its own.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+const ADMIN_KEY: &str = "bench-admin-key-0123456789";
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--serve") {
+        serve();
+        return;
+    }
+    let turns = args.iter().position(|a| a == "--turns").and_then(|i| args.get(i + 1)).and_then(|n| n.parse().ok());
+    actix_web::rt::System::new().block_on(run(turns.unwrap_or(300)));
+}
+
+/// The service on settings from the environment (`CLAUDE_AGENT_*`).
+fn serve() {
+    actix_web::rt::System::new().block_on(async {
+        env_logger::Builder::from_env(
+            env_logger::Env::default().default_filter_or("warn,claude_agent_http::startup=info"),
+        )
+        .init();
+        let settings = claude_agent_http::Settings::load(None).expect("settings");
+        let app = claude_agent_http::Application::build(settings).await.expect("service starts");
+        app.run_until_stopped().await.expect("service runs");
+    });
+}
+
+fn fake_cli() -> PathBuf {
+    let me = std::env::current_exe().expect("own path");
+    let fake = me.with_file_name("fake_claude");
+    assert!(fake.exists(), "{} missing: cargo build --release --examples", fake.display());
+    fake
+}
+
+fn now_ns() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+struct Service {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        // SIGTERM: the service stops every CLI before it exits.
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Service {
+    fn start(extra_env: &[(&str, &str)]) -> Service {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let me = std::env::current_exe().expect("own path");
+        let mut cmd = Command::new(me);
+        cmd.arg("--serve").current_dir(dir.path());
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("CLAUDE_AGENT_")) {
+            cmd.env_remove(k);
+        }
+        cmd.env("CLAUDE_AGENT_API__PORT", "0")
+            .env("CLAUDE_AGENT_ADMIN_KEY", ADMIN_KEY)
+            .env("CLAUDE_AGENT_CLI__PATH", fake_cli())
+            .env("CLAUDE_AGENT_API__MAX_SESSIONS", "500")
+            .env("CLAUDE_AGENT_API__MAX_SESSIONS_PER_USER", "500")
+            .env("CLAUDE_AGENT_API__MAX_CONCURRENT_REQUESTS", "200")
+            .env("CLAUDE_AGENT_API__MEMORY_LIMIT_MB", "100000")
+            .env("CLAUDE_AGENT_API__WORKERS", "2")
+            .env("CLAUDE_AGENT_CLI__STOP_GRACE", "1");
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("service spawns");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let port = loop {
+            let line = lines.next().expect("service log").expect("utf-8 log");
+            if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
+                break rest.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()).expect("port");
+            }
+        };
+        // Keep draining the log so the service never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        Service { child, url: format!("http://127.0.0.1:{port}"), _dir: dir }
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+struct Api {
+    client: awc::Client,
+    url: String,
+    key: String,
+}
+
+impl Api {
+    async fn new(service: &Service, user: &str) -> Api {
+        let client = awc::Client::builder().timeout(Duration::from_secs(120)).finish();
+        let mut res = client
+            .post(format!("{}/api/v1/users", service.url))
+            .insert_header(("Authorization", format!("Bearer {ADMIN_KEY}")))
+            .send_json(&json!({"user_id": user}))
+            .await
+            .expect("create user");
+        let body: Value = res.json().await.expect("user json");
+        Api { client, url: service.url.clone(), key: body["api_key"].as_str().expect("key").to_string() }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Value {
+        let mut res = self
+            .client
+            .post(format!("{}{path}", self.url))
+            .insert_header(("Authorization", format!("Bearer {}", self.key)))
+            .send_json(&body)
+            .await
+            .expect("request");
+        res.json::<Value>().limit(64 * 1024 * 1024).await.expect("json")
+    }
+
+    async fn create_session(&self) -> String {
+        self.post("/api/v1/sessions", json!({})).await["session_id"].as_str().expect("session id").to_string()
+    }
+
+    async fn wait_active(&self, id: &str) {
+        for _ in 0..2000 {
+            let mut res = self
+                .client
+                .get(format!("{}/api/v1/sessions/{id}", self.url))
+                .insert_header(("Authorization", format!("Bearer {}", self.key)))
+                .send()
+                .await
+                .expect("get");
+            let body: Value = res.json().await.expect("json");
+            if body["status"] == "active" {
+                return;
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("session {id} never became active");
+    }
+
+    async fn chat(&self, id: &str, message: &str) -> Value {
+        let body = self.post("/api/v1/chat", json!({"session_id": id, "message": message})).await;
+        assert!(body["text"].is_string(), "chat failed: {body}");
+        body
+    }
+
+    /// Opens a stream and returns the wall-clock time its first `data:` bytes arrived, and the stamp.
+    async fn first_sse_byte(&self, id: &str) -> (u128, u128) {
+        let mut res = self
+            .client
+            .post(format!("{}/api/v1/chat/stream", self.url))
+            .insert_header(("Authorization", format!("Bearer {}", self.key)))
+            .send_json(&json!({"session_id": id, "message": "stamp"}))
+            .await
+            .expect("stream");
+        let mut seen = String::new();
+        let mut arrived = None;
+        while let Some(chunk) = res.next().await {
+            let chunk = chunk.expect("chunk");
+            if arrived.is_none() && chunk.windows(5).any(|w| w == b"data:") {
+                arrived = Some(now_ns());
+            }
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        let stamp = seen
+            .split("stamp:")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .expect("stamp in stream");
+        (arrived.expect("a data frame"), stamp)
+    }
+}
+
+/// The fake CLI driven over its pipes, the way the service drives it, without the service.
+struct Direct {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    _dir: tempfile::TempDir,
+}
+
+impl Direct {
+    fn start() -> Direct {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut child = Command::new(fake_cli())
+            .args([
+                "--output-format=stream-json",
+                "--verbose",
+                "--input-format=stream-json",
+                "--include-partial-messages",
+            ])
+            .arg(format!("--session-id={}", uuid::Uuid::new_v4()))
+            .env("CLAUDE_CONFIG_DIR", dir.path())
+            .current_dir(dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("fake spawns");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut d = Direct { child, stdin, stdout, _dir: dir };
+        d.send(&json!({"type":"control_request","request_id":"init","request":{"subtype":"initialize"}}));
+        d.read_until(|v| v["type"] == "control_response");
+        d
+    }
+
+    fn send(&mut self, v: &Value) {
+        writeln!(self.stdin, "{v}").expect("write");
+        self.stdin.flush().expect("flush");
+    }
+
+    fn read_until(&mut self, done: impl Fn(&Value) -> bool) -> Vec<(u128, Value)> {
+        let mut seen = Vec::new();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(self.stdout.read_line(&mut line).expect("read") > 0, "fake ended");
+            let at = now_ns();
+            let v: Value = serde_json::from_str(&line).expect("json line");
+            let end = done(&v);
+            seen.push((at, v));
+            if end {
+                return seen;
+            }
+        }
+    }
+
+    fn turn(&mut self, text: &str) -> Vec<(u128, Value)> {
+        self.send(&json!({"type":"user","message":{"role":"user","content":text},"parent_tool_use_id":null,
+            "session_id":"","uuid":uuid::Uuid::new_v4().to_string()}));
+        self.read_until(|v| v["type"] == "result")
+    }
+}
+
+impl Drop for Direct {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn summary(mut ms: Vec<f64>) -> (f64, f64) {
+    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (percentile(&ms, 0.5), percentile(&ms, 0.99))
+}
+
+async fn run(turns: usize) {
+    println!("claude-agent-http benchmark ({} turns per latency sample, fake CLI {})", turns, fake_cli().display());
+    println!("machine: {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+
+    // 1. Per-turn latency: directly over the pipes, then through the service (sync /chat).
+    let mut direct = Direct::start();
+    for _ in 0..20 {
+        direct.turn("warm up");
+    }
+    let direct_ms: Vec<f64> = (0..turns)
+        .map(|_| {
+            let t = Instant::now();
+            direct.turn("bench");
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    // The direct pipe's own line latency (stamp → line read), the floor for the SSE figure.
+    let pipe_us: Vec<f64> = (0..turns)
+        .map(|_| {
+            let lines = direct.turn("stamp");
+            let (at, v) = lines.iter().find(|(_, v)| v["type"] == "stream_event").expect("delta");
+            let stamp: u128 = v["event"]["delta"]["text"].as_str().unwrap()["stamp:".len()..].parse().unwrap();
+            (at - stamp) as f64 / 1000.0
+        })
+        .collect();
+    drop(direct);
+
+    let service = Service::start(&[]);
+    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    let idle_rss = service.rss_kib();
+    let api = Api::new(&service, "bench").await;
+    let id = api.create_session().await;
+    api.wait_active(&id).await;
+    for _ in 0..20 {
+        api.chat(&id, "warm up").await;
+    }
+    let mut service_ms = Vec::with_capacity(turns);
+    for _ in 0..turns {
+        let t = Instant::now();
+        api.chat(&id, "bench").await;
+        service_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let (d50, d99) = summary(direct_ms);
+    let (s50, s99) = summary(service_ms);
+    println!();
+    println!("per-turn latency, fake CLI echo turn:");
+    println!("  driving the CLI directly:   p50 {d50:7.3} ms   p99 {d99:7.3} ms");
+    println!("  through the service (/chat): p50 {s50:7.3} ms   p99 {s99:7.3} ms");
+    println!("  service overhead per turn:  p50 {:7.3} ms   p99 {:7.3} ms", s50 - d50, s99 - d99);
+
+    // 2. CLI's first stdout line of a turn → first SSE byte at the client.
+    let mut sse_us = Vec::with_capacity(turns);
+    for _ in 0..turns {
+        let (arrived, stamp) = api.first_sse_byte(&id).await;
+        sse_us.push((arrived.saturating_sub(stamp)) as f64 / 1000.0);
+    }
+    let (p50, p99) = summary(sse_us);
+    let (pipe50, pipe99) = summary(pipe_us);
+    println!();
+    println!("CLI stdout line → first SSE byte at an HTTP client (loopback):");
+    println!("  through the service:        p50 {:7.3} ms   p99 {:7.3} ms", p50 / 1000.0, p99 / 1000.0);
+    println!("  the bare pipe (no service): p50 {:7.3} ms   p99 {:7.3} ms", pipe50 / 1000.0, pipe99 / 1000.0);
+
+    // 3. RSS idle and per idle session (the service only; every session has its own fake CLI).
+    let sessions = 100;
+    let mut ids = Vec::new();
+    for _ in 0..sessions {
+        ids.push(api.create_session().await);
+    }
+    for id in &ids {
+        api.wait_active(id).await;
+    }
+    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    let with_sessions = service.rss_kib();
+    println!();
+    println!("service RSS (CLI processes excluded):");
+    println!("  idle, no session:           {:7.1} MiB", idle_rss as f64 / 1024.0);
+    println!(
+        "  with {} idle sessions:     {:7.1} MiB  → {:.1} KiB per idle session",
+        sessions + 1,
+        with_sessions as f64 / 1024.0,
+        (with_sessions.saturating_sub(idle_rss)) as f64 / (sessions + 1) as f64
+    );
+
+    // 4. Throughput: 100 sessions, each with its own client, 20 turns each.
+    let per_session = 20;
+    let started = Instant::now();
+    let clients = ids.iter().map(|id| {
+        let api = Api {
+            client: awc::Client::builder().timeout(Duration::from_secs(120)).finish(),
+            url: api.url.clone(),
+            key: api.key.clone(),
+        };
+        let id = id.clone();
+        async move {
+            for _ in 0..per_session {
+                api.chat(&id, "bench").await;
+            }
+        }
+    });
+    futures_util::future::join_all(clients).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    println!();
+    println!(
+        "throughput: {} turns across {sessions} sessions in {elapsed:.2} s → {:.0} turns/s",
+        sessions * per_session,
+        (sessions * per_session) as f64 / elapsed
+    );
+    drop(service);
+
+    // 5. Create → first answer, with a CLI that takes 300 ms to start (like the real one).
+    // The CLI's environment is an allowlist: the delay reaches the fake through cli.env.
+    let slow_start = [
+        ("CLAUDE_AGENT_CLI__ENV", "{FAKE_CLAUDE_INIT_DELAY_MS = \"300\"}"),
+        ("CLAUDE_AGENT_API__IDLE_SESSION_TIMEOUT", "1"),
+    ];
+    let service = Service::start(&slow_start);
+    let api = Api::new(&service, "starter").await;
+    let mut prestarted = Vec::new();
+    let mut immediate = Vec::new();
+    let mut cold = Vec::new();
+    for _ in 0..5 {
+        // Pre-started: create, the client takes 500 ms to type, then its message.
+        let id = api.create_session().await;
+        actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+        let t = Instant::now();
+        api.chat(&id, "hello").await;
+        prestarted.push(t.elapsed().as_secs_f64() * 1000.0);
+        // Cold: the same session once its CLI was stopped (idle eviction): spawn at the message.
+        wait_idle(&api, &id).await;
+        let t = Instant::now();
+        api.chat(&id, "hello again").await;
+        cold.push(t.elapsed().as_secs_f64() * 1000.0);
+        // Create and message at once: the message waits for the start already under way.
+        let t = Instant::now();
+        let id = api.create_session().await;
+        api.chat(&id, "hello").await;
+        immediate.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let median = |v: Vec<f64>| summary(v).0;
+    println!();
+    println!("first answer, CLI start-up 300 ms (median of 5):");
+    println!("  pre-started (create, 500 ms, message): message → answer {:7.1} ms", median(prestarted));
+    println!("  create and message at once:            create → answer  {:7.1} ms", median(immediate));
+    println!("  cold (CLI spawned at the message):     message → answer {:7.1} ms", median(cold));
+    drop(service);
+}
+
+async fn wait_idle(api: &Api, id: &str) {
+    for _ in 0..600 {
+        let mut res = api
+            .client
+            .get(format!("{}/api/v1/sessions/{id}", api.url))
+            .insert_header(("Authorization", format!("Bearer {}", api.key)))
+            .send()
+            .await
+            .expect("get");
+        let body: Value = res.json().await.expect("json");
+        if body["status"] == "idle" {
+            return;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("session {id} was not evicted");
+}
