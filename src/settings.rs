@@ -115,16 +115,7 @@ pub struct SessionSettings {
 }
 
 /// Session options a create request may override unless `session.overridable` says otherwise.
-pub const DEFAULT_OVERRIDABLE: &[&str] = &[
-    "system_prompt",
-    "append_system_prompt",
-    "model",
-    "permission_mode",
-    "allowed_tools",
-    "disallowed_tools",
-    "max_turns",
-    "max_budget_usd",
-];
+pub const DEFAULT_OVERRIDABLE: &[&str] = crate::sessions::options::OPTION_NAMES.split_at(8).0;
 
 impl Default for SessionSettings {
     fn default() -> Self {

@@ -550,7 +550,7 @@ pub struct StartTurn {
 impl Handler<StartTurn> for SessionActor {
     type Result = ResponseActFuture<Self, Result<TurnStarted, TurnRefused>>;
 
-    fn handle(&mut self, msg: StartTurn, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: StartTurn, _: &mut Context<Self>) -> Self::Result {
         if let Some(why) = &self.start_error {
             return Box::pin(fut::ready(Err(TurnRefused::Api(ApiError::CliFailed(why.clone())))));
         }
@@ -569,7 +569,6 @@ impl Handler<StartTurn> for SessionActor {
             self.ready_waiters.push(tx);
             Some(rx)
         };
-        let _ = ctx;
         let queue_timeout = msg.queue_timeout;
         let wait = async move {
             let permit_rx = slot.await.map_err(ApiError::from)?;

@@ -4,7 +4,8 @@ use serde_json::{Map, Value};
 
 use crate::error::{ApiError, FieldError};
 
-/// Every option a session can carry. `session.overridable` picks the ones requests may set.
+/// Every option a session can carry. `session.overridable` picks the ones requests may set;
+/// by default the first eight (`settings::DEFAULT_OVERRIDABLE`).
 pub const OPTION_NAMES: &[&str] = &[
     "system_prompt",
     "append_system_prompt",
