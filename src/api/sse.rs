@@ -58,3 +58,33 @@ impl Stream for EventStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+
+    use super::*;
+
+    fn stream(events: mpsc::Receiver<Arc<SessionEvent>>) -> EventStream {
+        EventStream { events, ping: Box::pin(tokio::time::sleep(PING_EVERY)), stop_after_outcome: true, done: false }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ping_goes_out_after_15_idle_seconds_and_frames_carry_ids() {
+        let (tx, rx) = mpsc::channel(4);
+        let mut s = stream(rx);
+        tx.send(Arc::new(SessionEvent { id: 7, turn_id: "t".into(), json: "{}".into(), outcome: None })).await.unwrap();
+        match s.next().await {
+            Some(Ok(Event::Data(_))) => {}
+            other => panic!("a data frame first, got {other:?}"),
+        }
+        let before = Instant::now();
+        match s.next().await {
+            Some(Ok(Event::Comment(text))) => assert_eq!(&*text, "ping"),
+            other => panic!("a ping, got {other:?}"),
+        }
+        assert!(before.elapsed() >= PING_EVERY, "not before 15 s of silence");
+        drop(tx);
+        assert!(s.next().await.is_none(), "the stream ends with its sender");
+    }
+}
