@@ -13,6 +13,7 @@
 //! | `sleep MS`         | answers after MS ms |
 //! | `tool`             | a Bash tool_use, its tool_result, then text |
 //! | `write NAME TEXT`  | a Write tool_use that really writes NAME in the cwd |
+//! | `link NAME TARGET` | a Bash tool_use that makes NAME a symlink to TARGET (an agent's own link) |
 //! | `crash`            | a delta, then exits with code 3 mid-turn |
 //! | `hang`             | never answers, ignores interrupts |
 //! | `garbage`          | prints a non-JSON and a malformed line, then echoes |
@@ -306,6 +307,21 @@ fn turn(session: &mut Session, text: &str, uuid: &str, rx: &Receiver<Input>) {
                 Err(e) => tool_result(session, "toolu_fake2", &format!("Error: {e}"), true),
             }
             let answer = format!("Wrote {name}.");
+            delta(session, &answer);
+            assistant(session, json!([{"type":"text","text":answer}]));
+            finish(session, text, uuid, "success", &answer, started, 2);
+        }
+        "link" => {
+            let name = words.get(1).copied().unwrap_or("link");
+            let target = words.get(2).copied().unwrap_or("/");
+            let command = format!("ln -s {target} {name}");
+            assistant(
+                session,
+                json!([{"type":"tool_use","id":"toolu_fake3","name":"Bash","input":{"command":command}}]),
+            );
+            let linked = std::os::unix::fs::symlink(target, format!("{}/{name}", session.cwd));
+            tool_result(session, "toolu_fake3", &format!("{linked:?}"), linked.is_err());
+            let answer = format!("Linked {name}.");
             delta(session, &answer);
             assistant(session, json!([{"type":"text","text":answer}]));
             finish(session, text, uuid, "success", &answer, started, 2);

@@ -2,6 +2,7 @@
 
 mod chat;
 pub mod extract;
+mod files;
 pub mod middleware;
 mod service;
 mod sessions;
@@ -17,7 +18,11 @@ pub type ApiResult = Result<HttpResponse, ApiError>;
 /// Every route: `/api/v1/...`, the service endpoints, and JSON for unknown routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::scope("/api/v1").configure(sessions::configure).configure(chat::configure).configure(users::configure),
+        web::scope("/api/v1")
+            .configure(sessions::configure)
+            .configure(chat::configure)
+            .configure(files::configure)
+            .configure(users::configure),
     )
     .configure(service::configure);
 }

@@ -2,6 +2,7 @@
 //! registry, and the stored row. Handlers stay thin; the runtime plugs its actors in here.
 
 pub mod events;
+pub mod files;
 pub mod options;
 mod status;
 pub mod workspace;
@@ -77,6 +78,33 @@ impl From<SessionRow> for Session {
             status: row.status,
             message_count: row.message_count,
             total_cost_usd: row.total_cost_usd,
+        }
+    }
+}
+
+/// One message of the stored conversation (`GET /sessions/{id}/messages`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Message {
+    /// Cursor for `before=`.
+    pub id: i64,
+    pub turn_id: String,
+    pub role: String,
+    pub text: String,
+    pub tool_calls: Value,
+    pub created_at: String,
+    pub cost_usd: Option<f64>,
+}
+
+impl From<crate::storage::MessageRow> for Message {
+    fn from(row: crate::storage::MessageRow) -> Self {
+        Message {
+            id: row.id,
+            tool_calls: serde_json::from_str(&row.tool_calls).unwrap_or_else(|_| Value::Array(Vec::new())),
+            created_at: clock::rfc3339(row.created_at),
+            turn_id: row.turn_id,
+            role: row.role,
+            text: row.text,
+            cost_usd: row.cost_usd,
         }
     }
 }
@@ -274,6 +302,29 @@ impl SessionService {
             }
         }
         Err(ApiError::CliFailed("the CLI keeps exiting before it is ready; see the service log".into()))
+    }
+
+    /// The stored conversation: the `limit` latest messages before message id `before`, oldest first.
+    pub async fn history(
+        &self,
+        caller: &Caller,
+        session_id: &str,
+        before: Option<i64>,
+        limit: Option<i64>,
+    ) -> Result<Vec<Message>, ApiError> {
+        let row = self.get(caller, session_id).await?;
+        let limit = limit.unwrap_or(DEFAULT_LIST_LIMIT);
+        if !(1..=MAX_LIST_LIMIT).contains(&limit) {
+            return Err(ApiError::validation("limit", format!("must be from 1 to {MAX_LIST_LIMIT}")));
+        }
+        let rows = self.storage.list_messages(&row.session_id, before, limit).await?;
+        Ok(rows.into_iter().map(Message::from).collect())
+    }
+
+    /// The canonical working directory of one of the caller's sessions (for its files).
+    pub async fn working_dir(&self, caller: &Caller, session_id: &str) -> Result<PathBuf, ApiError> {
+        let row = self.get(caller, session_id).await?;
+        std::fs::canonicalize(&row.cwd).map_err(|e| ApiError::NotFound(format!("the session's directory is gone: {e}")))
     }
 
     /// Interrupts the running turn; its id is returned.

@@ -22,7 +22,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use crate::settings::{SessionSettings, StorageKind};
 
 pub use models::*;
-pub use sessions::{SessionFilter, TurnRecord};
+pub use sessions::{MessageRow, SessionFilter, TurnRecord};
 
 pub type SqliteConn = SyncConnectionWrapper<SqliteConnection, blocking::DetachedBlocking>;
 

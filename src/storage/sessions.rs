@@ -205,3 +205,41 @@ impl Storage {
         })
     }
 }
+
+/// One stored message of a conversation.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
+#[diesel(table_name = messages)]
+pub struct MessageRow {
+    pub id: i64,
+    pub turn_id: String,
+    pub role: String,
+    pub text: String,
+    pub tool_calls: String,
+    pub created_at: i64,
+    pub cost_usd: Option<f64>,
+}
+
+impl Storage {
+    /// The `limit` latest messages of a session with an id below `before`, oldest first.
+    pub async fn list_messages(
+        &self,
+        session_id: &str,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<MessageRow>, StorageError> {
+        let mut rows = run!(self, [session_id, before, limit], |conn| {
+            let mut query = messages::table
+                .filter(messages::session_id.eq(session_id))
+                .select(MessageRow::as_select())
+                .order(messages::id.desc())
+                .limit(*limit)
+                .into_boxed();
+            if let Some(before) = before {
+                query = query.filter(messages::id.lt(*before));
+            }
+            query.load(conn).await?
+        })?;
+        rows.reverse();
+        Ok(rows)
+    }
+}

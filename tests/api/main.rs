@@ -3,6 +3,7 @@
 mod auth;
 mod chat;
 mod helpers;
+mod history_files;
 mod processes;
 mod real_cli;
 mod service;
