@@ -27,6 +27,7 @@ pub struct AppState {
     pub registry: Addr<Registry>,
     pub sessions: SessionService,
     pub authenticator: Authenticator,
+    pub hub: Arc<crate::sessions::hub::EventHub>,
     pub started_at: Instant,
     /// `cli.path --version`, asked once (the real CLI takes ~0.5 s to answer).
     pub cli_version: std::sync::OnceLock<String>,
@@ -87,14 +88,17 @@ impl Application {
             }
         };
 
-        let registry = Registry::new(settings.clone(), storage.clone()).start();
-        let sessions = SessionService::new(settings.clone(), storage.clone(), registry.clone(), users_root);
+        let hub = Arc::new(crate::sessions::hub::EventHub::default());
+        let registry = Registry::new(settings.clone(), storage.clone(), hub.clone()).start();
+        let sessions =
+            SessionService::new(settings.clone(), storage.clone(), registry.clone(), hub.clone(), users_root);
         let state = web::Data::new(AppState {
             authenticator: Authenticator { mode: settings.auth.mode, admin },
             settings: settings.clone(),
             storage,
             registry,
             sessions,
+            hub,
             started_at: Instant::now(),
             cli_version: std::sync::OnceLock::new(),
         });

@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::sessions::SessionStatus;
-use crate::storage::{Storage, StorageError, TurnRecord};
+use tokio::sync::oneshot;
 
-#[derive(Debug)]
+use crate::sessions::SessionStatus;
+use crate::storage::{EventRow, Storage, StorageError, TurnRecord};
+
 pub enum PersistJob {
     /// Move the status to `to` if it is one of `from` (never overwrites closed or expired).
     Status {
@@ -16,6 +17,12 @@ pub enum PersistJob {
         from: &'static [SessionStatus],
     },
     TurnFinished(Box<TurnRecord>),
+    /// A batch of events; `stored` gets the last id once they are in storage (or given up on).
+    Events {
+        rows: Vec<EventRow>,
+        keep: i64,
+        stored: oneshot::Sender<i64>,
+    },
 }
 
 const RETRIES: u32 = 8;
@@ -24,7 +31,7 @@ const RETRIES: u32 = 8;
 pub fn start(storage: Storage, session_id: String) -> mpsc::UnboundedSender<PersistJob> {
     let (tx, mut rx) = mpsc::unbounded_channel::<PersistJob>();
     actix_web::rt::spawn(async move {
-        while let Some(job) = rx.recv().await {
+        while let Some(mut job) = rx.recv().await {
             let mut delay = Duration::from_millis(100);
             for attempt in 1..=RETRIES {
                 let result = match &job {
@@ -32,6 +39,7 @@ pub fn start(storage: Storage, session_id: String) -> mpsc::UnboundedSender<Pers
                         storage.transition_session(&session_id, from, *to, None).await.map(|_| ())
                     }
                     PersistJob::TurnFinished(record) => storage.finish_turn(record).await,
+                    PersistJob::Events { rows, keep, .. } => storage.insert_events(rows, *keep).await,
                 };
                 match result {
                     Ok(()) => break,
@@ -41,12 +49,27 @@ pub fn start(storage: Storage, session_id: String) -> mpsc::UnboundedSender<Pers
                         delay = (delay * 2).min(Duration::from_secs(5));
                     }
                     Err(e) => {
-                        log::error!("session {session_id}: could not store {job:?}: {e}");
+                        log::error!("session {session_id}: could not store {}: {e}", job.describe());
                         break;
                     }
                 }
             }
+            if let PersistJob::Events { rows, stored, .. } = &mut job {
+                let last = rows.last().map(|r| r.event_id).unwrap_or(0);
+                let (done, _) = oneshot::channel();
+                let _ = std::mem::replace(stored, done).send(last);
+            }
         }
     });
     tx
+}
+
+impl PersistJob {
+    fn describe(&self) -> String {
+        match self {
+            PersistJob::Status { to, .. } => format!("status {}", to.as_str()),
+            PersistJob::TurnFinished(r) => format!("turn {}", r.turn_id),
+            PersistJob::Events { rows, .. } => format!("{} events", rows.len()),
+        }
+    }
 }

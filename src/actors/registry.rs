@@ -20,6 +20,7 @@ use crate::cli::command::{AgentOptions, StartMode, build_args, build_env, transc
 use crate::cli::process::{self, LaunchSpec};
 use crate::error::ApiError;
 use crate::memory::{self, MemorySample};
+use crate::sessions::hub::EventHub;
 use crate::settings::Settings;
 use crate::storage::{SessionRow, Storage};
 
@@ -71,6 +72,7 @@ struct Entry {
 
 pub struct Registry {
     limits: Limits,
+    hub: Arc<EventHub>,
     settings: Arc<Settings>,
     storage: Storage,
     entries: HashMap<String, Entry>,
@@ -81,8 +83,9 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(settings: Arc<Settings>, storage: Storage) -> Self {
+    pub fn new(settings: Arc<Settings>, storage: Storage, hub: Arc<EventHub>) -> Self {
         Self {
+            hub,
             limits: Limits::from_settings(&settings),
             settings,
             storage,
@@ -152,7 +155,8 @@ impl Registry {
             total_cost_usd: row.total_cost_usd,
             tmp_dir,
         };
-        let addr = SessionActor::new(setup, child, me, self.storage.clone(), self.settings.clone()).start();
+        let addr =
+            SessionActor::new(setup, child, me, self.storage.clone(), self.settings.clone(), self.hub.clone()).start();
         let (ended, _) = watch::channel(false);
         self.entries.insert(
             row.session_id.clone(),

@@ -3,7 +3,7 @@
 //! strictly sequential. The actor lives exactly as long as its process: when the process ends
 //! (close, eviction, crash, shutdown) the actor records why, tells the registry and stops.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,8 +23,9 @@ use crate::clock;
 use crate::error::ApiError;
 use crate::sessions::SessionStatus;
 use crate::sessions::events::{self, SessionEvent, ToolCall, TurnOutcome, TurnResult};
+use crate::sessions::hub::EventHub;
 use crate::settings::Settings;
-use crate::storage::{Storage, TurnRecord};
+use crate::storage::{EventRow, Storage, TurnRecord};
 
 /// How long the CLI may take to answer `initialize`.
 const INITIALIZE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -32,6 +33,9 @@ const INITIALIZE_TIMEOUT: Duration = Duration::from_secs(60);
 const INTERRUPT_GRACE: Duration = Duration::from_secs(5);
 /// Frames buffered for one client; a client further behind is dropped (it can reconnect).
 pub const CLIENT_BUFFER: usize = 4096;
+/// Events are written in batches: after this delay, or at this size, or at the end of a turn.
+const EVENT_FLUSH_DELAY: Duration = Duration::from_millis(100);
+const EVENT_FLUSH_SIZE: usize = 64;
 
 /// Why a session's process is stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +146,13 @@ pub struct SessionActor {
     stop_after_turn: Option<StopReason>,
     /// What went wrong before the CLI became ready (e.g. a failed resume).
     start_error: Option<String>,
+    hub: Arc<EventHub>,
+    /// Events not yet confirmed stored, oldest first (followers read them at the seam).
+    unstored: VecDeque<Arc<SessionEvent>>,
+    /// Highest event id handed to the writer.
+    handed_up_to: i64,
+    flush_scheduled: bool,
+    replay_keep: i64,
 }
 
 impl SessionActor {
@@ -151,8 +162,14 @@ impl SessionActor {
         registry: Addr<Registry>,
         storage: Storage,
         settings: Arc<Settings>,
+        hub: Arc<EventHub>,
     ) -> Self {
         SessionActor {
+            hub,
+            unstored: VecDeque::new(),
+            handed_up_to: setup.last_event_id,
+            flush_scheduled: false,
+            replay_keep: settings.events.replay as i64,
             persist: persist::start(storage, setup.session_id.clone()),
             id: setup.session_id,
             cli_session_id: setup.cli_session_id,
@@ -196,17 +213,59 @@ impl SessionActor {
 
     /// Numbers an event and hands it to the turn's client. A client that cannot keep up is
     /// dropped rather than slowing the turn.
-    fn emit(&mut self, json: String, outcome: Option<TurnOutcome>) {
+    fn emit(&mut self, json: String, outcome: Option<TurnOutcome>, ctx: &mut Context<Self>) {
         let Some(turn) = self.turn.as_mut() else { return };
         let event =
             Arc::new(SessionEvent { id: self.next_event_id, turn_id: turn.id.clone(), json: json.into(), outcome });
         self.next_event_id += 1;
         if let Some(sink) = &turn.sink
-            && sink.try_send(event).is_err()
+            && sink.try_send(event.clone()).is_err()
         {
             log::info!("session {}: client gone or too slow; the turn goes on without it", self.id);
             turn.sink = None;
         }
+        self.hub.publish(&self.id, &event);
+        self.unstored.push_back(event);
+        let waiting = (self.next_event_id - 1 - self.handed_up_to) as usize;
+        if waiting >= EVENT_FLUSH_SIZE {
+            self.flush_events(ctx);
+        } else if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            ctx.run_later(EVENT_FLUSH_DELAY, |act, ctx| {
+                act.flush_scheduled = false;
+                act.flush_events(ctx);
+            });
+        }
+    }
+
+    /// Hands the events not yet handed to the writer; they stay in memory until it confirms.
+    /// The receiver resolves once they are stored.
+    fn flush_events(&mut self, ctx: &mut Context<Self>) -> Option<oneshot::Receiver<()>> {
+        let rows: Vec<EventRow> = self
+            .unstored
+            .iter()
+            .filter(|e| e.id > self.handed_up_to)
+            .map(|e| EventRow {
+                session_id: self.id.clone(),
+                event_id: e.id,
+                turn_id: e.turn_id.to_string(),
+                payload: e.json.to_string(),
+                created_at: clock::now_ms(),
+            })
+            .collect();
+        self.handed_up_to = rows.last()?.event_id;
+        let (stored, confirmed) = oneshot::channel();
+        let _ = self.persist.send(PersistJob::Events { rows, keep: self.replay_keep, stored });
+        let (notify, done) = oneshot::channel();
+        ctx.spawn(async move { confirmed.await.ok() }.into_actor(self).map(move |stored, act, _| {
+            if let Some(up_to) = stored {
+                while act.unstored.front().is_some_and(|e| e.id <= up_to) {
+                    act.unstored.pop_front();
+                }
+            }
+            let _ = notify.send(());
+        }));
+        Some(done)
     }
 
     fn on_message(&mut self, message: CliMessage, ctx: &mut Context<Self>) {
@@ -235,7 +294,7 @@ impl SessionActor {
                     && let Some(turn) = self.turn.as_mut()
                 {
                     turn.streamed_since_block = true;
-                    self.emit(events::text_delta(&text), None);
+                    self.emit(events::text_delta(&text), None, ctx);
                 }
             }
             CliMessage::Assistant(a) => {
@@ -248,7 +307,7 @@ impl SessionActor {
                             let Some(turn) = self.turn.as_mut() else { return };
                             turn.assistant_text.push_str(text);
                             if !turn.streamed_since_block {
-                                self.emit(events::text_delta(text), None);
+                                self.emit(events::text_delta(text), None, ctx);
                             }
                         }
                         ContentBlock::ToolUse { id, name, input } => {
@@ -260,7 +319,7 @@ impl SessionActor {
                                 output: Value::Null,
                                 is_error: false,
                             });
-                            self.emit(events::tool_use(id, name, input), None);
+                            self.emit(events::tool_use(id, name, input), None, ctx);
                         }
                         _ => {}
                     }
@@ -283,7 +342,7 @@ impl SessionActor {
                             call.is_error = is_error;
                             call.tool.clone()
                         });
-                        self.emit(events::tool_result(tool_use_id, name.as_deref(), &output, is_error), None);
+                        self.emit(events::tool_result(tool_use_id, name.as_deref(), &output, is_error), None, ctx);
                     }
                 }
             }
@@ -337,7 +396,8 @@ impl SessionActor {
             TurnOutcome::Done { result, .. } => events::done(result),
             TurnOutcome::Failed(err) => events::error(err),
         };
-        self.emit(json, Some(outcome));
+        self.emit(json, Some(outcome), ctx);
+        self.flush_events(ctx);
         let Some(turn) = self.turn.take() else { return };
         let usage = summary.as_ref().map(|s| s.usage.clone()).unwrap_or_default();
         let record = TurnRecord {
@@ -458,8 +518,20 @@ impl SessionActor {
         }
         let _ = std::fs::remove_dir_all(&self.tmp_dir);
         self.registry.do_send(Stopping { session_id: self.id.clone() });
-        self.registry.do_send(Ended { session_id: self.id.clone() });
-        ctx.stop();
+        // End only once every event is stored: a follower that connects after this actor is
+        // gone replays from storage alone.
+        let last_flush = self.flush_events(ctx);
+        let pending: Vec<i64> = self.unstored.iter().map(|e| e.id).collect();
+        let wait = async move {
+            if let Some(flush) = last_flush {
+                let _ = tokio::time::timeout(Duration::from_secs(10), flush).await;
+            }
+            pending
+        };
+        ctx.spawn(wait.into_actor(self).map(|_, act, ctx| {
+            act.registry.do_send(Ended { session_id: act.id.clone() });
+            ctx.stop();
+        }));
     }
 
     fn on_ready(&mut self) {
@@ -671,5 +743,20 @@ impl Handler<Stop> for SessionActor {
                 self.begin_stop(reason, ctx);
             }
         }
+    }
+}
+
+/// Events of this session after `after` that are not yet confirmed stored (the follower's seam).
+#[derive(Message)]
+#[rtype(result = "Vec<Arc<SessionEvent>>")]
+pub struct UnstoredEvents {
+    pub after: i64,
+}
+
+impl Handler<UnstoredEvents> for SessionActor {
+    type Result = MessageResult<UnstoredEvents>;
+
+    fn handle(&mut self, msg: UnstoredEvents, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.unstored.iter().filter(|e| e.id > msg.after).cloned().collect())
     }
 }

@@ -21,7 +21,13 @@ pub const MAX_TIMEOUT_SECS: u64 = 3600;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/chat").route(web::post().to(post_chat)))
         .service(resource("/chat/stream").route(web::post().to(post_chat_stream)))
-        .service(resource("/sessions/{session_id}/interrupt").route(web::post().to(post_interrupt)));
+        .service(resource("/sessions/{session_id}/interrupt").route(web::post().to(post_interrupt)))
+        .service(
+            resource("/sessions/{session_id}/messages")
+                .route(web::get().to(list_messages))
+                .route(web::post().to(post_message)),
+        )
+        .service(resource("/sessions/{session_id}/events").route(web::get().to(get_events)));
 }
 
 /// The seed's chat body; `user_id` is optional (checked against the key when given).
@@ -44,19 +50,23 @@ impl ChatRequest {
                 return Err(ApiError::Forbidden("A user key can only act for its own user".into()));
             }
         }
-        let mut errors = Vec::new();
-        let chars = self.message.chars().count();
-        if self.message.trim().is_empty() {
-            errors.push(FieldError::new("message", "must not be blank"));
-        } else if chars > MAX_MESSAGE_CHARS {
-            errors.push(FieldError::new("message", format!("must be at most {MAX_MESSAGE_CHARS} characters")));
-        }
-        let timeout = self.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS);
-        if !(1..=MAX_TIMEOUT_SECS).contains(&timeout) {
-            errors.push(FieldError::new("timeout", format!("must be from 1 to {MAX_TIMEOUT_SECS} seconds")));
-        }
-        if errors.is_empty() { Ok(Duration::from_secs(timeout)) } else { Err(ApiError::Validation(errors)) }
+        validate_turn(&self.message, self.timeout)
     }
+}
+
+/// The message (1–100000 characters, not blank) and timeout (1–3600 s) of a turn.
+fn validate_turn(message: &str, timeout: Option<u64>) -> Result<Duration, ApiError> {
+    let mut errors = Vec::new();
+    if message.trim().is_empty() {
+        errors.push(FieldError::new("message", "must not be blank"));
+    } else if message.chars().count() > MAX_MESSAGE_CHARS {
+        errors.push(FieldError::new("message", format!("must be at most {MAX_MESSAGE_CHARS} characters")));
+    }
+    let timeout = timeout.unwrap_or(DEFAULT_TIMEOUT_SECS);
+    if !(1..=MAX_TIMEOUT_SECS).contains(&timeout) {
+        errors.push(FieldError::new("timeout", format!("must be from 1 to {MAX_TIMEOUT_SECS} seconds")));
+    }
+    if errors.is_empty() { Ok(Duration::from_secs(timeout)) } else { Err(ApiError::Validation(errors)) }
 }
 
 /// `POST /chat` answer (seed fields, filled in properly).
@@ -119,4 +129,68 @@ async fn post_interrupt(state: web::Data<AppState>, caller: Caller, path: web::P
     let session_id = path.into_inner();
     let turn_id = state.sessions.interrupt(&caller, &session_id).await?;
     Ok(HttpResponse::Accepted().json(Interrupting { session_id, turn_id }))
+}
+
+#[derive(Debug, Deserialize)]
+struct MessagesParams {
+    limit: Option<i64>,
+    before: Option<i64>,
+}
+
+async fn list_messages(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    params: web::Query<MessagesParams>,
+) -> ApiResult {
+    let messages = state.sessions.history(&caller, &path, params.before, params.limit).await?;
+    Ok(HttpResponse::Ok().json(messages))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageRequest {
+    message: String,
+    timeout: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct TurnAccepted {
+    turn_id: String,
+    first_event_id: i64,
+}
+
+/// Starts a turn without holding the connection; its events are on `/events`.
+async fn post_message(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    JsonBody(req): JsonBody<MessageRequest>,
+) -> ApiResult {
+    let timeout = validate_turn(&req.message, req.timeout)?;
+    let turn = state.sessions.start_turn(&caller, &path, req.message, timeout).await?;
+    Ok(HttpResponse::Accepted().json(TurnAccepted { turn_id: turn.turn_id, first_event_id: turn.first_event_id }))
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsParams {
+    last_event_id: Option<i64>,
+}
+
+/// The EventSource stream of every turn of a session: replay after `Last-Event-ID` (header,
+/// or `?last_event_id=`), then live. Browsers may authenticate with `?access_token=`.
+async fn get_events(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    params: web::Query<EventsParams>,
+    req: actix_web::HttpRequest,
+) -> Result<impl actix_web::Responder, ApiError> {
+    let header = req.headers().get("last-event-id").and_then(|v| v.to_str().ok()).map(str::trim);
+    let after = match header.filter(|v| !v.is_empty()) {
+        Some(v) => v.parse::<i64>().map_err(|_| ApiError::validation("Last-Event-ID", "must be an event id"))?,
+        None => params.last_event_id.unwrap_or(0),
+    };
+    let events = state.sessions.follow(&caller, &path, after).await?;
+    Ok(sse::respond(events, false))
 }

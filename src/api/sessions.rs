@@ -16,8 +16,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(get_session))
                 .route(web::delete().to(delete_session)),
         )
-        .service(resource("/sessions/{session_id}/resume").route(web::post().to(resume_session)))
-        .service(resource("/sessions/{session_id}/messages").route(web::get().to(list_messages)));
+        .service(resource("/sessions/{session_id}/resume").route(web::post().to(resume_session)));
 }
 
 async fn create_session(
@@ -75,20 +74,4 @@ async fn delete_session(
 async fn resume_session(state: web::Data<AppState>, caller: Caller, path: web::Path<String>) -> ApiResult {
     let row = state.sessions.resume(&caller, &path).await?;
     Ok(HttpResponse::Ok().json(Session::from(row)))
-}
-
-#[derive(Debug, Deserialize)]
-struct MessagesParams {
-    limit: Option<i64>,
-    before: Option<i64>,
-}
-
-async fn list_messages(
-    state: web::Data<AppState>,
-    caller: Caller,
-    path: web::Path<String>,
-    params: web::Query<MessagesParams>,
-) -> ApiResult {
-    let messages = state.sessions.history(&caller, &path, params.before, params.limit).await?;
-    Ok(HttpResponse::Ok().json(messages))
 }

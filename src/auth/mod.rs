@@ -108,8 +108,23 @@ impl Authenticator {
     }
 }
 
-/// The key a request carries: `Authorization: Bearer <key>` or `X-API-Key: <key>`.
-pub fn presented_key(req: &HttpRequest) -> Option<&str> {
+/// The key a request carries: `Authorization: Bearer <key>` or `X-API-Key: <key>`; on the
+/// events stream also `?access_token=<key>` (EventSource cannot send headers).
+pub fn presented_key(req: &HttpRequest) -> Option<String> {
+    header_key(req).map(str::to_owned).or_else(|| {
+        if req.method() != actix_web::http::Method::GET || !req.path().ends_with("/events") {
+            return None;
+        }
+        web::Query::<AccessToken>::from_query(req.query_string()).ok().and_then(|q| q.0.access_token)
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct AccessToken {
+    access_token: Option<String>,
+}
+
+fn header_key(req: &HttpRequest) -> Option<&str> {
     let headers = req.headers();
     if let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let mut parts = value.splitn(2, ' ');
@@ -128,7 +143,7 @@ impl FromRequest for Caller {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let state = req.app_data::<web::Data<AppState>>().cloned();
-        let presented = presented_key(req).map(str::to_owned);
+        let presented = presented_key(req);
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::Internal("application state missing".into()))?;
             state.authenticator.authenticate(&state.storage, presented.as_deref()).await

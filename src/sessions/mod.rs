@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod files;
+pub mod hub;
 pub mod options;
 mod status;
 pub mod workspace;
@@ -15,12 +16,15 @@ use actix::Addr;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::actors::session::UnstoredEvents;
 use crate::actors::{
     Interrupt, Launch, Lookup, Registry, Retire, SessionActor, StartTurn, StopReason, TurnRefused, TurnStarted,
 };
 use crate::auth::Caller;
 use crate::clock;
 use crate::error::ApiError;
+use crate::sessions::events::SessionEvent;
+use crate::sessions::hub::EventHub;
 use crate::settings::Settings;
 use crate::storage::{SessionFilter, SessionRow, Storage};
 pub use status::SessionStatus;
@@ -123,13 +127,20 @@ pub struct SessionService {
     settings: Arc<Settings>,
     storage: Storage,
     registry: Addr<Registry>,
+    hub: Arc<EventHub>,
     /// Canonical `user.base_dir`.
     users_root: PathBuf,
 }
 
 impl SessionService {
-    pub fn new(settings: Arc<Settings>, storage: Storage, registry: Addr<Registry>, users_root: PathBuf) -> Self {
-        Self { settings, storage, registry, users_root }
+    pub fn new(
+        settings: Arc<Settings>,
+        storage: Storage,
+        registry: Addr<Registry>,
+        hub: Arc<EventHub>,
+        users_root: PathBuf,
+    ) -> Self {
+        Self { settings, storage, registry, hub, users_root }
     }
 
     pub async fn create(&self, caller: &Caller, req: CreateSession) -> Result<Session, ApiError> {
@@ -319,6 +330,55 @@ impl SessionService {
         }
         let rows = self.storage.list_messages(&row.session_id, before, limit).await?;
         Ok(rows.into_iter().map(Message::from).collect())
+    }
+
+    /// Every event of the session after `after`: the stored ones, then those not yet stored,
+    /// then live ones, with no gap and no duplicate at the seams. The live feed is subscribed
+    /// to first, so an event is always in one of the three; duplicates are dropped by id.
+    pub async fn follow(
+        &self,
+        caller: &Caller,
+        session_id: &str,
+        after: i64,
+    ) -> Result<tokio::sync::mpsc::Receiver<Arc<SessionEvent>>, ApiError> {
+        let row = self.get(caller, session_id).await?;
+        let mut live = self.hub.subscribe(&row.session_id);
+        let unstored = match self.registry.send(Lookup { session_id: row.session_id.clone() }).await? {
+            Some(actor) => actor.send(UnstoredEvents { after }).await.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let mut replay: std::collections::BTreeMap<i64, Arc<SessionEvent>> = self
+            .storage
+            .list_events(&row.session_id, after)
+            .await?
+            .into_iter()
+            .map(|e| {
+                let event =
+                    SessionEvent { id: e.event_id, turn_id: e.turn_id.into(), json: e.payload.into(), outcome: None };
+                (e.event_id, Arc::new(event))
+            })
+            .collect();
+        replay.extend(unstored.into_iter().map(|e| (e.id, e)));
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::actors::session::CLIENT_BUFFER);
+        actix_web::rt::spawn(async move {
+            let mut last = after;
+            for (id, event) in replay {
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+                last = id;
+            }
+            // A follower that falls behind the live buffer is dropped: it reconnects with its last id.
+            while let Ok(event) = live.recv().await {
+                if event.id > last {
+                    last = event.id;
+                    if tx.send(event).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
     }
 
     /// The canonical working directory of one of the caller's sessions (for its files).

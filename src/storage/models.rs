@@ -55,3 +55,14 @@ pub struct NewMessage<'a> {
     pub created_at: i64,
     pub cost_usd: Option<f64>,
 }
+
+/// A stored event (the SSE frame's JSON), kept for replay.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = super::schema::events)]
+pub struct EventRow {
+    pub session_id: String,
+    pub event_id: i64,
+    pub turn_id: String,
+    pub payload: String,
+    pub created_at: i64,
+}

@@ -5,7 +5,7 @@ use diesel_async::AsyncConnection;
 use diesel_async::RunQueryDsl;
 
 use super::schema::{events, messages, sessions};
-use super::{NewMessage, SessionRow, Storage, StorageError, run};
+use super::{EventRow, NewMessage, SessionRow, Storage, StorageError, run};
 use crate::sessions::SessionStatus;
 
 /// Which sessions a listing returns (newest first).
@@ -241,5 +241,45 @@ impl Storage {
         })?;
         rows.reverse();
         Ok(rows)
+    }
+}
+
+impl Storage {
+    /// Stores a batch of events and keeps only the latest `keep` of the session, in one
+    /// transaction; also records the highest id on the session row.
+    pub async fn insert_events(&self, rows: &[EventRow], keep: i64) -> Result<(), StorageError> {
+        let Some(last) = rows.last() else { return Ok(()) };
+        let (session_id, last_id) = (last.session_id.clone(), last.event_id);
+        let rows = rows.to_vec();
+        run!(self, [rows, session_id, last_id, keep], |conn| {
+            conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
+                for row in rows.iter() {
+                    diesel::insert_into(events::table).values(row).execute(conn).await?;
+                }
+                diesel::delete(
+                    events::table.filter(events::session_id.eq(session_id)).filter(events::event_id.le(last_id - keep)),
+                )
+                .execute(conn)
+                .await?;
+                diesel::update(sessions::table.find(session_id))
+                    .filter(sessions::last_event_id.lt(last_id))
+                    .set(sessions::last_event_id.eq(last_id))
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+            .await?
+        })
+    }
+
+    /// Stored events of a session after `after`, oldest first.
+    pub async fn list_events(&self, session_id: &str, after: i64) -> Result<Vec<EventRow>, StorageError> {
+        run!(self, [session_id, after], |conn| events::table
+            .filter(events::session_id.eq(session_id))
+            .filter(events::event_id.gt(after))
+            .select(EventRow::as_select())
+            .order(events::event_id.asc())
+            .load(conn)
+            .await?)
     }
 }

@@ -350,6 +350,31 @@ impl TestApp {
         SseReader { res: Box::new(res), buffer: String::new() }
     }
 
+    /// Opens `/events` (path and query given) with an optional key header and `Last-Event-ID`.
+    pub async fn open_events(&self, path_and_query: &str, key: Option<&str>, last_event_id: Option<&str>) -> SseReader {
+        let mut req = self.client.get(format!("{}{path_and_query}", self.address));
+        if let Some(key) = key {
+            req = req.insert_header(("Authorization", format!("Bearer {key}")));
+        }
+        if let Some(last) = last_event_id {
+            req = req.insert_header(("Last-Event-ID", last));
+        }
+        let res = req.send().await.expect("answered");
+        assert_eq!(res.status(), StatusCode::OK, "events stream opens");
+        SseReader { res: Box::new(res), buffer: String::new() }
+    }
+
+    /// Starts a turn with `POST /messages` (202) and returns its body.
+    pub async fn post_message(&self, key: &str, id: &str, message: &str) -> TestResponse {
+        self.request(
+            Method::POST,
+            &format!("/api/v1/sessions/{id}/messages"),
+            Some(key),
+            Some(json!({ "message": message })),
+        )
+        .await
+    }
+
     pub async fn interrupt(&self, key: &str, id: &str) -> TestResponse {
         self.request(Method::POST, &format!("/api/v1/sessions/{id}/interrupt"), Some(key), None).await
     }
@@ -421,6 +446,29 @@ impl SseReader {
             }
             let chunk = tokio::time::timeout(Duration::from_secs(30), self.res.next()).await.ok()??.ok()?;
             self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// The next `n` frames (panics if the stream ends first).
+    pub async fn take(&mut self, n: usize) -> Vec<(i64, Value)> {
+        let mut frames = Vec::with_capacity(n);
+        while frames.len() < n {
+            frames
+                .push(self.next_frame().await.unwrap_or_else(|| panic!("stream ended after {} frames", frames.len())));
+        }
+        frames
+    }
+
+    /// Frames up to and including the next `done` or `error`.
+    pub async fn until_turn_end(&mut self) -> Vec<(i64, Value)> {
+        let mut frames = Vec::new();
+        loop {
+            let frame = self.next_frame().await.expect("the turn ends before the stream does");
+            let end = frame.1["type"] == "done" || frame.1["type"] == "error";
+            frames.push(frame);
+            if end {
+                return frames;
+            }
         }
     }
 

@@ -2,6 +2,7 @@
 
 mod auth;
 mod chat;
+mod events;
 mod helpers;
 mod history_files;
 mod processes;
