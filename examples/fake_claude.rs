@@ -22,6 +22,9 @@
 //! | `history`          | answers every earlier user message of the session, joined by ` | ` |
 //! | `stamp`            | answers `stamp:<ns since epoch>` taken just before writing the first delta |
 //!
+//! With `--permission-prompt-tool=stdio`, `tool`, `write` and `link` first ask with a
+//! `can_use_tool` control request and obey the answer (an allow's `updatedInput` is used).
+//!
 //! Environment: `FAKE_CLAUDE_INIT_DELAY_MS` delays the `initialize` answer (a slow start);
 //! `FAKE_CLAUDE_ARGV_LOG` appends the argument list and chosen environment to that file.
 
@@ -42,6 +45,15 @@ struct Session {
     total_cost: f64,
     result_index: u64,
     queued: Vec<Value>,
+    ask_permissions: bool,
+    asked: u64,
+}
+
+/// The host's answer to a `can_use_tool`.
+enum Permission {
+    Allow(Value),
+    Deny(String),
+    Interrupted,
 }
 
 enum Input {
@@ -76,8 +88,18 @@ fn main() {
         (None, None) => (format!("{:032x}", std::process::id()), false),
     };
     let history_file = project_dir.join(format!("{id}.jsonl"));
-    let mut session =
-        Session { id, cwd, history_file, history: Vec::new(), total_cost: 0.0, result_index: 0, queued: Vec::new() };
+    let ask_permissions = args.iter().any(|a| a == "--permission-prompt-tool=stdio");
+    let mut session = Session {
+        id,
+        cwd,
+        history_file,
+        history: Vec::new(),
+        total_cost: 0.0,
+        result_index: 0,
+        queued: Vec::new(),
+        ask_permissions,
+        asked: 0,
+    };
     if resume {
         match std::fs::read_to_string(&session.history_file) {
             Ok(text) => {
@@ -209,6 +231,40 @@ fn wait(session: &mut Session, d: Duration, rx: &Receiver<Input>, obey: bool) ->
     }
 }
 
+/// Asks the host whether a tool may run (only when started with the stdio prompt tool).
+fn ask(session: &mut Session, rx: &Receiver<Input>, tool: &str, input: &Value, tool_use_id: &str) -> Permission {
+    if !session.ask_permissions {
+        return Permission::Allow(input.clone());
+    }
+    session.asked += 1;
+    let request_id = format!("perm-{}-{}", std::process::id(), session.asked);
+    emit(&json!({"type":"control_request","request_id":request_id,"request":{"subtype":"can_use_tool",
+        "tool_name":tool,"input":input,"tool_use_id":tool_use_id}}));
+    loop {
+        let Ok(Input::Line(v)) = rx.recv() else { std::process::exit(0) };
+        if v["type"] == "control_response" && v["response"]["request_id"] == request_id.as_str() {
+            let r = &v["response"];
+            if r["subtype"] != "success" {
+                return Permission::Deny(r["error"].as_str().unwrap_or("error").to_string());
+            }
+            return match r["response"]["behavior"].as_str() {
+                Some("allow") => Permission::Allow(r["response"]["updatedInput"].clone()),
+                _ => Permission::Deny(r["response"]["message"].as_str().unwrap_or("denied").to_string()),
+            };
+        }
+        if v["type"] == "control_request" && v["request"]["subtype"] == "interrupt" {
+            control_success(v["request_id"].as_str().unwrap_or(""), json!({"still_queued": []}));
+            emit(&json!({"type":"control_cancel_request","request_id":request_id}));
+            return Permission::Interrupted;
+        }
+        if v["type"] == "control_request" {
+            handle(session, v, rx);
+        } else if v["type"] != "control_response" {
+            session.queued.push(v);
+        }
+    }
+}
+
 fn delta(session: &Session, text: &str) {
     emit(&json!({"type":"stream_event","event":{"type":"content_block_delta","index":0,
         "delta":{"type":"text_delta","text":text}},"session_id":session.id,"parent_tool_use_id":null}));
@@ -287,8 +343,21 @@ fn turn(session: &mut Session, text: &str, uuid: &str, rx: &Receiver<Input>) {
         "tool" => {
             let input = json!({"command":"echo hi","description":"Print hi"});
             assistant(session, json!([{"type":"tool_use","id":"toolu_fake1","name":"Bash","input":input}]));
-            tool_result(session, "toolu_fake1", "hi", false);
-            let answer = "The command printed hi.";
+            let answer = match ask(session, rx, "Bash", &input, "toolu_fake1") {
+                Permission::Allow(_) => {
+                    tool_result(session, "toolu_fake1", "hi", false);
+                    "The command printed hi.".to_string()
+                }
+                Permission::Deny(why) => {
+                    tool_result(session, "toolu_fake1", &format!("Permission denied: {why}"), true);
+                    format!("I was not allowed to run it: {why}")
+                }
+                Permission::Interrupted => {
+                    finish(session, text, uuid, "error_during_execution", "", started, 1);
+                    return;
+                }
+            };
+            let answer = answer.as_str();
             delta(session, answer);
             assistant(session, json!([{"type":"text","text":answer}]));
             finish(session, text, uuid, "success", answer, started, 2);
@@ -297,16 +366,28 @@ fn turn(session: &mut Session, text: &str, uuid: &str, rx: &Receiver<Input>) {
             let name = words.get(1).copied().unwrap_or("out.txt");
             let content = words.get(2..).map(|w| w.join(" ")).unwrap_or_default();
             let path = format!("{}/{name}", session.cwd);
-            assistant(
-                session,
-                json!([{"type":"tool_use","id":"toolu_fake2","name":"Write",
-                "input":{"file_path":path,"content":content}}]),
-            );
-            match std::fs::write(&path, &content) {
-                Ok(()) => tool_result(session, "toolu_fake2", &format!("File created successfully at: {path}"), false),
-                Err(e) => tool_result(session, "toolu_fake2", &format!("Error: {e}"), true),
-            }
-            let answer = format!("Wrote {name}.");
+            let input = json!({"file_path":path,"content":content});
+            assistant(session, json!([{"type":"tool_use","id":"toolu_fake2","name":"Write","input":input}]));
+            let answer = match ask(session, rx, "Write", &input, "toolu_fake2") {
+                Permission::Allow(input) => {
+                    let content = input["content"].as_str().unwrap_or_default().to_string();
+                    match std::fs::write(&path, &content) {
+                        Ok(()) => {
+                            tool_result(session, "toolu_fake2", &format!("File created successfully at: {path}"), false)
+                        }
+                        Err(e) => tool_result(session, "toolu_fake2", &format!("Error: {e}"), true),
+                    }
+                    format!("Wrote {name}.")
+                }
+                Permission::Deny(why) => {
+                    tool_result(session, "toolu_fake2", &format!("Permission denied: {why}"), true);
+                    format!("Could not write {name}: {why}")
+                }
+                Permission::Interrupted => {
+                    finish(session, text, uuid, "error_during_execution", "", started, 1);
+                    return;
+                }
+            };
             delta(session, &answer);
             assistant(session, json!([{"type":"text","text":answer}]));
             finish(session, text, uuid, "success", &answer, started, 2);

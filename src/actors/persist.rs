@@ -17,6 +17,8 @@ pub enum PersistJob {
         from: &'static [SessionStatus],
     },
     TurnFinished(Box<TurnRecord>),
+    /// "Always allow" this tool in this session.
+    AllowTool(String),
     /// A batch of events; `stored` gets the last id once they are in storage (or given up on).
     Events {
         rows: Vec<EventRow>,
@@ -40,6 +42,7 @@ pub fn start(storage: Storage, session_id: String) -> mpsc::UnboundedSender<Pers
                     }
                     PersistJob::TurnFinished(record) => storage.finish_turn(record).await,
                     PersistJob::Events { rows, keep, .. } => storage.insert_events(rows, *keep).await,
+                    PersistJob::AllowTool(tool) => storage.allow_tool(&session_id, tool).await,
                 };
                 match result {
                     Ok(()) => break,
@@ -70,6 +73,7 @@ impl PersistJob {
             PersistJob::Status { to, .. } => format!("status {}", to.as_str()),
             PersistJob::TurnFinished(r) => format!("turn {}", r.turn_id),
             PersistJob::Events { rows, .. } => format!("{} events", rows.len()),
+            PersistJob::AllowTool(tool) => format!("always-allow of {tool}"),
         }
     }
 }

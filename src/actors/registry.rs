@@ -154,6 +154,7 @@ impl Registry {
             last_event_id: row.last_event_id,
             total_cost_usd: row.total_cost_usd,
             tmp_dir,
+            always_allowed: options.allowed_tools.clone(),
         };
         let addr =
             SessionActor::new(setup, child, me, self.storage.clone(), self.settings.clone(), self.hub.clone()).start();

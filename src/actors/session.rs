@@ -16,8 +16,8 @@ use super::persist::{self, PersistJob};
 use super::registry::{AcquireTurnSlot, Activity, Ended, Registry, Stopping, TurnPermit};
 use crate::cli::process::{CliProcess, ExitInfo, MAX_LINE_BYTES, StdoutItem, stdout_messages};
 use crate::cli::protocol::{
-    CliMessage, ContentBlock, Delta, OutgoingControlRequest, OutgoingControlResponse, ResultMessage, StreamEvent,
-    UserInput, to_line, tool_result_text,
+    CliMessage, ContentBlock, Delta, IncomingControlRequest, OutgoingControlRequest, OutgoingControlResponse,
+    ResultMessage, StreamEvent, UserInput, to_line, tool_result_text,
 };
 use crate::clock;
 use crate::error::ApiError;
@@ -84,6 +84,9 @@ pub struct SessionSetup {
     pub last_event_id: i64,
     pub total_cost_usd: f64,
     pub tmp_dir: PathBuf,
+    /// Tools answered "allow" without asking the client (the session's allowed tools,
+    /// including those the client chose to always allow).
+    pub always_allowed: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +150,10 @@ pub struct SessionActor {
     /// What went wrong before the CLI became ready (e.g. a failed resume).
     start_error: Option<String>,
     hub: Arc<EventHub>,
+    /// Open `can_use_tool` requests by request id.
+    permissions: HashMap<String, PendingPermission>,
+    /// Tools the client chose to always allow in this session.
+    always_allowed: std::collections::HashSet<String>,
     /// Events not yet confirmed stored, oldest first (followers read them at the seam).
     unstored: VecDeque<Arc<SessionEvent>>,
     /// Highest event id handed to the writer.
@@ -166,6 +173,8 @@ impl SessionActor {
     ) -> Self {
         SessionActor {
             hub,
+            permissions: HashMap::new(),
+            always_allowed: setup.always_allowed.iter().cloned().collect(),
             unstored: VecDeque::new(),
             handed_up_to: setup.last_event_id,
             flush_scheduled: false,
@@ -281,13 +290,17 @@ impl SessionActor {
                     let _ = waiter.send(result);
                 }
             }
+            CliMessage::ControlRequest(req) if req.subtype() == "can_use_tool" => self.on_permission_request(req, ctx),
             CliMessage::ControlRequest(req) => {
                 // Requests we do not serve get an error answer, so the CLI never waits on us.
                 let message = format!("unsupported control request: {}", req.subtype());
                 log::debug!("session {}: {message}", self.id);
                 self.write(to_line(&OutgoingControlResponse::error(&req.request_id, &message)));
             }
-            CliMessage::ControlCancel { .. } | CliMessage::System(_) | CliMessage::Unknown => {}
+            CliMessage::ControlCancel { request_id } => {
+                self.permissions.remove(&request_id);
+            }
+            CliMessage::System(_) | CliMessage::Unknown => {}
             CliMessage::StreamEvent(e) => {
                 if e.parent_tool_use_id.is_none()
                     && let StreamEvent::ContentBlockDelta { delta: Delta::Text { text } } = e.event
@@ -399,6 +412,7 @@ impl SessionActor {
         self.emit(json, Some(outcome), ctx);
         self.flush_events(ctx);
         let Some(turn) = self.turn.take() else { return };
+        self.deny_pending("the turn ended");
         let usage = summary.as_ref().map(|s| s.usage.clone()).unwrap_or_default();
         let record = TurnRecord {
             session_id: self.id.clone(),
@@ -419,6 +433,49 @@ impl SessionActor {
         self.registry.do_send(Activity { session_id: self.id.clone() });
         if let Some(reason) = self.stop_after_turn.take() {
             self.begin_stop(reason, ctx);
+        }
+    }
+
+    /// `can_use_tool`: answered at once for a tool the client always allows, else a
+    /// `permission_request` event that waits for `POST .../permissions/{id}` or the timeout.
+    fn on_permission_request(&mut self, req: IncomingControlRequest, ctx: &mut Context<Self>) {
+        let tool_name = req.request.get("tool_name").and_then(Value::as_str).unwrap_or("").to_string();
+        let input = req.request.get("input").cloned().unwrap_or(Value::Null);
+        if self.always_allowed.contains(&tool_name) {
+            self.answer_permission(&req.request_id, Ok(input));
+            return;
+        }
+        if self.turn.is_none() {
+            self.answer_permission(&req.request_id, Err("no turn is running".into()));
+            return;
+        }
+        self.emit(events::permission_request(&req.request_id, &tool_name, &input), None, ctx);
+        let request_id = req.request_id.clone();
+        self.permissions.insert(
+            req.request_id,
+            PendingPermission { tool_name, tool_input: input, asked_at: clock::rfc3339(clock::now_ms()) },
+        );
+        ctx.run_later(Duration::from_secs(self.settings.permissions.timeout), move |act, _| {
+            if act.permissions.remove(&request_id).is_some() {
+                act.answer_permission(&request_id, Err("nobody answered the permission request in time".into()));
+            }
+        });
+    }
+
+    /// Allow (with the input to use) or deny (with a message) one `can_use_tool`.
+    fn answer_permission(&self, request_id: &str, decision: Result<Value, String>) {
+        let response = match decision {
+            Ok(input) => json!({ "behavior": "allow", "updatedInput": input }),
+            Err(message) => json!({ "behavior": "deny", "message": message, "interrupt": false }),
+        };
+        self.write(to_line(&OutgoingControlResponse::success(request_id, response)));
+    }
+
+    /// Denies every open request (the turn ended, or the session is stopping).
+    fn deny_pending(&mut self, why: &str) {
+        let ids: Vec<String> = self.permissions.drain().map(|(id, _)| id).collect();
+        for id in ids {
+            self.answer_permission(&id, Err(why.to_string()));
         }
     }
 
@@ -470,6 +527,7 @@ impl SessionActor {
         if self.stopping.is_some() {
             return;
         }
+        self.deny_pending("the session was closed");
         self.stopping = Some(reason);
         self.registry.do_send(Stopping { session_id: self.id.clone() });
         let grace = match reason {
@@ -758,5 +816,59 @@ impl Handler<UnstoredEvents> for SessionActor {
 
     fn handle(&mut self, msg: UnstoredEvents, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.unstored.iter().filter(|e| e.id > msg.after).cloned().collect())
+    }
+}
+
+/// An open tool-approval request, as `GET .../permissions` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PendingPermission {
+    pub tool_name: String,
+    pub tool_input: Value,
+    pub asked_at: String,
+}
+
+/// The client's answer to a `permission_request`.
+#[derive(Message)]
+#[rtype(result = "Result<(), ApiError>")]
+pub struct AnswerPermission {
+    pub request_id: String,
+    pub allow: bool,
+    pub message: Option<String>,
+    pub updated_input: Option<Value>,
+    /// Allow this tool for the rest of the session without asking.
+    pub always: bool,
+}
+
+impl Handler<AnswerPermission> for SessionActor {
+    type Result = Result<(), ApiError>;
+
+    fn handle(&mut self, msg: AnswerPermission, _: &mut Context<Self>) -> Self::Result {
+        let pending = self
+            .permissions
+            .remove(&msg.request_id)
+            .ok_or_else(|| ApiError::NotFound("No open permission request with this id".into()))?;
+        if msg.allow {
+            if msg.always && self.always_allowed.insert(pending.tool_name.clone()) {
+                let _ = self.persist.send(PersistJob::AllowTool(pending.tool_name.clone()));
+            }
+            self.answer_permission(&msg.request_id, Ok(msg.updated_input.unwrap_or(pending.tool_input)));
+        } else {
+            let why = msg.message.unwrap_or_else(|| "The user denied this tool use".into());
+            self.answer_permission(&msg.request_id, Err(why));
+        }
+        Ok(())
+    }
+}
+
+/// The open tool-approval requests of the session, by request id.
+#[derive(Message)]
+#[rtype(result = "Vec<(String, PendingPermission)>")]
+pub struct ListPermissions;
+
+impl Handler<ListPermissions> for SessionActor {
+    type Result = MessageResult<ListPermissions>;
+
+    fn handle(&mut self, _: ListPermissions, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.permissions.iter().map(|(id, p)| (id.clone(), p.clone())).collect())
     }
 }

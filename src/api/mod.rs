@@ -4,6 +4,7 @@ mod chat;
 pub mod extract;
 mod files;
 pub mod middleware;
+mod permissions;
 mod service;
 mod sessions;
 pub mod sse;
@@ -22,6 +23,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(sessions::configure)
             .configure(chat::configure)
             .configure(files::configure)
+            .configure(permissions::configure)
             .configure(users::configure),
     )
     .configure(service::configure);

@@ -89,6 +89,10 @@ pub fn build_args(options: &AgentOptions, plugins: &[String], session_id: &str, 
         args.push(format!("--append-system-prompt={p}"));
     }
     args.push(format!("--permission-mode={}", options.permission_mode));
+    // Tools the rules say to ask about are asked over stdio, and so over HTTP (§3.3).
+    if options.permission_mode != "bypassPermissions" {
+        args.push("--permission-prompt-tool=stdio".into());
+    }
     if let Some(m) = &options.model {
         args.push(format!("--model={m}"));
     }

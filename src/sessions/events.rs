@@ -112,6 +112,16 @@ pub fn tool_result(id: &str, name: Option<&str>, output: &Value, is_error: bool)
     .json()
 }
 
+pub fn permission_request(request_id: &str, tool_name: &str, tool_input: &Value) -> String {
+    Frame {
+        tool_name: Some(tool_name),
+        tool_input: Some(tool_input),
+        request_id: Some(request_id),
+        ..Frame::new("permission_request")
+    }
+    .json()
+}
+
 pub fn done(result: &TurnResult) -> String {
     Frame { text: Some(&result.text), result: Some(result), ..Frame::new("done") }.json()
 }

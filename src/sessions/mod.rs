@@ -16,7 +16,7 @@ use actix::Addr;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::actors::session::UnstoredEvents;
+use crate::actors::session::{AnswerPermission, ListPermissions, PendingPermission, UnstoredEvents};
 use crate::actors::{
     Interrupt, Launch, Lookup, Registry, Retire, SessionActor, StartTurn, StopReason, TurnRefused, TurnStarted,
 };
@@ -379,6 +379,32 @@ impl SessionService {
             }
         });
         Ok(rx)
+    }
+
+    /// The session's open tool-approval requests.
+    pub async fn permissions(
+        &self,
+        caller: &Caller,
+        session_id: &str,
+    ) -> Result<Vec<(String, PendingPermission)>, ApiError> {
+        let row = self.get(caller, session_id).await?;
+        Ok(match self.registry.send(Lookup { session_id: row.session_id }).await? {
+            Some(actor) => actor.send(ListPermissions).await.unwrap_or_default(),
+            None => Vec::new(),
+        })
+    }
+
+    /// Answers one tool-approval request (404 if it is unknown or already answered).
+    pub async fn answer_permission(
+        &self,
+        caller: &Caller,
+        session_id: &str,
+        answer: AnswerPermission,
+    ) -> Result<(), ApiError> {
+        let row = self.get(caller, session_id).await?;
+        let gone = || ApiError::NotFound("No open permission request with this id".into());
+        let actor = self.registry.send(Lookup { session_id: row.session_id }).await?.ok_or_else(gone)?;
+        actor.send(answer).await.map_err(|_| gone())?
     }
 
     /// The canonical working directory of one of the caller's sessions (for its files).

@@ -283,3 +283,31 @@ impl Storage {
             .await?)
     }
 }
+
+impl Storage {
+    /// Adds `tool` to the session's `allowed_tools` option ("always allow"), so a respawned
+    /// CLI does not ask again.
+    pub async fn allow_tool(&self, session_id: &str, tool: &str) -> Result<(), StorageError> {
+        run!(self, [session_id, tool], |conn| {
+            conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
+                let options: Option<String> =
+                    sessions::table.find(session_id).select(sessions::options).first(conn).await.optional()?;
+                let Some(options) = options else { return Ok(()) };
+                let mut options: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(&options).unwrap_or_default();
+                let tools = options.entry("allowed_tools").or_insert_with(|| serde_json::Value::Array(Vec::new()));
+                if let Some(list) = tools.as_array_mut()
+                    && !list.iter().any(|t| t.as_str() == Some(tool.as_str()))
+                {
+                    list.push(serde_json::Value::String(tool.to_string()));
+                }
+                diesel::update(sessions::table.find(session_id))
+                    .set(sessions::options.eq(serde_json::Value::Object(options).to_string()))
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+            .await?
+        })
+    }
+}

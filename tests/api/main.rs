@@ -5,6 +5,7 @@ mod chat;
 mod events;
 mod helpers;
 mod history_files;
+mod permissions;
 mod processes;
 mod real_cli;
 mod service;

@@ -155,3 +155,44 @@ async fn the_real_cli_resumes_its_conversation_after_its_process_was_stopped() {
     let last = requests.iter().rev().find(|r| r["tools"].as_array().is_some_and(|t| !t.is_empty())).unwrap();
     assert!(last["messages"].to_string().contains("alpha"), "the mock saw the earlier turn");
 }
+
+#[actix_web::test]
+async fn the_real_cli_asks_before_writing_and_obeys_allow_and_deny_given_over_http() {
+    let mock = MockApi::start();
+    let app = spawn_real_app(&mock, |s| {
+        s.defaults.permission_mode = claude_agent_http::settings::PermissionMode::Default;
+    })
+    .await;
+    let key = app.create_user("alice").await;
+    let id = app.create_session(&key, json!({})).await;
+    let mut follower = app.open_events(&format!("/api/v1/sessions/{id}/events"), Some(&key), None).await;
+    let dir = app.users_dir().join("alice");
+    for (file, behavior) in [("yes.txt", "allow"), ("no.txt", "deny")] {
+        let res = app.post_message(&key, &id, &format!("write {file} content of {file}")).await;
+        assert_eq!(res.status, StatusCode::ACCEPTED, "{}", res.text);
+        let request = loop {
+            let (_, frame) = follower.next_frame().await.expect("frames");
+            assert_ne!(frame["type"], "done", "the CLI wrote without asking");
+            if frame["type"] == "permission_request" {
+                break frame;
+            }
+        };
+        assert_eq!(request["tool_name"], "Write");
+        let rid = request["request_id"].as_str().unwrap();
+        let answer = app
+            .request(
+                awc::http::Method::POST,
+                &format!("/api/v1/sessions/{id}/permissions/{rid}"),
+                Some(&key),
+                Some(json!({"behavior": behavior, "message": "not this one"})),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+        let frames = follower.until_turn_end().await;
+        assert_eq!(frames.last().unwrap().1["type"], "done");
+        let result = frames.iter().find(|(_, f)| f["type"] == "tool_result").expect("tool_result").1.clone();
+        assert_eq!(result["is_error"], behavior == "deny", "{result}");
+    }
+    assert_eq!(std::fs::read_to_string(dir.join("yes.txt")).unwrap(), "content of yes.txt");
+    assert!(!dir.join("no.txt").exists(), "a denied Write writes nothing");
+}
