@@ -96,9 +96,8 @@ struct ServiceInfo {
     health: &'static str,
 }
 
-const CONSOLE_PLACEHOLDER: &str = "<!doctype html><html lang=en><meta charset=utf-8>\
-<title>claude-agent-http</title><h1>claude-agent-http</h1>\
-<p>The HTTP API is under <code>/api/v1</code>. Service health: <a href=/health>/health</a>.</p></html>";
+/// The web console: one self-contained page (no CDN; nothing outside the service is reachable).
+const CONSOLE: &str = include_str!("console.html");
 
 /// Browsers (`Accept: text/html`) get a page; other clients the seed's JSON.
 async fn get_root(req: HttpRequest) -> HttpResponse {
@@ -108,7 +107,15 @@ async fn get_root(req: HttpRequest) -> HttpResponse {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.contains("text/html"));
     if wants_html {
-        HttpResponse::Ok().content_type("text/html; charset=utf-8").body(CONSOLE_PLACEHOLDER)
+        HttpResponse::Ok()
+            .content_type("text/html; charset=utf-8")
+            .insert_header((
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; \
+                 img-src 'self' data: blob:; connect-src 'self'; frame-ancestors 'none'",
+            ))
+            .insert_header(("X-Content-Type-Options", "nosniff"))
+            .body(CONSOLE)
     } else {
         HttpResponse::Ok().json(ServiceInfo {
             name: "claude-agent-http",

@@ -64,6 +64,8 @@ pub struct Session {
     pub usage: Usage,
     pub metadata: Value,
     pub options: Value,
+    /// The latest event id kept for the session (follow `/events` from here).
+    pub last_event_id: i64,
 }
 
 impl From<SessionRow> for Session {
@@ -82,6 +84,7 @@ impl From<SessionRow> for Session {
             status: row.status,
             message_count: row.message_count,
             total_cost_usd: row.total_cost_usd,
+            last_event_id: row.last_event_id,
         }
     }
 }

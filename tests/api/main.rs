@@ -1,6 +1,7 @@
 //! Black-box tests of the HTTP API: each test starts the app on port 0 with a fresh database.
 
 mod auth;
+mod browser;
 mod chat;
 mod events;
 mod helpers;
