@@ -6,7 +6,11 @@ use serde_json::json;
 use crate::helpers::{Backend, TestApp, spawn_app, spawn_app_with};
 use crate::on_both_backends;
 
-on_both_backends!(history_is_stored_paginated_and_survives_a_restart);
+on_both_backends!(
+    history_is_stored_paginated_and_survives_a_restart,
+    files_are_listed_downloaded_uploaded_and_deleted_inside_the_session,
+    file_path_attacks_are_refused,
+);
 
 async fn history_is_stored_paginated_and_survives_a_restart(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -85,9 +89,8 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-#[actix_web::test]
-async fn files_are_listed_downloaded_uploaded_and_deleted_inside_the_session() {
-    let app = spawn_app_with(Backend::Sqlite, |s| s.files.max_upload_mb = 1).await;
+async fn files_are_listed_downloaded_uploaded_and_deleted_inside_the_session(backend: Backend) {
+    let app = spawn_app_with(backend, |s| s.files.max_upload_mb = 1).await;
     let key = app.create_user("alice").await;
     let id = app.create_session(&key, json!({"subdir": "proj"})).await;
     let dir = app.users_dir().join("alice/proj");
@@ -133,9 +136,8 @@ async fn files_are_listed_downloaded_uploaded_and_deleted_inside_the_session() {
     files(&app, &mallory, Method::PUT, &id, "x.txt", Some(b"x")).await.assert_error(404, "session_not_found");
 }
 
-#[actix_web::test]
-async fn file_path_attacks_are_refused() {
-    let app = spawn_app(Backend::Sqlite).await;
+async fn file_path_attacks_are_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
     let key = app.create_user("alice").await;
     let id = app.create_session(&key, json!({"subdir": "proj"})).await;
     let bob = app.create_user("bob").await;
