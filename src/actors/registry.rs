@@ -19,7 +19,7 @@ use super::session::{SessionActor, SessionSetup, Stop, StopReason};
 use crate::cli::command::{AgentOptions, StartMode, build_args, build_env, transcript_path};
 use crate::cli::process::{self, LaunchSpec};
 use crate::error::ApiError;
-use crate::memory::{self, MemorySample};
+use crate::memory::{self, MemorySample, ProcessTable};
 use crate::sessions::hub::EventHub;
 use crate::settings::Settings;
 use crate::storage::{SessionRow, Storage};
@@ -79,6 +79,8 @@ pub struct Registry {
     turns_running: HashSet<String>,
     turn_waiters: VecDeque<(String, oneshot::Sender<TurnPermit>)>,
     memory: MemorySample,
+    /// The process table of the last sample, for per-session memory.
+    processes: ProcessTable,
     sweeping: bool,
 }
 
@@ -92,7 +94,8 @@ impl Registry {
             entries: HashMap::new(),
             turns_running: HashSet::new(),
             turn_waiters: VecDeque::new(),
-            memory: memory::sample(),
+            memory: MemorySample::default(),
+            processes: ProcessTable::default(),
             sweeping: false,
         }
     }
@@ -214,8 +217,7 @@ impl Registry {
                 if !victims.iter().any(|(v, _)| v == *id) {
                     victims.push(((*id).clone(), StopReason::MemoryEviction));
                 }
-                let (rss, _) = memory::descendants_rss(e.pid);
-                expected = expected.saturating_sub(rss + memory::rss_bytes(e.pid).unwrap_or(0));
+                expected = expected.saturating_sub(self.processes.tree_rss(e.pid));
             }
         }
         for (id, reason) in victims {
@@ -225,16 +227,20 @@ impl Registry {
                 e.addr.do_send(Stop { reason });
             }
         }
-        // A single CLI above cli.max_rss_mb is restarted once its turn is over.
+    }
+
+    /// Takes a memory sample, restarts (after their turn) CLIs above `cli.max_rss_mb`, and
+    /// evicts under pressure.
+    fn sample_memory(&mut self) {
+        (self.memory, self.processes) = memory::sample();
         for (id, e) in &self.entries {
-            if e.phase == Phase::Live {
-                let rss = memory::rss_bytes(e.pid).unwrap_or(0) + memory::descendants_rss(e.pid).0;
-                if rss > self.limits.max_rss_bytes {
-                    log::info!("session {id}: CLI uses {} MiB, restarting it after its turn", rss >> 20);
-                    e.addr.do_send(Stop { reason: StopReason::TooLarge });
-                }
+            let rss = self.processes.tree_rss(e.pid);
+            if e.phase == Phase::Live && rss > self.limits.max_rss_bytes {
+                log::info!("session {id}: CLI uses {} MiB, restarting it after its turn", rss >> 20);
+                e.addr.do_send(Stop { reason: StopReason::TooLarge });
             }
         }
+        self.evict();
     }
 
     fn sweep_expired(&mut self, ctx: &mut Context<Self>) {
@@ -283,10 +289,8 @@ impl Actor for Registry {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(1024);
-        ctx.run_interval(self.limits.check_interval, |act, _| {
-            act.memory = memory::sample();
-            act.evict();
-        });
+        self.sample_memory();
+        ctx.run_interval(self.limits.check_interval, |act, _| act.sample_memory());
         if !self.limits.idle_timeout.is_zero() {
             let every = (self.limits.idle_timeout / 4).clamp(Duration::from_millis(250), self.limits.check_interval);
             ctx.run_interval(every, |act, _| act.evict());
@@ -538,8 +542,7 @@ impl Handler<SetMemoryLimit> for Registry {
 
     fn handle(&mut self, msg: SetMemoryLimit, _: &mut Context<Self>) {
         self.limits.memory_limit_bytes = msg.mb.saturating_mul(1024 * 1024);
-        self.memory = memory::sample();
-        self.evict();
+        self.sample_memory();
     }
 }
 

@@ -128,7 +128,7 @@ async fn each_turn_updates_the_session_row(backend: Backend) {
 }
 
 async fn chat_requests_are_validated(backend: Backend) {
-    let app = spawn_app_with(backend, |s| s.session.ttl = 1).await;
+    let app = spawn_app_with(backend, |s| s.session.ttl = 3).await;
     let (key, id) = session(&app).await;
     for (body, field) in [
         (json!({"session_id": id, "message": ""}), "message"),
@@ -156,7 +156,7 @@ async fn chat_requests_are_validated(backend: Backend) {
     app.delete_session(&key, &id, "").await;
     app.chat(&key, &id, "hi").await.assert_error(409, "session_closed");
     let other = app.create_session(&key, json!({})).await;
-    actix_web::rt::time::sleep(Duration::from_millis(1300)).await;
+    actix_web::rt::time::sleep(Duration::from_millis(3300)).await;
     app.chat(&key, &other, "hi").await.assert_error(410, "session_expired");
 }
 

@@ -146,7 +146,7 @@ async fn delete_closes_and_keeps_the_row_purge_removes_it(backend: Backend) {
 }
 
 async fn resume_reopens_a_closed_session_and_refuses_an_expired_one(backend: Backend) {
-    let app = spawn_app_with(backend, |s| s.session.ttl = 1).await;
+    let app = spawn_app_with(backend, |s| s.session.ttl = 3).await;
     let key = app.create_user("alice").await;
     let id = app.create_session(&key, json!({})).await;
     app.delete_session(&key, &id, "").await;
@@ -159,14 +159,14 @@ async fn resume_reopens_a_closed_session_and_refuses_an_expired_one(backend: Bac
     assert_eq!(again.status, StatusCode::OK);
     assert_eq!(again.body["status"], "active");
 
-    actix_web::rt::time::sleep(Duration::from_millis(1300)).await;
+    actix_web::rt::time::sleep(Duration::from_millis(3300)).await;
     app.resume_session(&key, &id).await.assert_error(410, "session_expired");
     let expired = app.get_session(&key, &id).await;
     assert_eq!(expired.body["status"], "expired");
     // A closed session is not subject to the TTL: it can be resumed days later.
     let other = app.create_session(&key, json!({})).await;
     app.delete_session(&key, &other, "").await;
-    actix_web::rt::time::sleep(Duration::from_millis(1300)).await;
+    actix_web::rt::time::sleep(Duration::from_millis(3300)).await;
     assert_eq!(app.resume_session(&key, &other).await.status, StatusCode::OK);
 }
 
