@@ -1,7 +1,10 @@
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use claude_agent_http::{Application, Settings};
 
@@ -10,8 +13,19 @@ use claude_agent_http::{Application, Settings};
 #[command(name = "claude-agent-http", version, about)]
 struct Args {
     /// Settings file (default: Settings.toml in the current directory, if present).
-    #[arg(long, value_name = "FILE", env = claude_agent_http::settings::CONFIG_ENV)]
+    #[arg(long, value_name = "FILE", env = claude_agent_http::settings::CONFIG_ENV, global = true)]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Ask the running service's /health (exit 0 when healthy): for container health checks,
+    /// without curl in the image.
+    Healthcheck,
 }
 
 #[actix_web::main]
@@ -25,6 +39,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Healthcheck) = args.command {
+        return healthcheck(&settings);
+    }
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(e) => {
@@ -36,6 +53,33 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("claude-agent-http: server failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// GET /health on the configured port (loopback when the service listens on every address).
+fn healthcheck(settings: &Settings) -> ExitCode {
+    let host = match settings.api.host.as_str() {
+        "0.0.0.0" | "::" | "[::]" => "127.0.0.1",
+        other => other,
+    };
+    let answer = (|| -> std::io::Result<String> {
+        let mut stream = TcpStream::connect((host, settings.api.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(stream, "GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(response)
+    })();
+    match answer {
+        Ok(response) if response.starts_with("HTTP/1.1 200") => ExitCode::SUCCESS,
+        Ok(response) => {
+            eprintln!("unhealthy: {}", response.lines().last().unwrap_or(""));
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {host}:{}: {e}", settings.api.port);
             ExitCode::from(1)
         }
     }

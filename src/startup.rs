@@ -132,7 +132,9 @@ impl Application {
     /// Serves until the server is stopped (SIGTERM/SIGINT or a handle), then stops every
     /// session's CLI and waits until all are reaped.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        notify_systemd(&self.state);
         let served = self.server.await;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         log::info!("stopping every session's CLI");
         if let Err(e) = self.state.registry.send(Shutdown).await {
             log::error!("registry unavailable at shutdown: {e}");
@@ -224,4 +226,22 @@ fn describe_storage(settings: &Settings) -> String {
             }
         }
     }
+}
+
+/// Under systemd (`Type=notify`): READY once serving, and watchdog pings while the registry
+/// actor answers (a wedged actor system stops the pings and systemd restarts the service).
+/// Without `NOTIFY_SOCKET` these are no-ops.
+fn notify_systemd(state: &web::Data<AppState>) {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let Some(interval) = sd_notify::watchdog_enabled() else { return };
+    let registry = state.registry.clone();
+    actix_web::rt::spawn(async move {
+        let mut ticks = tokio::time::interval(interval / 2);
+        loop {
+            ticks.tick().await;
+            if registry.send(crate::actors::GetStats).await.is_ok() {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        }
+    });
 }

@@ -100,15 +100,21 @@ fn unauthenticated_mode_refuses_a_public_address() {
 }
 
 /// The README's run command on a fresh folder: SQLite and the admin key file appear, the
-/// service answers, and SIGTERM stops it with exit 0.
+/// service answers (also to its own `healthcheck`), tells systemd it is ready and pings the
+/// watchdog, and SIGTERM stops it with exit 0.
 #[test]
 fn the_run_command_serves_on_embedded_defaults() {
     let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     // Port 0 instead of 8000 so parallel runs never collide, and the fake CLI in place of a
     // `claude` on PATH; everything else is the default.
     let mut child = service(dir.path())
         .env("CLAUDE_AGENT_API_PORT", "0")
         .env("CLAUDE_AGENT_CLI_PATH", crate::helpers::fake_cli_path())
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "400000")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -145,7 +151,29 @@ fn the_run_command_serves_on_embedded_defaults() {
     assert!(seen.iter().any(|l| l.contains("admin.key")), "the key's location is announced: {seen:?}");
     assert!(!seen.iter().any(|l| l.contains("cah_")), "the key itself is never logged");
 
+    let mut received = Vec::new();
+    let mut buf = [0u8; 256];
+    while !(received.iter().any(|m: &String| m.contains("READY=1"))
+        && received.iter().any(|m| m.contains("WATCHDOG=1")))
+    {
+        let n = notify.recv(&mut buf).expect("systemd notifications");
+        received.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    }
+    let healthcheck = |port: u16| {
+        service(dir.path()).arg("healthcheck").env("CLAUDE_AGENT_API_PORT", port.to_string()).output().unwrap()
+    };
+    assert!(healthcheck(port).status.success(), "healthcheck subcommand: healthy");
+
     Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "SIGTERM ends with exit 0: {status:?}");
+    loop {
+        let n = notify.recv(&mut buf).expect("STOPPING=1 before the exit");
+        if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+            break;
+        }
+    }
+    let down = healthcheck(port);
+    assert_eq!(down.status.code(), Some(1), "healthcheck subcommand: unhealthy when nothing answers");
+    assert!(String::from_utf8_lossy(&down.stderr).contains("unhealthy"));
 }
