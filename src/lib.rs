@@ -11,6 +11,7 @@ pub mod cli;
 pub mod clock;
 pub mod error;
 pub mod memory;
+pub mod metrics;
 pub mod sessions;
 pub mod settings;
 pub mod startup;

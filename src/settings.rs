@@ -33,6 +33,7 @@ pub struct Settings {
     pub events: EventSettings,
     pub memory: MemorySettings,
     pub data: DataSettings,
+    pub metrics: MetricsSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -278,6 +279,14 @@ impl Default for MemorySettings {
     fn default() -> Self {
         Self { check_interval: 5 }
     }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// When set, `GET /metrics` needs `Authorization: Bearer <token>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

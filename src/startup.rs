@@ -28,6 +28,7 @@ pub struct AppState {
     pub sessions: SessionService,
     pub authenticator: Authenticator,
     pub hub: Arc<crate::sessions::hub::EventHub>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub started_at: Instant,
     /// `cli.path --version`, asked once (the real CLI takes ~0.5 s to answer).
     pub cli_version: std::sync::OnceLock<String>,
@@ -89,7 +90,8 @@ impl Application {
         };
 
         let hub = Arc::new(crate::sessions::hub::EventHub::default());
-        let registry = Registry::new(settings.clone(), storage.clone(), hub.clone()).start();
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let registry = Registry::new(settings.clone(), storage.clone(), hub.clone(), metrics.clone()).start();
         let sessions =
             SessionService::new(settings.clone(), storage.clone(), registry.clone(), hub.clone(), users_root);
         let state = web::Data::new(AppState {
@@ -99,6 +101,7 @@ impl Application {
             registry,
             sessions,
             hub,
+            metrics,
             started_at: Instant::now(),
             cli_version: std::sync::OnceLock::new(),
         });

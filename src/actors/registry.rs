@@ -72,6 +72,7 @@ struct Entry {
 
 pub struct Registry {
     limits: Limits,
+    metrics: Arc<crate::metrics::Metrics>,
     hub: Arc<EventHub>,
     settings: Arc<Settings>,
     storage: Storage,
@@ -85,8 +86,14 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(settings: Arc<Settings>, storage: Storage, hub: Arc<EventHub>) -> Self {
+    pub fn new(
+        settings: Arc<Settings>,
+        storage: Storage,
+        hub: Arc<EventHub>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         Self {
+            metrics,
             hub,
             limits: Limits::from_settings(&settings),
             settings,
@@ -111,6 +118,7 @@ impl Registry {
     /// Admission and spawn of a session that has no live actor, in one step.
     fn launch_new(&mut self, row: &SessionRow, me: Addr<Registry>) -> Result<Addr<SessionActor>, ApiError> {
         if self.memory.total_bytes() >= self.limits.memory_limit_bytes {
+            self.metrics.refused("memory_pressure");
             return Err(Refusal::Memory {
                 used_mb: self.memory.total_mb(),
                 limit_mb: self.limits.memory_limit_bytes / (1024 * 1024),
@@ -119,9 +127,11 @@ impl Registry {
             .into());
         }
         if self.live_count() as u32 >= self.limits.max_sessions {
+            self.metrics.refused("quota_global");
             return Err(Refusal::GlobalCap { max: self.limits.max_sessions }.into());
         }
         if self.live_of_user(&row.user_id) >= self.limits.max_sessions_per_user {
+            self.metrics.refused("quota_user");
             return Err(Refusal::UserCap { max: self.limits.max_sessions_per_user }.into());
         }
         let program = crate::cli::locate(&self.settings.cli.path).ok_or_else(|| {
@@ -159,8 +169,16 @@ impl Registry {
             tmp_dir,
             always_allowed: options.allowed_tools.clone(),
         };
-        let addr =
-            SessionActor::new(setup, child, me, self.storage.clone(), self.settings.clone(), self.hub.clone()).start();
+        let addr = SessionActor::new(
+            setup,
+            child,
+            me,
+            self.storage.clone(),
+            self.settings.clone(),
+            self.hub.clone(),
+            self.metrics.clone(),
+        )
+        .start();
         let (ended, _) = watch::channel(false);
         self.entries.insert(
             row.session_id.clone(),

@@ -150,6 +150,7 @@ pub struct SessionActor {
     /// What went wrong before the CLI became ready (e.g. a failed resume).
     start_error: Option<String>,
     hub: Arc<EventHub>,
+    metrics: Arc<crate::metrics::Metrics>,
     /// Open `can_use_tool` requests by request id.
     permissions: HashMap<String, PendingPermission>,
     /// Tools the client chose to always allow in this session.
@@ -170,8 +171,10 @@ impl SessionActor {
         storage: Storage,
         settings: Arc<Settings>,
         hub: Arc<EventHub>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         SessionActor {
+            metrics,
             hub,
             permissions: HashMap::new(),
             always_allowed: setup.always_allowed.iter().cloned().collect(),
@@ -409,11 +412,22 @@ impl SessionActor {
             TurnOutcome::Done { result, .. } => events::done(result),
             TurnOutcome::Failed(err) => events::error(err),
         };
+        let outcome_code = match &outcome {
+            TurnOutcome::Failed(err) => Some(err.code()),
+            TurnOutcome::Done { .. } => None,
+        };
         self.emit(json, Some(outcome), ctx);
         self.flush_events(ctx);
         let Some(turn) = self.turn.take() else { return };
         self.deny_pending("the turn ended");
         let usage = summary.as_ref().map(|s| s.usage.clone()).unwrap_or_default();
+        self.metrics.turn_ended(
+            turn.started.elapsed().as_secs_f64(),
+            outcome_code,
+            usage.input_tokens,
+            usage.output_tokens,
+            summary.as_ref().map(|s| s.cost_usd).unwrap_or(0.0),
+        );
         let record = TurnRecord {
             session_id: self.id.clone(),
             turn_id: turn.id.to_string(),
@@ -528,6 +542,13 @@ impl SessionActor {
             return;
         }
         self.deny_pending("the session was closed");
+        if let StopReason::IdleEviction | StopReason::MemoryEviction | StopReason::TooLarge = reason {
+            self.metrics.evicted(match reason {
+                StopReason::IdleEviction => "idle",
+                StopReason::MemoryEviction => "memory_pressure",
+                _ => "cli_too_large",
+            });
+        }
         self.stopping = Some(reason);
         self.registry.do_send(Stopping { session_id: self.id.clone() });
         let grace = match reason {
@@ -700,11 +721,15 @@ impl Handler<StartTurn> for SessionActor {
             Some(rx)
         };
         let queue_timeout = msg.queue_timeout;
+        let metrics = self.metrics.clone();
         let wait = async move {
             let permit_rx = slot.await.map_err(ApiError::from)?;
             let permit = tokio::time::timeout(queue_timeout, permit_rx)
                 .await
-                .map_err(|_| ApiError::Overloaded { retry_after_secs: 1 })?
+                .map_err(|_| {
+                    metrics.refused("overloaded");
+                    ApiError::Overloaded { retry_after_secs: 1 }
+                })?
                 .map_err(|_| ApiError::Internal("turn slot lost".into()))?;
             if let Some(ready) = ready {
                 tokio::time::timeout(INITIALIZE_TIMEOUT, ready)

@@ -116,7 +116,7 @@ async fn post_chat_stream(
 ) -> Result<impl actix_web::Responder, ApiError> {
     let timeout = req.validate(&caller)?;
     let turn = state.sessions.start_turn(&caller, &req.session_id, req.message, timeout).await?;
-    Ok(sse::respond(turn.events, true))
+    Ok(sse::respond(turn.events, true, state.metrics.clone()))
 }
 
 #[derive(Debug, Serialize)]
@@ -192,5 +192,5 @@ async fn get_events(
         None => params.last_event_id.unwrap_or(0),
     };
     let events = state.sessions.follow(&caller, &path, after).await?;
-    Ok(sse::respond(events, false))
+    Ok(sse::respond(events, false, state.metrics.clone()))
 }

@@ -9,6 +9,8 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage};
 
+use crate::metrics::HttpLabels;
+
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The request id, for handlers that want to mention it.
@@ -42,6 +44,12 @@ pub async fn log_requests(
         Ok(mut res) => {
             if let Ok(value) = HeaderValue::from_str(&id) {
                 res.headers_mut().insert(REQUEST_ID_HEADER, value);
+            }
+            // By route template (`/api/v1/sessions/{session_id}`), so ids do not explode the series.
+            if let Some(state) = res.request().app_data::<actix_web::web::Data<crate::startup::AppState>>() {
+                let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
+                let labels = HttpLabels { method: method.to_string(), route, status: res.status().as_u16() };
+                state.metrics.http_requests.get_or_create(&labels).inc();
             }
             log::info!(target: "access", "{id} {method} {path} {} {elapsed_ms:.2}ms", res.status().as_u16());
             Ok(res)

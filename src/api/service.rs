@@ -6,10 +6,13 @@ use serde::Serialize;
 
 use super::resource;
 use crate::actors::GetStats;
+use crate::error::ApiError;
+use crate::metrics::{ProcessLabel, StatusLabel};
 use crate::startup::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/health").route(web::get().to(get_health)))
+        .service(resource("/metrics").route(web::get().to(get_metrics)))
         .service(resource("/").route(web::get().to(get_root)));
 }
 
@@ -86,6 +89,30 @@ async fn get_health(state: web::Data<AppState>) -> HttpResponse {
     } else {
         HttpResponse::Ok().json(body)
     }
+}
+
+/// Prometheus text format. Protected by `metrics.token` when set.
+async fn get_metrics(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    if let Some(token) = state.settings.metrics.token.as_deref().filter(|t| !t.is_empty()) {
+        let presented = crate::auth::presented_key(&req).unwrap_or_default();
+        let (given, wanted) = (crate::auth::keys::hash_key(&presented), crate::auth::keys::hash_key(token));
+        if !crate::auth::keys::hashes_match(&given, &wanted) {
+            return Err(ApiError::Unauthorized("GET /metrics needs the metrics token".into()));
+        }
+    }
+    let m = &state.metrics;
+    for status in crate::sessions::SessionStatus::ALL {
+        m.sessions.get_or_create(&StatusLabel { status: status.as_str().into() }).set(0);
+    }
+    for (status, n) in state.storage.count_sessions_by_status().await? {
+        m.sessions.get_or_create(&StatusLabel { status }).set(n);
+    }
+    if let Ok(stats) = state.registry.send(GetStats).await {
+        m.live_processes.set(stats.processes.len() as i64);
+        m.rss_bytes.get_or_create(&ProcessLabel { process: "service".into() }).set(stats.memory.service_bytes as i64);
+        m.rss_bytes.get_or_create(&ProcessLabel { process: "children".into() }).set(stats.memory.children_bytes as i64);
+    }
+    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(m.encode()))
 }
 
 #[derive(Debug, Serialize)]

@@ -12,14 +12,24 @@ use futures_util::Stream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 
+use crate::metrics::{Metrics, SseClientGuard};
 use crate::sessions::events::SessionEvent;
 
 pub const PING_EVERY: Duration = Duration::from_secs(15);
 
 /// Frames from `events` until the turn's last one, with pings while idle.
-pub fn respond(events: mpsc::Receiver<Arc<SessionEvent>>, stop_after_outcome: bool) -> impl Responder {
-    let stream =
-        EventStream { events, ping: Box::pin(tokio::time::sleep(PING_EVERY)), stop_after_outcome, done: false };
+pub fn respond(
+    events: mpsc::Receiver<Arc<SessionEvent>>,
+    stop_after_outcome: bool,
+    metrics: Arc<Metrics>,
+) -> impl Responder {
+    let stream = EventStream {
+        events,
+        ping: Box::pin(tokio::time::sleep(PING_EVERY)),
+        stop_after_outcome,
+        done: false,
+        _counted: Some(SseClientGuard::new(metrics)),
+    };
     Sse::from_stream(stream).customize().insert_header(("X-Accel-Buffering", "no"))
 }
 
@@ -28,6 +38,8 @@ struct EventStream {
     ping: Pin<Box<Sleep>>,
     stop_after_outcome: bool,
     done: bool,
+    /// Counts this stream among the open SSE clients while it lives.
+    _counted: Option<SseClientGuard>,
 }
 
 impl Stream for EventStream {
@@ -66,7 +78,13 @@ mod tests {
     use super::*;
 
     fn stream(events: mpsc::Receiver<Arc<SessionEvent>>) -> EventStream {
-        EventStream { events, ping: Box::pin(tokio::time::sleep(PING_EVERY)), stop_after_outcome: true, done: false }
+        EventStream {
+            events,
+            ping: Box::pin(tokio::time::sleep(PING_EVERY)),
+            stop_after_outcome: true,
+            done: false,
+            _counted: None,
+        }
     }
 
     #[tokio::test(start_paused = true)]

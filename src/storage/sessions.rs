@@ -311,3 +311,14 @@ impl Storage {
         })
     }
 }
+
+impl Storage {
+    /// How many sessions have each status.
+    pub async fn count_sessions_by_status(&self) -> Result<Vec<(String, i64)>, StorageError> {
+        run!(self, [], |conn| sessions::table
+            .group_by(sessions::status)
+            .select((sessions::status, diesel::dsl::count_star()))
+            .load::<(String, i64)>(conn)
+            .await?)
+    }
+}

@@ -6,6 +6,7 @@ mod chat;
 mod events;
 mod helpers;
 mod history_files;
+mod metrics;
 mod permissions;
 mod processes;
 mod real_cli;

@@ -1,0 +1,83 @@
+//! `GET /metrics`: every figure moves with the work; the token protects it when set.
+
+use std::time::Duration;
+
+use awc::http::{Method, StatusCode};
+use serde_json::json;
+
+use crate::helpers::{Backend, TestApp, eventually, spawn_app_with};
+
+async fn scrape(app: &TestApp, token: Option<&str>) -> String {
+    let res = app.request(Method::GET, "/metrics", token, None).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text);
+    res.text
+}
+
+/// The value of the series whose line starts with `series` (name and labels as written).
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[actix_web::test]
+async fn metrics_move_with_turns_sessions_refusals_evictions_and_streams() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.metrics.token = Some("scrape-token-123".into());
+        s.api.max_sessions_per_user = 1;
+        s.api.idle_session_timeout = 1;
+    })
+    .await;
+    app.request(Method::GET, "/metrics", None, None).await.assert_error(401, "unauthorized");
+    app.request(Method::GET, "/metrics", Some("wrong"), None).await.assert_error(401, "unauthorized");
+    let token = Some("scrape-token-123");
+    let before = scrape(&app, token).await;
+    assert_eq!(value(&before, "claude_agent_turns_total"), 0.0);
+
+    let key = app.create_user("alice").await;
+    let id = app.create_session(&key, json!({})).await;
+    app.chat(&key, &id, "count me").await;
+    app.chat(&key, &id, "crash").await.assert_error(502, "cli_failed");
+    let live = app.create_session(&key, json!({})).await;
+    app.post_session(&key, json!({})).await.assert_error(429, "quota_exceeded"); // the crashed one holds no slot; this one is over
+    let after = scrape(&app, token).await;
+    assert_eq!(value(&after, "claude_agent_turns_total"), 2.0);
+    assert_eq!(value(&after, "claude_agent_turn_errors_total{code=\"cli_failed\"}"), 1.0);
+    assert_eq!(value(&after, "claude_agent_turn_duration_seconds_count"), 2.0);
+    assert!(value(&after, "claude_agent_tokens_total{kind=\"input\"}") > 0.0);
+    assert!(value(&after, "claude_agent_tokens_total{kind=\"output\"}") > 0.0);
+    assert!(value(&after, "claude_agent_cost_usd_total") > 0.0);
+    assert_eq!(value(&after, "claude_agent_admissions_refused_total{reason=\"quota_user\"}"), 1.0);
+    assert_eq!(
+        value(&after, "claude_agent_http_requests_total{method=\"POST\",route=\"/api/v1/chat\",status=\"200\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&after, "claude_agent_http_requests_total{method=\"POST\",route=\"/api/v1/sessions\",status=\"429\"}"),
+        1.0
+    );
+    assert!(value(&after, "claude_agent_rss_bytes{process=\"service\"}") > 0.0);
+    assert!(value(&after, "claude_agent_cli_processes") >= 1.0);
+    assert!(
+        value(&after, "claude_agent_sessions{status=\"active\"}")
+            + value(&after, "claude_agent_sessions{status=\"idle\"}")
+            >= 1.0
+    );
+
+    // An open stream counts while it lives.
+    let mut stream = app.open_chat_stream(&key, &live, "slow 10 50").await;
+    stream.next_frame().await.expect("streaming");
+    assert_eq!(value(&scrape(&app, token).await, "claude_agent_sse_clients"), 1.0);
+    stream.rest().await;
+    drop(stream);
+    // Idle sessions are evicted after api.idle_session_timeout, and counted.
+    let evicted = eventually(Duration::from_secs(10), || async {
+        value(&scrape(&app, token).await, "claude_agent_evictions_total{reason=\"idle\"}") >= 1.0
+    })
+    .await;
+    assert!(evicted);
+    let last = scrape(&app, token).await;
+    assert_eq!(value(&last, "claude_agent_sse_clients"), 0.0);
+}
