@@ -91,7 +91,12 @@ impl Application {
 
         let hub = Arc::new(crate::sessions::hub::EventHub::default());
         let metrics = Arc::new(crate::metrics::Metrics::default());
-        let registry = Registry::new(settings.clone(), storage.clone(), hub.clone(), metrics.clone()).start();
+        let groups = Arc::new(crate::cli::orphans::GroupRecord::new(&settings.data.dir));
+        let reaped = groups.reap_previous_run();
+        if reaped > 0 {
+            log::warn!("killed {reaped} process(es) a previous run left behind (it was killed without shutting down)");
+        }
+        let registry = Registry::new(settings.clone(), storage.clone(), hub.clone(), metrics.clone(), groups).start();
         let sessions =
             SessionService::new(settings.clone(), storage.clone(), registry.clone(), hub.clone(), users_root);
         let state = web::Data::new(AppState {
@@ -138,9 +143,18 @@ impl Application {
         notify_systemd(&self.state);
         let served = self.server.await;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-        log::info!("stopping every session's CLI");
-        if let Err(e) = self.state.registry.send(Shutdown).await {
-            log::error!("registry unavailable at shutdown: {e}");
+        log::info!("stopping every session's CLI (a second SIGTERM or SIGINT stops them at once)");
+        let registry = self.state.registry.clone();
+        tokio::select! {
+            result = registry.send(Shutdown { forced: false }) => {
+                if let Err(e) = result {
+                    log::error!("registry unavailable at shutdown: {e}");
+                }
+            }
+            () = second_signal() => {
+                log::warn!("second signal: killing every CLI now");
+                let _ = registry.send(Shutdown { forced: true }).await;
+            }
         }
         served
     }
@@ -247,4 +261,18 @@ fn notify_systemd(state: &web::Data<AppState>) {
             }
         }
     });
+}
+
+/// Resolves on the next SIGTERM or SIGINT (never, if they cannot be watched).
+async fn second_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
 }

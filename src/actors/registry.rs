@@ -72,6 +72,7 @@ struct Entry {
 
 pub struct Registry {
     limits: Limits,
+    groups: Arc<crate::cli::orphans::GroupRecord>,
     metrics: Arc<crate::metrics::Metrics>,
     hub: Arc<EventHub>,
     settings: Arc<Settings>,
@@ -91,8 +92,10 @@ impl Registry {
         storage: Storage,
         hub: Arc<EventHub>,
         metrics: Arc<crate::metrics::Metrics>,
+        groups: Arc<crate::cli::orphans::GroupRecord>,
     ) -> Self {
         Self {
+            groups,
             metrics,
             hub,
             limits: Limits::from_settings(&settings),
@@ -159,6 +162,7 @@ impl Registry {
         let child = process::spawn(&spec, &label)
             .map_err(|e| ApiError::CliFailed(format!("cannot start the claude CLI at {}: {e}", program.display())))?;
         log::info!("session {}: started the CLI (pid {}, {:?})", row.session_id, child.pid, mode);
+        self.groups.add(child.pid as i32, crate::clock::now_ms());
         let pid = child.pid;
         let setup = SessionSetup {
             session_id: row.session_id.clone(),
@@ -447,6 +451,7 @@ impl Handler<Ended> for Registry {
 
     fn handle(&mut self, msg: Ended, _: &mut Context<Self>) {
         if let Some(e) = self.entries.remove(&msg.session_id) {
+            self.groups.remove(e.pid as i32);
             let _ = e.ended.send(true);
         }
     }
@@ -564,21 +569,25 @@ impl Handler<SetMemoryLimit> for Registry {
     }
 }
 
-/// Server shutdown: stop every session's process and wait until all are reaped.
+/// Server shutdown: stop every session's process and wait until all are reaped. `forced`
+/// (a second signal) skips the graces: SIGTERM and SIGKILL at once, then reap.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Shutdown;
+pub struct Shutdown {
+    pub forced: bool,
+}
 
 impl Handler<Shutdown> for Registry {
     type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Shutdown, _: &mut Context<Self>) -> Self::Result {
+        let reason = if msg.forced { StopReason::ForcedShutdown } else { StopReason::Shutdown };
         let waits: Vec<watch::Receiver<bool>> = self
             .entries
             .values_mut()
             .map(|e| {
                 e.phase = Phase::Stopping;
-                e.addr.do_send(Stop { reason: StopReason::Shutdown });
+                e.addr.do_send(Stop { reason });
                 e.ended.subscribe()
             })
             .collect();

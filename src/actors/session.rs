@@ -49,6 +49,8 @@ pub enum StopReason {
     /// Above `cli.max_rss_mb`: restarted once its turn is over.
     TooLarge,
     Shutdown,
+    /// A second signal during shutdown: no grace.
+    ForcedShutdown,
     /// Did not obey an interrupt.
     Unresponsive,
     /// Broke the protocol (a line over the cap).
@@ -63,7 +65,7 @@ impl StopReason {
         use StopReason::*;
         match self {
             Closed | Purged | Expired | UserDeleted => None,
-            IdleEviction | MemoryEviction | TooLarge | Shutdown | Unresponsive | ProtocolError => {
+            IdleEviction | MemoryEviction | TooLarge | Shutdown | ForcedShutdown | Unresponsive | ProtocolError => {
                 Some(SessionStatus::Idle)
             }
             StartFailed => Some(SessionStatus::Failed),
@@ -552,7 +554,7 @@ impl SessionActor {
         self.stopping = Some(reason);
         self.registry.do_send(Stopping { session_id: self.id.clone() });
         let grace = match reason {
-            StopReason::Unresponsive | StopReason::ProtocolError => Duration::ZERO,
+            StopReason::Unresponsive | StopReason::ProtocolError | StopReason::ForcedShutdown => Duration::ZERO,
             _ => Duration::from_secs(self.settings.cli.stop_grace),
         };
         // Replacing the sender drops the last one: the writer task ends and stdin closes.

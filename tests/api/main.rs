@@ -12,5 +12,6 @@ mod processes;
 mod real_cli;
 mod service;
 mod sessions;
+mod shutdown;
 mod startup;
 mod users;
