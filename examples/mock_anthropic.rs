@@ -10,6 +10,7 @@
 //! |----------------------|--------|
 //! | `write NAME TEXT`    | a `Write` tool_use for `<cwd>/NAME` (cwd from the system prompt), then "Wrote NAME." |
 //! | `bash COMMAND`       | a `Bash` tool_use, then "Bash said: <its output>" |
+//! | `mcp TEXT`           | a call of the MCP tool `mcp__echo__echo` with TEXT, then "MCP said: <its output>" |
 //! | `slow`               | 60 words, one every 100 ms (for interrupts) |
 //! | `history`            | every user text of the conversation so far, joined by ` | ` |
 //! | anything else        | `mock: <text>` in several deltas |
@@ -96,8 +97,11 @@ fn decide(body: &Value) -> Reply {
     let has_tools = body["tools"].as_array().is_some_and(|t| !t.is_empty());
     let words: Vec<&str> = prompt.split_whitespace().collect();
     if let Some(output) = last_tool_result(&messages) {
+        // The CLI may append its own <system-reminder> to a tool's output.
+        let output = output.split("<system-reminder>").next().unwrap_or("").to_string();
         return match words.first().copied() {
             Some("write") => Reply::Text(format!("Wrote {}.", words.get(1).unwrap_or(&"it")), Duration::ZERO),
+            Some("mcp") => Reply::Text(format!("MCP said: {}", output.trim()), Duration::ZERO),
             _ => Reply::Text(format!("Bash said: {}", output.trim()), Duration::ZERO),
         };
     }
@@ -107,6 +111,9 @@ fn decide(body: &Value) -> Reply {
             let content = words.get(2..).map(|w| w.join(" ")).unwrap_or_default();
             let path = format!("{}/{name}", working_dir(body));
             Reply::Tool { name: "Write", input: json!({"file_path": path, "content": content}) }
+        }
+        Some("mcp") if has_tools => {
+            Reply::Tool { name: "mcp__echo__echo", input: json!({"text": words[1..].join(" ")}) }
         }
         Some("bash") if has_tools => {
             let command = words[1..].join(" ");

@@ -153,6 +153,8 @@ pub struct SessionActor {
     start_error: Option<String>,
     hub: Arc<EventHub>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// What the CLI reported at the start of its last turn.
+    agent_info: Option<crate::cli::protocol::AgentInfo>,
     /// Open `can_use_tool` requests by request id.
     permissions: HashMap<String, PendingPermission>,
     /// Tools the client chose to always allow in this session.
@@ -177,6 +179,7 @@ impl SessionActor {
     ) -> Self {
         SessionActor {
             metrics,
+            agent_info: None,
             hub,
             permissions: HashMap::new(),
             always_allowed: setup.always_allowed.iter().cloned().collect(),
@@ -305,7 +308,14 @@ impl SessionActor {
             CliMessage::ControlCancel { request_id } => {
                 self.permissions.remove(&request_id);
             }
-            CliMessage::System(_) | CliMessage::Unknown => {}
+            CliMessage::System(system) => {
+                if system.subtype == "init"
+                    && let Some(info) = system.init
+                {
+                    self.agent_info = Some(info);
+                }
+            }
+            CliMessage::Unknown => {}
             CliMessage::StreamEvent(e) => {
                 if e.parent_tool_use_id.is_none()
                     && let StreamEvent::ContentBlockDelta { delta: Delta::Text { text } } = e.event
@@ -897,5 +907,18 @@ impl Handler<ListPermissions> for SessionActor {
 
     fn handle(&mut self, _: ListPermissions, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.permissions.iter().map(|(id, p)| (id.clone(), p.clone())).collect())
+    }
+}
+
+/// What the CLI reported at the start of its last turn (tools, MCP servers, skills, model).
+#[derive(Message)]
+#[rtype(result = "Option<crate::cli::protocol::AgentInfo>")]
+pub struct GetAgentInfo;
+
+impl Handler<GetAgentInfo> for SessionActor {
+    type Result = MessageResult<GetAgentInfo>;
+
+    fn handle(&mut self, _: GetAgentInfo, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.agent_info.clone())
     }
 }

@@ -16,7 +16,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(get_session))
                 .route(web::delete().to(delete_session)),
         )
-        .service(resource("/sessions/{session_id}/resume").route(web::post().to(resume_session)));
+        .service(resource("/sessions/{session_id}/resume").route(web::post().to(resume_session)))
+        .service(resource("/sessions/{session_id}/agent").route(web::get().to(get_agent)));
 }
 
 async fn create_session(
@@ -74,4 +75,11 @@ async fn delete_session(
 async fn resume_session(state: web::Data<AppState>, caller: Caller, path: web::Path<String>) -> ApiResult {
     let row = state.sessions.resume(&caller, &path).await?;
     Ok(HttpResponse::Ok().json(Session::from(row)))
+}
+
+/// What the agent can use: tools, MCP servers, skills, model, CLI version (from the CLI's
+/// `system/init` of its last turn).
+async fn get_agent(state: web::Data<AppState>, caller: Caller, path: web::Path<String>) -> ApiResult {
+    let info = state.sessions.agent_info(&caller, &path).await?;
+    Ok(HttpResponse::Ok().json(info))
 }

@@ -124,6 +124,26 @@ pub struct SystemMessage {
     pub subtype: String,
     #[serde(default)]
     pub session_id: Option<String>,
+    /// The rest of a `system/init` frame: what the agent can use this turn.
+    #[serde(flatten)]
+    pub init: Option<AgentInfo>,
+}
+
+/// What the CLI reports about itself at the start of each turn (`system/init`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+pub struct AgentInfo {
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub claude_code_version: Option<String>,
+    #[serde(default, rename(deserialize = "permissionMode"))]
+    pub permission_mode: Option<String>,
+    #[serde(default)]
+    pub tools: Vec<String>,
+    #[serde(default)]
+    pub mcp_servers: Vec<Value>,
+    #[serde(default)]
+    pub skills: Vec<Value>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -384,6 +384,20 @@ impl SessionService {
         Ok(rx)
     }
 
+    /// What the session's CLI reported at the start of its last turn (404 before its first
+    /// turn, or once its process was stopped).
+    pub async fn agent_info(
+        &self,
+        caller: &Caller,
+        session_id: &str,
+    ) -> Result<crate::cli::protocol::AgentInfo, ApiError> {
+        let row = self.get(caller, session_id).await?;
+        let unknown =
+            || ApiError::NotFound("The CLI has not reported yet: it does so at the start of each turn".into());
+        let actor = self.registry.send(Lookup { session_id: row.session_id }).await?.ok_or_else(unknown)?;
+        actor.send(crate::actors::session::GetAgentInfo).await.ok().flatten().ok_or_else(unknown)
+    }
+
     /// The session's open tool-approval requests.
     pub async fn permissions(
         &self,

@@ -464,3 +464,38 @@ async fn seed_clients_chat_with_user_id_in_the_body_under_auth_none() {
     assert_eq!(res.status, StatusCode::OK, "{}", res.text);
     assert_eq!(res.body["text"], "echo: old client");
 }
+
+#[actix_web::test]
+async fn the_agent_endpoint_reports_the_clis_init_and_sessions_may_bring_mcp_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("argv.log");
+    let log_path = log.clone();
+    let app = spawn_app_with(Backend::Sqlite, move |s| {
+        s.cli.env.insert("FAKE_CLAUDE_ARGV_LOG".into(), log_path.display().to_string());
+        s.session.overridable.push("mcp_servers".into());
+        s.mcp_servers.insert("global".into(), json!({"command": "global-mcp"}));
+    })
+    .await;
+    let key = app.create_user("alice").await;
+    let id = app
+        .create_session(&key, json!({"options": {"mcp_servers": {"mine": {"command": "my-mcp", "args": ["-v"]}}}}))
+        .await;
+    let path = format!("/api/v1/sessions/{id}/agent");
+    app.request(awc::http::Method::GET, &path, Some(&key), None).await.assert_error(404, "not_found");
+    app.chat(&key, &id, "hi").await;
+    let agent = app.request(awc::http::Method::GET, &path, Some(&key), None).await;
+    assert_eq!(agent.status, StatusCode::OK, "{}", agent.text);
+    assert_eq!(agent.body["tools"], json!(["Bash", "Write"]));
+    assert_eq!(agent.body["model"], "fake");
+    assert_eq!(agent.body["claude_code_version"], "2.1.330-fake");
+    let line: Value = serde_json::from_str(std::fs::read_to_string(&log).unwrap().lines().next().unwrap()).unwrap();
+    let config = line["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|a| a.as_str().unwrap().strip_prefix("--mcp-config="))
+        .expect("--mcp-config given");
+    let config: Value = serde_json::from_str(config).unwrap();
+    assert_eq!(config["mcpServers"]["global"]["command"], "global-mcp", "the settings' servers");
+    assert_eq!(config["mcpServers"]["mine"]["args"], json!(["-v"]), "and the session's own");
+}

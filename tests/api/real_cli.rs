@@ -196,3 +196,66 @@ async fn the_real_cli_asks_before_writing_and_obeys_allow_and_deny_given_over_ht
     assert_eq!(std::fs::read_to_string(dir.join("yes.txt")).unwrap(), "content of yes.txt");
     assert!(!dir.join("no.txt").exists(), "a denied Write writes nothing");
 }
+
+#[actix_web::test]
+async fn the_real_cli_gets_a_configured_stdio_mcp_server_and_calls_its_tool() {
+    let mock = MockApi::start();
+    let server = crate::helpers::fake_cli_path().with_file_name("mcp_echo");
+    let app = spawn_real_app(&mock, move |s| {
+        s.mcp_servers.insert("echo".into(), json!({"command": server.display().to_string()}));
+    })
+    .await;
+    let key = app.create_user("alice").await;
+    let id = app.create_session(&key, json!({})).await;
+    let res = app.chat(&key, &id, "mcp hello from the mcp test").await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text);
+    assert_eq!(res.body["tool_calls"][0]["tool"], "mcp__echo__echo");
+    assert_eq!(res.body["tool_calls"][0]["is_error"], false, "{}", res.text);
+    assert_eq!(res.body["text"], "MCP said: echo: hello from the mcp test");
+    let agent = app.request(awc::http::Method::GET, &format!("/api/v1/sessions/{id}/agent"), Some(&key), None).await;
+    assert_eq!(agent.status, StatusCode::OK, "{}", agent.text);
+    let servers = agent.body["mcp_servers"].as_array().unwrap();
+    assert!(servers.iter().any(|s| s["name"] == "echo" && s["status"] == "connected"), "{}", agent.text);
+    assert!(agent.body["tools"].as_array().unwrap().iter().any(|t| t == "mcp__echo__echo"));
+}
+
+#[actix_web::test]
+async fn a_users_skill_is_listed_for_that_user_only_and_project_skills_for_their_session() {
+    let mock = MockApi::start();
+    let app = spawn_real_app(&mock, |_| {}).await;
+    let alice = app.create_user("alice").await;
+    let bob = app.create_user("bob").await;
+    let skill = |dir: PathBuf, name: &str| {
+        std::fs::create_dir_all(dir.join(name)).unwrap();
+        std::fs::write(
+            dir.join(name).join("SKILL.md"),
+            format!("---\nname: {name}\ndescription: A test skill called {name}.\n---\nSay the word {name}.\n"),
+        )
+        .unwrap();
+    };
+    let a = app.create_session(&alice, json!({"subdir": "proj"})).await;
+    let b = app.create_session(&bob, json!({})).await;
+    skill(app.users_dir().join("alice/.claude/skills"), "alice-greeting");
+    skill(app.users_dir().join("alice/proj/.claude/skills"), "proj-checklist");
+    let names = |body: &Value| -> Vec<String> {
+        body["skills"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().map(str::to_owned).unwrap_or_else(|| s["name"].as_str().unwrap_or("").to_owned()))
+            .collect()
+    };
+    for (key, id) in [(&alice, &a), (&bob, &b)] {
+        assert_eq!(app.chat(key, id, "hi").await.status, StatusCode::OK);
+    }
+    let alice_agent =
+        app.request(awc::http::Method::GET, &format!("/api/v1/sessions/{a}/agent"), Some(&alice), None).await;
+    let bob_agent = app.request(awc::http::Method::GET, &format!("/api/v1/sessions/{b}/agent"), Some(&bob), None).await;
+    let (alice_skills, bob_skills) = (names(&alice_agent.body), names(&bob_agent.body));
+    assert!(alice_skills.contains(&"alice-greeting".to_string()), "{alice_skills:?}");
+    assert!(alice_skills.contains(&"proj-checklist".to_string()), "{alice_skills:?}");
+    assert!(!bob_skills.contains(&"alice-greeting".to_string()), "{bob_skills:?}");
+    app.request(awc::http::Method::GET, &format!("/api/v1/sessions/{a}/agent"), Some(&bob), None)
+        .await
+        .assert_error(404, "session_not_found");
+}
