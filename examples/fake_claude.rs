@@ -20,6 +20,8 @@
 //! | `huge MB`          | one text delta line of MB MiB |
 //! | `spawn`            | starts `sleep 1000` as a grandchild, leaves it running, answers its pid |
 //! | `history`          | answers every earlier user message of the session, joined by ` | ` |
+//! | `read PATH`        | a grandchild `cat PATH`: answers `read ok: <content>` or `read failed: <error>` |
+//! | `put PATH TEXT`    | a grandchild `sh -c` writes TEXT to PATH: answers `put ok` or `put failed: <error>` |
 //! | `stamp`            | answers `stamp:<ns since epoch>` taken just before writing the first delta |
 //!
 //! With `--permission-prompt-tool=stdio`, `tool`, `write` and `link` first ask with a
@@ -435,6 +437,29 @@ fn turn(session: &mut Session, text: &str, uuid: &str, rx: &Receiver<Input>) {
             let answer = match child {
                 Ok(c) => format!("spawned {}", c.id()),
                 Err(e) => format!("spawn failed: {e}"),
+            };
+            delta(session, &answer);
+            assistant(session, json!([{"type":"text","text":answer}]));
+            finish(session, text, uuid, "success", &answer, started, 1);
+        }
+        "read" | "put" => {
+            let path = words.get(1).copied().unwrap_or("");
+            let output = if words[0] == "read" {
+                std::process::Command::new("cat").arg(path).output()
+            } else {
+                let content = words.get(2..).map(|w| w.join(" ")).unwrap_or_default();
+                std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg("printf %s \"$1\" > \"$2\"")
+                    .arg("sh")
+                    .arg(content)
+                    .arg(path)
+                    .output()
+            };
+            let answer = match output {
+                Ok(o) if o.status.success() => format!("{} ok: {}", words[0], String::from_utf8_lossy(&o.stdout)),
+                Ok(o) => format!("{} failed: {}", words[0], String::from_utf8_lossy(&o.stderr).trim()),
+                Err(e) => format!("{} failed: {e}", words[0]),
             };
             delta(session, &answer);
             assistant(session, json!([{"type":"text","text":answer}]));

@@ -10,6 +10,7 @@
 //! |----------------------|--------|
 //! | `write NAME TEXT`    | a `Write` tool_use for `<cwd>/NAME` (cwd from the system prompt), then "Wrote NAME." |
 //! | `bash COMMAND`       | a `Bash` tool_use, then "Bash said: <its output>" |
+//! | `writeto PATH TEXT`  | a `Write` tool_use for the absolute PATH, then "Write said: <its output>" |
 //! | `mcp TEXT`           | a call of the MCP tool `mcp__echo__echo` with TEXT, then "MCP said: <its output>" |
 //! | `slow`               | 60 words, one every 100 ms (for interrupts) |
 //! | `history`            | every user text of the conversation so far, joined by ` | ` |
@@ -102,6 +103,7 @@ fn decide(body: &Value) -> Reply {
         return match words.first().copied() {
             Some("write") => Reply::Text(format!("Wrote {}.", words.get(1).unwrap_or(&"it")), Duration::ZERO),
             Some("mcp") => Reply::Text(format!("MCP said: {}", output.trim()), Duration::ZERO),
+            Some("writeto") => Reply::Text(format!("Write said: {}", output.trim()), Duration::ZERO),
             _ => Reply::Text(format!("Bash said: {}", output.trim()), Duration::ZERO),
         };
     }
@@ -114,6 +116,11 @@ fn decide(body: &Value) -> Reply {
         }
         Some("mcp") if has_tools => {
             Reply::Tool { name: "mcp__echo__echo", input: json!({"text": words[1..].join(" ")}) }
+        }
+        Some("writeto") if has_tools => {
+            let path = words.get(1).copied().unwrap_or("/tmp/out.txt");
+            let content = words.get(2..).map(|w| w.join(" ")).unwrap_or_default();
+            Reply::Tool { name: "Write", input: json!({"file_path": path, "content": content}) }
         }
         Some("bash") if has_tools => {
             let command = words[1..].join(" ");

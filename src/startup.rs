@@ -29,6 +29,8 @@ pub struct AppState {
     pub authenticator: Authenticator,
     pub hub: Arc<crate::sessions::hub::EventHub>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The kernel's Landlock ABI when the agents are confined.
+    pub sandbox: Option<i64>,
     pub started_at: Instant,
     /// `cli.path --version`, asked once (the real CLI takes ~0.5 s to answer).
     pub cli_version: std::sync::OnceLock<String>,
@@ -96,7 +98,9 @@ impl Application {
         if reaped > 0 {
             log::warn!("killed {reaped} process(es) a previous run left behind (it was killed without shutting down)");
         }
-        let registry = Registry::new(settings.clone(), storage.clone(), hub.clone(), metrics.clone(), groups).start();
+        let sandbox = crate::cli::sandbox::decide(settings.sandbox.mode).map_err(StartupError)?;
+        let registry =
+            Registry::new(settings.clone(), storage.clone(), hub.clone(), metrics.clone(), groups, sandbox).start();
         let sessions =
             SessionService::new(settings.clone(), storage.clone(), registry.clone(), hub.clone(), users_root);
         let state = web::Data::new(AppState {
@@ -107,6 +111,7 @@ impl Application {
             sessions,
             hub,
             metrics,
+            sandbox,
             started_at: Instant::now(),
             cli_version: std::sync::OnceLock::new(),
         });

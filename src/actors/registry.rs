@@ -72,6 +72,8 @@ struct Entry {
 
 pub struct Registry {
     limits: Limits,
+    /// The kernel's Landlock ABI when children are confined.
+    sandbox: Option<i64>,
     groups: Arc<crate::cli::orphans::GroupRecord>,
     metrics: Arc<crate::metrics::Metrics>,
     hub: Arc<EventHub>,
@@ -93,8 +95,10 @@ impl Registry {
         hub: Arc<EventHub>,
         metrics: Arc<crate::metrics::Metrics>,
         groups: Arc<crate::cli::orphans::GroupRecord>,
+        sandbox: Option<i64>,
     ) -> Self {
         Self {
+            sandbox,
             groups,
             metrics,
             hub,
@@ -159,7 +163,22 @@ impl Registry {
         let env = build_env(std::env::vars(), &self.settings.cli.env, &config_dir, &tmp_dir);
         let spec = LaunchSpec { program: &program, args: &args, env: &env, cwd: &cwd };
         let label = format!("session {}", row.session_id);
-        let child = process::spawn(&spec, &label)
+        let confinement = match self.sandbox {
+            Some(_) => {
+                let mut read = crate::cli::sandbox::program_dirs(&program);
+                for server in options.mcp_servers.values() {
+                    if let Some(found) = server.get("command").and_then(Value::as_str).and_then(crate::cli::locate) {
+                        read.extend(crate::cli::sandbox::program_dirs(&found));
+                    }
+                }
+                Some(
+                    crate::cli::sandbox::ruleset(&read, &[user_dir.clone(), tmp_dir.clone()])
+                        .map_err(ApiError::Internal)?,
+                )
+            }
+            None => None,
+        };
+        let child = process::spawn(&spec, &label, confinement)
             .map_err(|e| ApiError::CliFailed(format!("cannot start the claude CLI at {}: {e}", program.display())))?;
         log::info!("session {}: started the CLI (pid {}, {:?})", row.session_id, child.pid, mode);
         self.groups.add(child.pid as i32, crate::clock::now_ms());

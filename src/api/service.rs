@@ -33,8 +33,16 @@ struct Health {
     storage_type: &'static str,
     uptime_seconds: u64,
     cli: CliInfo,
+    /// `landlock` (with the kernel's ABI) or `off`.
+    sandbox: Sandbox,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Sandbox {
+    mode: &'static str,
+    abi: Option<i64>,
 }
 
 /// 200 `healthy`, or 503 `unhealthy` with `error` when storage does not answer or the CLI
@@ -82,6 +90,7 @@ async fn get_health(state: web::Data<AppState>) -> HttpResponse {
             path: cli.map(|p| p.display().to_string()).unwrap_or_else(|| state.settings.cli.path.clone()),
             version,
         },
+        sandbox: Sandbox { mode: if state.sandbox.is_some() { "landlock" } else { "off" }, abi: state.sandbox },
         error,
     };
     if body.error.is_some() {

@@ -4,6 +4,7 @@ pub mod command;
 pub mod orphans;
 pub mod process;
 pub mod protocol;
+pub mod sandbox;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -20,6 +20,8 @@ use super::protocol::{CliMessage, parse_line};
 pub const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
 const STDERR_TAIL_BYTES: usize = 2048;
 const READ_BUFFER_BYTES: usize = 8 * 1024;
+/// Open files per CLI process (soft limit; never above the service's own hard limit).
+const MAX_OPEN_FILES: libc::rlim_t = 8192;
 const LINE_KEEP_BYTES: usize = 64 * 1024;
 
 /// What a command line needs to start.
@@ -29,6 +31,9 @@ pub struct LaunchSpec<'a> {
     pub env: &'a [(String, String)],
     pub cwd: &'a Path,
 }
+
+/// A Landlock ruleset applied to the child between fork and exec.
+pub type Confinement = landlock::RulesetCreated;
 
 /// The last bytes the CLI wrote to stderr, for error messages.
 #[derive(Debug, Default)]
@@ -83,7 +88,11 @@ pub struct CliProcess {
 
 /// Starts the CLI. Must be called on a thread that lives as long as the service (the
 /// parent-death signal follows the thread that forks), which the registry actor's is.
-pub fn spawn(spec: &LaunchSpec<'_>, session_label: &str) -> std::io::Result<CliProcess> {
+pub fn spawn(
+    spec: &LaunchSpec<'_>,
+    session_label: &str,
+    confinement: Option<Confinement>,
+) -> std::io::Result<CliProcess> {
     let mut cmd = Command::new(spec.program);
     cmd.args(spec.args)
         .env_clear()
@@ -94,11 +103,25 @@ pub fn spawn(spec: &LaunchSpec<'_>, session_label: &str) -> std::io::Result<CliP
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    // SAFETY: only async-signal-safe calls between fork and exec.
+    let confinement = std::sync::Mutex::new(confinement);
+    // SAFETY: only syscalls between fork and exec: prctl, and Landlock's prctl(NO_NEW_PRIVS)
+    // and landlock_restrict_self on a ruleset built before the fork.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // No core dumps (they would hold conversation and keys), and a bounded fd table.
+            let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+            let mut files = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut files) == 0 {
+                files.rlim_cur = files.rlim_max.min(MAX_OPEN_FILES);
+                libc::setrlimit(libc::RLIMIT_NOFILE, &files);
+            }
+            let ruleset = confinement.lock().ok().and_then(|mut c| c.take());
+            if let Some(ruleset) = ruleset {
+                ruleset.restrict_self().map_err(|_| std::io::Error::other("Landlock could not be applied"))?;
             }
             Ok(())
         });

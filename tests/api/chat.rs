@@ -397,6 +397,8 @@ async fn the_cli_gets_its_flags_and_an_allowlisted_environment() {
     let log_path = log.clone();
     let app = spawn_app_with(Backend::Sqlite, move |s| {
         s.cli.env.insert("FAKE_CLAUDE_ARGV_LOG".into(), log_path.display().to_string());
+        // The fake logs outside the user's directory, which confinement rightly forbids.
+        s.sandbox.mode = claude_agent_http::settings::SandboxMode::Off;
         s.defaults.model = Some("claude-test".into());
         s.api.idle_session_timeout = 1;
     })
@@ -472,6 +474,8 @@ async fn the_agent_endpoint_reports_the_clis_init_and_sessions_may_bring_mcp_ser
     let log_path = log.clone();
     let app = spawn_app_with(Backend::Sqlite, move |s| {
         s.cli.env.insert("FAKE_CLAUDE_ARGV_LOG".into(), log_path.display().to_string());
+        // The fake logs outside the user's directory, which confinement rightly forbids.
+        s.sandbox.mode = claude_agent_http::settings::SandboxMode::Off;
         s.session.overridable.push("mcp_servers".into());
         s.mcp_servers.insert("global".into(), json!({"command": "global-mcp"}));
     })

@@ -3,13 +3,14 @@
 mod auth;
 mod browser;
 mod chat;
+mod confinement;
 mod events;
 mod helpers;
 mod history_files;
 mod metrics;
 mod permissions;
 mod processes;
-mod real_cli;
+pub mod real_cli;
 mod service;
 mod sessions;
 mod shutdown;
