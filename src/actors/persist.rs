@@ -12,19 +12,13 @@ use crate::storage::{EventRow, Storage, StorageError, TurnRecord};
 
 pub enum PersistJob {
     /// Move the status to `to` if it is one of `from` (never overwrites closed or expired).
-    Status {
-        to: SessionStatus,
-        from: &'static [SessionStatus],
-    },
-    TurnFinished(Box<TurnRecord>),
+    Status { to: SessionStatus, from: &'static [SessionStatus] },
+    /// A finished turn with its last events; `stored` as for `Events`.
+    TurnFinished(Box<TurnRecord>, Option<oneshot::Sender<i64>>),
     /// "Always allow" this tool in this session.
     AllowTool(String),
     /// A batch of events; `stored` gets the last id once they are in storage (or given up on).
-    Events {
-        rows: Vec<EventRow>,
-        keep: i64,
-        stored: oneshot::Sender<i64>,
-    },
+    Events { rows: Vec<EventRow>, keep: i64, stored: oneshot::Sender<i64> },
 }
 
 const RETRIES: u32 = 8;
@@ -37,10 +31,8 @@ pub fn start(storage: Storage, session_id: String) -> mpsc::UnboundedSender<Pers
             let mut delay = Duration::from_millis(100);
             for attempt in 1..=RETRIES {
                 let result = match &job {
-                    PersistJob::Status { to, from } => {
-                        storage.transition_session(&session_id, from, *to, None).await.map(|_| ())
-                    }
-                    PersistJob::TurnFinished(record) => storage.finish_turn(record).await,
+                    PersistJob::Status { to, from } => storage.set_status_if(&session_id, from, *to).await,
+                    PersistJob::TurnFinished(record, _) => storage.finish_turn(record).await,
                     PersistJob::Events { rows, keep, .. } => storage.insert_events(rows, *keep).await,
                     PersistJob::AllowTool(tool) => storage.allow_tool(&session_id, tool).await,
                 };
@@ -57,10 +49,18 @@ pub fn start(storage: Storage, session_id: String) -> mpsc::UnboundedSender<Pers
                     }
                 }
             }
-            if let PersistJob::Events { rows, stored, .. } = &mut job {
-                let last = rows.last().map(|r| r.event_id).unwrap_or(0);
-                let (done, _) = oneshot::channel();
-                let _ = std::mem::replace(stored, done).send(last);
+            let confirm = match &mut job {
+                PersistJob::Events { rows, stored, .. } => Some((
+                    rows.last().map(|r| r.event_id).unwrap_or(0),
+                    std::mem::replace(stored, oneshot::channel().0),
+                )),
+                PersistJob::TurnFinished(record, stored) => {
+                    stored.take().map(|s| (record.events.last().map(|r| r.event_id).unwrap_or(0), s))
+                }
+                _ => None,
+            };
+            if let Some((last, stored)) = confirm {
+                let _ = stored.send(last);
             }
         }
     });
@@ -71,7 +71,7 @@ impl PersistJob {
     fn describe(&self) -> String {
         match self {
             PersistJob::Status { to, .. } => format!("status {}", to.as_str()),
-            PersistJob::TurnFinished(r) => format!("turn {}", r.turn_id),
+            PersistJob::TurnFinished(r, _) => format!("turn {}", r.turn_id),
             PersistJob::Events { rows, .. } => format!("{} events", rows.len()),
             PersistJob::AllowTool(tool) => format!("always-allow of {tool}"),
         }

@@ -255,9 +255,20 @@ impl SessionActor {
         }
     }
 
-    /// Hands the events not yet handed to the writer; they stay in memory until it confirms.
-    /// The receiver resolves once they are stored.
+    /// Hands the events not yet handed to the writer as its own batch; they stay in memory
+    /// until it confirms. The receiver resolves once they are stored.
     fn flush_events(&mut self, ctx: &mut Context<Self>) -> Option<oneshot::Receiver<()>> {
+        let (rows, stored, done) = self.hand_events(ctx)?;
+        let _ = self.persist.send(PersistJob::Events { rows, keep: self.replay_keep, stored });
+        Some(done)
+    }
+
+    /// The events not yet handed to the writer, as rows, with the sender the writer confirms
+    /// them on (which drops them from memory) and a receiver that resolves then.
+    fn hand_events(
+        &mut self,
+        ctx: &mut Context<Self>,
+    ) -> Option<(Vec<EventRow>, oneshot::Sender<i64>, oneshot::Receiver<()>)> {
         let rows: Vec<EventRow> = self
             .unstored
             .iter()
@@ -272,7 +283,6 @@ impl SessionActor {
             .collect();
         self.handed_up_to = rows.last()?.event_id;
         let (stored, confirmed) = oneshot::channel();
-        let _ = self.persist.send(PersistJob::Events { rows, keep: self.replay_keep, stored });
         let (notify, done) = oneshot::channel();
         ctx.spawn(async move { confirmed.await.ok() }.into_actor(self).map(move |stored, act, _| {
             if let Some(up_to) = stored {
@@ -282,7 +292,7 @@ impl SessionActor {
             }
             let _ = notify.send(());
         }));
-        Some(done)
+        Some((rows, stored, done))
     }
 
     fn on_message(&mut self, message: CliMessage, ctx: &mut Context<Self>) {
@@ -429,7 +439,8 @@ impl SessionActor {
             TurnOutcome::Done { .. } => None,
         };
         self.emit(json, Some(outcome), ctx);
-        self.flush_events(ctx);
+        // The turn's last events are stored in the same transaction as the turn itself.
+        let events = self.hand_events(ctx);
         let Some(turn) = self.turn.take() else { return };
         self.deny_pending("the turn ended");
         let usage = summary.as_ref().map(|s| s.usage.clone()).unwrap_or_default();
@@ -440,7 +451,13 @@ impl SessionActor {
             usage.output_tokens,
             summary.as_ref().map(|s| s.cost_usd).unwrap_or(0.0),
         );
+        let (events, stored) = match events {
+            Some((rows, stored, _)) => (rows, Some(stored)),
+            None => (Vec::new(), None),
+        };
         let record = TurnRecord {
+            events,
+            keep_events: self.replay_keep,
             session_id: self.id.clone(),
             turn_id: turn.id.to_string(),
             started_at: turn.started_at,
@@ -455,7 +472,7 @@ impl SessionActor {
             tool_calls: serde_json::to_string(&turn.tool_calls).unwrap_or_else(|_| "[]".into()),
         };
         log::debug!("session {}: turn {} ended after {:?}", self.id, record.turn_id, turn.started.elapsed());
-        let _ = self.persist.send(PersistJob::TurnFinished(Box::new(record)));
+        let _ = self.persist.send(PersistJob::TurnFinished(Box::new(record), stored));
         self.registry.do_send(Activity { session_id: self.id.clone() });
         if let Some(reason) = self.stop_after_turn.take() {
             self.begin_stop(reason, ctx);

@@ -155,6 +155,9 @@ pub struct TurnRecord {
     pub assistant_text: String,
     /// JSON array of tool calls.
     pub tool_calls: String,
+    /// The turn's events not yet stored, and how many events the session keeps.
+    pub events: Vec<EventRow>,
+    pub keep_events: i64,
 }
 
 impl Storage {
@@ -198,6 +201,18 @@ impl Storage {
                 };
                 for message in [&user, &assistant] {
                     diesel::insert_into(messages::table).values(message).execute(conn).await?;
+                }
+                for row in r.events.iter() {
+                    diesel::insert_into(events::table).values(row).execute(conn).await?;
+                }
+                if let Some(last) = r.events.last() {
+                    diesel::delete(
+                        events::table
+                            .filter(events::session_id.eq(&r.session_id))
+                            .filter(events::event_id.le(last.event_id - r.keep_events)),
+                    )
+                    .execute(conn)
+                    .await?;
                 }
                 Ok(())
             })
@@ -320,5 +335,26 @@ impl Storage {
             .select((sessions::status, diesel::dsl::count_star()))
             .load::<(String, i64)>(conn)
             .await?)
+    }
+}
+
+impl Storage {
+    /// Moves a session to `to` if its status is one of `from`: one statement, nothing read
+    /// back (the session actor's status changes, off the request path).
+    pub async fn set_status_if(
+        &self,
+        session_id: &str,
+        from: &[SessionStatus],
+        to: SessionStatus,
+    ) -> Result<(), StorageError> {
+        let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+        run!(self, [session_id, from, to], |conn| {
+            diesel::update(
+                sessions::table.filter(sessions::session_id.eq(session_id)).filter(sessions::status.eq_any(from)),
+            )
+            .set(sessions::status.eq(to.as_str()))
+            .execute(conn)
+            .await?;
+        })
     }
 }
