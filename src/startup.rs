@@ -99,8 +99,16 @@ impl Application {
             log::warn!("killed {reaped} process(es) a previous run left behind (it was killed without shutting down)");
         }
         let sandbox = crate::cli::sandbox::decide(settings.sandbox.mode).map_err(StartupError)?;
-        let registry =
-            Registry::new(settings.clone(), storage.clone(), hub.clone(), metrics.clone(), groups, sandbox).start();
+        let registry = Registry::new(
+            settings.clone(),
+            storage.clone(),
+            hub.clone(),
+            metrics.clone(),
+            groups,
+            sandbox,
+            users_root.clone(),
+        )
+        .start();
         let sessions =
             SessionService::new(settings.clone(), storage.clone(), registry.clone(), hub.clone(), users_root);
         let state = web::Data::new(AppState {

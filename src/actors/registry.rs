@@ -72,6 +72,8 @@ struct Entry {
 
 pub struct Registry {
     limits: Limits,
+    /// Canonical `user.base_dir` (resolved once at start-up).
+    users_root: PathBuf,
     /// The kernel's Landlock ABI when children are confined.
     sandbox: Option<i64>,
     groups: Arc<crate::cli::orphans::GroupRecord>,
@@ -96,8 +98,10 @@ impl Registry {
         metrics: Arc<crate::metrics::Metrics>,
         groups: Arc<crate::cli::orphans::GroupRecord>,
         sandbox: Option<i64>,
+        users_root: PathBuf,
     ) -> Self {
         Self {
+            users_root,
             sandbox,
             groups,
             metrics,
@@ -145,7 +149,7 @@ impl Registry {
             ApiError::CliFailed(format!("the claude CLI was not found at `{}` (cli.path)", self.settings.cli.path))
         })?;
         let cwd = PathBuf::from(&row.cwd);
-        let user_dir = self.settings_user_dir(&row.user_id)?;
+        let user_dir = self.users_root.join(&row.user_id);
         let config_dir = user_dir.join(".claude");
         let tmp_dir = std::env::temp_dir().join("claude-agent-http").join(&row.session_id);
         for dir in [&config_dir, &tmp_dir] {
@@ -215,12 +219,6 @@ impl Registry {
             },
         );
         Ok(addr)
-    }
-
-    fn settings_user_dir(&self, user_id: &str) -> Result<PathBuf, ApiError> {
-        let root = std::fs::canonicalize(&self.settings.user.base_dir)
-            .map_err(|e| ApiError::Internal(format!("user.base_dir: {e}")))?;
-        Ok(root.join(user_id))
     }
 
     fn retire(&mut self, session_id: &str, reason: StopReason) {

@@ -3,19 +3,15 @@
 
 use std::time::Instant;
 
+use actix_web::Error;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::{Error, HttpMessage};
 
 use crate::metrics::HttpLabels;
 
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
-
-/// The request id, for handlers that want to mention it.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
 
 /// A client's own id is kept when it is short and plain; otherwise a new one is made.
 fn request_id(req: &ServiceRequest) -> String {
@@ -37,7 +33,6 @@ pub async fn log_requests(
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.path().to_owned();
-    req.extensions_mut().insert(RequestId(id.clone()));
     let result = next.call(req).await;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     match result {

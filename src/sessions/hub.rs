@@ -31,9 +31,4 @@ impl EventHub {
             channels.remove(session_id);
         }
     }
-
-    /// Sessions with followers now (for metrics and tests).
-    pub fn followed(&self) -> usize {
-        self.channels.lock().map(|c| c.values().filter(|tx| tx.receiver_count() > 0).count()).unwrap_or(0)
-    }
 }

@@ -65,10 +65,6 @@ impl SessionStatus {
     pub fn is_live(self) -> bool {
         Self::LIVE.contains(&self)
     }
-
-    pub fn is_open(self) -> bool {
-        Self::OPEN_STRS.contains(&self.as_str())
-    }
 }
 
 #[cfg(test)]
@@ -85,7 +81,8 @@ mod tests {
         assert_eq!(live, SessionStatus::LIVE_STRS);
         let open: Vec<&str> = SessionStatus::OPEN.iter().map(|s| s.as_str()).collect();
         assert_eq!(open, SessionStatus::OPEN_STRS);
-        assert!(SessionStatus::LIVE.iter().all(|s| s.is_open()));
-        assert!(!SessionStatus::Closed.is_open() && !SessionStatus::Expired.is_open());
+        assert!(SessionStatus::LIVE.iter().all(|s| SessionStatus::OPEN.contains(s)));
+        assert!(!SessionStatus::OPEN.contains(&SessionStatus::Closed));
+        assert!(!SessionStatus::OPEN.contains(&SessionStatus::Expired));
     }
 }

@@ -396,9 +396,7 @@ async fn the_cli_gets_its_flags_and_an_allowlisted_environment() {
     let log = dir.path().join("argv.log");
     let log_path = log.clone();
     let app = spawn_app_with(Backend::Sqlite, move |s| {
-        s.cli.env.insert("FAKE_CLAUDE_ARGV_LOG".into(), log_path.display().to_string());
-        // The fake logs outside the user's directory, which confinement rightly forbids.
-        s.sandbox.mode = claude_agent_http::settings::SandboxMode::Off;
+        log_cli_arguments(s, &log_path);
         s.defaults.model = Some("claude-test".into());
         s.api.idle_session_timeout = 1;
     })
@@ -473,9 +471,7 @@ async fn the_agent_endpoint_reports_the_clis_init_and_sessions_may_bring_mcp_ser
     let log = dir.path().join("argv.log");
     let log_path = log.clone();
     let app = spawn_app_with(Backend::Sqlite, move |s| {
-        s.cli.env.insert("FAKE_CLAUDE_ARGV_LOG".into(), log_path.display().to_string());
-        // The fake logs outside the user's directory, which confinement rightly forbids.
-        s.sandbox.mode = claude_agent_http::settings::SandboxMode::Off;
+        log_cli_arguments(s, &log_path);
         s.session.overridable.push("mcp_servers".into());
         s.mcp_servers.insert("global".into(), json!({"command": "global-mcp"}));
     })
@@ -502,4 +498,11 @@ async fn the_agent_endpoint_reports_the_clis_init_and_sessions_may_bring_mcp_ser
     let config: Value = serde_json::from_str(config).unwrap();
     assert_eq!(config["mcpServers"]["global"]["command"], "global-mcp", "the settings' servers");
     assert_eq!(config["mcpServers"]["mine"]["args"], json!(["-v"]), "and the session's own");
+}
+
+/// Makes the fake CLI append its arguments and environment names to `log`. The log lies
+/// outside the user's directory, which confinement rightly forbids, so the sandbox is off.
+fn log_cli_arguments(s: &mut claude_agent_http::Settings, log: &std::path::Path) {
+    s.cli.env.insert("FAKE_CLAUDE_ARGV_LOG".into(), log.display().to_string());
+    s.sandbox.mode = claude_agent_http::settings::SandboxMode::Off;
 }
