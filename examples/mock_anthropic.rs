@@ -45,8 +45,7 @@ fn user_texts(messages: &[Value]) -> Vec<String> {
                     .iter()
                     .filter(|b| b["type"] == "text")
                     .filter_map(|b| b["text"].as_str())
-                    .filter(|t| !t.starts_with('<'))
-                    .last()
+                    .rfind(|t| !t.starts_with('<'))
                 {
                     texts.push(t.to_string());
                 }

@@ -8,11 +8,12 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::storage::StorageError;
 
 /// One invalid field of a request (422 `validation_error`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,
@@ -21,6 +22,67 @@ pub struct FieldError {
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self { field: field.into(), message: message.into() }
+    }
+}
+
+/// The stable code of an error, `error.code` in every error body. Clients branch on it; the
+/// message is for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidRequest,
+    InvalidPath,
+    Unauthorized,
+    Forbidden,
+    SessionNotFound,
+    UserNotFound,
+    NotFound,
+    MethodNotAllowed,
+    UserExists,
+    SessionClosed,
+    NoTurnRunning,
+    SessionExpired,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationError,
+    SessionBusy,
+    QuotaExceeded,
+    CliFailed,
+    MemoryPressure,
+    Overloaded,
+    StorageUnavailable,
+    TurnTimeout,
+    InternalError,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            InvalidRequest => "invalid_request",
+            InvalidPath => "invalid_path",
+            Unauthorized => "unauthorized",
+            Forbidden => "forbidden",
+            SessionNotFound => "session_not_found",
+            UserNotFound => "user_not_found",
+            NotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
+            UserExists => "user_exists",
+            SessionClosed => "session_closed",
+            NoTurnRunning => "no_turn_running",
+            SessionExpired => "session_expired",
+            PayloadTooLarge => "payload_too_large",
+            UnsupportedMediaType => "unsupported_media_type",
+            ValidationError => "validation_error",
+            SessionBusy => "session_busy",
+            QuotaExceeded => "quota_exceeded",
+            CliFailed => "cli_failed",
+            MemoryPressure => "memory_pressure",
+            Overloaded => "overloaded",
+            StorageUnavailable => "storage_unavailable",
+            TurnTimeout => "turn_timeout",
+            InternalError => "internal_error",
+        }
     }
 }
 
@@ -53,37 +115,37 @@ pub enum ApiError {
 
 impl ApiError {
     /// The table: status and stable code of every error the API returns.
-    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+    pub fn status_and_code(&self) -> (StatusCode, ErrorCode) {
         use ApiError::*;
         match self {
-            InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
-            InvalidPath(_) => (StatusCode::BAD_REQUEST, "invalid_path"),
-            Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            SessionNotFound => (StatusCode::NOT_FOUND, "session_not_found"),
-            UserNotFound => (StatusCode::NOT_FOUND, "user_not_found"),
-            NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            UserExists => (StatusCode::CONFLICT, "user_exists"),
-            SessionClosed => (StatusCode::CONFLICT, "session_closed"),
-            NoTurnRunning => (StatusCode::CONFLICT, "no_turn_running"),
-            SessionExpired => (StatusCode::GONE, "session_expired"),
-            PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-            Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"),
-            SessionBusy => (StatusCode::TOO_MANY_REQUESTS, "session_busy"),
-            QuotaExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
-            CliFailed(_) => (StatusCode::BAD_GATEWAY, "cli_failed"),
-            MemoryPressure { .. } => (StatusCode::SERVICE_UNAVAILABLE, "memory_pressure"),
-            Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
-            StorageUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
-            TurnTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "turn_timeout"),
-            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+            InvalidRequest(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest),
+            InvalidPath(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidPath),
+            Unauthorized(_) => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
+            Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
+            SessionNotFound => (StatusCode::NOT_FOUND, ErrorCode::SessionNotFound),
+            UserNotFound => (StatusCode::NOT_FOUND, ErrorCode::UserNotFound),
+            NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed),
+            UserExists => (StatusCode::CONFLICT, ErrorCode::UserExists),
+            SessionClosed => (StatusCode::CONFLICT, ErrorCode::SessionClosed),
+            NoTurnRunning => (StatusCode::CONFLICT, ErrorCode::NoTurnRunning),
+            SessionExpired => (StatusCode::GONE, ErrorCode::SessionExpired),
+            PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge),
+            UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, ErrorCode::UnsupportedMediaType),
+            Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ValidationError),
+            SessionBusy => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::SessionBusy),
+            QuotaExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::QuotaExceeded),
+            CliFailed(_) => (StatusCode::BAD_GATEWAY, ErrorCode::CliFailed),
+            MemoryPressure { .. } => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::MemoryPressure),
+            Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Overloaded),
+            StorageUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StorageUnavailable),
+            TurnTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, ErrorCode::TurnTimeout),
+            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::InternalError),
         }
     }
 
     pub fn code(&self) -> &'static str {
-        self.status_and_code().1
+        self.status_and_code().1.as_str()
     }
 
     /// Seconds a client should wait before trying again (sent as `Retry-After`).
@@ -134,18 +196,21 @@ impl fmt::Display for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorInner<'a>,
-    detail: &'a str,
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorResponse {
+    pub error: ErrorDetail,
+    /// The message again, where the seed's clients read it (FastAPI's `detail`).
+    pub detail: String,
 }
 
-#[derive(Serialize)]
-struct ErrorInner<'a> {
-    code: &'a str,
-    message: &'a str,
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    pub message: String,
+    /// Only on 422 `validation_error`: every invalid field.
     #[serde(skip_serializing_if = "Option::is_none")]
-    fields: Option<&'a [FieldError]>,
+    pub fields: Option<Vec<FieldError>>,
 }
 
 impl ResponseError for ApiError {
@@ -160,10 +225,10 @@ impl ResponseError for ApiError {
         }
         let message = self.message();
         let fields = match self {
-            ApiError::Validation(f) => Some(f.as_slice()),
+            ApiError::Validation(f) => Some(f.clone()),
             _ => None,
         };
-        let body = ErrorBody { error: ErrorInner { code, message: &message, fields }, detail: &message };
+        let body = ErrorResponse { error: ErrorDetail { code, message: message.clone(), fields }, detail: message };
         let mut response = HttpResponse::build(status);
         if let Some(secs) = self.retry_after_secs() {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from(secs)));
@@ -213,6 +278,41 @@ mod tests {
             assert!(resp.headers().contains_key(header::RETRY_AFTER), "{e}");
         }
         assert!(!ApiError::SessionNotFound.error_response().headers().contains_key(header::RETRY_AFTER));
+    }
+
+    #[test]
+    fn every_code_serialises_as_its_stable_string() {
+        let errors = [
+            ApiError::InvalidRequest(String::new()),
+            ApiError::InvalidPath(String::new()),
+            ApiError::Unauthorized(String::new()),
+            ApiError::Forbidden(String::new()),
+            ApiError::SessionNotFound,
+            ApiError::UserNotFound,
+            ApiError::NotFound(String::new()),
+            ApiError::MethodNotAllowed,
+            ApiError::UserExists,
+            ApiError::SessionClosed,
+            ApiError::NoTurnRunning,
+            ApiError::SessionExpired,
+            ApiError::PayloadTooLarge(String::new()),
+            ApiError::UnsupportedMediaType(String::new()),
+            ApiError::Validation(Vec::new()),
+            ApiError::SessionBusy,
+            ApiError::QuotaExceeded { message: String::new(), retry_after_secs: 1 },
+            ApiError::CliFailed(String::new()),
+            ApiError::MemoryPressure { message: String::new(), retry_after_secs: 1 },
+            ApiError::Overloaded { retry_after_secs: 1 },
+            ApiError::StorageUnavailable(String::new()),
+            ApiError::TurnTimeout(String::new()),
+            ApiError::Internal(String::new()),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for e in &errors {
+            let code = e.status_and_code().1;
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str(), "{e:?}");
+            assert!(seen.insert(code.as_str()), "{} used twice", code.as_str());
+        }
     }
 
     #[test]

@@ -472,7 +472,7 @@ impl Settings {
                  (or set CLAUDE_AGENT_SESSION_PG_HOST and friends)"));
         }
         if let Some(max) = self.defaults.max_budget_usd
-            && !(max > 0.0)
+            && (max.is_nan() || max <= 0.0)
         {
             return Err(err("invalid setting `defaults.max_budget_usd`: must be greater than 0"));
         }

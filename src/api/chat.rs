@@ -4,14 +4,17 @@ use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
+use super::openapi::TurnErrors;
 use super::{ApiResult, resource, sse};
 use crate::api::extract::JsonBody;
 use crate::auth::Caller;
 use crate::cli::protocol::Usage;
 use crate::clock;
-use crate::error::{ApiError, FieldError};
-use crate::sessions::events::{ToolCall, TurnOutcome};
+use crate::error::{ApiError, ErrorResponse, FieldError};
+use crate::sessions::Message;
+use crate::sessions::events::{Frame as StreamFrame, ToolCall, TurnOutcome};
 use crate::startup::AppState;
 
 pub const MAX_MESSAGE_CHARS: usize = 100_000;
@@ -31,24 +34,27 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// The seed's chat body; `user_id` is optional (checked against the key when given).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChatRequest {
     pub session_id: String,
+    /// 1-100000 characters, not blank.
     pub message: String,
+    /// Seconds the turn may take (1-3600, default 120); then it is interrupted.
+    #[schema(minimum = 1, maximum = 3600)]
     pub timeout: Option<u64>,
+    /// The seed's field: must be the key's own user when given.
     pub user_id: Option<String>,
 }
 
 impl ChatRequest {
     /// The message and the turn's timeout, or 422 naming what is wrong.
     fn validate(&self, caller: &Caller) -> Result<Duration, ApiError> {
-        if let Some(user) = self.user_id.as_deref().filter(|u| !u.is_empty()) {
-            if let Caller::User(own) = caller
-                && own != user
-            {
-                return Err(ApiError::Forbidden("A user key can only act for its own user".into()));
-            }
+        if let Some(user) = self.user_id.as_deref().filter(|u| !u.is_empty())
+            && let Caller::User(own) = caller
+            && own != user
+        {
+            return Err(ApiError::Forbidden("A user key can only act for its own user".into()));
         }
         validate_turn(&self.message, self.timeout)
     }
@@ -70,20 +76,40 @@ fn validate_turn(message: &str, timeout: Option<u64>) -> Result<Duration, ApiErr
 }
 
 /// `POST /chat` answer (seed fields, filled in properly).
-#[derive(Debug, Serialize)]
-struct ChatResponse {
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ChatResponse {
     session_id: String,
+    /// The turn's final answer.
     text: String,
     tool_calls: Vec<ToolCall>,
+    /// When the turn ended, RFC 3339, UTC.
     timestamp: String,
+    /// This turn's cost.
     cost_usd: f64,
     usage: Usage,
     duration_ms: i64,
+    /// Model round trips within the turn.
     num_turns: i64,
+    /// The CLI's result subtype: `success`, `error_max_turns`, `interrupted`, ...
     subtype: String,
 }
 
-async fn post_chat(state: web::Data<AppState>, caller: Caller, JsonBody(req): JsonBody<ChatRequest>) -> ApiResult {
+/// Send a message and wait for the whole answer.
+#[utoipa::path(
+    post, path = "/api/v1/chat", tag = "chat",
+    request_body = ChatRequest,
+    responses(
+        (status = 200, body = ChatResponse),
+        (status = 403, description = "`forbidden`: `user_id` is not the key's user", body = ErrorResponse),
+        TurnErrors,
+        (status = 504, description = "`turn_timeout`: the turn was interrupted after `timeout` seconds", body = ErrorResponse),
+    ),
+)]
+pub(super) async fn post_chat(
+    state: web::Data<AppState>,
+    caller: Caller,
+    JsonBody(req): JsonBody<ChatRequest>,
+) -> ApiResult {
     let timeout = req.validate(&caller)?;
     let mut turn = state.sessions.start_turn(&caller, &req.session_id, req.message, timeout).await?;
     while let Some(event) = turn.events.recv().await {
@@ -108,8 +134,19 @@ async fn post_chat(state: web::Data<AppState>, caller: Caller, JsonBody(req): Js
     Err(ApiError::Internal("the turn ended without a result".into()))
 }
 
+/// Send a message and stream the turn as Server-Sent Events: `id:` + `data:` (a
+/// `StreamFrame`) per event, `: ping` after 15 s idle, ending after `done` or `error`.
 /// Errors found before the stream starts are plain HTTP errors; later ones are `error` frames.
-async fn post_chat_stream(
+#[utoipa::path(
+    post, path = "/api/v1/chat/stream", tag = "chat",
+    request_body = ChatRequest,
+    responses(
+        (status = 200, description = "The turn's frames; each `data:` line is a StreamFrame", content_type = "text/event-stream", body = StreamFrame),
+        (status = 403, description = "`forbidden`: `user_id` is not the key's user", body = ErrorResponse),
+        TurnErrors,
+    ),
+)]
+pub(super) async fn post_chat_stream(
     state: web::Data<AppState>,
     caller: Caller,
     JsonBody(req): JsonBody<ChatRequest>,
@@ -119,25 +156,50 @@ async fn post_chat_stream(
     Ok(sse::respond(turn.events, true, state.metrics.clone()))
 }
 
-#[derive(Debug, Serialize)]
-struct Interrupting {
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Interrupting {
     session_id: String,
+    /// The turn being interrupted; it ends with `done` (subtype `interrupted`) within 5 s.
     turn_id: String,
 }
 
-async fn post_interrupt(state: web::Data<AppState>, caller: Caller, path: web::Path<String>) -> ApiResult {
+/// Interrupt the running turn.
+#[utoipa::path(
+    post, path = "/api/v1/sessions/{session_id}/interrupt", tag = "chat",
+    params(("session_id" = String, Path)),
+    responses(
+        (status = 202, body = Interrupting),
+        (status = 404, description = "`session_not_found`", body = ErrorResponse),
+        (status = 409, description = "`no_turn_running`", body = ErrorResponse),
+    ),
+)]
+pub(super) async fn post_interrupt(state: web::Data<AppState>, caller: Caller, path: web::Path<String>) -> ApiResult {
     let session_id = path.into_inner();
     let turn_id = state.sessions.interrupt(&caller, &session_id).await?;
     Ok(HttpResponse::Accepted().json(Interrupting { session_id, turn_id }))
 }
 
-#[derive(Debug, Deserialize)]
-struct MessagesParams {
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct MessagesParams {
+    /// At most this many (the latest ones; default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
+    /// Only messages with a smaller `id` (paging backwards).
     before: Option<i64>,
 }
 
-async fn list_messages(
+/// The stored conversation, oldest first.
+#[utoipa::path(
+    get, path = "/api/v1/sessions/{session_id}/messages", tag = "chat",
+    params(("session_id" = String, Path), MessagesParams),
+    responses(
+        (status = 200, body = Vec<Message>),
+        (status = 404, description = "`session_not_found`", body = ErrorResponse),
+        (status = 422, description = "`validation_error`: a bad `limit` or `before`", body = ErrorResponse),
+    ),
+)]
+pub(super) async fn list_messages(
     state: web::Data<AppState>,
     caller: Caller,
     path: web::Path<String>,
@@ -147,21 +209,34 @@ async fn list_messages(
     Ok(HttpResponse::Ok().json(messages))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct MessageRequest {
+pub(super) struct MessageRequest {
+    /// 1-100000 characters, not blank.
     message: String,
+    /// Seconds the turn may take (1-3600, default 120).
+    #[schema(minimum = 1, maximum = 3600)]
     timeout: Option<u64>,
 }
 
-#[derive(Debug, Serialize)]
-struct TurnAccepted {
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct TurnAccepted {
     turn_id: String,
+    /// The turn's first event: follow `/events` with `Last-Event-ID` one below it.
     first_event_id: i64,
 }
 
-/// Starts a turn without holding the connection; its events are on `/events`.
-async fn post_message(
+/// Start a turn without holding the connection; its events are on `/events`.
+#[utoipa::path(
+    post, path = "/api/v1/sessions/{session_id}/messages", tag = "chat",
+    params(("session_id" = String, Path)),
+    request_body = MessageRequest,
+    responses(
+        (status = 202, body = TurnAccepted),
+        TurnErrors,
+    ),
+)]
+pub(super) async fn post_message(
     state: web::Data<AppState>,
     caller: Caller,
     path: web::Path<String>,
@@ -172,14 +247,31 @@ async fn post_message(
     Ok(HttpResponse::Accepted().json(TurnAccepted { turn_id: turn.turn_id, first_event_id: turn.first_event_id }))
 }
 
-#[derive(Debug, Deserialize)]
-struct EventsParams {
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct EventsParams {
+    /// Replay what follows this event id (the `Last-Event-ID` header wins when both are sent).
     last_event_id: Option<i64>,
 }
 
 /// The EventSource stream of every turn of a session: replay after `Last-Event-ID` (header,
-/// or `?last_event_id=`), then live. Browsers may authenticate with `?access_token=`.
-async fn get_events(
+/// or `?last_event_id=`), then live, with no gap and no duplicate. Browsers may authenticate
+/// with `?access_token=`.
+#[utoipa::path(
+    get, path = "/api/v1/sessions/{session_id}/events", tag = "chat",
+    params(
+        ("session_id" = String, Path),
+        ("Last-Event-ID" = Option<i64>, Header, description = "Replay what follows this event id"),
+        EventsParams,
+    ),
+    security(("bearer" = []), ("api_key" = []), ("access_token" = [])),
+    responses(
+        (status = 200, description = "Every turn's frames, replayed then live; each `data:` line is a StreamFrame", content_type = "text/event-stream", body = StreamFrame),
+        (status = 404, description = "`session_not_found`", body = ErrorResponse),
+        (status = 422, description = "`validation_error`: `Last-Event-ID` is not an event id", body = ErrorResponse),
+    ),
+)]
+pub(super) async fn get_events(
     state: web::Data<AppState>,
     caller: Caller,
     path: web::Path<String>,

@@ -3,13 +3,14 @@
 use actix_web::http::header;
 use actix_web::{HttpResponse, web};
 use futures_util::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
+use utoipa::{IntoParams, ToSchema};
 
 use super::{ApiResult, resource};
 use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::sessions::files::{self, Target};
+use crate::error::{ApiError, ErrorResponse};
+use crate::sessions::files::{self, Entry, Target};
 use crate::startup::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -21,13 +22,36 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
-#[derive(Debug, Deserialize)]
-struct FileQuery {
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct FileQuery {
+    /// Relative to the session's working directory (`""` = the directory itself); `..` and
+    /// links leading outside are refused.
     #[serde(default)]
     path: String,
 }
 
-async fn get_file(
+/// A file's raw bytes, in a request or an answer.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)] // names the bytes' schema in the document; bodies are streamed, not built
+pub(super) struct FileBytes(Vec<u8>);
+
+/// List a directory (JSON) or download a file (its bytes, as an attachment).
+#[utoipa::path(
+    get, path = "/api/v1/sessions/{session_id}/files", tag = "files",
+    params(("session_id" = String, Path), FileQuery),
+    responses(
+        (status = 200, description = "A directory's entries (JSON), or a file's bytes (its own content type)",
+            content(
+                (Vec<Entry> = "application/json"),
+                (FileBytes = "*/*"),
+            )),
+        (status = 400, description = "`invalid_path`: the path leads outside the session's directory", body = ErrorResponse),
+        (status = 404, description = "`session_not_found`, or `not_found` for a missing path", body = ErrorResponse),
+    ),
+)]
+pub(super) async fn get_file(
     state: web::Data<AppState>,
     caller: Caller,
     session: web::Path<String>,
@@ -51,9 +75,28 @@ async fn get_file(
     }
 }
 
-/// The body is the file's bytes (any content type), streamed to a temporary file and renamed
-/// into place, so a failed or oversized upload leaves nothing behind.
-async fn put_file(
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Uploaded {
+    path: String,
+    /// Bytes written.
+    size: u64,
+}
+
+/// Upload a file (created or replaced; missing directories are created). The body is the
+/// file's bytes (any content type), streamed to a temporary file and renamed into place, so a
+/// failed or oversized upload leaves nothing behind.
+#[utoipa::path(
+    put, path = "/api/v1/sessions/{session_id}/files", tag = "files",
+    params(("session_id" = String, Path), FileQuery),
+    request_body(content = FileBytes, content_type = "*/*", description = "The file's bytes (any content type)"),
+    responses(
+        (status = 201, body = Uploaded),
+        (status = 400, description = "`invalid_path`", body = ErrorResponse),
+        (status = 404, description = "`session_not_found`", body = ErrorResponse),
+        (status = 413, description = "`payload_too_large`: over `files.max_upload_mb`", body = ErrorResponse),
+    ),
+)]
+pub(super) async fn put_file(
     state: web::Data<AppState>,
     caller: Caller,
     session: web::Path<String>,
@@ -87,10 +130,20 @@ async fn put_file(
         let _ = tokio::fs::remove_file(&tmp).await;
         return Err(e);
     }
-    Ok(HttpResponse::Created().json(serde_json::json!({ "path": query.path, "size": written })))
+    Ok(HttpResponse::Created().json(Uploaded { path: query.into_inner().path, size: written }))
 }
 
-async fn delete_file(
+/// Delete a file or an empty directory.
+#[utoipa::path(
+    delete, path = "/api/v1/sessions/{session_id}/files", tag = "files",
+    params(("session_id" = String, Path), FileQuery),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "`invalid_path`, or `invalid_request` for a directory that is not empty", body = ErrorResponse),
+        (status = 404, description = "`session_not_found`, or `not_found` for a missing path", body = ErrorResponse),
+    ),
+)]
+pub(super) async fn delete_file(
     state: web::Data<AppState>,
     caller: Caller,
     session: web::Path<String>,

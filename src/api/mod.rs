@@ -4,6 +4,7 @@ mod chat;
 pub mod extract;
 mod files;
 pub mod middleware;
+pub mod openapi;
 mod permissions;
 mod service;
 mod sessions;
@@ -26,7 +27,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(permissions::configure)
             .configure(users::configure),
     )
-    .configure(service::configure);
+    .configure(service::configure)
+    .configure(openapi::configure);
 }
 
 /// A resource whose wrong-method answer is our JSON 405, not actix's empty one.

@@ -4,12 +4,13 @@
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::{ApiResult, resource};
 use crate::actors::session::AnswerPermission;
 use crate::api::extract::JsonBody;
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorResponse};
 use crate::startup::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -17,15 +18,27 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/sessions/{session_id}/permissions/{request_id}").route(web::post().to(answer_permission)));
 }
 
-#[derive(Debug, Serialize)]
-struct OpenRequest {
+/// A tool use waiting for an answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct OpenRequest {
     request_id: String,
     tool_name: String,
+    #[schema(value_type = Object)]
     tool_input: Value,
+    /// RFC 3339, UTC.
     asked_at: String,
 }
 
-async fn list_permissions(state: web::Data<AppState>, caller: Caller, path: web::Path<String>) -> ApiResult {
+/// The session's open permission requests (also sent as `permission_request` frames).
+#[utoipa::path(
+    get, path = "/api/v1/sessions/{session_id}/permissions", tag = "permissions",
+    params(("session_id" = String, Path)),
+    responses(
+        (status = 200, description = "Empty when nothing waits (or the session is not live)", body = Vec<OpenRequest>),
+        (status = 404, description = "`session_not_found`", body = ErrorResponse),
+    ),
+)]
+pub(super) async fn list_permissions(state: web::Data<AppState>, caller: Caller, path: web::Path<String>) -> ApiResult {
     let open = state.sessions.permissions(&caller, &path).await?;
     let open: Vec<OpenRequest> = open
         .into_iter()
@@ -39,27 +52,44 @@ async fn list_permissions(state: web::Data<AppState>, caller: Caller, path: web:
     Ok(HttpResponse::Ok().json(open))
 }
 
-#[derive(Debug, Deserialize, Serialize, PartialEq, Eq, Clone, Copy)]
+#[derive(Debug, Deserialize, Serialize, PartialEq, Eq, Clone, Copy, ToSchema)]
 #[serde(rename_all = "lowercase")]
-enum Behavior {
+pub(super) enum Behavior {
     Allow,
     Deny,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Answer {
+pub(super) struct Answer {
     behavior: Behavior,
     /// Why, for a denial (the agent sees it).
     message: Option<String>,
     /// The tool's input as edited by the client, for an allow.
+    #[schema(value_type = Option<Object>)]
     updated_input: Option<Value>,
     /// Allow this tool for the rest of the session without asking again.
     #[serde(default)]
     always: bool,
 }
 
-async fn answer_permission(
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Answered {
+    request_id: String,
+    behavior: Behavior,
+}
+
+/// Allow or deny one tool use; the turn goes on.
+#[utoipa::path(
+    post, path = "/api/v1/sessions/{session_id}/permissions/{request_id}", tag = "permissions",
+    params(("session_id" = String, Path), ("request_id" = String, Path)),
+    request_body = Answer,
+    responses(
+        (status = 200, body = Answered),
+        (status = 404, description = "`session_not_found`, or `not_found`: no such open request (answered, timed out or never asked)", body = ErrorResponse),
+    ),
+)]
+pub(super) async fn answer_permission(
     state: web::Data<AppState>,
     caller: Caller,
     path: web::Path<(String, String)>,
@@ -77,5 +107,5 @@ async fn answer_permission(
         always: answer.always,
     };
     state.sessions.answer_permission(&caller, &session_id, message).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "request_id": request_id, "behavior": answer.behavior })))
+    Ok(HttpResponse::Ok().json(Answered { request_id, behavior: answer.behavior }))
 }

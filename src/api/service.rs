@@ -3,10 +3,11 @@
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::resource;
 use crate::actors::GetStats;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorResponse};
 use crate::metrics::{ProcessLabel, StatusLabel};
 use crate::startup::AppState;
 
@@ -16,38 +17,61 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/").route(web::get().to(get_root)));
 }
 
-#[derive(Debug, Serialize)]
-struct CliInfo {
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct CliInfo {
+    /// Where the CLI is (or was looked for).
     path: String,
     found: bool,
+    /// What `claude --version` answered.
     version: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-struct Health {
+/// The seed's health fields, plus the CLI, the sandbox and the reason when unhealthy.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Health {
+    /// `healthy` or `unhealthy`.
+    #[schema(value_type = String, pattern = "^(healthy|unhealthy)$")]
     status: &'static str,
+    #[schema(value_type = String)]
     version: &'static str,
+    /// Open sessions in storage (all instances).
     active_sessions: i64,
+    /// Live CLI processes of this instance.
     in_memory_clients: usize,
+    /// RSS of the service and its CLIs, MiB.
     memory_mb: u64,
+    /// `sqlite`, `postgresql` or `memory`.
+    #[schema(value_type = String)]
     storage_type: &'static str,
     uptime_seconds: u64,
     cli: CliInfo,
     /// `landlock` (with the kernel's ABI) or `off`.
     sandbox: Sandbox,
+    /// Why the service is unhealthy.
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-struct Sandbox {
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Sandbox {
+    /// `landlock` or `off`.
+    #[schema(value_type = String, pattern = "^(landlock|off)$")]
     mode: &'static str,
+    /// The kernel's Landlock ABI in use.
     abi: Option<i64>,
 }
 
 /// 200 `healthy`, or 503 `unhealthy` with `error` when storage does not answer or the CLI
-/// is missing or broken.
-async fn get_health(state: web::Data<AppState>) -> HttpResponse {
+/// is missing or broken. Needs no key (for load balancers).
+#[utoipa::path(
+    get, path = "/health", tag = "service",
+    security(()),
+    responses(
+        (status = 200, description = "Healthy", body = Health),
+        (status = 503, description = "Unhealthy: `error` says why", body = Health),
+    ),
+)]
+pub(super) async fn get_health(state: web::Data<AppState>) -> HttpResponse {
     let stats = state.registry.send(GetStats).await.ok();
     let (active_sessions, storage_error) = match state.storage.count_open_sessions().await {
         Ok(n) => (n, None),
@@ -100,8 +124,17 @@ async fn get_health(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-/// Prometheus text format. Protected by `metrics.token` when set.
-async fn get_metrics(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+/// Prometheus text format. Protected by `metrics.token` when set (sent as a bearer token or
+/// `X-API-Key`); open otherwise.
+#[utoipa::path(
+    get, path = "/metrics", tag = "service",
+    security((), ("metrics_token" = [])),
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
+        (status = 401, description = "`unauthorized`: `metrics.token` is set and was not presented", body = ErrorResponse),
+    ),
+)]
+pub(super) async fn get_metrics(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     if let Some(token) = state.settings.metrics.token.as_deref().filter(|t| !t.is_empty()) {
         let presented = crate::auth::presented_key(&req).unwrap_or_default();
         let (given, wanted) = (crate::auth::keys::hash_key(&presented), crate::auth::keys::hash_key(token));
@@ -124,19 +157,36 @@ async fn get_metrics(state: web::Data<AppState>, req: HttpRequest) -> Result<Htt
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(m.encode()))
 }
 
-#[derive(Debug, Serialize)]
-struct ServiceInfo {
+/// The seed's answer to `GET /`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ServiceInfo {
+    #[schema(value_type = String)]
     name: &'static str,
+    #[schema(value_type = String)]
     version: &'static str,
+    /// Where the API's documentation is.
+    #[schema(value_type = String)]
     docs: &'static str,
+    #[schema(value_type = String)]
     health: &'static str,
 }
 
 /// The web console: one self-contained page (no CDN; nothing outside the service is reachable).
 const CONSOLE: &str = include_str!("console.html");
 
-/// Browsers (`Accept: text/html`) get a page; other clients the seed's JSON.
-async fn get_root(req: HttpRequest) -> HttpResponse {
+/// Browsers (`Accept: text/html`) get the web console; other clients the seed's JSON.
+#[utoipa::path(
+    get, path = "/", tag = "service",
+    security(()),
+    responses(
+        (status = 200, description = "The service's name and links, or the console page for browsers",
+            content(
+                (ServiceInfo = "application/json"),
+                (String = "text/html"),
+            )),
+    ),
+)]
+pub(super) async fn get_root(req: HttpRequest) -> HttpResponse {
     let wants_html = req
         .headers()
         .get(header::ACCEPT)

@@ -2,11 +2,14 @@
 
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::{ApiResult, resource};
 use crate::api::extract::JsonBody;
 use crate::auth::Caller;
-use crate::sessions::{CreateSession, ListQuery, Session};
+use crate::cli::protocol::AgentInfo;
+use crate::error::ErrorResponse;
+use crate::sessions::{CreateSession, ListQuery, Session, SessionStatus};
 use crate::startup::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -20,7 +23,21 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/sessions/{session_id}/agent").route(web::get().to(get_agent)));
 }
 
-async fn create_session(
+/// Create a session: its directory and a started CLI, without spending a model turn.
+#[utoipa::path(
+    post, path = "/api/v1/sessions", tag = "sessions",
+    request_body(content = CreateSession, description = "The service also takes an empty body, as `{}`"),
+    responses(
+        (status = 201, description = "Created; the CLI is starting or ready", body = Session),
+        (status = 400, description = "`invalid_path`: `subdir` is absolute, has `..` or leads outside", body = ErrorResponse),
+        (status = 403, description = "`forbidden`: a user key naming another user, or an option `session.overridable` does not allow", body = ErrorResponse),
+        (status = 404, description = "`user_not_found`: the admin named a user that does not exist", body = ErrorResponse),
+        (status = 429, description = "`quota_exceeded`: too many live sessions (per user or in all)", body = ErrorResponse),
+        (status = 502, description = "`cli_failed`: the CLI could not be started", body = ErrorResponse),
+        (status = 503, description = "`memory_pressure` or `storage_unavailable`", body = ErrorResponse),
+    ),
+)]
+pub(super) async fn create_session(
     state: web::Data<AppState>,
     caller: Caller,
     JsonBody(body): JsonBody<CreateSession>,
@@ -29,40 +46,92 @@ async fn create_session(
     Ok(HttpResponse::Created().json(session))
 }
 
-#[derive(Debug, Deserialize)]
-struct ListParams {
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ListParams {
+    /// Only this user's sessions (admin key; a user key always sees only its own).
     user_id: Option<String>,
+    /// Whole sessions instead of ids.
     #[serde(default)]
     detail: bool,
+    /// Only sessions in this status.
+    #[param(value_type = Option<SessionStatus>)]
     status: Option<String>,
+    /// At most this many (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
+    #[param(minimum = 0)]
     offset: Option<i64>,
 }
 
-async fn list_sessions(state: web::Data<AppState>, caller: Caller, params: web::Query<ListParams>) -> ApiResult {
+/// The session ids (the seed's answer), or with `detail=true` the sessions, newest first.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub(super) enum SessionList {
+    Ids(Vec<String>),
+    Sessions(Vec<Session>),
+}
+
+/// List the caller's sessions.
+#[utoipa::path(
+    get, path = "/api/v1/sessions", tag = "sessions",
+    params(ListParams),
+    responses(
+        (status = 200, description = "Ids, or sessions with `detail=true`", body = SessionList),
+        (status = 403, description = "`forbidden`: a user key asking for another user's sessions", body = ErrorResponse),
+        (status = 422, description = "`validation_error`: a bad `status`, `limit` or `offset`", body = ErrorResponse),
+    ),
+)]
+pub(super) async fn list_sessions(
+    state: web::Data<AppState>,
+    caller: Caller,
+    params: web::Query<ListParams>,
+) -> ApiResult {
     let params = params.into_inner();
     let query =
         ListQuery { user_id: params.user_id, status: params.status, limit: params.limit, offset: params.offset };
     let rows = state.sessions.list(&caller, query).await?;
-    Ok(if params.detail {
-        HttpResponse::Ok().json(rows.into_iter().map(Session::from).collect::<Vec<_>>())
+    let list = if params.detail {
+        SessionList::Sessions(rows.into_iter().map(Session::from).collect())
     } else {
-        HttpResponse::Ok().json(rows.into_iter().map(|r| r.session_id).collect::<Vec<_>>())
-    })
+        SessionList::Ids(rows.into_iter().map(|r| r.session_id).collect())
+    };
+    Ok(HttpResponse::Ok().json(list))
 }
 
-async fn get_session(state: web::Data<AppState>, caller: Caller, path: web::Path<String>) -> ApiResult {
+/// One session.
+#[utoipa::path(
+    get, path = "/api/v1/sessions/{session_id}", tag = "sessions",
+    params(("session_id" = String, Path)),
+    responses(
+        (status = 200, body = Session),
+        (status = 404, description = "`session_not_found` (also for another user's session)", body = ErrorResponse),
+        (status = 410, description = "`session_expired`: its TTL passed", body = ErrorResponse),
+    ),
+)]
+pub(super) async fn get_session(state: web::Data<AppState>, caller: Caller, path: web::Path<String>) -> ApiResult {
     let row = state.sessions.get(&caller, &path).await?;
     Ok(HttpResponse::Ok().json(Session::from(row)))
 }
 
-#[derive(Debug, Deserialize)]
-struct DeleteParams {
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct DeleteParams {
+    /// Also delete its row, history, events and transcript (it cannot be resumed).
     #[serde(default)]
     purge: bool,
 }
 
-async fn delete_session(
+/// Close a session: its CLI stops; `resume` reopens it later with its conversation.
+#[utoipa::path(
+    delete, path = "/api/v1/sessions/{session_id}", tag = "sessions",
+    params(("session_id" = String, Path), DeleteParams),
+    responses(
+        (status = 204, description = "Closed (or purged)"),
+        (status = 404, description = "`session_not_found`", body = ErrorResponse),
+    ),
+)]
+pub(super) async fn delete_session(
     state: web::Data<AppState>,
     caller: Caller,
     path: web::Path<String>,
@@ -72,14 +141,35 @@ async fn delete_session(
     Ok(HttpResponse::NoContent().finish())
 }
 
-async fn resume_session(state: web::Data<AppState>, caller: Caller, path: web::Path<String>) -> ApiResult {
+/// Reopen a closed, idle or failed session: the CLI starts again with `--resume`.
+#[utoipa::path(
+    post, path = "/api/v1/sessions/{session_id}/resume", tag = "sessions",
+    params(("session_id" = String, Path)),
+    responses(
+        (status = 200, description = "Reopened (or already live)", body = Session),
+        (status = 404, description = "`session_not_found`", body = ErrorResponse),
+        (status = 410, description = "`session_expired`", body = ErrorResponse),
+        (status = 429, description = "`quota_exceeded`", body = ErrorResponse),
+        (status = 502, description = "`cli_failed`", body = ErrorResponse),
+        (status = 503, description = "`memory_pressure` or `storage_unavailable`", body = ErrorResponse),
+    ),
+)]
+pub(super) async fn resume_session(state: web::Data<AppState>, caller: Caller, path: web::Path<String>) -> ApiResult {
     let row = state.sessions.resume(&caller, &path).await?;
     Ok(HttpResponse::Ok().json(Session::from(row)))
 }
 
 /// What the agent can use: tools, MCP servers, skills, model, CLI version (from the CLI's
 /// `system/init` of its last turn).
-async fn get_agent(state: web::Data<AppState>, caller: Caller, path: web::Path<String>) -> ApiResult {
+#[utoipa::path(
+    get, path = "/api/v1/sessions/{session_id}/agent", tag = "sessions",
+    params(("session_id" = String, Path)),
+    responses(
+        (status = 200, body = AgentInfo),
+        (status = 404, description = "`session_not_found`, or `not_found`: the CLI has not reported yet (it does at the start of each turn)", body = ErrorResponse),
+    ),
+)]
+pub(super) async fn get_agent(state: web::Data<AppState>, caller: Caller, path: web::Path<String>) -> ApiResult {
     let info = state.sessions.agent_info(&caller, &path).await?;
     Ok(HttpResponse::Ok().json(info))
 }

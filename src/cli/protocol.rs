@@ -130,7 +130,7 @@ pub struct SystemMessage {
 }
 
 /// What the CLI reports about itself at the start of each turn (`system/init`).
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct AgentInfo {
     #[serde(default)]
     pub model: Option<String>,
@@ -240,7 +240,8 @@ pub enum Delta {
     Other,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+/// Tokens a turn (or a whole session) used.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Usage {
     #[serde(default)]
     pub input_tokens: i64,
@@ -343,7 +344,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(parse_line(br#"{"type":"rate_limit_event","x":1}"#).unwrap(), Some(CliMessage::Unknown)));
-        assert!(matches!(parse_line(b"[SandboxDebug] hello").unwrap(), None));
+        assert!(parse_line(b"[SandboxDebug] hello").unwrap().is_none());
         assert!(parse_line(b"{not json").is_err());
         let ctl = br#"{"type":"control_response","response":{"subtype":"success","request_id":"r1","response":{"still_queued":[]}}}"#;
         assert!(matches!(parse_line(ctl).unwrap(), Some(CliMessage::ControlResponse(_))));

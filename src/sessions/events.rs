@@ -5,22 +5,25 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::cli::protocol::Usage;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// One tool call of a turn, as `/chat` reports it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct ToolCall {
+    /// The CLI's `tool_use` id.
     pub id: String,
     pub tool: String,
     pub input: Value,
+    /// What the tool returned (text, or the CLI's content blocks); null if it never answered.
     pub output: Value,
     pub is_error: bool,
 }
 
 /// The `result` of a `done` frame.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct TurnResult {
     pub text: String,
     pub subtype: String,
@@ -49,30 +52,58 @@ pub struct SessionEvent {
     pub outcome: Option<TurnOutcome>,
 }
 
-#[derive(Serialize)]
-struct Frame<'a> {
+/// What a frame is.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FrameType {
+    /// A piece of the answer's text, as the model writes it.
+    TextDelta,
+    /// The agent calls a tool: `tool_name`, `tool_input`, `tool_use_id`.
+    ToolUse,
+    /// The tool's answer: `tool_use_id`, `output`, `is_error`.
+    ToolResult,
+    /// The agent asks to use a tool; answer with `POST /sessions/{id}/permissions/{request_id}`.
+    PermissionRequest,
+    /// The turn ended: `text` is the whole answer, `result` its figures.
+    Done,
+    /// The turn failed: `error` (message) and `code` (stable).
+    Error,
+}
+
+/// One SSE frame's `data:` (its `id:` is the event id). The seed's five keys (`type`, `text`,
+/// `tool_name`, `tool_input`, `error`) are always present, null when unused; the others appear
+/// on the frame types they belong to.
+#[derive(Serialize, ToSchema)]
+#[schema(as = StreamFrame)]
+pub(crate) struct Frame<'a> {
     #[serde(rename = "type")]
-    kind: &'a str,
+    kind: FrameType,
+    #[schema(required = true)]
     text: Option<&'a str>,
+    #[schema(required = true)]
     tool_name: Option<&'a str>,
+    #[schema(required = true, value_type = Option<Object>)]
     tool_input: Option<&'a Value>,
+    #[schema(required = true)]
     error: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_use_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Value>)]
     output: Option<&'a Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     is_error: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     request_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<TurnResult>)]
     result: Option<&'a TurnResult>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    code: Option<&'a str>,
+    code: Option<ErrorCode>,
 }
 
 impl<'a> Frame<'a> {
-    fn new(kind: &'a str) -> Self {
+    fn new(kind: FrameType) -> Self {
         Frame {
             kind,
             text: None,
@@ -94,11 +125,12 @@ impl<'a> Frame<'a> {
 }
 
 pub fn text_delta(text: &str) -> String {
-    Frame { text: Some(text), ..Frame::new("text_delta") }.json()
+    Frame { text: Some(text), ..Frame::new(FrameType::TextDelta) }.json()
 }
 
 pub fn tool_use(id: &str, name: &str, input: &Value) -> String {
-    Frame { tool_name: Some(name), tool_input: Some(input), tool_use_id: Some(id), ..Frame::new("tool_use") }.json()
+    Frame { tool_name: Some(name), tool_input: Some(input), tool_use_id: Some(id), ..Frame::new(FrameType::ToolUse) }
+        .json()
 }
 
 pub fn tool_result(id: &str, name: Option<&str>, output: &Value, is_error: bool) -> String {
@@ -107,7 +139,7 @@ pub fn tool_result(id: &str, name: Option<&str>, output: &Value, is_error: bool)
         tool_use_id: Some(id),
         output: Some(output),
         is_error: Some(is_error),
-        ..Frame::new("tool_result")
+        ..Frame::new(FrameType::ToolResult)
     }
     .json()
 }
@@ -117,18 +149,18 @@ pub fn permission_request(request_id: &str, tool_name: &str, tool_input: &Value)
         tool_name: Some(tool_name),
         tool_input: Some(tool_input),
         request_id: Some(request_id),
-        ..Frame::new("permission_request")
+        ..Frame::new(FrameType::PermissionRequest)
     }
     .json()
 }
 
 pub fn done(result: &TurnResult) -> String {
-    Frame { text: Some(&result.text), result: Some(result), ..Frame::new("done") }.json()
+    Frame { text: Some(&result.text), result: Some(result), ..Frame::new(FrameType::Done) }.json()
 }
 
 pub fn error(err: &ApiError) -> String {
     let message = err.message();
-    Frame { error: Some(&message), code: Some(err.code()), ..Frame::new("error") }.json()
+    Frame { error: Some(&message), code: Some(err.status_and_code().1), ..Frame::new(FrameType::Error) }.json()
 }
 
 #[cfg(test)]

@@ -11,12 +11,15 @@ use crate::clock;
 use crate::error::ApiError;
 
 /// One entry of a directory listing.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Entry {
     pub name: String,
     /// `file`, `dir`, `symlink` (not followed) or `other`.
+    #[schema(value_type = String, pattern = "^(file|dir|symlink|other)$")]
     pub kind: &'static str,
+    /// Bytes (0 for a directory).
     pub size: u64,
+    /// RFC 3339, UTC.
     pub modified_at: Option<String>,
 }
 

@@ -15,12 +15,14 @@ use std::time::Duration;
 use actix::Addr;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::actors::session::{AnswerPermission, ListPermissions, PendingPermission, UnstoredEvents};
 use crate::actors::{
     Interrupt, Launch, Lookup, Registry, Retire, SessionActor, StartTurn, StopReason, TurnRefused, TurnStarted,
 };
 use crate::auth::Caller;
+use crate::cli::protocol::Usage;
 use crate::clock;
 use crate::error::ApiError;
 use crate::sessions::events::SessionEvent;
@@ -33,36 +35,50 @@ const MAX_METADATA_BYTES: usize = 16 * 1024;
 pub const DEFAULT_LIST_LIMIT: i64 = 100;
 pub const MAX_LIST_LIMIT: i64 = 1000;
 
-/// `POST /sessions` body (seed-compatible).
-#[derive(Debug, Default, Deserialize)]
+/// `POST /sessions` body (seed-compatible). An empty body counts as `{}`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSession {
+    /// Whose session: only the admin key (or `auth.mode = "none"`) names it; a user key acts
+    /// for its own user.
     pub user_id: Option<String>,
+    /// Working directory inside the user's directory (relative, no `..`); created if missing.
     pub subdir: Option<String>,
+    /// Anything the client wants kept with the session (a JSON object, at most 16 KiB).
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
+    /// Agent options for this session, among those `session.overridable` allows:
+    /// `system_prompt`, `append_system_prompt`, `model`, `permission_mode` (`default`,
+    /// `acceptEdits`, `plan`, `bypassPermissions`, `dontAsk`, `auto`), `allowed_tools`,
+    /// `disallowed_tools`, `max_turns` (1-1000), `max_budget_usd`, `setting_sources`
+    /// (`user`, `project`, `local`), `mcp_servers` (the CLI's `mcpServers` shape).
+    #[schema(value_type = Option<Object>)]
     pub options: Option<Value>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Usage {
-    pub input_tokens: i64,
-    pub output_tokens: i64,
-}
-
 /// A session as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Session {
     pub session_id: String,
     pub user_id: String,
+    /// The working directory relative to the user's directory (`""` for the directory itself).
     pub subdir: String,
+    /// The working directory's absolute path on the server.
     pub cwd: String,
+    #[schema(value_type = SessionStatus)]
     pub status: String,
+    /// RFC 3339, UTC.
     pub created_at: String,
+    /// RFC 3339, UTC.
     pub last_active_at: String,
+    /// Turns so far.
     pub message_count: i64,
     pub total_cost_usd: f64,
     pub usage: Usage,
+    #[schema(value_type = Object)]
     pub metadata: Value,
+    /// The options the session runs with (its overrides of the service's defaults).
+    #[schema(value_type = Object)]
     pub options: Value,
     /// The latest event id kept for the session (follow `/events` from here).
     pub last_event_id: i64,
@@ -90,15 +106,20 @@ impl From<SessionRow> for Session {
 }
 
 /// One message of the stored conversation (`GET /sessions/{id}/messages`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Message {
     /// Cursor for `before=`.
     pub id: i64,
     pub turn_id: String,
+    /// `user` or `assistant`.
     pub role: String,
     pub text: String,
+    /// The assistant's tool calls of the turn (empty for the user's message).
+    #[schema(value_type = Vec<crate::sessions::events::ToolCall>)]
     pub tool_calls: Value,
+    /// RFC 3339, UTC.
     pub created_at: String,
+    /// The turn's cost, on the assistant's message.
     pub cost_usd: Option<f64>,
 }
 

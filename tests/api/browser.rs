@@ -1,6 +1,8 @@
-//! The web console in headless Chromium (Debian's chromium + chromium-driver, installed by
-//! scripts/test): log in, create a session, chat with a streamed answer, approve a tool,
-//! reload and see the conversation again, and take a screenshot (target/browser/console.png).
+//! The web console and `/docs` in headless Chromium (Debian's chromium + chromium-driver,
+//! installed by scripts/test). The console: log in, create a session, chat with a streamed
+//! answer, approve a tool, reload and see the conversation again. `/docs`: Swagger UI renders
+//! the document from the service alone and calls an endpoint. Screenshots go to
+//! target/browser/{console,docs}.png.
 
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -56,7 +58,15 @@ async fn browser(driver: &Chromedriver, profile: &std::path::Path) -> Client {
         .expect("a Chromium session")
 }
 
-/// Waits until the page's transcript contains `text`.
+async fn save_screenshot(c: &Client, name: &str) -> Result<(), fantoccini::error::CmdError> {
+    let png = c.screenshot().await?;
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join(name), png).unwrap();
+    Ok(())
+}
+
+/// Waits until the element `selector` contains `text`.
 async fn wait_for_text(c: &Client, selector: &str, text: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -111,15 +121,44 @@ async fn the_console_logs_in_chats_approves_a_tool_and_shows_the_conversation_af
         wait_for_text(&c, "#transcript", "Wrote page.txt.").await;
         wait_for_text(&c, "#details", "turns: 2").await;
 
-        let png = c.screenshot().await?;
-        let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser");
-        std::fs::create_dir_all(&out).unwrap();
-        std::fs::write(out.join("console.png"), png).unwrap();
-        Ok::<_, fantoccini::error::CmdError>(())
+        save_screenshot(&c, "console.png").await
     }
     .await;
     let _ = c.close().await;
     result.expect("the console works in Chromium");
     let written = app.users_dir().join("alice/from-browser/page.txt");
     assert_eq!(std::fs::read_to_string(written).unwrap(), "written from the browser");
+}
+
+#[actix_web::test]
+async fn the_docs_render_offline_and_call_the_service() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    let driver = Chromedriver::start();
+    let profile = tempfile::tempdir().unwrap();
+    let c = browser(&driver, profile.path()).await;
+    let result = async {
+        c.goto(&format!("{}/docs", app.address)).await?;
+        wait_for_text(&c, ".info .title", "claude-agent-http").await;
+        wait_for_text(&c, "#operations-tag-sessions", "sessions").await;
+        wait_for_text(&c, "#operations-chat-post_chat_stream", "/api/v1/chat/stream").await;
+
+        // Call GET /health from the page ("Try it out" is on by default).
+        c.find(Locator::Css("#operations-service-get_health .opblock-summary")).await?.click().await?;
+        c.wait().for_element(Locator::Css("#operations-service-get_health .execute")).await?.click().await?;
+        wait_for_text(&c, "#operations-service-get_health .live-responses-table", "healthy").await;
+        c.find(Locator::Css("#operations-sessions-create_session .opblock-summary")).await?.click().await?;
+        c.wait().for_element(Locator::Css("#operations-sessions-create_session .responses-table")).await?;
+
+        // Everything the page loaded came from the service.
+        let loaded = c.execute("return performance.getEntriesByType('resource').map(e => e.name)", vec![]).await?;
+        let loaded: Vec<String> = serde_json::from_value(loaded).unwrap();
+        assert!(loaded.iter().any(|u| u.ends_with("/openapi.json")), "{loaded:?}");
+        assert!(loaded.iter().all(|u| u.starts_with(&app.address)), "only the service: {loaded:?}");
+        c.find(Locator::Css("#operations-sessions-create_session .opblock-summary")).await?.click().await?;
+        c.execute("window.scrollTo(0, 0)", vec![]).await?;
+        save_screenshot(&c, "docs.png").await
+    }
+    .await;
+    let _ = c.close().await;
+    result.expect("/docs works in Chromium");
 }

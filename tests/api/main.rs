@@ -8,6 +8,7 @@ mod events;
 mod helpers;
 mod history_files;
 mod metrics;
+mod openapi;
 mod permissions;
 mod processes;
 pub mod real_cli;
