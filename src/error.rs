@@ -95,7 +95,10 @@ pub enum ApiError {
     SessionNotFound,
     UserNotFound,
     NotFound(String),
-    MethodNotAllowed,
+    /// The methods the route has, for the `Allow` header.
+    MethodNotAllowed {
+        allow: String,
+    },
     UserExists,
     SessionClosed,
     NoTurnRunning,
@@ -104,10 +107,18 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     Validation(Vec<FieldError>),
     SessionBusy,
-    QuotaExceeded { message: String, retry_after_secs: u64 },
+    QuotaExceeded {
+        message: String,
+        retry_after_secs: u64,
+    },
     CliFailed(String),
-    MemoryPressure { message: String, retry_after_secs: u64 },
-    Overloaded { retry_after_secs: u64 },
+    MemoryPressure {
+        message: String,
+        retry_after_secs: u64,
+    },
+    Overloaded {
+        retry_after_secs: u64,
+    },
     StorageUnavailable(String),
     TurnTimeout(String),
     Internal(String),
@@ -125,7 +136,7 @@ impl ApiError {
             SessionNotFound => (StatusCode::NOT_FOUND, ErrorCode::SessionNotFound),
             UserNotFound => (StatusCode::NOT_FOUND, ErrorCode::UserNotFound),
             NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
-            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed),
+            MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed),
             UserExists => (StatusCode::CONFLICT, ErrorCode::UserExists),
             SessionClosed => (StatusCode::CONFLICT, ErrorCode::SessionClosed),
             NoTurnRunning => (StatusCode::CONFLICT, ErrorCode::NoTurnRunning),
@@ -168,7 +179,7 @@ impl ApiError {
             QuotaExceeded { message, .. } | MemoryPressure { message, .. } => message.clone(),
             SessionNotFound => "Session not found".into(),
             UserNotFound => "User not found".into(),
-            MethodNotAllowed => "Method not allowed on this route".into(),
+            MethodNotAllowed { allow } => format!("Method not allowed on this route (it has {allow})"),
             UserExists => "User already exists".into(),
             SessionClosed => "Session is closed; resume it first".into(),
             NoTurnRunning => "No turn is running in this session".into(),
@@ -233,6 +244,11 @@ impl ResponseError for ApiError {
         if let Some(secs) = self.retry_after_secs() {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from(secs)));
         }
+        if let ApiError::MethodNotAllowed { allow } = self
+            && let Ok(value) = HeaderValue::from_str(allow)
+        {
+            response.insert_header((header::ALLOW, value));
+        }
         response.json(body)
     }
 }
@@ -290,7 +306,7 @@ mod tests {
             ApiError::SessionNotFound,
             ApiError::UserNotFound,
             ApiError::NotFound(String::new()),
-            ApiError::MethodNotAllowed,
+            ApiError::MethodNotAllowed { allow: "GET".into() },
             ApiError::UserExists,
             ApiError::SessionClosed,
             ApiError::NoTurnRunning,

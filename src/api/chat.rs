@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::openapi::TurnErrors;
+use super::sse::SseEvent;
 use super::{ApiResult, resource, sse};
 use crate::api::extract::JsonBody;
 use crate::auth::Caller;
@@ -14,7 +15,7 @@ use crate::cli::protocol::Usage;
 use crate::clock;
 use crate::error::{ApiError, ErrorResponse, FieldError};
 use crate::sessions::Message;
-use crate::sessions::events::{Frame as StreamFrame, ToolCall, TurnOutcome};
+use crate::sessions::events::{ToolCall, TurnOutcome};
 use crate::startup::AppState;
 
 pub const MAX_MESSAGE_CHARS: usize = 100_000;
@@ -39,6 +40,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 pub struct ChatRequest {
     pub session_id: String,
     /// 1-100000 characters, not blank.
+    #[schema(min_length = 1, max_length = 100000, pattern = "\\S")]
     pub message: String,
     /// Seconds the turn may take (1-3600, default 120); then it is interrupted.
     #[schema(minimum = 1, maximum = 3600)]
@@ -134,14 +136,14 @@ pub(super) async fn post_chat(
     Err(ApiError::Internal("the turn ended without a result".into()))
 }
 
-/// Send a message and stream the turn as Server-Sent Events: `id:` + `data:` (a
-/// `StreamFrame`) per event, `: ping` after 15 s idle, ending after `done` or `error`.
+/// Send a message and stream the turn as Server-Sent Events (`SseEvent`, whose `data` is a
+/// `StreamFrame`), ending after `done` or `error`.
 /// Errors found before the stream starts are plain HTTP errors; later ones are `error` frames.
 #[utoipa::path(
     post, path = "/api/v1/chat/stream", tag = "chat",
     request_body = ChatRequest,
     responses(
-        (status = 200, description = "The turn's frames; each `data:` line is a StreamFrame", content_type = "text/event-stream", body = StreamFrame),
+        (status = 200, description = "The turn's events, ending with `done` or `error`", content_type = "text/event-stream", body = SseEvent),
         (status = 403, description = "`forbidden`: `user_id` is not the key's user", body = ErrorResponse),
         TurnErrors,
     ),
@@ -213,6 +215,7 @@ pub(super) async fn list_messages(
 #[serde(deny_unknown_fields)]
 pub(super) struct MessageRequest {
     /// 1-100000 characters, not blank.
+    #[schema(min_length = 1, max_length = 100000, pattern = "\\S")]
     message: String,
     /// Seconds the turn may take (1-3600, default 120).
     #[schema(minimum = 1, maximum = 3600)]
@@ -266,7 +269,7 @@ pub(super) struct EventsParams {
     ),
     security(("bearer" = []), ("api_key" = []), ("access_token" = [])),
     responses(
-        (status = 200, description = "Every turn's frames, replayed then live; each `data:` line is a StreamFrame", content_type = "text/event-stream", body = StreamFrame),
+        (status = 200, description = "Every turn's events, replayed then live", content_type = "text/event-stream", body = SseEvent),
         (status = 404, description = "`session_not_found`", body = ErrorResponse),
         (status = 422, description = "`validation_error`: `Last-Event-ID` is not an event id", body = ErrorResponse),
     ),

@@ -36,8 +36,9 @@ pub fn resource(path: &str) -> actix_web::Resource {
     web::resource(path).default_service(web::to(method_not_allowed))
 }
 
-async fn method_not_allowed() -> ApiResult {
-    Err(ApiError::MethodNotAllowed)
+async fn method_not_allowed(req: HttpRequest) -> ApiResult {
+    let allow = openapi::allowed_methods(req.match_pattern().as_deref().unwrap_or(req.path()));
+    Err(ApiError::MethodNotAllowed { allow })
 }
 
 /// The answer for a path no route matches.

@@ -2,12 +2,14 @@
 //! types they read and write) and `GET /docs` (Swagger UI, served from the binary: nothing is
 //! fetched from outside the machine).
 
-use actix_web::http::header;
-use actix_web::{HttpResponse, web};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 
-use utoipa::openapi::schema::{ObjectBuilder, Type};
+use actix_web::http::header;
+use actix_web::{HttpResponse, web};
+
+use utoipa::openapi::path::{ParameterIn, PathItem};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{
     ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
 };
@@ -15,6 +17,7 @@ use utoipa::openapi::{ContentBuilder, HeaderBuilder, OpenApi as Document, Ref, R
 use utoipa::{IntoResponses, Modify, OpenApi};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
+use super::sse::SseEvent;
 use super::{chat, files, permissions, resource, service, sessions, users};
 use crate::error::ErrorResponse;
 use crate::sessions::events::Frame as StreamFrame;
@@ -53,9 +56,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         users::revoke_key, users::get_me,
         service::get_health, service::get_metrics, service::get_root, get_openapi,
     ),
-    components(schemas(ErrorResponse, StreamFrame)),
+    components(schemas(ErrorResponse, StreamFrame, SseEvent)),
     security(("bearer" = []), ("api_key" = [])),
-    modifiers(&SecuritySchemes, &CommonErrors),
+    modifiers(&SecuritySchemes, &CommonErrors, &SseEventData),
     tags(
         (name = "sessions", description = "Create, list, close and resume sessions"),
         (name = "chat", description = "Turns: synchronous, streamed, or started and followed on `/events`"),
@@ -70,6 +73,23 @@ pub struct ApiDoc;
 /// The document, built once.
 static DOCUMENT: LazyLock<String> =
     LazyLock::new(|| ApiDoc::openapi().to_json().expect("the OpenAPI document serialises"));
+
+/// The methods of a route, for a 405's `Allow` header, from the document (which the conformance
+/// test keeps equal to the routes). The routes outside it (`/docs`) are GET only.
+pub fn allowed_methods(pattern: &str) -> String {
+    static METHODS: LazyLock<HashMap<String, String>> = LazyLock::new(|| {
+        let doc = ApiDoc::openapi();
+        let methods = |item: &PathItem| {
+            [("GET", &item.get), ("PUT", &item.put), ("POST", &item.post), ("DELETE", &item.delete)]
+                .into_iter()
+                .filter_map(|(name, op)| op.as_ref().map(|_| name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        doc.paths.paths.iter().map(|(path, item)| (path.clone(), methods(item))).collect()
+    });
+    METHODS.get(pattern).cloned().unwrap_or_else(|| "GET".into())
+}
 
 /// This document.
 #[utoipa::path(
@@ -124,6 +144,22 @@ impl Modify for SecuritySchemes {
     }
 }
 
+/// Says what an SSE event's `data` holds (`contentSchema`, JSON Schema 2020-12; utoipa's derive
+/// has no attribute for it).
+struct SseEventData;
+
+impl Modify for SseEventData {
+    fn modify(&self, doc: &mut Document) {
+        let schemas = &mut doc.components.get_or_insert_with(Default::default).schemas;
+        if let Some(RefOr::T(Schema::Object(event))) = schemas.get_mut("SseEvent")
+            && let Some(RefOr::T(Schema::Object(data))) = event.properties.get_mut("data")
+        {
+            let frame = serde_json::json!({ "$ref": "#/components/schemas/StreamFrame" });
+            data.extensions.get_or_insert_with(Default::default).insert("contentSchema".into(), frame);
+        }
+    }
+}
+
 /// Errors any operation of a kind can return, added once here instead of on every handler:
 /// authentication and storage for operations that need a key, body errors for JSON bodies.
 /// Every 429 and 503 answer also gets its `Retry-After` header here.
@@ -134,6 +170,8 @@ const AUTH_ERRORS: &[(u16, &str)] = &[
     (500, "`internal_error`: a bug; the details are in the service's log"),
     (503, "`storage_unavailable`: the database does not answer"),
 ];
+
+const QUERY_ERRORS: &[(u16, &str)] = &[(422, "`validation_error`: a query parameter is not of its type")];
 
 const BODY_ERRORS: &[(u16, &str)] = &[
     (400, "`invalid_request`: the body is not JSON"),
@@ -152,8 +190,11 @@ impl Modify for CommonErrors {
                 let needs_key = operation.security.as_ref().is_none_or(|reqs| reqs.iter().any(|r| *r != public));
                 let json_body =
                     operation.request_body.as_ref().is_some_and(|b| b.content.contains_key("application/json"));
+                let query = operation.parameters.iter().flatten().any(|p| p.parameter_in == ParameterIn::Query);
                 let responses = &mut operation.responses.responses;
-                let common = needs_key.then_some(AUTH_ERRORS).into_iter().chain(json_body.then_some(BODY_ERRORS));
+                let common = [(needs_key, AUTH_ERRORS), (json_body, BODY_ERRORS), (query, QUERY_ERRORS)]
+                    .into_iter()
+                    .filter_map(|(applies, errors)| applies.then_some(errors));
                 for &(status, description) in common.flatten() {
                     match responses.get_mut(&status.to_string()) {
                         Some(RefOr::T(response)) => {

@@ -64,12 +64,12 @@ pub(super) struct ListParams {
     offset: Option<i64>,
 }
 
-/// The session ids (the seed's answer), or with `detail=true` the sessions, newest first.
+/// A session id (the seed's answer), or with `detail=true` the whole session.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
-pub(super) enum SessionList {
-    Ids(Vec<String>),
-    Sessions(Vec<Session>),
+pub(super) enum SessionListItem {
+    Id(String),
+    Session(Box<Session>),
 }
 
 /// List the caller's sessions.
@@ -77,7 +77,7 @@ pub(super) enum SessionList {
     get, path = "/api/v1/sessions", tag = "sessions",
     params(ListParams),
     responses(
-        (status = 200, description = "Ids, or sessions with `detail=true`", body = SessionList),
+        (status = 200, description = "Ids, or sessions with `detail=true`, newest first", body = Vec<SessionListItem>),
         (status = 403, description = "`forbidden`: a user key asking for another user's sessions", body = ErrorResponse),
         (status = 422, description = "`validation_error`: a bad `status`, `limit` or `offset`", body = ErrorResponse),
     ),
@@ -91,10 +91,10 @@ pub(super) async fn list_sessions(
     let query =
         ListQuery { user_id: params.user_id, status: params.status, limit: params.limit, offset: params.offset };
     let rows = state.sessions.list(&caller, query).await?;
-    let list = if params.detail {
-        SessionList::Sessions(rows.into_iter().map(Session::from).collect())
+    let list: Vec<SessionListItem> = if params.detail {
+        rows.into_iter().map(|r| SessionListItem::Session(Box::new(Session::from(r)))).collect()
     } else {
-        SessionList::Ids(rows.into_iter().map(|r| r.session_id).collect())
+        rows.into_iter().map(|r| SessionListItem::Id(r.session_id)).collect()
     };
     Ok(HttpResponse::Ok().json(list))
 }

@@ -17,6 +17,20 @@ use crate::sessions::events::SessionEvent;
 
 pub const PING_EVERY: Duration = Duration::from_secs(15);
 
+/// One Server-Sent Event as it goes on the wire: `id:` (the event id; send it back as
+/// `Last-Event-ID`) and `data:` (a `StreamFrame` as JSON). No `event:` name is sent; a
+/// `: ping` comment follows 15 s without an event.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // the document's shape of what `respond` writes; never built as a value
+pub struct SseEvent {
+    /// The event id, an integer.
+    #[schema(pattern = "^[0-9]+$")]
+    id: String,
+    /// A `StreamFrame`, as JSON.
+    #[schema(content_media_type = "application/json")]
+    data: String,
+}
+
 /// Frames from `events` until the turn's last one, with pings while idle.
 pub fn respond(
     events: mpsc::Receiver<Arc<SessionEvent>>,

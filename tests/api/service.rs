@@ -54,9 +54,15 @@ async fn unknown_routes_and_wrong_methods_answer_json(backend: Backend) {
     let app = spawn_app(backend).await;
     app.request(Method::GET, "/api/v1/nothing-here", None, None).await.assert_error(404, "not_found");
     app.request(Method::GET, "/favicon.ico", None, None).await.assert_error(404, "not_found");
-    app.request(Method::PUT, "/health", None, None).await.assert_error(405, "method_not_allowed");
+    let res = app.request(Method::PUT, "/health", None, None).await;
+    res.assert_error(405, "method_not_allowed");
+    assert_eq!(res.header("allow"), Some("GET"));
     let key = app.create_user("alice").await;
-    app.request(Method::PATCH, "/api/v1/sessions", Some(&key), None).await.assert_error(405, "method_not_allowed");
+    let res = app.request(Method::PATCH, "/api/v1/sessions", Some(&key), None).await;
+    res.assert_error(405, "method_not_allowed");
+    assert_eq!(res.header("allow"), Some("GET, POST"));
+    let res = app.request(Method::POST, "/api/v1/sessions/x/files", Some(&key), None).await;
+    assert_eq!(res.header("allow"), Some("GET, PUT, DELETE"));
 }
 
 async fn bad_bodies_answer_json_errors(backend: Backend) {
