@@ -70,15 +70,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 )]
 pub struct ApiDoc;
 
-/// The document, built once.
-static DOCUMENT: LazyLock<String> =
-    LazyLock::new(|| ApiDoc::openapi().to_json().expect("the OpenAPI document serialises"));
+/// The document, built once; `DOCUMENT` is its JSON and `allowed_methods` reads its paths.
+static OPENAPI: LazyLock<Document> = LazyLock::new(ApiDoc::openapi);
+static DOCUMENT: LazyLock<String> = LazyLock::new(|| OPENAPI.to_json().expect("the OpenAPI document serialises"));
 
 /// The methods of a route, for a 405's `Allow` header, from the document (which the conformance
 /// test keeps equal to the routes). The routes outside it (`/docs`) are GET only.
 pub fn allowed_methods(pattern: &str) -> String {
     static METHODS: LazyLock<HashMap<String, String>> = LazyLock::new(|| {
-        let doc = ApiDoc::openapi();
         let methods = |item: &PathItem| {
             [("GET", &item.get), ("PUT", &item.put), ("POST", &item.post), ("DELETE", &item.delete)]
                 .into_iter()
@@ -86,7 +85,7 @@ pub fn allowed_methods(pattern: &str) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        doc.paths.paths.iter().map(|(path, item)| (path.clone(), methods(item))).collect()
+        OPENAPI.paths.paths.iter().map(|(path, item)| (path.clone(), methods(item))).collect()
     });
     METHODS.get(pattern).cloned().unwrap_or_else(|| "GET".into())
 }
