@@ -39,6 +39,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    forget_settings_environment();
     if let Some(Command::Healthcheck) = args.command {
         return healthcheck(&settings);
     }
@@ -55,6 +56,22 @@ async fn main() -> ExitCode {
             eprintln!("claude-agent-http: server failed: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// The settings are read: the admin key, metrics token and database URL need not stay in the
+/// environment, where a process started without `env_clear` would inherit them. (The CLIs get
+/// an allowlisted environment anyway, and `/proc/<pid>/environ` keeps the original block: the
+/// service being non-dumpable is what keeps agents from it.)
+fn forget_settings_environment() {
+    let names: Vec<std::ffi::OsString> = std::env::vars_os()
+        .map(|(k, _)| k)
+        .filter(|k| k.to_str().is_some_and(|k| k.starts_with("CLAUDE_AGENT_")))
+        .collect();
+    for name in names {
+        // SAFETY: called first thing in main, before the server, arbiters or any thread that
+        // reads the environment is started.
+        unsafe { std::env::remove_var(name) };
     }
 }
 

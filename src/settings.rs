@@ -34,6 +34,9 @@ pub struct Settings {
     pub memory: MemorySettings,
     pub data: DataSettings,
     pub metrics: MetricsSettings,
+    /// The settings file these came from (set by [`Settings::load`]); hidden from the agents.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -225,11 +228,37 @@ pub enum SandboxMode {
 #[serde(deny_unknown_fields, default)]
 pub struct SandboxSettings {
     pub mode: SandboxMode,
+    /// TCP ports the agents may connect to (Landlock ABI 4), besides those of
+    /// `ANTHROPIC_BASE_URL` and of HTTP MCP servers; never the service's or the database's.
+    pub allowed_tcp_ports: Vec<u16>,
+    /// Paths the agents may never read, even inside a readable system tree. The settings
+    /// file, data dir, users' root and database are always hidden too.
+    pub hidden_paths: Vec<String>,
 }
+
+/// Host secrets an agent has no business reading, and where the deployment files put the
+/// service's settings and environment file.
+pub const DEFAULT_HIDDEN_PATHS: &[&str] = &[
+    "/etc/claude-agent-http",
+    "/etc/shadow",
+    "/etc/shadow-",
+    "/etc/gshadow",
+    "/etc/gshadow-",
+    "/etc/sudoers",
+    "/etc/sudoers.d",
+    "/etc/ssh",
+    "/etc/ssl/private",
+    "/etc/postgresql",
+    "/run/secrets",
+];
 
 impl Default for SandboxSettings {
     fn default() -> Self {
-        Self { mode: SandboxMode::Auto }
+        Self {
+            mode: SandboxMode::Auto,
+            allowed_tcp_ports: vec![443],
+            hidden_paths: DEFAULT_HIDDEN_PATHS.iter().map(|s| s.to_string()).collect(),
+        }
     }
 }
 
@@ -366,7 +395,9 @@ impl Settings {
             ),
             None => None,
         };
-        Self::from_sources(text.as_deref(), file.as_deref(), &env)
+        let mut settings = Self::from_sources(text.as_deref(), file.as_deref(), &env)?;
+        settings.file = file.map(|p| std::fs::canonicalize(&p).unwrap_or(p));
+        Ok(settings)
     }
 
     /// Builds settings from a file's text (if any) and environment pairs; pure, for tests.
@@ -480,6 +511,21 @@ impl Settings {
     }
 
     /// The `host:port` the server binds.
+    /// The database's TCP port when storage is PostgreSQL (5432 when the URL names none).
+    pub fn database_port(&self) -> Option<u16> {
+        if self.session.storage != StorageKind::Postgresql {
+            return None;
+        }
+        let url = self.session.database_url.as_deref()?;
+        let rest = url.split_once("://").map_or(url, |(_, r)| r);
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
+        let host_port = authority.rsplit('@').next().unwrap_or("");
+        match host_port.rfind(':') {
+            Some(i) if !host_port[i..].contains(']') => host_port[i + 1..].parse().ok(),
+            _ => Some(5432),
+        }
+    }
+
     pub fn bind_address(&self) -> String {
         format!("{}:{}", self.api.host, self.api.port)
     }

@@ -60,7 +60,8 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
         let settings = Arc::new(settings);
         check_exposure(&settings)?;
-        create_dir(&settings.data.dir, "data.dir")?;
+        protect_process();
+        create_private_dir(&settings.data.dir, "data.dir")?;
         create_dir(&settings.user.base_dir, "user.base_dir")?;
         let users_root = std::fs::canonicalize(&settings.user.base_dir)
             .map_err(|e| StartupError(format!("user.base_dir {}: {e}", settings.user.base_dir.display())))?;
@@ -99,13 +100,25 @@ impl Application {
             log::warn!("killed {reaped} process(es) a previous run left behind (it was killed without shutting down)");
         }
         let sandbox = crate::cli::sandbox::decide(settings.sandbox.mode).map_err(StartupError)?;
+        // Bound before the agents' confinement is made: the port they may never reach is known then.
+        let listener = TcpListener::bind(settings.bind_address())
+            .map_err(|e| StartupError(format!("cannot listen on {}: {e}", settings.bind_address())))?;
+        let port = listener.local_addr().map_err(|e| StartupError(e.to_string()))?.port();
+        let confinement = sandbox.map(|abi| Arc::new(crate::cli::sandbox::Sandbox::new(abi, &settings, port)));
+        if crate::cli::process::private_proc() {
+            log::info!("each CLI gets its own /proc (hidepid=2): the service and other sessions are invisible to it");
+        } else {
+            log::warn!(
+                "the service may not mount: the CLIs share its /proc (mount it with hidepid=2 so agents cannot list other processes)"
+            );
+        }
         let registry = Registry::new(
             settings.clone(),
             storage.clone(),
             hub.clone(),
             metrics.clone(),
             groups,
-            sandbox,
+            confinement,
             users_root.clone(),
         )
         .start();
@@ -124,9 +137,6 @@ impl Application {
             cli_version: std::sync::OnceLock::new(),
         });
 
-        let listener = TcpListener::bind(settings.bind_address())
-            .map_err(|e| StartupError(format!("cannot listen on {}: {e}", settings.bind_address())))?;
-        let port = listener.local_addr().map_err(|e| StartupError(e.to_string()))?.port();
         let server = build_server(listener, state.clone())?;
         log::info!(
             "claude-agent-http {} listening on {}:{port} ({} storage)",
@@ -233,6 +243,28 @@ fn check_exposure(settings: &Settings) -> Result<(), StartupError> {
              (set auth.allow_unauthenticated_remote = true to override)"
         )))
     }
+}
+
+/// What the agents could use against the service even as the same user: its memory and
+/// environment (`/proc/<pid>/environ`, `mem`, `maps`, `fd` are closed to every process without
+/// `CAP_SYS_PTRACE` once it is not dumpable), and files it creates readable by others.
+fn protect_process() {
+    // SAFETY: plain prctl and umask calls.
+    unsafe {
+        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
+            log::warn!("cannot make the service non-dumpable: {}", std::io::Error::last_os_error());
+        }
+        libc::umask(0o077);
+    }
+}
+
+/// The service's own data (database, admin key): 0700 whatever existed before.
+fn create_private_dir(dir: &Path, key: &str) -> Result<PathBuf, StartupError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let failed = |e: std::io::Error| StartupError(format!("cannot create {key} {}: {e}", dir.display()));
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(failed)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(failed)?;
+    Ok(dir.to_path_buf())
 }
 
 fn create_dir(dir: &Path, key: &str) -> Result<PathBuf, StartupError> {

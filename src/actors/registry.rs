@@ -16,7 +16,8 @@ use serde_json::{Map, Value};
 use tokio::sync::{oneshot, watch};
 
 use super::session::{SessionActor, SessionSetup, Stop, StopReason};
-use crate::cli::command::{AgentOptions, StartMode, build_args, build_env, transcript_path};
+use crate::cli::command::{AgentOptions, SecretFiles, StartMode, build_args, build_env, transcript_path};
+use crate::cli::sandbox::Sandbox;
 use crate::cli::process::{self, LaunchSpec};
 use crate::error::ApiError;
 use crate::memory::{self, MemorySample, ProcessTable};
@@ -74,8 +75,8 @@ pub struct Registry {
     limits: Limits,
     /// Canonical `user.base_dir` (resolved once at start-up).
     users_root: PathBuf,
-    /// The kernel's Landlock ABI when children are confined.
-    sandbox: Option<i64>,
+    /// The confinement of every CLI, when children are confined.
+    sandbox: Option<Arc<Sandbox>>,
     groups: Arc<crate::cli::orphans::GroupRecord>,
     metrics: Arc<crate::metrics::Metrics>,
     hub: Arc<EventHub>,
@@ -97,7 +98,7 @@ impl Registry {
         hub: Arc<EventHub>,
         metrics: Arc<crate::metrics::Metrics>,
         groups: Arc<crate::cli::orphans::GroupRecord>,
-        sandbox: Option<i64>,
+        sandbox: Option<Arc<Sandbox>>,
         users_root: PathBuf,
     ) -> Self {
         Self {
@@ -151,11 +152,10 @@ impl Registry {
         let cwd = PathBuf::from(&row.cwd);
         let user_dir = self.users_root.join(&row.user_id);
         let config_dir = user_dir.join(".claude");
-        let tmp_dir = std::env::temp_dir().join("claude-agent-http").join(&row.session_id);
-        for dir in [&config_dir, &tmp_dir] {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| ApiError::Internal(format!("cannot create {}: {e}", dir.display())))?;
-        }
+        let tmp_dir = crate::cli::session_temp_dir(&row.session_id);
+        private_dir(&tmp_dir).map_err(|e| ApiError::Internal(format!("cannot create {}: {e}", tmp_dir.display())))?;
+        std::fs::create_dir_all(&config_dir)
+            .map_err(|e| ApiError::Internal(format!("cannot create {}: {e}", config_dir.display())))?;
         let overrides: Map<String, Value> = serde_json::from_str(&row.options).unwrap_or_default();
         let options = AgentOptions::resolve(&self.settings, &overrides);
         let mode = if transcript_path(&config_dir, &row.cwd, &row.cli_session_id).is_some() {
@@ -163,12 +163,14 @@ impl Registry {
         } else {
             StartMode::New
         };
-        let args = build_args(&options, &self.settings.plugins, &row.cli_session_id, mode);
+        let files = SecretFiles::write(&tmp_dir, &options)
+            .map_err(|e| ApiError::Internal(format!("cannot write the session's files in {}: {e}", tmp_dir.display())))?;
+        let args = build_args(&options, &self.settings.plugins, &row.cli_session_id, mode, &files);
         let env = build_env(std::env::vars(), &self.settings.cli.env, &config_dir, &tmp_dir);
-        let spec = LaunchSpec { program: &program, args: &args, env: &env, cwd: &cwd };
+        let spec = LaunchSpec { program: &program, args: &args, env: &env, cwd: &cwd, cwd_handle: None };
         let label = format!("session {}", row.session_id);
-        let confinement = match self.sandbox {
-            Some(_) => {
+        let confinement = match &self.sandbox {
+            Some(sandbox) => {
                 let mut read = crate::cli::sandbox::program_dirs(&program);
                 for server in options.mcp_servers.values() {
                     if let Some(found) = server.get("command").and_then(Value::as_str).and_then(crate::cli::locate) {
@@ -176,7 +178,8 @@ impl Registry {
                     }
                 }
                 Some(
-                    crate::cli::sandbox::ruleset(&read, &[user_dir.clone(), tmp_dir.clone()])
+                    sandbox
+                        .ruleset(&read, &[user_dir.clone(), tmp_dir.clone()], options.mcp_servers.values())
                         .map_err(ApiError::Internal)?,
                 )
             }
@@ -321,6 +324,16 @@ impl Registry {
             }
         }
     }
+}
+
+/// Creates `dir` and its parent (the temp root) readable by their owner only.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    for d in [Some(dir), dir.parent()].into_iter().flatten() {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 impl Actor for Registry {

@@ -73,20 +73,62 @@ pub enum StartMode {
     Resume,
 }
 
+/// Files in the session's private temp dir that carry what must not be in argv: every process
+/// on the host can read any other's `/proc/<pid>/cmdline`, so prompts and MCP configurations
+/// (which may hold credentials) reach the CLI as 0600 files instead.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct SecretFiles {
+    pub system_prompt: Option<PathBuf>,
+    pub append_system_prompt: Option<PathBuf>,
+    pub mcp_config: Option<PathBuf>,
+}
+
+impl SecretFiles {
+    /// Writes the files `options` needs into `dir` (which must be private to the session).
+    pub fn write(dir: &Path, options: &AgentOptions) -> std::io::Result<SecretFiles> {
+        let put = |name: &str, text: &str| -> std::io::Result<PathBuf> {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let path = dir.join(name);
+            let mut file =
+                std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+            file.write_all(text.as_bytes())?;
+            Ok(path)
+        };
+        let mcp = (!options.mcp_servers.is_empty())
+            .then(|| serde_json::json!({ "mcpServers": options.mcp_servers }).to_string());
+        Ok(SecretFiles {
+            system_prompt: options.system_prompt.as_deref().map(|p| put("system-prompt.txt", p)).transpose()?,
+            append_system_prompt: options
+                .append_system_prompt
+                .as_deref()
+                .map(|p| put("append-system-prompt.txt", p))
+                .transpose()?,
+            mcp_config: mcp.as_deref().map(|c| put("mcp-config.json", c)).transpose()?,
+        })
+    }
+}
+
 /// argv after the program, every valued flag in the `--flag=value` form so that no value
-/// can be read as another flag.
-pub fn build_args(options: &AgentOptions, plugins: &[String], session_id: &str, mode: StartMode) -> Vec<String> {
+/// can be read as another flag. Secrets are passed by file (`files`).
+pub fn build_args(
+    options: &AgentOptions,
+    plugins: &[String],
+    session_id: &str,
+    mode: StartMode,
+    files: &SecretFiles,
+) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "--output-format=stream-json".into(),
         "--verbose".into(),
         "--input-format=stream-json".into(),
         "--include-partial-messages".into(),
     ];
-    if let Some(p) = &options.system_prompt {
-        args.push(format!("--system-prompt={p}"));
+    if let Some(p) = &files.system_prompt {
+        args.push(format!("--system-prompt-file={}", p.display()));
     }
-    if let Some(p) = &options.append_system_prompt {
-        args.push(format!("--append-system-prompt={p}"));
+    if let Some(p) = &files.append_system_prompt {
+        args.push(format!("--append-system-prompt-file={}", p.display()));
     }
     args.push(format!("--permission-mode={}", options.permission_mode));
     // Tools the rules say to ask about are asked over stdio, and so over HTTP (§3.3).
@@ -109,9 +151,8 @@ pub fn build_args(options: &AgentOptions, plugins: &[String], session_id: &str, 
         args.push(format!("--disallowedTools={}", options.disallowed_tools.join(",")));
     }
     args.push(format!("--setting-sources={}", options.setting_sources.join(",")));
-    if !options.mcp_servers.is_empty() {
-        let config = serde_json::json!({ "mcpServers": options.mcp_servers });
-        args.push(format!("--mcp-config={config}"));
+    if let Some(p) = &files.mcp_config {
+        args.push(format!("--mcp-config={}", p.display()));
     }
     for dir in plugins {
         args.push(format!("--plugin-dir={dir}"));
@@ -178,13 +219,34 @@ mod tests {
         settings.defaults.model = Some("base-model".into());
         let overrides = json!({"model": "-evil", "max_turns": 3, "allowed_tools": ["Read", "Bash(git:*)"]});
         let options = AgentOptions::resolve(&settings, overrides.as_object().unwrap());
-        let args = build_args(&options, &[], "abc", StartMode::Resume);
+        let args = build_args(&options, &[], "abc", StartMode::Resume, &SecretFiles::default());
         assert!(args.contains(&"--model=-evil".to_string()));
         assert!(args.contains(&"--max-turns=3".to_string()));
         assert!(args.contains(&"--allowedTools=Read,Bash(git:*)".to_string()));
         assert!(args.contains(&"--permission-mode=bypassPermissions".to_string()));
         assert_eq!(args.last().unwrap(), "--resume=abc");
         assert!(args.iter().all(|a| a.starts_with("--")));
+    }
+
+    #[test]
+    fn prompts_and_mcp_configuration_go_by_private_file_never_in_argv() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings::default();
+        settings.mcp_servers.insert("db".into(), json!({"command": "mcp-db", "env": {"TOKEN": "mcp-secret"}}));
+        let overrides = json!({"system_prompt": "prompt-secret", "append_system_prompt": "more-secret"});
+        let options = AgentOptions::resolve(&settings, overrides.as_object().unwrap());
+        let files = SecretFiles::write(dir.path(), &options).unwrap();
+        let args = build_args(&options, &[], "abc", StartMode::New, &files).join(" ");
+        for secret in ["prompt-secret", "more-secret", "mcp-secret"] {
+            assert!(!args.contains(secret), "{secret} in argv: {args}");
+        }
+        let prompt = files.system_prompt.unwrap();
+        assert!(args.contains(&format!("--system-prompt-file={}", prompt.display())));
+        assert_eq!(std::fs::read_to_string(&prompt).unwrap(), "prompt-secret");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&prompt).unwrap().permissions().mode() & 0o777, 0o600);
+        let mcp: Value = serde_json::from_str(&std::fs::read_to_string(files.mcp_config.unwrap()).unwrap()).unwrap();
+        assert_eq!(mcp["mcpServers"]["db"]["env"]["TOKEN"], "mcp-secret");
     }
 
     #[test]

@@ -9,6 +9,14 @@ pub mod sandbox;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+/// Under the system temp dir: one private (0700) temp dir per session.
+pub const TEMP_ROOT: &str = "claude-agent-http";
+
+/// The private temp dir of one session (the CLI's `TMPDIR`, its secret files).
+pub fn session_temp_dir(session_id: &str) -> PathBuf {
+    std::env::temp_dir().join(TEMP_ROOT).join(session_id)
+}
+
 /// Resolves `cli.path`: a path (absolute or relative, containing `/`) is taken as it is, a
 /// bare name is looked up on `PATH`. `None` if no executable file is there.
 pub fn locate(configured: &str) -> Option<PathBuf> {

@@ -1,8 +1,16 @@
 //! One CLI child process: spawned in its own process group (with `PR_SET_PDEATHSIG`), stdin fed
 //! by one writer task, stdout framed on bytes with a line cap, stderr always drained into the
 //! log with its tail kept, and a supervisor task that owns the child until it is reaped.
+//!
+//! Between fork and exec the child is stripped of what it could use against the service or
+//! other sessions, also when the service runs as root: it enters the directory handle the
+//! service verified (not a path an agent could swap), gets a private `/proc` that shows only
+//! the processes it may ptrace (`hidepid=2`: neither the service nor other sessions), its
+//! Landlock ruleset, `no_new_privs`, and no capabilities at all (bounding, ambient,
+//! inheritable, permitted and effective sets emptied, so exec as uid 0 regains none).
 
 use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
@@ -30,6 +38,75 @@ pub struct LaunchSpec<'a> {
     pub args: &'a [String],
     pub env: &'a [(String, String)],
     pub cwd: &'a Path,
+    /// The working directory as a handle the service opened and checked; entered with
+    /// `fchdir`, so a directory swapped for a link after the check is never entered.
+    pub cwd_handle: Option<&'a OwnedFd>,
+}
+
+/// What the child may shed, read once from the service's own credentials.
+struct Shedding {
+    /// Capabilities in the bounding set, dropped one by one (needs `CAP_SETPCAP`).
+    bounding: Vec<caps::Capability>,
+    /// The service may mount (`CAP_SYS_ADMIN`): the child gets its own `/proc` instance.
+    private_proc: bool,
+}
+
+fn shedding() -> &'static Shedding {
+    static SHEDDING: std::sync::OnceLock<Shedding> = std::sync::OnceLock::new();
+    SHEDDING.get_or_init(|| {
+        use caps::{CapSet, Capability};
+        let effective = caps::read(None, CapSet::Effective).unwrap_or_default();
+        let bounding = if effective.contains(&Capability::CAP_SETPCAP) {
+            caps::read(None, CapSet::Bounding).unwrap_or_default().into_iter().collect()
+        } else {
+            Vec::new()
+        };
+        Shedding { bounding, private_proc: effective.contains(&Capability::CAP_SYS_ADMIN) }
+    })
+}
+
+/// True when the children get a private `/proc` (the service may mount), for the start-up log.
+pub fn private_proc() -> bool {
+    shedding().private_proc
+}
+
+/// In the child between fork and exec: its own mount namespace with a new `/proc` instance
+/// that hides every process it may not ptrace. Best effort: without it the inherited `/proc`
+/// stays, where the service is still unreadable (non-dumpable) but listed.
+///
+/// SAFETY (caller): only async-signal-safe syscalls on static strings.
+unsafe fn mount_private_proc() {
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return;
+        }
+        // Private first, or the new mount would propagate back to the host's /proc.
+        if libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null())
+            != 0
+        {
+            return;
+        }
+        let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        libc::mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), flags, c"hidepid=2".as_ptr().cast());
+    }
+}
+
+/// In the child between fork and exec: `no_new_privs` and every capability set emptied.
+fn shed_privileges(bounding: &[caps::Capability]) -> std::io::Result<()> {
+    use caps::CapSet;
+    let denied = || std::io::Error::from_raw_os_error(libc::EPERM);
+    // SAFETY: plain prctl.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(denied());
+    }
+    for cap in bounding {
+        caps::drop(None, CapSet::Bounding, *cap).map_err(|_| denied())?;
+    }
+    caps::clear(None, CapSet::Ambient).map_err(|_| denied())?;
+    caps::clear(None, CapSet::Inheritable).map_err(|_| denied())?;
+    // Clearing the permitted set clears the effective one too.
+    caps::clear(None, CapSet::Permitted).map_err(|_| denied())?;
+    Ok(())
 }
 
 /// A Landlock ruleset applied to the child between fork and exec.
@@ -97,15 +174,21 @@ pub fn spawn(
     cmd.args(spec.args)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(spec.cwd)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    let cwd_fd = spec.cwd_handle.map(|fd| fd.as_raw_fd());
+    if cwd_fd.is_none() {
+        cmd.current_dir(spec.cwd);
+    }
+    let shedding = shedding();
+    let bounding = shedding.bounding.clone();
+    let private_proc = shedding.private_proc;
     let confinement = std::sync::Mutex::new(confinement);
-    // SAFETY: only syscalls between fork and exec: prctl, and Landlock's prctl(NO_NEW_PRIVS)
-    // and landlock_restrict_self on a ruleset built before the fork.
+    // SAFETY: only syscalls between fork and exec (prctl, setrlimit, fchdir, unshare, mount,
+    // capset, Landlock's) on data prepared before the fork; errors are raw OS errors.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
@@ -119,11 +202,20 @@ pub fn spawn(
                 files.rlim_cur = files.rlim_max.min(MAX_OPEN_FILES);
                 libc::setrlimit(libc::RLIMIT_NOFILE, &files);
             }
+            if let Some(fd) = cwd_fd
+                && libc::fchdir(fd) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Mounting needs the capabilities shed below, and is refused under Landlock.
+            if private_proc {
+                mount_private_proc();
+            }
             let ruleset = confinement.lock().ok().and_then(|mut c| c.take());
             if let Some(ruleset) = ruleset {
-                ruleset.restrict_self().map_err(|_| std::io::Error::other("Landlock could not be applied"))?;
+                ruleset.restrict_self().map_err(|_| std::io::Error::from_raw_os_error(libc::EPERM))?;
             }
-            Ok(())
+            shed_privileges(&bounding)
         });
     }
     let mut child = cmd.spawn()?;

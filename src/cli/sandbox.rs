@@ -1,17 +1,28 @@
-//! Landlock confinement of a session's CLI and everything it starts: write access to the
-//! user's directory and the session's private temp dir only; read (and execute) access to the
-//! system and the CLI's install; nothing at all of other users' directories, the service's
-//! data dir (database, admin key) or its settings. The ruleset is built before fork and only
-//! applied between fork and exec (`restrict_self` makes no allocation on success).
+//! Landlock confinement of a session's CLI and everything it starts:
+//! - files: write access to the user's directory and the session's private temp dir only; read
+//!   (and execute) access to the system trees, except the service's own files and the host's
+//!   secrets, which are cut out of them (their siblings are granted one by one);
+//! - network (ABI 4): `connect` to the allowed TCP ports only, `bind` to none;
+//! - scopes (ABI 6): no signals to, and no abstract unix sockets of, processes outside the
+//!   session (the service, other sessions);
+//! - ptrace (every ABI): no access to processes outside the session, so no `/proc/<pid>/environ`,
+//!   `mem`, `maps` or `fd` of the service or of another session.
+//!
+//! The ruleset is built before fork and only applied between fork and exec (`restrict_self`
+//! makes no allocation on success).
 
-use std::path::{Path, PathBuf};
+use std::collections::BTreeSet;
+use std::path::{Component, Path, PathBuf};
 
-use landlock::{ABI, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreated, RulesetCreatedAttr, path_beneath_rules};
+use landlock::{
+    ABI, Access, AccessFs, AccessNet, NetPort, Ruleset, RulesetAttr, RulesetCreated, RulesetCreatedAttr,
+    RulesetError, Scope, path_beneath_rules,
+};
 
-use crate::settings::SandboxMode;
+use crate::settings::{SandboxMode, Settings};
 
 /// The access rights this service asks for; older kernels get the subset they know.
-const ABI_HANDLED: ABI = ABI::V5;
+const ABI_HANDLED: ABI = ABI::V9;
 
 /// System trees the agent may read and execute from.
 const SYSTEM_READ: &[&str] =
@@ -27,7 +38,7 @@ pub fn kernel_abi() -> Option<i64> {
 }
 
 /// Decides at start-up whether children are confined. `Err` when `landlock` is required and
-/// the kernel cannot do it.
+/// the kernel cannot do it. Logs what this kernel cannot confine.
 pub fn decide(mode: SandboxMode) -> Result<Option<i64>, String> {
     match (mode, kernel_abi()) {
         (SandboxMode::Off, _) => {
@@ -36,6 +47,9 @@ pub fn decide(mode: SandboxMode) -> Result<Option<i64>, String> {
         }
         (_, Some(abi)) => {
             log::info!("confining the agents with Landlock (kernel ABI {abi})");
+            for gap in unconfined_on(abi) {
+                log::warn!("this kernel's Landlock (ABI {abi}) cannot confine {gap}");
+            }
             Ok(Some(abi))
         }
         (SandboxMode::Auto, None) => {
@@ -48,21 +62,197 @@ pub fn decide(mode: SandboxMode) -> Result<Option<i64>, String> {
     }
 }
 
-/// The ruleset of one session's CLI. `read_exec` adds directories to read from (the CLI's
-/// install, MCP servers); `read_write` are the user's directory and the session's temp dir.
-pub fn ruleset(read_exec: &[PathBuf], read_write: &[PathBuf]) -> Result<RulesetCreated, String> {
-    let existing = |paths: Vec<PathBuf>| -> Vec<PathBuf> { paths.into_iter().filter(|p| p.exists()).collect() };
-    let read: Vec<PathBuf> = existing(SYSTEM_READ.iter().map(PathBuf::from).chain(read_exec.iter().cloned()).collect());
-    let write: Vec<PathBuf> =
-        existing(SYSTEM_WRITE.iter().map(PathBuf::from).chain(read_write.iter().cloned()).collect());
-    let build = || -> Result<RulesetCreated, landlock::RulesetError> {
-        Ruleset::default()
-            .handle_access(AccessFs::from_all(ABI_HANDLED))?
-            .create()?
-            .add_rules(path_beneath_rules(&read, AccessFs::from_read(ABI_HANDLED)))?
-            .add_rules(path_beneath_rules(&write, AccessFs::from_all(ABI_HANDLED)))
+/// What an agent can still do on a kernel with Landlock ABI `abi` (empty from ABI 9 on).
+pub fn unconfined_on(abi: i64) -> Vec<&'static str> {
+    let gaps: [(i64, &str); 5] = [
+        (2, "renames and links across directories (ABI 2, Linux 5.19)"),
+        (3, "truncation of readable files (ABI 3, Linux 6.2)"),
+        (
+            4,
+            "the network: agents may connect to any TCP port, the service's and the database's included (ABI 4, Linux 6.7)",
+        ),
+        (6, "signals and abstract unix sockets: agents may signal the service and other sessions (ABI 6, Linux 6.12)"),
+        (9, "pathname unix sockets: agents may connect to any socket file they can reach, e.g. a local database's"),
+    ];
+    gaps.iter().filter(|(since, _)| abi < *since).map(|(_, gap)| *gap).collect()
+}
+
+/// The confinement every session's CLI gets, computed once at start-up.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    pub abi: i64,
+    /// System paths the agent may read, with the hidden ones cut out.
+    read: Vec<PathBuf>,
+    /// Paths the agent must never read, even where a system tree is granted (absolute, canonical).
+    hidden: Vec<PathBuf>,
+    /// TCP ports the agent may connect to.
+    connect_ports: BTreeSet<u16>,
+    /// Ports never granted, whatever asks for them: the service's own, the database's.
+    forbidden_ports: BTreeSet<u16>,
+}
+
+impl Sandbox {
+    /// `service_port` is the port the service actually listens on.
+    pub fn new(abi: i64, settings: &Settings, service_port: u16) -> Sandbox {
+        let hidden = hidden_paths(settings);
+        let read = SYSTEM_READ.iter().flat_map(|root| readable_beneath(Path::new(root), &hidden, &list_dir)).collect();
+        let mut forbidden_ports = BTreeSet::from([service_port]);
+        if let Some(port) = settings.database_port() {
+            forbidden_ports.insert(port);
+        }
+        let mut sandbox = Sandbox { abi, read, hidden, connect_ports: BTreeSet::new(), forbidden_ports };
+        let wanted: Vec<u16> = settings
+            .sandbox
+            .allowed_tcp_ports
+            .iter()
+            .copied()
+            .chain(anthropic_port(settings))
+            .chain(mcp_ports(settings.mcp_servers.values()))
+            .collect();
+        sandbox.connect_ports = sandbox.allowed(wanted.iter().copied());
+        if abi >= 4 {
+            log::info!("the agents may connect to TCP ports {:?} only, and bind none", sandbox.connect_ports);
+        }
+        sandbox
+    }
+
+    /// `ports` without the forbidden ones (logged: a setting asked for them).
+    fn allowed(&self, ports: impl Iterator<Item = u16>) -> BTreeSet<u16> {
+        ports
+            .filter(|p| {
+                let refused = self.forbidden_ports.contains(p);
+                if refused {
+                    log::warn!("sandbox: TCP port {p} is the service's or the database's: the agents may not connect to it");
+                }
+                !refused
+            })
+            .collect()
+    }
+
+    pub fn connect_ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.connect_ports.iter().copied()
+    }
+
+    /// The ruleset of one session's CLI. `read_exec` adds directories to read from (the CLI's
+    /// install, MCP servers); `read_write` are the user's directory and the session's temp dir;
+    /// `mcp_servers` are the session's own servers, whose URL ports are granted.
+    pub fn ruleset<'a>(
+        &self,
+        read_exec: &[PathBuf],
+        read_write: &[PathBuf],
+        mcp_servers: impl Iterator<Item = &'a serde_json::Value>,
+    ) -> Result<RulesetCreated, String> {
+        let existing = |paths: Vec<PathBuf>| -> Vec<PathBuf> { paths.into_iter().filter(|p| p.exists()).collect() };
+        let extra_read = read_exec.iter().flat_map(|p| readable_beneath(p, &self.hidden, &list_dir));
+        let read = existing(self.read.iter().cloned().chain(extra_read).collect());
+        let write = existing(SYSTEM_WRITE.iter().map(PathBuf::from).chain(read_write.iter().cloned()).collect());
+        let mut ports = self.connect_ports.clone();
+        ports.extend(self.allowed(mcp_ports(mcp_servers).into_iter()));
+        let build = || -> Result<RulesetCreated, RulesetError> {
+            Ruleset::default()
+                .handle_access(AccessFs::from_all(ABI_HANDLED))?
+                .handle_access(AccessNet::from_all(ABI_HANDLED))?
+                .scope(Scope::from_all(ABI_HANDLED))?
+                .create()?
+                .add_rules(path_beneath_rules(&read, AccessFs::from_read(ABI_HANDLED)))?
+                .add_rules(path_beneath_rules(&write, AccessFs::from_all(ABI_HANDLED)))?
+                .add_rules(ports.iter().map(|p| Ok::<_, RulesetError>(NetPort::new(*p, AccessNet::ConnectTcp))))
+        };
+        build().map_err(|e| format!("cannot build the Landlock ruleset: {e}"))
+    }
+}
+
+/// The service's own files (settings, data, users' root, temp root, database) and
+/// `sandbox.hidden_paths`, absolute and with links resolved where they exist.
+fn hidden_paths(settings: &Settings) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = settings.sandbox.hidden_paths.iter().map(PathBuf::from).collect();
+    paths.extend(settings.file.iter().cloned());
+    paths.push(settings.data.dir.clone());
+    paths.push(settings.user.base_dir.clone());
+    paths.push(std::env::temp_dir().join(crate::cli::TEMP_ROOT));
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut db = settings.session.sqlite_path.clone().into_os_string();
+        db.push(suffix);
+        paths.push(PathBuf::from(db));
+    }
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let mut out: Vec<PathBuf> = paths
+        .into_iter()
+        .map(|p| cwd.join(p))
+        .flat_map(|p| {
+            // Both the path as named and where its links lead are hidden.
+            let real = std::fs::canonicalize(&p).ok();
+            std::iter::once(lexically_normal(&p)).chain(real)
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// `a/./b/../c` → `a/c`, without touching the filesystem.
+fn lexically_normal(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+fn list_dir(dir: &Path) -> Vec<PathBuf> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries.flatten().map(|e| e.path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The paths to grant so that everything beneath `root` is readable except the `hidden` ones:
+/// `root` itself when nothing hidden lies beneath it, else its entries one by one (recursing
+/// into the ones that contain a hidden path). An entry whose links lead into a hidden path is
+/// left out.
+fn readable_beneath(root: &Path, hidden: &[PathBuf], list: &dyn Fn(&Path) -> Vec<PathBuf>) -> Vec<PathBuf> {
+    let real = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let is_hidden = |p: &Path| hidden.iter().any(|h| p.starts_with(h));
+    if is_hidden(root) || is_hidden(&real) {
+        return Vec::new();
+    }
+    let contains_hidden = hidden.iter().any(|h| h.starts_with(root) || h.starts_with(&real));
+    if !contains_hidden {
+        return vec![root.to_path_buf()];
+    }
+    list(root).iter().flat_map(|child| readable_beneath(child, hidden, list)).collect()
+}
+
+fn port_of_url(url: &str) -> Option<u16> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host_port = authority.rsplit('@').next()?;
+    let explicit = match host_port.rfind(':') {
+        Some(i) if !host_port[i..].contains(']') => host_port[i + 1..].parse().ok(),
+        _ => None,
     };
-    build().map_err(|e| format!("cannot build the Landlock ruleset: {e}"))
+    explicit.or(match scheme {
+        "https" | "wss" => Some(443),
+        "http" | "ws" => Some(80),
+        _ => None,
+    })
+}
+
+/// The port of `ANTHROPIC_BASE_URL` (from `cli.env`, else the service's environment).
+fn anthropic_port(settings: &Settings) -> Option<u16> {
+    let url = settings.cli.env.get("ANTHROPIC_BASE_URL").cloned().or_else(|| std::env::var("ANTHROPIC_BASE_URL").ok());
+    url.as_deref().and_then(port_of_url)
+}
+
+/// The ports of HTTP/SSE MCP servers (`{"url": …}`).
+fn mcp_ports<'a>(servers: impl Iterator<Item = &'a serde_json::Value>) -> Vec<u16> {
+    servers.filter_map(|s| s.get("url").and_then(serde_json::Value::as_str)).filter_map(port_of_url).collect()
 }
 
 /// The directories holding a program (its own and its parent, for package layouts like npm's).
@@ -71,4 +261,54 @@ pub fn program_dirs(program: &Path) -> Vec<PathBuf> {
     let dir = real.parent().map(Path::to_path_buf);
     let parent = dir.as_deref().and_then(Path::parent).map(Path::to_path_buf);
     dir.into_iter().chain(parent).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hidden_paths_are_cut_out_and_their_siblings_granted_one_by_one() {
+        let tree = |dir: &Path| -> Vec<PathBuf> {
+            match dir.to_str().unwrap() {
+                "/etc" => vec!["/etc/hostname".into(), "/etc/claude-agent-http".into(), "/etc/ssl".into()],
+                "/etc/ssl" => vec!["/etc/ssl/certs".into(), "/etc/ssl/private".into()],
+                _ => vec![],
+            }
+        };
+        let hidden = vec![PathBuf::from("/etc/claude-agent-http"), PathBuf::from("/etc/ssl/private")];
+        let granted = readable_beneath(Path::new("/etc"), &hidden, &tree);
+        assert_eq!(granted, vec![PathBuf::from("/etc/hostname"), PathBuf::from("/etc/ssl/certs")]);
+        // A tree with nothing hidden beneath it is granted whole; a hidden one not at all.
+        assert_eq!(readable_beneath(Path::new("/usr"), &hidden, &tree), vec![PathBuf::from("/usr")]);
+        assert!(readable_beneath(Path::new("/etc/claude-agent-http"), &hidden, &tree).is_empty());
+    }
+
+    #[test]
+    fn url_ports() {
+        assert_eq!(port_of_url("http://127.0.0.1:4567"), Some(4567));
+        assert_eq!(port_of_url("https://api.anthropic.com/v1"), Some(443));
+        assert_eq!(port_of_url("http://user:pw@[::1]:8080/x"), Some(8080));
+        assert_eq!(port_of_url("http://[::1]/x"), Some(80));
+        assert_eq!(port_of_url("not a url"), None);
+    }
+
+    #[test]
+    fn the_service_and_database_ports_are_never_granted() {
+        let mut settings = Settings::default();
+        settings.sandbox.allowed_tcp_ports = vec![443, 8000, 5432, 9999];
+        settings.session.database_url = Some("postgres://u@db:5432/x".into());
+        settings.session.storage = crate::settings::StorageKind::Postgresql;
+        let sandbox = Sandbox::new(7, &settings, 8000);
+        assert_eq!(sandbox.connect_ports().collect::<Vec<_>>(), vec![443, 9999]);
+        let own = serde_json::json!({"url": "http://127.0.0.1:5432/mcp"});
+        assert!(sandbox.allowed(mcp_ports([&own].into_iter()).into_iter()).is_empty());
+    }
+
+    #[test]
+    fn older_kernels_say_what_they_cannot_confine() {
+        assert!(unconfined_on(9).is_empty());
+        assert_eq!(unconfined_on(7).len(), 1);
+        assert!(unconfined_on(3).iter().any(|g| g.contains("network")));
+    }
 }

@@ -149,6 +149,23 @@ pub(crate) async fn to_completion<T: 'static>(
     actix_web::rt::spawn(operation).await.map_err(|e| StorageError::Query(format!("storage task failed: {e}")))?
 }
 
+/// The database file exists with mode 0600 before SQLite opens it; SQLite gives its WAL and
+/// shared-memory files the database file's mode.
+fn private_file(path: &std::path::Path) -> Result<(), StorageError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let failed = |e: std::io::Error| StorageError::Unavailable(format!("cannot create {}: {e}", path.display()));
+    std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(path).map_err(failed)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        match std::fs::set_permissions(&name, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(failed(e)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 impl Storage {
     /// Opens the configured storage and brings its schema up to date.
     pub async fn connect(settings: &SessionSettings) -> Result<Storage, StorageError> {
@@ -159,6 +176,7 @@ impl Storage {
                     std::fs::create_dir_all(dir)
                         .map_err(|e| StorageError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
                 }
+                private_file(path)?;
                 let url = sqlite_url(path)?;
                 // WAL is a property of the file: set once here, before any pooled connection,
                 // because switching it takes an exclusive lock that concurrent connections would race for.

@@ -495,7 +495,9 @@ async fn the_agent_endpoint_reports_the_clis_init_and_sessions_may_bring_mcp_ser
         .iter()
         .find_map(|a| a.as_str().unwrap().strip_prefix("--mcp-config="))
         .expect("--mcp-config given");
-    let config: Value = serde_json::from_str(config).unwrap();
+    // A file in the session's private temp dir, never the JSON itself in argv.
+    assert!(!config.contains('{'), "{config}");
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
     assert_eq!(config["mcpServers"]["global"]["command"], "global-mcp", "the settings' servers");
     assert_eq!(config["mcpServers"]["mine"]["args"], json!(["-v"]), "and the session's own");
 }
