@@ -134,6 +134,12 @@ fn decide(body: &Value) -> Reply {
     }
 }
 
+/// A new id per tool use: the CLI takes a repeated id for the same call and interrupts it.
+fn tool_use_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    format!("toolu_mock{:02}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
 fn sse(event: &str, data: Value) -> Bytes {
     Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
 }
@@ -177,7 +183,7 @@ fn stream_events(reply: &Reply, model: &str) -> Vec<(Bytes, Duration)> {
                 sse(
                     "content_block_start",
                     json!({"type":"content_block_start","index":0,"content_block":{"type":"tool_use",
-                    "id":"toolu_mock01","name":name,"input":{}}}),
+                    "id":tool_use_id(),"name":name,"input":{}}}),
                 ),
                 Duration::ZERO,
             ));
@@ -242,7 +248,7 @@ async fn messages(body: Json<Value>, recorded: Data<Recorded>) -> HttpResponse {
     let (content, stop) = match &reply {
         Reply::Text(text, _) => (json!([{"type":"text","text":text}]), "end_turn"),
         Reply::Tool { name, input } => {
-            (json!([{"type":"tool_use","id":"toolu_mock01","name":name,"input":input}]), "tool_use")
+            (json!([{"type":"tool_use","id":tool_use_id(),"name":name,"input":input}]), "tool_use")
         }
     };
     HttpResponse::Ok().json(json!({"id":"msg_mock","type":"message","role":"assistant","model":model,"content":content,

@@ -17,8 +17,8 @@ use tokio::sync::{oneshot, watch};
 
 use super::session::{SessionActor, SessionSetup, Stop, StopReason};
 use crate::cli::command::{AgentOptions, SecretFiles, StartMode, build_args, build_env, transcript_path};
-use crate::cli::sandbox::Sandbox;
 use crate::cli::process::{self, LaunchSpec};
+use crate::cli::sandbox::Sandbox;
 use crate::error::ApiError;
 use crate::memory::{self, MemorySample, ProcessTable};
 use crate::sessions::hub::EventHub;
@@ -163,8 +163,9 @@ impl Registry {
         } else {
             StartMode::New
         };
-        let files = SecretFiles::write(&tmp_dir, &options)
-            .map_err(|e| ApiError::Internal(format!("cannot write the session's files in {}: {e}", tmp_dir.display())))?;
+        let files = SecretFiles::write(&tmp_dir, &options).map_err(|e| {
+            ApiError::Internal(format!("cannot write the session's files in {}: {e}", tmp_dir.display()))
+        })?;
         let args = build_args(&options, &self.settings.plugins, &row.cli_session_id, mode, &files);
         let env = build_env(std::env::vars(), &self.settings.cli.env, &config_dir, &tmp_dir);
         let spec = LaunchSpec { program: &program, args: &args, env: &env, cwd: &cwd, cwd_handle: None };

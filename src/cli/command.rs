@@ -183,6 +183,10 @@ pub fn build_env(
     env.push(("CLAUDE_CODE_ENTRYPOINT".into(), "sdk-rust".into()));
     env.push(("DISABLE_AUTOUPDATER".into(), "1".into()));
     env.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+    // HOME is the user's directory: tools keep their dotfiles there, not in the service's home.
+    if let Some(home) = config_dir.parent() {
+        env.push(("HOME".into(), home.display().to_string()));
+    }
     env.push(("CLAUDE_CONFIG_DIR".into(), config_dir.display().to_string()));
     env.push(("TMPDIR".into(), tmp_dir.display().to_string()));
     // Later entries win when the child's environment is built.

@@ -81,13 +81,35 @@ unsafe fn mount_private_proc() {
             return;
         }
         // Private first, or the new mount would propagate back to the host's /proc.
-        if libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null())
-            != 0
+        if libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) != 0
         {
             return;
         }
         let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-        libc::mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), flags, c"hidepid=2".as_ptr().cast());
+        // `ptraceable` (Linux 5.8) has no group exemption; `hidepid=2` exempts its `gid`, which
+        // defaults to 0: root's group would see everything.
+        if libc::mount(
+            c"proc".as_ptr(),
+            c"/proc".as_ptr(),
+            c"proc".as_ptr(),
+            flags,
+            c"hidepid=ptraceable".as_ptr().cast(),
+        ) != 0
+        {
+            libc::mount(
+                c"proc".as_ptr(),
+                c"/proc".as_ptr(),
+                c"proc".as_ptr(),
+                flags,
+                c"hidepid=2,gid=65534".as_ptr().cast(),
+            );
+        }
     }
 }
 
@@ -110,7 +132,54 @@ fn shed_privileges(bounding: &[caps::Capability]) -> std::io::Result<()> {
 }
 
 /// A Landlock ruleset applied to the child between fork and exec.
-pub type Confinement = landlock::RulesetCreated;
+pub struct Confinement {
+    /// The ruleset, built (with the landlock crate) before the fork.
+    pub ruleset: OwnedFd,
+    /// Read rights on the child's own `/proc` instance, a mount that only exists after the
+    /// fork, so its rule is added in the child.
+    pub proc_read: u64,
+}
+
+/// `struct landlock_path_beneath_attr` (packed in the kernel's UAPI).
+#[repr(C, packed)]
+struct PathBeneathAttr {
+    allowed_access: u64,
+    parent_fd: i32,
+}
+
+impl Confinement {
+    /// In the child between fork and exec: the rule for whatever `/proc` is now, then
+    /// `no_new_privs` and the ruleset. Raw syscalls: the crate's calls may allocate.
+    ///
+    /// SAFETY (caller): async-signal-safe syscalls only.
+    unsafe fn apply(&self) -> std::io::Result<()> {
+        let last = std::io::Error::last_os_error;
+        unsafe {
+            let proc = libc::open(c"/proc".as_ptr(), libc::O_PATH | libc::O_CLOEXEC | libc::O_DIRECTORY);
+            if proc >= 0 {
+                let attr = PathBeneathAttr { allowed_access: self.proc_read, parent_fd: proc };
+                let added = libc::syscall(
+                    libc::SYS_landlock_add_rule,
+                    self.ruleset.as_raw_fd(),
+                    1, // LANDLOCK_RULE_PATH_BENEATH
+                    &attr as *const PathBeneathAttr,
+                    0,
+                );
+                libc::close(proc);
+                if added != 0 {
+                    return Err(last());
+                }
+            }
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(last());
+            }
+            if libc::syscall(libc::SYS_landlock_restrict_self, self.ruleset.as_raw_fd(), 0) != 0 {
+                return Err(last());
+            }
+        }
+        Ok(())
+    }
+}
 
 /// The last bytes the CLI wrote to stderr, for error messages.
 #[derive(Debug, Default)]
@@ -186,7 +255,6 @@ pub fn spawn(
     let shedding = shedding();
     let bounding = shedding.bounding.clone();
     let private_proc = shedding.private_proc;
-    let confinement = std::sync::Mutex::new(confinement);
     // SAFETY: only syscalls between fork and exec (prctl, setrlimit, fchdir, unshare, mount,
     // capset, Landlock's) on data prepared before the fork; errors are raw OS errors.
     unsafe {
@@ -211,9 +279,8 @@ pub fn spawn(
             if private_proc {
                 mount_private_proc();
             }
-            let ruleset = confinement.lock().ok().and_then(|mut c| c.take());
-            if let Some(ruleset) = ruleset {
-                ruleset.restrict_self().map_err(|_| std::io::Error::from_raw_os_error(libc::EPERM))?;
+            if let Some(confinement) = &confinement {
+                confinement.apply()?;
             }
             shed_privileges(&bounding)
         });

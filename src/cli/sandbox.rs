@@ -15,10 +15,11 @@ use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
 
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, NetPort, Ruleset, RulesetAttr, RulesetCreated, RulesetCreatedAttr,
-    RulesetError, Scope, path_beneath_rules,
+    ABI, Access, AccessFs, AccessNet, NetPort, Ruleset, RulesetAttr, RulesetCreated, RulesetCreatedAttr, RulesetError,
+    Scope, path_beneath_rules,
 };
 
+use super::process::Confinement;
 use crate::settings::{SandboxMode, Settings};
 
 /// The access rights this service asks for; older kernels get the subset they know.
@@ -122,7 +123,9 @@ impl Sandbox {
             .filter(|p| {
                 let refused = self.forbidden_ports.contains(p);
                 if refused {
-                    log::warn!("sandbox: TCP port {p} is the service's or the database's: the agents may not connect to it");
+                    log::warn!(
+                        "sandbox: TCP port {p} is the service's or the database's: the agents may not connect to it"
+                    );
                 }
                 !refused
             })
@@ -141,7 +144,7 @@ impl Sandbox {
         read_exec: &[PathBuf],
         read_write: &[PathBuf],
         mcp_servers: impl Iterator<Item = &'a serde_json::Value>,
-    ) -> Result<RulesetCreated, String> {
+    ) -> Result<Confinement, String> {
         let existing = |paths: Vec<PathBuf>| -> Vec<PathBuf> { paths.into_iter().filter(|p| p.exists()).collect() };
         let extra_read = read_exec.iter().flat_map(|p| readable_beneath(p, &self.hidden, &list_dir));
         let read = existing(self.read.iter().cloned().chain(extra_read).collect());
@@ -158,7 +161,11 @@ impl Sandbox {
                 .add_rules(path_beneath_rules(&write, AccessFs::from_all(ABI_HANDLED)))?
                 .add_rules(ports.iter().map(|p| Ok::<_, RulesetError>(NetPort::new(*p, AccessNet::ConnectTcp))))
         };
-        build().map_err(|e| format!("cannot build the Landlock ruleset: {e}"))
+        let ruleset = build().map_err(|e| format!("cannot build the Landlock ruleset: {e}"))?;
+        let ruleset: Option<std::os::fd::OwnedFd> = ruleset.into();
+        let ruleset = ruleset.ok_or("this kernel has no Landlock")?;
+        let proc_read = AccessFs::from_read(ABI::from(self.abi as i32)).bits();
+        Ok(Confinement { ruleset, proc_read })
     }
 }
 

@@ -81,3 +81,121 @@ async fn the_real_cli_works_confined_and_its_tools_cannot_leave_the_users_direct
     // And the conversation goes on (the confined CLI keeps its transcript in the user's dir).
     assert_eq!(app.chat(&alice, &id, "hello").await.body["text"], "mock: hello");
 }
+
+/// What Alice's agent (the real CLI's own Bash tool) saw when it went for everything that is
+/// not hers: the service's process, Bob's session, a settings file under /run, the service's
+/// and PostgreSQL's ports, and a signal to the service.
+#[derive(Debug)]
+struct Loot {
+    service_proc: String,
+    own_proc: String,
+    bob_cmdline: String,
+    bob_prompt_file: String,
+    bob_environ: String,
+    settings_file: String,
+    sibling_file: String,
+    ports: String,
+    signal: String,
+}
+
+const BOB_PROMPT: &str = "bob-secret-system-prompt";
+const SETTINGS_SECRET: &str = "admin_key = \"settings-secret\"";
+
+async fn agent(app: &TestApp, key: &str, id: &str, command: &str) -> String {
+    let res = app.chat(key, id, &format!("bash {command}")).await;
+    assert_eq!(res.status, awc::http::StatusCode::OK, "{}", res.text);
+    res.body["text"].as_str().unwrap_or_default().to_string()
+}
+
+async fn attack(mode: SandboxMode) -> Loot {
+    // A settings file the way the deployment files place one: under a system tree the agents
+    // may read (here /run), next to files they may read.
+    let run = std::path::PathBuf::from(format!("/run/cah-test-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&run).unwrap();
+    let settings_file = run.join("Settings.toml");
+    std::fs::write(&settings_file, SETTINGS_SECRET).unwrap();
+    let sibling = std::path::PathBuf::from(format!("{}-sibling.txt", run.display()));
+    std::fs::write(&sibling, "sibling is readable").unwrap();
+
+    let mock = MockApi::start();
+    let file = settings_file.clone();
+    let app = spawn_real_app(&mock, move |s| {
+        s.sandbox.mode = mode;
+        s.file = Some(file);
+    })
+    .await;
+    let alice = app.create_user("alice").await;
+    let bob = app.create_user("bob").await;
+    let bob_session = app.create_session(&bob, json!({"options": {"system_prompt": BOB_PROMPT}})).await;
+    app.wait_active(&bob, &bob_session).await;
+    let bob_pid = app.cli_pids().await[0];
+    let alice_session = app.create_session(&alice, json!({})).await;
+    app.wait_active(&alice, &alice_session).await;
+    let me = std::process::id();
+    let port = app.address.rsplit(':').next().unwrap().to_string();
+    let bob_prompt = format!("/tmp/claude-agent-http/{bob_session}/system-prompt.txt");
+    assert!(std::fs::read_to_string(&bob_prompt).unwrap().contains(BOB_PROMPT), "the prompt is in its file");
+
+    let ask = |command: String| {
+        let (app, alice, id) = (&app, &alice, &alice_session);
+        async move { agent(app, alice, id, &command).await }
+    };
+    let loot = Loot {
+        service_proc: ask(format!(
+            "for f in environ maps cmdline; do head -c1 /proc/{me}/$f >/dev/null 2>&1 && echo READ-$f || echo REFUSED-$f; done; ls /proc/{me}/fd >/dev/null 2>&1 && echo READ-fd || echo REFUSED-fd"
+        ))
+        .await,
+        own_proc: ask("head -c1 /proc/self/environ >/dev/null 2>&1 && echo READ-self || echo REFUSED-self".into()).await,
+        bob_cmdline: ask(format!("tr '\\0' ' ' < /proc/{bob_pid}/cmdline 2>&1")).await,
+        bob_prompt_file: ask(format!("cat {bob_prompt} 2>&1")).await,
+        bob_environ: ask(format!("tr '\\0' '\\n' < /proc/{bob_pid}/environ 2>/dev/null | grep -q ANTHROPIC_API_KEY= && echo GOT-KEY || echo NO-KEY")).await,
+        settings_file: ask(format!("cat {} 2>&1", settings_file.display())).await,
+        sibling_file: ask(format!("cat {} 2>&1", sibling.display())).await,
+        ports: ask(format!(
+            "for p in {port} 5432; do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && echo OPEN-$p || echo CLOSED-$p; done"
+        ))
+        .await,
+        signal: ask(format!("kill -0 {me} 2>/dev/null && echo SIGNALLED || echo SIGNAL-REFUSED")).await,
+    };
+    // And the agent still works: its own API port is reachable.
+    assert_eq!(app.chat(&alice, &alice_session, "hello").await.body["text"], "mock: hello");
+    std::fs::remove_dir_all(&run).unwrap();
+    std::fs::remove_file(&sibling).unwrap();
+    loot
+}
+
+#[actix_web::test]
+async fn under_landlock_the_real_clis_agent_reaches_neither_the_service_nor_other_sessions() {
+    let loot = attack(SandboxMode::Landlock).await;
+    for f in ["environ", "maps", "cmdline", "fd"] {
+        assert!(loot.service_proc.contains(&format!("REFUSED-{f}")), "{f}: {}", loot.service_proc);
+    }
+    assert!(loot.own_proc.contains("READ-self"), "its own /proc works: {}", loot.own_proc);
+    assert!(!loot.bob_cmdline.contains("--output-format"), "Bob's CLI is invisible: {}", loot.bob_cmdline);
+    assert!(!loot.bob_prompt_file.contains(BOB_PROMPT), "{}", loot.bob_prompt_file);
+    assert!(loot.bob_environ.contains("NO-KEY"), "Bob's environment: {}", loot.bob_environ);
+    assert!(!loot.settings_file.contains("settings-secret"), "{}", loot.settings_file);
+    assert!(loot.settings_file.contains("Permission denied"), "{}", loot.settings_file);
+    assert!(loot.sibling_file.contains("sibling is readable"), "{}", loot.sibling_file);
+    assert!(loot.ports.contains("CLOSED-5432") && !loot.ports.contains("OPEN"), "{}", loot.ports);
+    assert!(loot.signal.contains("SIGNAL-REFUSED"), "{}", loot.signal);
+}
+
+/// The same attacks with the sandbox off: what is the sandbox's to refuse succeeds, so the test
+/// above tests something. What holds without it holds here too: the service is not dumpable
+/// (its /proc stays closed) and Bob's prompt is in a file, not in his CLI's argv.
+#[actix_web::test]
+async fn with_the_sandbox_off_the_same_attacks_reach_what_landlock_keeps_away() {
+    let loot = attack(SandboxMode::Off).await;
+    for f in ["environ", "maps", "cmdline", "fd"] {
+        assert!(loot.service_proc.contains(&format!("REFUSED-{f}")), "{f}: {}", loot.service_proc);
+    }
+    assert!(loot.own_proc.contains("READ-self"), "{}", loot.own_proc);
+    assert!(loot.bob_cmdline.contains("--system-prompt-file="), "Bob's CLI is visible: {}", loot.bob_cmdline);
+    assert!(!loot.bob_cmdline.contains(BOB_PROMPT), "but its argv holds no secret: {}", loot.bob_cmdline);
+    assert!(loot.bob_prompt_file.contains(BOB_PROMPT), "{}", loot.bob_prompt_file);
+    assert!(loot.bob_environ.contains("GOT-KEY"), "{}", loot.bob_environ);
+    assert!(loot.settings_file.contains("settings-secret"), "{}", loot.settings_file);
+    assert!(loot.ports.contains("OPEN-5432") && !loot.ports.contains("CLOSED"), "{}", loot.ports);
+    assert!(loot.signal.contains("SIGNALLED"), "{}", loot.signal);
+}
