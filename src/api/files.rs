@@ -30,8 +30,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(super) struct FileQuery {
-    /// Relative to the session's working directory (`""` = the directory itself); `..` and
-    /// links leading outside are refused.
+    /// Relative to the session's working directory (`""` = the directory itself); `..`,
+    /// absolute links and links leading outside are refused.
     #[serde(default)]
     path: String,
 }
@@ -158,7 +158,11 @@ pub(super) async fn put_file(
     }
     .await;
     if let Err(e) = outcome {
-        let _ = blocking(move || Ok(upload.abort())).await;
+        let _ = blocking(move || {
+            upload.abort();
+            Ok(())
+        })
+        .await;
         return Err(e);
     }
     Ok(HttpResponse::Created().json(Uploaded { path, size: written }))

@@ -137,11 +137,14 @@ async fn racing_the_swap_never_reaches_the_other_users_files() {
         let (stop, bob_dir) = (stop.clone(), bob_dir.clone());
         std::thread::spawn(move || {
             let mut flips = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                std::fs::rename(&proj, &real).unwrap();
-                std::os::unix::fs::symlink(&bob_dir, &proj).unwrap();
-                std::fs::remove_file(&proj).unwrap();
-                std::fs::rename(&real, &proj).unwrap();
+            let flip = || -> std::io::Result<()> {
+                std::fs::rename(&proj, &real)?;
+                std::os::unix::fs::symlink(&bob_dir, &proj)?;
+                std::fs::remove_file(&proj)?;
+                std::fs::rename(&real, &proj)
+            };
+            // Ends with the test, also when it failed and its directory is gone.
+            while !stop.load(Ordering::Relaxed) && flip().is_ok() {
                 flips += 1;
             }
             flips
