@@ -101,6 +101,13 @@ pub async fn blocking<T: Send + 'static>(
 /// when `auto_create` allows. A link at the user's own name is refused, even one that stays
 /// inside the root (`users/mallory -> bob`). Blocking.
 pub fn open_user_dir(users_root: &Path, user_id: &str, auto_create: bool) -> Result<Dir, ApiError> {
+    try_open_user_dir(users_root, user_id, auto_create)?.ok_or_else(|| {
+        ApiError::InvalidPath(format!("the directory of user {user_id} does not exist (user.auto_create_dir is off)"))
+    })
+}
+
+/// [`open_user_dir`], with a missing directory as `None`.
+fn try_open_user_dir(users_root: &Path, user_id: &str, auto_create: bool) -> Result<Option<Dir>, ApiError> {
     validate_user_id(user_id)?;
     let root = Dir::open_ambient_dir(users_root, ambient_authority())
         .map_err(|e| ApiError::Internal(format!("cannot open the users' root {}: {e}", users_root.display())))?;
@@ -114,17 +121,16 @@ pub fn open_user_dir(users_root: &Path, user_id: &str, auto_create: bool) -> Res
         },
         other => other,
     };
-    opened.map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => ApiError::InvalidPath(format!(
-            "the directory of user {user_id} does not exist (user.auto_create_dir is off)"
-        )),
-        _ => match confined_error(user_id, e) {
+    match opened {
+        Ok(dir) => Ok(Some(dir)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(match confined_error(user_id, e) {
             ApiError::InvalidPath(_) => {
                 ApiError::InvalidPath(format!("the directory of user {user_id} is a link or not a directory"))
             }
             other => other,
-        },
-    })
+        }),
+    }
 }
 
 /// Opens the working directory of a session: `subdir` (from [`normalize_subdir`], as stored
@@ -135,8 +141,8 @@ pub fn open_user_dir(users_root: &Path, user_id: &str, auto_create: bool) -> Res
 /// The returned handle is the verified directory: whoever starts a process in it should
 /// `fchdir` to its descriptor rather than `chdir` to a path name.
 pub fn open_session_dir(users_root: &Path, user_id: &str, subdir: &str) -> Result<Dir, ApiError> {
-    let user = open_user_dir(users_root, user_id, false)?;
-    open_beneath(&user, subdir)
+    let user = try_open_user_dir(users_root, user_id, false)?;
+    open_beneath(&user.ok_or_else(|| ApiError::NotFound("the session's directory is gone".into()))?, subdir)
 }
 
 /// Like [`open_session_dir`], but creates missing directories (the user's when `auto_create`
@@ -229,6 +235,7 @@ mod tests {
         assert_eq!(current_path(&ok).unwrap(), users.join("alice/proj/sub"));
         open_session_dir(&users, "alice", "proj/sub").unwrap();
         assert_eq!(open_session_dir(&users, "alice", "gone").unwrap_err().code(), "not_found");
+        assert_eq!(open_session_dir(&users, "nobody", "").unwrap_err().code(), "not_found");
     }
 
     #[test]
