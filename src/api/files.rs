@@ -1,16 +1,21 @@
 //! `/api/v1/sessions/{id}/files?path=…`: list or download (GET), upload (PUT), delete.
 
-use actix_web::http::header;
+use std::sync::Arc;
+
+use actix_web::body::SizedStream;
+use actix_web::http::header::{self, Charset, ContentDisposition, DispositionParam, DispositionType, ExtendedValue};
 use actix_web::{HttpResponse, web};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::io::ReaderStream;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{ApiResult, resource};
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorResponse};
 use crate::sessions::files::{self, Entry, Target};
+use crate::sessions::workspace::blocking;
 use crate::startup::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -25,8 +30,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(super) struct FileQuery {
-    /// Relative to the session's working directory (`""` = the directory itself); `..` and
-    /// links leading outside are refused.
+    /// Relative to the session's working directory (`""` = the directory itself); `..`,
+    /// absolute links and links leading outside are refused.
     #[serde(default)]
     path: String,
 }
@@ -57,22 +62,43 @@ pub(super) async fn get_file(
     session: web::Path<String>,
     query: web::Query<FileQuery>,
 ) -> ApiResult {
-    let root = state.sessions.working_dir(&caller, &session).await?;
-    match files::open(&root, &query.path)? {
+    let dir = state.sessions.session_dir(&caller, &session).await?;
+    let path = query.into_inner().path;
+    match blocking(move || files::open(&dir, &path)).await? {
         Target::Dir(entries) => Ok(HttpResponse::Ok().json(entries)),
-        Target::File(path) => {
-            let bytes = tokio::fs::read(&path).await.map_err(|e| ApiError::Internal(e.to_string()))?;
-            let mime = mime_guess::from_path(&path).first_or_octet_stream();
-            let name = path.file_name().map(|n| n.to_string_lossy().replace('"', "")).unwrap_or_default();
+        Target::File { file, name, len } => {
+            let mime = mime_guess::from_path(&name).first_or_octet_stream();
+            // Streamed from the handle that was opened beneath the session directory; `take`
+            // keeps the body at the announced length if the agent appends meanwhile.
+            let reader = tokio::fs::File::from_std(file).take(len);
+            let body = SizedStream::new(len, ReaderStream::new(reader));
             // Files are the agent's: never let a browser run them on the service's origin.
             Ok(HttpResponse::Ok()
                 .content_type(mime.essence_str())
-                .insert_header((header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")))
+                .insert_header(attachment(&name))
                 .insert_header(("X-Content-Type-Options", "nosniff"))
                 .insert_header((header::CONTENT_SECURITY_POLICY, "sandbox"))
-                .body(bytes))
+                .body(body))
         }
     }
+}
+
+/// `attachment; filename="<ASCII fallback>"; filename*=UTF-8''<name>` (RFC 6266): the
+/// fallback has every character a quoted-string cannot carry replaced by `_`.
+fn attachment(name: &str) -> ContentDisposition {
+    let fallback: String = name
+        .chars()
+        .map(|c| if c == ' ' || (c.is_ascii_graphic() && c != '"' && c != '\\') { c } else { '_' })
+        .collect();
+    let mut parameters = vec![DispositionParam::Filename(fallback.clone())];
+    if fallback != name {
+        parameters.push(DispositionParam::FilenameExt(ExtendedValue {
+            charset: Charset::Ext("UTF-8".into()),
+            language_tag: None,
+            value: name.as_bytes().to_vec(),
+        }));
+    }
+    ContentDisposition { disposition: DispositionType::Attachment, parameters }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -104,11 +130,14 @@ pub(super) async fn put_file(
     mut body: web::Payload,
 ) -> ApiResult {
     let limit = state.settings.files.max_upload_mb.saturating_mul(1024 * 1024);
-    let root = state.sessions.working_dir(&caller, &session).await?;
-    let target = files::upload_target(&root, &query.path)?;
-    let tmp = target.with_file_name(format!(".upload-{}", uuid::Uuid::new_v4().simple()));
+    let dir = state.sessions.session_dir(&caller, &session).await?;
+    let path = query.into_inner().path;
+    let target = path.clone();
+    let (upload, file) = blocking(move || files::begin_upload(&dir, &target)).await?;
+    let upload = Arc::new(upload);
     let internal = |e: std::io::Error| ApiError::Internal(format!("upload: {e}"));
-    let mut file = tokio::fs::File::create(&tmp).await.map_err(internal)?;
+    // tokio's File does its writes on the blocking pool.
+    let mut file = tokio::fs::File::from_std(file);
     let mut written: u64 = 0;
     let outcome: Result<(), ApiError> = async {
         while let Some(chunk) = body.next().await {
@@ -123,14 +152,20 @@ pub(super) async fn put_file(
             file.write_all(&chunk).await.map_err(internal)?;
         }
         file.flush().await.map_err(internal)?;
-        tokio::fs::rename(&tmp, &target).await.map_err(internal)
+        drop(file);
+        let upload = upload.clone();
+        blocking(move || upload.commit()).await
     }
     .await;
     if let Err(e) = outcome {
-        let _ = tokio::fs::remove_file(&tmp).await;
+        let _ = blocking(move || {
+            upload.abort();
+            Ok(())
+        })
+        .await;
         return Err(e);
     }
-    Ok(HttpResponse::Created().json(Uploaded { path: query.into_inner().path, size: written }))
+    Ok(HttpResponse::Created().json(Uploaded { path, size: written }))
 }
 
 /// Delete a file or an empty directory.
@@ -149,7 +184,25 @@ pub(super) async fn delete_file(
     session: web::Path<String>,
     query: web::Query<FileQuery>,
 ) -> ApiResult {
-    let root = state.sessions.working_dir(&caller, &session).await?;
-    files::remove(&root, &query.path)?;
+    let dir = state.sessions.session_dir(&caller, &session).await?;
+    let path = query.into_inner().path;
+    blocking(move || files::remove(&dir, &path)).await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::attachment;
+    use actix_web::http::header::TryIntoHeaderValue;
+
+    #[test]
+    fn content_disposition_is_a_valid_header_for_any_name() {
+        let plain = attachment("notes.txt").try_into_value().unwrap();
+        assert_eq!(plain.to_str().unwrap(), "attachment; filename=\"notes.txt\"");
+        let odd = attachment("r\u{e9}sum\u{e9} \"x\"\n\u{1}\u{9}\\.txt").try_into_value().unwrap();
+        assert_eq!(
+            odd.to_str().unwrap(),
+            "attachment; filename=\"r_sum_ _x_____.txt\"; filename*=UTF-8''r%C3%A9sum%C3%A9%20%22x%22%0A%01%09%5C.txt"
+        );
+    }
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
+use cap_std::fs::Dir;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -186,8 +187,15 @@ impl SessionService {
             ));
         }
         let subdir = workspace::normalize_subdir(req.subdir.as_deref().unwrap_or(""))?;
-        let user_dir = workspace::user_dir(&self.users_root, &user_id, self.settings.user.auto_create_dir)?;
-        let cwd = workspace::resolve_session_dir(&user_dir, &subdir)?;
+        let (users_root, user, sub) = (self.users_root.clone(), user_id.clone(), subdir.clone());
+        let auto_create = self.settings.user.auto_create_dir;
+        let cwd = workspace::blocking(move || {
+            let dir = workspace::create_session_dir(&users_root, &user, &sub, auto_create)?;
+            // Informational (the CLI's transcript is named after it): the directory is always
+            // reached again from the user's handle and `subdir`, never by this path.
+            Ok(workspace::current_path(&dir).unwrap_or_else(|| users_root.join(&user).join(&sub)))
+        })
+        .await?;
         let cwd = cwd.to_str().ok_or_else(|| ApiError::InvalidPath("working directory is not UTF-8".into()))?;
 
         let session_id = uuid::Uuid::new_v4().to_string();
@@ -260,7 +268,7 @@ impl SessionService {
         if purge {
             self.storage.purge_session(&row.session_id).await?;
             self.retire(vec![row.session_id.clone()], StopReason::Purged);
-            self.remove_transcript(&row);
+            self.remove_transcript(&row).await;
         } else {
             self.storage.transition_session(&row.session_id, &SessionStatus::OPEN, SessionStatus::Closed, None).await?;
             self.retire(vec![row.session_id.clone()], StopReason::Closed);
@@ -445,10 +453,12 @@ impl SessionService {
         actor.send(answer).await.map_err(|_| gone())?
     }
 
-    /// The canonical working directory of one of the caller's sessions (for its files).
-    pub async fn working_dir(&self, caller: &Caller, session_id: &str) -> Result<PathBuf, ApiError> {
+    /// The working directory of one of the caller's sessions (for its files), opened beneath
+    /// the user's directory: `invalid_path` if it has been replaced by a link leading out.
+    pub async fn session_dir(&self, caller: &Caller, session_id: &str) -> Result<Dir, ApiError> {
         let row = self.get(caller, session_id).await?;
-        std::fs::canonicalize(&row.cwd).map_err(|e| ApiError::NotFound(format!("the session's directory is gone: {e}")))
+        let users_root = self.users_root.clone();
+        workspace::blocking(move || workspace::open_session_dir(&users_root, &row.user_id, &row.subdir)).await
     }
 
     /// Interrupts the running turn; its id is returned.
@@ -465,16 +475,32 @@ impl SessionService {
         }
     }
 
+    /// Starts the session's CLI, once its directory is verified: a directory replaced by a
+    /// link leading out of the user's is `invalid_path` and no CLI starts; a missing one is
+    /// made again beneath the user's handle.
     async fn launch(&self, row: &SessionRow) -> Result<Addr<SessionActor>, ApiError> {
+        let (users_root, user, subdir) = (self.users_root.clone(), row.user_id.clone(), row.subdir.clone());
+        let auto_create = self.settings.user.auto_create_dir;
+        // Verified here, and dropped: the spawn should fchdir to such a handle rather than chdir
+        // to `row.cwd`, or a swap between this check and the spawn still wins.
+        workspace::blocking(move || workspace::create_session_dir(&users_root, &user, &subdir, auto_create)).await?;
         self.registry.send(Launch { row: row.clone() }).await?
     }
 
-    fn remove_transcript(&self, row: &SessionRow) {
-        let config_dir = self.users_root.join(&row.user_id).join(".claude");
-        if let Some(path) = crate::cli::command::transcript_path(&config_dir, &row.cwd, &row.cli_session_id)
-            && let Err(e) = std::fs::remove_file(&path)
-        {
-            log::warn!("session {}: cannot remove its transcript {}: {e}", row.session_id, path.display());
+    /// Removes the session's transcript beneath the user's directory handle (a link planted at
+    /// `.claude` or on the way is not followed out).
+    async fn remove_transcript(&self, row: &SessionRow) {
+        let users_root = self.users_root.clone();
+        let row = row.clone();
+        let removed = workspace::blocking(move || {
+            let config_dir = users_root.join(&row.user_id).join(".claude");
+            match crate::cli::command::transcript_path(&config_dir, &row.cwd, &row.cli_session_id) {
+                Some(path) => workspace::remove_user_file(&users_root, &row.user_id, &path),
+                None => Ok(()),
+            }
+        });
+        if let Err(e) = removed.await {
+            log::warn!("session {}: cannot remove its transcript: {e:?}", row.session_id);
         }
     }
 

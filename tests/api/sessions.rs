@@ -209,9 +209,12 @@ async fn path_attacks_are_refused_and_create_nothing_outside(backend: Backend) {
     app.create_session(&bob, json!({"subdir": "secret"})).await;
     std::os::unix::fs::symlink(app.users_dir().join("bob"), alice_dir.join("to-bob")).unwrap();
     app.post_session(&key, json!({"subdir": "to-bob/secret"})).await.assert_error(400, "invalid_path");
-    // A link that stays inside is fine.
+    // A relative link that stays inside is fine; an absolute one cannot be resolved beneath
+    // the user's directory handle (RESOLVE_BENEATH) and is refused even if it points inside.
     std::fs::create_dir(alice_dir.join("real")).unwrap();
-    std::os::unix::fs::symlink(alice_dir.join("real"), alice_dir.join("alias")).unwrap();
+    std::os::unix::fs::symlink(alice_dir.join("real"), alice_dir.join("absolute")).unwrap();
+    app.post_session(&key, json!({"subdir": "absolute/sub"})).await.assert_error(400, "invalid_path");
+    std::os::unix::fs::symlink("real", alice_dir.join("alias")).unwrap();
     let res = app.post_session(&key, json!({"subdir": "alias/sub"})).await;
     assert_eq!(res.status, StatusCode::CREATED, "{}", res.text);
     assert_eq!(res.body["cwd"], alice_dir.join("real/sub").to_str().unwrap());
