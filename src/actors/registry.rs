@@ -128,7 +128,12 @@ impl Registry {
     }
 
     /// Admission and spawn of a session that has no live actor, in one step.
-    fn launch_new(&mut self, row: &SessionRow, me: Addr<Registry>) -> Result<Addr<SessionActor>, ApiError> {
+    fn launch_new(
+        &mut self,
+        row: &SessionRow,
+        cwd_handle: &std::os::fd::OwnedFd,
+        me: Addr<Registry>,
+    ) -> Result<Addr<SessionActor>, ApiError> {
         if self.memory.total_bytes() >= self.limits.memory_limit_bytes {
             self.metrics.refused("memory_pressure");
             return Err(Refusal::Memory {
@@ -168,7 +173,7 @@ impl Registry {
         })?;
         let args = build_args(&options, &self.settings.plugins, &row.cli_session_id, mode, &files);
         let env = build_env(std::env::vars(), &self.settings.cli.env, &config_dir, &tmp_dir);
-        let spec = LaunchSpec { program: &program, args: &args, env: &env, cwd: &cwd, cwd_handle: None };
+        let spec = LaunchSpec { program: &program, args: &args, env: &env, cwd: &cwd, cwd_handle: Some(cwd_handle) };
         let label = format!("session {}", row.session_id);
         let confinement = match &self.sandbox {
             Some(sandbox) => {
@@ -387,6 +392,8 @@ impl From<Refusal> for ApiError {
 #[rtype(result = "Result<Addr<SessionActor>, ApiError>")]
 pub struct Launch {
     pub row: SessionRow,
+    /// The session's working directory, opened and checked beneath the user's directory.
+    pub cwd: std::os::fd::OwnedFd,
 }
 
 impl Handler<Launch> for Registry {
@@ -413,7 +420,7 @@ impl Handler<Launch> for Registry {
                 )
             }
             None => {
-                let result = self.launch_new(&msg.row, me);
+                let result = self.launch_new(&msg.row, &msg.cwd, me);
                 Box::pin(async move { result }.into_actor(self))
             }
         }

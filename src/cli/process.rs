@@ -469,6 +469,28 @@ pub async fn version(program: &Path) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// The child runs in the directory handle it was given, whatever the path now names.
+    #[actix_web::test]
+    async fn the_child_enters_the_checked_handle_not_the_path() {
+        let root = tempfile::tempdir().unwrap();
+        let (checked, swapped) = (root.path().join("checked"), root.path().join("elsewhere"));
+        std::fs::create_dir(&checked).unwrap();
+        std::fs::create_dir(&swapped).unwrap();
+        let handle = OwnedFd::from(std::fs::File::open(&checked).unwrap());
+        let args = vec!["-P".to_string()];
+        let spec = LaunchSpec {
+            program: Path::new("/bin/pwd"),
+            args: &args,
+            env: &[],
+            cwd: &swapped,
+            cwd_handle: Some(&handle),
+        };
+        let mut child = spawn(&spec, "test", None).unwrap();
+        let mut out = String::new();
+        child.stdout.take().unwrap().read_to_string(&mut out).await.unwrap();
+        assert_eq!(out.trim(), std::fs::canonicalize(&checked).unwrap().to_str().unwrap());
+    }
+
     #[test]
     fn stderr_tail_keeps_the_end() {
         let mut tail = StderrTail::default();

@@ -481,10 +481,12 @@ impl SessionService {
     async fn launch(&self, row: &SessionRow) -> Result<Addr<SessionActor>, ApiError> {
         let (users_root, user, subdir) = (self.users_root.clone(), row.user_id.clone(), row.subdir.clone());
         let auto_create = self.settings.user.auto_create_dir;
-        // Verified here, and dropped: the spawn should fchdir to such a handle rather than chdir
-        // to `row.cwd`, or a swap between this check and the spawn still wins.
-        workspace::blocking(move || workspace::create_session_dir(&users_root, &user, &subdir, auto_create)).await?;
-        self.registry.send(Launch { row: row.clone() }).await?
+        // The CLI is started in this handle (fchdir), never at the path `row.cwd`: a directory
+        // swapped for a link after this check is not entered.
+        let dir = workspace::blocking(move || workspace::create_session_dir(&users_root, &user, &subdir, auto_create))
+            .await?;
+        let cwd = std::os::fd::OwnedFd::from(dir.into_std_file());
+        self.registry.send(Launch { row: row.clone(), cwd }).await?
     }
 
     /// Removes the session's transcript beneath the user's directory handle (a link planted at
