@@ -16,4 +16,5 @@ mod service;
 mod sessions;
 mod shutdown;
 mod startup;
+mod timeouts;
 mod users;
