@@ -854,7 +854,7 @@ impl Handler<StartTurn> for SessionActor {
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
-                return Err(TurnRefused::Api(timed_out_while("waiting for the CLI to become ready")));
+                return Err(TurnRefused::Api(timed_out_while("waiting for the turn to start")));
             }
             let turn_id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
             let (sink, events) = mpsc::channel(CLIENT_BUFFER);

@@ -316,9 +316,7 @@ impl SessionService {
         let deadline = tokio::time::Instant::now() + timeout;
         let queue_timeout = Duration::from_secs(self.settings.api.queue_timeout);
         for _ in 0..3 {
-            let actor = tokio::time::timeout_at(deadline, self.live_actor(caller, session_id))
-                .await
-                .map_err(|_| ApiError::TurnTimeout("The turn's timeout passed while starting the CLI".into()))??;
+            let actor = self.live_actor(caller, session_id, deadline).await?;
             // The actor bounds this by `deadline` itself: dropping the send could leave a turn
             // started that nobody reads.
             let request = StartTurn { message: message.clone(), deadline, queue_timeout };
@@ -332,8 +330,14 @@ impl SessionService {
         Err(ApiError::CliFailed("the CLI keeps exiting before it is ready; see the service log".into()))
     }
 
-    /// The session's live actor, launched (resumed) if it has none.
-    async fn live_actor(&self, caller: &Caller, session_id: &str) -> Result<Addr<SessionActor>, ApiError> {
+    /// The session's live actor, launched (resumed) if it has none. The launch may wait for
+    /// the session's previous process to be reaped: that wait ends at `deadline`.
+    async fn live_actor(
+        &self,
+        caller: &Caller,
+        session_id: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<Addr<SessionActor>, ApiError> {
         let row = self.get(caller, session_id).await?;
         match SessionStatus::parse(&row.status) {
             Some(SessionStatus::Closed) => return Err(ApiError::SessionClosed),
@@ -346,7 +350,10 @@ impl SessionService {
         self.storage
             .transition_session(&row.session_id, &SessionStatus::RESUMABLE, SessionStatus::Starting, None)
             .await?;
-        self.launch(&row).await
+        // Dropping the wait is safe: the registry finishes the launch and keeps the actor.
+        tokio::time::timeout_at(deadline, self.launch(&row))
+            .await
+            .map_err(|_| ApiError::TurnTimeout("The turn's timeout passed while starting the CLI".into()))?
     }
 
     /// The stored conversation: the `limit` latest messages before message id `before`, oldest first.
