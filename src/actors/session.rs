@@ -27,9 +27,10 @@ use crate::sessions::hub::EventHub;
 use crate::settings::Settings;
 use crate::storage::{EventRow, Storage, TurnRecord};
 
-/// How long the CLI may take to answer `initialize`.
+/// How long the CLI may take to answer `initialize` (a request waits only its own timeout).
 const INITIALIZE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long an interrupted turn may take to end before the CLI is killed.
+/// How long an interrupted turn (by the client, or after its timeout) may take to end before
+/// the CLI is killed.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(5);
 /// Frames buffered for one client; a client further behind is dropped (it can reconnect).
 pub const CLIENT_BUFFER: usize = 4096;
@@ -91,12 +92,6 @@ pub struct SessionSetup {
     pub always_allowed: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Interruption {
-    ByClient,
-    Timeout,
-}
-
 struct Turn {
     id: Arc<str>,
     user_text: String,
@@ -107,7 +102,11 @@ struct Turn {
     streamed_since_block: bool,
     assistant_text: String,
     tool_calls: Vec<ToolCall>,
-    interrupted: Option<Interruption>,
+    /// The client asked for an interrupt.
+    interrupted: bool,
+    /// The deadline timer and the interrupt's grace timer: cancelled when the turn ends, so
+    /// no timer outlives its turn (each pending one costs the actor on every wake-up).
+    timers: Vec<SpawnHandle>,
     _permit: TurnPermit,
 }
 
@@ -155,8 +154,15 @@ pub struct SessionActor {
     metrics: Arc<crate::metrics::Metrics>,
     /// What the CLI reported at the start of its last turn.
     agent_info: Option<crate::cli::protocol::AgentInfo>,
-    /// Open `can_use_tool` requests by request id.
+    /// Open `can_use_tool` requests by request id, and the timer that denies each one.
     permissions: HashMap<String, PendingPermission>,
+    permission_timers: HashMap<String, SpawnHandle>,
+    /// The CLI is still in a turn that timed out (its client already has its 504): the grace
+    /// timer after which it is stopped. A new turn does not wait for it (see `StartTurn`).
+    draining: Option<SpawnHandle>,
+    /// Every timer's closure holds a clone: the count of clones is the number of timers actix
+    /// still holds (it drops fired and cancelled ones). See [`PendingTimers`].
+    timer_probe: Arc<()>,
     /// Tools the client chose to always allow in this session.
     always_allowed: std::collections::HashSet<String>,
     /// Events not yet confirmed stored, oldest first (followers read them at the seam).
@@ -182,6 +188,9 @@ impl SessionActor {
             agent_info: None,
             hub,
             permissions: HashMap::new(),
+            permission_timers: HashMap::new(),
+            draining: None,
+            timer_probe: Arc::new(()),
             always_allowed: setup.always_allowed.iter().cloned().collect(),
             unstored: VecDeque::new(),
             handed_up_to: setup.last_event_id,
@@ -222,6 +231,18 @@ impl SessionActor {
         self.write(to_line(&OutgoingControlRequest::new(&request_id, request)));
         self.controls.insert(request_id, tx);
         rx
+    }
+
+    /// `run_later` counted by `timer_probe`.
+    fn timer<F>(&self, ctx: &mut Context<Self>, after: Duration, f: F) -> SpawnHandle
+    where
+        F: FnOnce(&mut Self, &mut Context<Self>) + 'static,
+    {
+        let probe = self.timer_probe.clone();
+        ctx.run_later(after, move |act, ctx| {
+            drop(probe);
+            f(act, ctx)
+        })
     }
 
     fn set_status(&self, to: SessionStatus) {
@@ -316,7 +337,7 @@ impl SessionActor {
                 self.write(to_line(&OutgoingControlResponse::error(&req.request_id, &message)));
             }
             CliMessage::ControlCancel { request_id } => {
-                self.permissions.remove(&request_id);
+                self.take_permission(&request_id, ctx);
             }
             CliMessage::System(system) => {
                 if system.subtype == "init"
@@ -395,6 +416,11 @@ impl SessionActor {
         self.cost_seen = reported;
         self.total_cost += turn_cost;
         let Some(turn) = self.turn.as_ref() else {
+            if let Some(grace) = self.draining.take() {
+                // The timed-out turn has ended: the CLI is free for the next one.
+                ctx.cancel_future(grace);
+                log::debug!("session {}: the CLI ended its timed-out turn", self.id);
+            }
             if !self.ready {
                 // A result before `initialize` was answered: the start failed (e.g. a bad resume).
                 let why = result.errors.join("; ");
@@ -402,10 +428,7 @@ impl SessionActor {
             }
             return;
         };
-        let subtype = match turn.interrupted {
-            Some(Interruption::ByClient) => "interrupted".to_string(),
-            _ => result.subtype.clone(),
-        };
+        let subtype = if turn.interrupted { "interrupted".to_string() } else { result.subtype.clone() };
         let text = match result.result.clone() {
             Some(t) if !t.is_empty() => t,
             _ => turn.assistant_text.clone(),
@@ -419,13 +442,8 @@ impl SessionActor {
             num_turns: result.num_turns,
             duration_ms: result.duration_ms,
         };
-        if turn.interrupted == Some(Interruption::Timeout) {
-            let err = ApiError::TurnTimeout("The turn took longer than its timeout and was interrupted".into());
-            self.finish_turn(Some(summary), TurnOutcome::Failed(err), ctx);
-        } else {
-            let tool_calls = turn.tool_calls.clone();
-            self.finish_turn(Some(summary.clone()), TurnOutcome::Done { result: summary, tool_calls }, ctx);
-        }
+        let tool_calls = turn.tool_calls.clone();
+        self.finish_turn(Some(summary.clone()), TurnOutcome::Done { result: summary, tool_calls }, ctx);
     }
 
     /// Ends the current turn: its last frame, the stored record, the slot back.
@@ -442,7 +460,10 @@ impl SessionActor {
         // The turn's last events are stored in the same transaction as the turn itself.
         let events = self.hand_events(ctx);
         let Some(turn) = self.turn.take() else { return };
-        self.deny_pending("the turn ended");
+        for timer in &turn.timers {
+            ctx.cancel_future(*timer);
+        }
+        self.deny_pending("the turn ended", ctx);
         let usage = summary.as_ref().map(|s| s.usage.clone()).unwrap_or_default();
         self.metrics.turn_ended(
             turn.started.elapsed().as_secs_f64(),
@@ -495,14 +516,24 @@ impl SessionActor {
         self.emit(events::permission_request(&req.request_id, &tool_name, &input), None, ctx);
         let request_id = req.request_id.clone();
         self.permissions.insert(
-            req.request_id,
+            req.request_id.clone(),
             PendingPermission { tool_name, tool_input: input, asked_at: clock::rfc3339(clock::now_ms()) },
         );
-        ctx.run_later(Duration::from_secs(self.settings.permissions.timeout), move |act, _| {
+        let timer = self.timer(ctx, Duration::from_secs(self.settings.permissions.timeout), move |act, _| {
+            act.permission_timers.remove(&request_id);
             if act.permissions.remove(&request_id).is_some() {
                 act.answer_permission(&request_id, Err("nobody answered the permission request in time".into()));
             }
         });
+        self.permission_timers.insert(req.request_id, timer);
+    }
+
+    /// Removes an open permission request and cancels its timer.
+    fn take_permission(&mut self, request_id: &str, ctx: &mut Context<Self>) -> Option<PendingPermission> {
+        if let Some(timer) = self.permission_timers.remove(request_id) {
+            ctx.cancel_future(timer);
+        }
+        self.permissions.remove(request_id)
     }
 
     /// Allow (with the input to use) or deny (with a message) one `can_use_tool`.
@@ -515,62 +546,84 @@ impl SessionActor {
     }
 
     /// Denies every open request (the turn ended, or the session is stopping).
-    fn deny_pending(&mut self, why: &str) {
+    fn deny_pending(&mut self, why: &str, ctx: &mut Context<Self>) {
+        for (_, timer) in self.permission_timers.drain() {
+            ctx.cancel_future(timer);
+        }
         let ids: Vec<String> = self.permissions.drain().map(|(id, _)| id).collect();
         for id in ids {
             self.answer_permission(&id, Err(why.to_string()));
         }
     }
 
-    fn interrupt(&mut self, why: Interruption, ctx: &mut Context<Self>) {
+    /// The client's interrupt: the turn ends with the CLI's `interrupted` result, or after
+    /// `INTERRUPT_GRACE` without one (and the CLI is killed).
+    fn interrupt(&mut self, ctx: &mut Context<Self>) {
         let Some(turn) = self.turn.as_mut() else { return };
-        if turn.interrupted.is_some() {
+        if turn.interrupted {
             return;
         }
-        turn.interrupted = Some(why);
+        turn.interrupted = true;
         let turn_id = turn.id.clone();
         drop(self.control(json!({ "subtype": "interrupt" })));
         // A CLI that does not obey is killed; the session becomes idle and resumes later.
-        ctx.run_later(INTERRUPT_GRACE, move |act, ctx| {
+        let grace = self.timer(ctx, INTERRUPT_GRACE, move |act, ctx| {
             if act.turn.as_ref().is_some_and(|t| t.id == turn_id) {
                 log::warn!("session {}: the CLI ignored an interrupt; stopping it", act.id);
-                act.end_turn_without_result(why, ctx);
+                act.end_interrupted_turn(ctx);
                 act.begin_stop(StopReason::Unresponsive, ctx);
             }
         });
+        if let Some(turn) = self.turn.as_mut() {
+            turn.timers.push(grace);
+        }
     }
 
-    /// Ends a turn whose CLI will not send a result (killed, crashed, gone).
-    fn end_turn_without_result(&mut self, why: Interruption, ctx: &mut Context<Self>) {
-        let Some(turn) = self.turn.as_ref() else { return };
-        match why {
-            Interruption::ByClient => {
-                let summary = TurnResult {
-                    text: turn.assistant_text.clone(),
-                    subtype: "interrupted".into(),
-                    is_error: true,
-                    cost_usd: 0.0,
-                    usage: Default::default(),
-                    num_turns: 0,
-                    duration_ms: turn.started.elapsed().as_millis() as i64,
-                };
-                let tool_calls = turn.tool_calls.clone();
-                self.finish_turn(Some(summary.clone()), TurnOutcome::Done { result: summary, tool_calls }, ctx);
-            }
-            Interruption::Timeout => {
-                let err = ApiError::TurnTimeout("The turn took longer than its timeout and was stopped".into());
-                self.finish_turn(None, TurnOutcome::Failed(err), ctx);
-            }
+    /// The turn's deadline passed: its client gets `turn_timeout` now, not after the CLI
+    /// obeys. The CLI is asked to interrupt and has `INTERRUPT_GRACE` to end the turn (its
+    /// late frames belong to no turn and are dropped) before it is stopped.
+    fn time_out_turn(&mut self, ctx: &mut Context<Self>) {
+        log::info!("session {}: turn timed out; interrupting", self.id);
+        let err = ApiError::TurnTimeout("The turn took longer than its timeout and was interrupted".into());
+        self.finish_turn(None, TurnOutcome::Failed(err), ctx);
+        if self.stopping.is_some() {
+            return;
         }
+        drop(self.control(json!({ "subtype": "interrupt" })));
+        let grace = self.timer(ctx, INTERRUPT_GRACE, |act, ctx| {
+            act.draining = None;
+            log::warn!("session {}: the CLI ignored the interrupt of a timed-out turn; stopping it", act.id);
+            act.begin_stop(StopReason::Unresponsive, ctx);
+        });
+        self.draining = Some(grace);
+    }
+
+    /// Ends an interrupted turn whose CLI will not send a result (killed, crashed, gone).
+    fn end_interrupted_turn(&mut self, ctx: &mut Context<Self>) {
+        let Some(turn) = self.turn.as_ref() else { return };
+        let summary = TurnResult {
+            text: turn.assistant_text.clone(),
+            subtype: "interrupted".into(),
+            is_error: true,
+            cost_usd: 0.0,
+            usage: Default::default(),
+            num_turns: 0,
+            duration_ms: turn.started.elapsed().as_millis() as i64,
+        };
+        let tool_calls = turn.tool_calls.clone();
+        self.finish_turn(Some(summary.clone()), TurnOutcome::Done { result: summary, tool_calls }, ctx);
     }
 
     /// Starts stopping the process: stdin closed (the CLI's cue to finish and exit), then the
     /// supervisor's ladder (grace, SIGTERM, grace, SIGKILL of the group).
-    fn begin_stop(&mut self, reason: StopReason, _ctx: &mut Context<Self>) {
+    fn begin_stop(&mut self, reason: StopReason, ctx: &mut Context<Self>) {
         if self.stopping.is_some() {
             return;
         }
-        self.deny_pending("the session was closed");
+        if let Some(grace) = self.draining.take() {
+            ctx.cancel_future(grace);
+        }
+        self.deny_pending("the session was closed", ctx);
         if let StopReason::IdleEviction | StopReason::MemoryEviction | StopReason::TooLarge = reason {
             self.metrics.evicted(match reason {
                 StopReason::IdleEviction => "idle",
@@ -607,9 +660,10 @@ impl SessionActor {
             log::warn!("session {}: {why}", self.id);
         }
         if let Some(turn) = self.turn.as_ref() {
-            match turn.interrupted {
-                Some(why) if reason == Some(StopReason::Unresponsive) => self.end_turn_without_result(why, ctx),
-                _ => self.finish_turn(None, TurnOutcome::Failed(ApiError::CliFailed(why.clone())), ctx),
+            if turn.interrupted && reason == Some(StopReason::Unresponsive) {
+                self.end_interrupted_turn(ctx);
+            } else {
+                self.finish_turn(None, TurnOutcome::Failed(ApiError::CliFailed(why.clone())), ctx);
             }
         }
         for waiter in self.ready_waiters.drain(..) {
@@ -719,18 +773,24 @@ impl StreamHandler<StdoutItem> for SessionActor {
 }
 
 /// Start a turn: `message` goes to the CLI once a turn slot is free and the CLI is ready.
+/// `deadline` (the request's start plus the turn's `timeout`) bounds every phase: the wait
+/// for a slot, for readiness, and the turn itself.
 #[derive(Message)]
 #[rtype(result = "Result<TurnStarted, TurnRefused>")]
 pub struct StartTurn {
     pub message: String,
-    pub timeout: Duration,
+    pub deadline: tokio::time::Instant,
     pub queue_timeout: Duration,
+}
+
+fn timed_out_while(what: &str) -> ApiError {
+    ApiError::TurnTimeout(format!("The turn's timeout passed while {what}"))
 }
 
 impl Handler<StartTurn> for SessionActor {
     type Result = ResponseActFuture<Self, Result<TurnStarted, TurnRefused>>;
 
-    fn handle(&mut self, msg: StartTurn, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: StartTurn, ctx: &mut Context<Self>) -> Self::Result {
         if let Some(why) = &self.start_error {
             return Box::pin(fut::ready(Err(TurnRefused::Api(ApiError::CliFailed(why.clone())))));
         }
@@ -740,30 +800,48 @@ impl Handler<StartTurn> for SessionActor {
         if self.turn.is_some() || self.reserved {
             return Box::pin(fut::ready(Err(TurnRefused::Api(ApiError::SessionBusy))));
         }
+        if let Some(grace) = self.draining.take() {
+            // The CLI is still in a timed-out turn. Waiting for it would spend this turn's
+            // timeout on the old one (up to INTERRUPT_GRACE, forever for a hung CLI): replace
+            // it instead; the caller launches it again with `--resume`.
+            ctx.cancel_future(grace);
+            log::info!("session {}: a new turn replaces the CLI still in a timed-out turn", self.id);
+            self.begin_stop(StopReason::Unresponsive, ctx);
+            return Box::pin(fut::ready(Err(TurnRefused::Gone)));
+        }
         self.reserved = true;
         let slot = self.registry.send(AcquireTurnSlot { session_id: self.id.clone() });
+        // A CLI that is not ready yet keeps starting (bounded by INITIALIZE_TIMEOUT): each
+        // request waits for it only within its own deadline, so a short timeout never kills a
+        // CLI that a later request could use.
         let ready = if self.ready {
             None
         } else {
             let (tx, rx) = oneshot::channel();
+            self.ready_waiters.retain(|w| !w.is_closed());
             self.ready_waiters.push(tx);
             Some(rx)
         };
-        let queue_timeout = msg.queue_timeout;
+        let deadline = msg.deadline;
+        let slot_deadline = deadline.min(tokio::time::Instant::now() + msg.queue_timeout);
         let metrics = self.metrics.clone();
         let wait = async move {
-            let permit_rx = slot.await.map_err(ApiError::from)?;
-            let permit = tokio::time::timeout(queue_timeout, permit_rx)
-                .await
-                .map_err(|_| {
+            let granted = tokio::time::timeout_at(slot_deadline, async move {
+                let permit_rx = slot.await.map_err(ApiError::from)?;
+                permit_rx.await.map_err(|_| ApiError::Internal("turn slot lost".into()))
+            });
+            let permit = match granted.await {
+                Ok(permit) => permit?,
+                Err(_) if slot_deadline == deadline => return Err(timed_out_while("waiting for a turn slot")),
+                Err(_) => {
                     metrics.refused("overloaded");
-                    ApiError::Overloaded { retry_after_secs: 1 }
-                })?
-                .map_err(|_| ApiError::Internal("turn slot lost".into()))?;
+                    return Err(ApiError::Overloaded { retry_after_secs: 1 });
+                }
+            };
             if let Some(ready) = ready {
-                tokio::time::timeout(INITIALIZE_TIMEOUT, ready)
+                tokio::time::timeout_at(deadline, ready)
                     .await
-                    .map_err(|_| ApiError::CliFailed("the CLI did not become ready".into()))?
+                    .map_err(|_| timed_out_while("waiting for the CLI to become ready"))?
                     .map_err(|_| ApiError::CliFailed("the CLI ended before it was ready".into()))??;
             }
             Ok::<_, ApiError>(permit)
@@ -774,9 +852,19 @@ impl Handler<StartTurn> for SessionActor {
             if act.stopping.is_some() {
                 return Err(TurnRefused::Gone);
             }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(TurnRefused::Api(timed_out_while("waiting for the turn to start")));
+            }
             let turn_id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
             let (sink, events) = mpsc::channel(CLIENT_BUFFER);
             act.write(to_line(&UserInput::new(&act.cli_session_id, &turn_id, &msg.message)));
+            let timeout_turn = turn_id.clone();
+            let deadline_timer = act.timer(ctx, left, move |act, ctx| {
+                if act.turn.as_ref().is_some_and(|t| t.id == timeout_turn) {
+                    act.time_out_turn(ctx);
+                }
+            });
             act.turn = Some(Turn {
                 id: turn_id.clone(),
                 user_text: msg.message,
@@ -786,18 +874,12 @@ impl Handler<StartTurn> for SessionActor {
                 streamed_since_block: false,
                 assistant_text: String::new(),
                 tool_calls: Vec::new(),
-                interrupted: None,
+                interrupted: false,
+                timers: vec![deadline_timer],
                 _permit: permit,
             });
             act.set_status(SessionStatus::Busy);
             act.registry.do_send(Activity { session_id: act.id.clone() });
-            let timeout_turn = turn_id.clone();
-            ctx.run_later(msg.timeout, move |act, ctx| {
-                if act.turn.as_ref().is_some_and(|t| t.id == timeout_turn) {
-                    log::info!("session {}: turn timed out; interrupting", act.id);
-                    act.interrupt(Interruption::Timeout, ctx);
-                }
-            });
             Ok(TurnStarted { turn_id: turn_id.to_string(), first_event_id: act.next_event_id, events })
         }))
     }
@@ -813,7 +895,7 @@ impl Handler<Interrupt> for SessionActor {
 
     fn handle(&mut self, _: Interrupt, ctx: &mut Context<Self>) -> Self::Result {
         let turn_id = self.turn.as_ref().map(|t| t.id.to_string()).ok_or(ApiError::NoTurnRunning)?;
-        self.interrupt(Interruption::ByClient, ctx);
+        self.interrupt(ctx);
         Ok(turn_id)
     }
 }
@@ -843,7 +925,7 @@ impl Handler<Stop> for SessionActor {
                 self.registry.do_send(Stopping { session_id: self.id.clone() });
                 ctx.run_later(Duration::from_secs(self.settings.api.shutdown_grace), |act, ctx| {
                     if act.turn.is_some() {
-                        act.interrupt(Interruption::ByClient, ctx);
+                        act.interrupt(ctx);
                     }
                 });
             }
@@ -896,10 +978,9 @@ pub struct AnswerPermission {
 impl Handler<AnswerPermission> for SessionActor {
     type Result = Result<(), ApiError>;
 
-    fn handle(&mut self, msg: AnswerPermission, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: AnswerPermission, ctx: &mut Context<Self>) -> Self::Result {
         let pending = self
-            .permissions
-            .remove(&msg.request_id)
+            .take_permission(&msg.request_id, ctx)
             .ok_or_else(|| ApiError::NotFound("No open permission request with this id".into()))?;
         if msg.allow {
             if msg.always && self.always_allowed.insert(pending.tool_name.clone()) {
@@ -937,5 +1018,20 @@ impl Handler<GetAgentInfo> for SessionActor {
 
     fn handle(&mut self, _: GetAgentInfo, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.agent_info.clone())
+    }
+}
+
+/// How many of the actor's own timers (turn deadline, interrupt grace, permission) are still
+/// pending, as actix holds them. For tests and diagnostics: none outlives what it times.
+#[doc(hidden)]
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct PendingTimers;
+
+impl Handler<PendingTimers> for SessionActor {
+    type Result = usize;
+
+    fn handle(&mut self, _: PendingTimers, _: &mut Context<Self>) -> usize {
+        Arc::strong_count(&self.timer_probe) - 1
     }
 }

@@ -104,7 +104,7 @@ pub(super) struct ChatResponse {
         (status = 200, body = ChatResponse),
         (status = 403, description = "`forbidden`: `user_id` is not the key's user", body = ErrorResponse),
         TurnErrors,
-        (status = 504, description = "`turn_timeout`: the turn was interrupted after `timeout` seconds", body = ErrorResponse),
+        (status = 504, description = "`turn_timeout`: `timeout` seconds passed (waiting for a turn slot, for the CLI to start, or in the turn, which is interrupted)", body = ErrorResponse),
     ),
 )]
 pub(super) async fn post_chat(
@@ -143,9 +143,10 @@ pub(super) async fn post_chat(
     post, path = "/api/v1/chat/stream", tag = "chat",
     request_body = ChatRequest,
     responses(
-        (status = 200, description = "The turn's events, ending with `done` or `error`", content_type = "text/event-stream", body = SseEvent),
+        (status = 200, description = "The turn's events, ending with `done` or `error` (`turn_timeout` when `timeout` passes in the turn)", content_type = "text/event-stream", body = SseEvent),
         (status = 403, description = "`forbidden`: `user_id` is not the key's user", body = ErrorResponse),
         TurnErrors,
+        (status = 504, description = "`turn_timeout`: `timeout` seconds passed before the turn could start (waiting for a turn slot or for the CLI to start)", body = ErrorResponse),
     ),
 )]
 pub(super) async fn post_chat_stream(
@@ -237,6 +238,7 @@ pub(super) struct TurnAccepted {
     responses(
         (status = 202, body = TurnAccepted),
         TurnErrors,
+        (status = 504, description = "`turn_timeout`: `timeout` seconds passed before the turn could start (waiting for a turn slot or for the CLI to start)", body = ErrorResponse),
     ),
 )]
 pub(super) async fn post_message(

@@ -312,6 +312,8 @@ impl SessionService {
 
     /// Starts a turn and returns its events. A session without a live CLI (idle after an
     /// eviction, a crash or a restart) is respawned with `--resume`, invisibly to the client.
+    /// `timeout` bounds the whole request from now: the launch, the wait for a turn slot and
+    /// for the CLI to be ready, and the turn itself (`504 turn_timeout`).
     pub async fn start_turn(
         &self,
         caller: &Caller,
@@ -319,24 +321,13 @@ impl SessionService {
         message: String,
         timeout: Duration,
     ) -> Result<TurnStarted, ApiError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let queue_timeout = Duration::from_secs(self.settings.api.queue_timeout);
         for _ in 0..3 {
-            let row = self.get(caller, session_id).await?;
-            match SessionStatus::parse(&row.status) {
-                Some(SessionStatus::Closed) => return Err(ApiError::SessionClosed),
-                Some(SessionStatus::Expired) => return Err(ApiError::SessionExpired),
-                _ => {}
-            }
-            let actor = match self.registry.send(Lookup { session_id: row.session_id.clone() }).await? {
-                Some(actor) => actor,
-                None => {
-                    self.storage
-                        .transition_session(&row.session_id, &SessionStatus::RESUMABLE, SessionStatus::Starting, None)
-                        .await?;
-                    self.launch(&row).await?
-                }
-            };
-            let request = StartTurn { message: message.clone(), timeout, queue_timeout };
+            let actor = self.live_actor(caller, session_id, deadline).await?;
+            // The actor bounds this by `deadline` itself: dropping the send could leave a turn
+            // started that nobody reads.
+            let request = StartTurn { message: message.clone(), deadline, queue_timeout };
             match actor.send(request).await {
                 Ok(Ok(started)) => return Ok(started),
                 Ok(Err(TurnRefused::Api(e))) => return Err(e),
@@ -345,6 +336,32 @@ impl SessionService {
             }
         }
         Err(ApiError::CliFailed("the CLI keeps exiting before it is ready; see the service log".into()))
+    }
+
+    /// The session's live actor, launched (resumed) if it has none. The launch may wait for
+    /// the session's previous process to be reaped: that wait ends at `deadline`.
+    async fn live_actor(
+        &self,
+        caller: &Caller,
+        session_id: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<Addr<SessionActor>, ApiError> {
+        let row = self.get(caller, session_id).await?;
+        match SessionStatus::parse(&row.status) {
+            Some(SessionStatus::Closed) => return Err(ApiError::SessionClosed),
+            Some(SessionStatus::Expired) => return Err(ApiError::SessionExpired),
+            _ => {}
+        }
+        if let Some(actor) = self.registry.send(Lookup { session_id: row.session_id.clone() }).await? {
+            return Ok(actor);
+        }
+        self.storage
+            .transition_session(&row.session_id, &SessionStatus::RESUMABLE, SessionStatus::Starting, None)
+            .await?;
+        // Dropping the wait is safe: the registry finishes the launch and keeps the actor.
+        tokio::time::timeout_at(deadline, self.launch(&row))
+            .await
+            .map_err(|_| ApiError::TurnTimeout("The turn's timeout passed while starting the CLI".into()))?
     }
 
     /// The stored conversation: the `limit` latest messages before message id `before`, oldest first.

@@ -17,4 +17,5 @@ mod service;
 mod sessions;
 mod shutdown;
 mod startup;
+mod timeouts;
 mod users;
