@@ -164,7 +164,8 @@ impl Sandbox {
         let ruleset = build().map_err(|e| format!("cannot build the Landlock ruleset: {e}"))?;
         let ruleset: Option<std::os::fd::OwnedFd> = ruleset.into();
         let ruleset = ruleset.ok_or("this kernel has no Landlock")?;
-        let proc_read = AccessFs::from_read(ABI::from(self.abi as i32)).bits();
+        // What the ruleset handles on this kernel: a right it does not handle would be refused.
+        let proc_read = (AccessFs::from_read(ABI_HANDLED) & AccessFs::from_read(ABI::from(self.abi as i32))).bits();
         Ok(Confinement { ruleset, proc_read })
     }
 }

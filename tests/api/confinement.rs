@@ -199,3 +199,19 @@ async fn with_the_sandbox_off_the_same_attacks_reach_what_landlock_keeps_away() 
     assert!(loot.ports.contains("OPEN-5432") && !loot.ports.contains("CLOSED"), "{}", loot.ports);
     assert!(loot.signal.contains("SIGNALLED"), "{}", loot.signal);
 }
+
+#[actix_web::test]
+async fn the_services_data_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    let key = app.create_user("alice").await;
+    app.create_session(&key, json!({})).await;
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&app.settings.data.dir), 0o700, "data dir");
+    let db = &app.settings.session.sqlite_path;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = db.clone().into_os_string();
+        file.push(suffix);
+        assert_eq!(mode(std::path::Path::new(&file)), 0o600, "{file:?}");
+    }
+}
