@@ -158,15 +158,18 @@ pub(super) async fn get_health(state: web::Data<AppState>) -> HttpResponse {
     responses(
         (status = 200, description = "Prometheus text exposition format 0.0.4", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
         (status = 401, description = "`unauthorized`: `metrics.token` is set and was not presented", body = ErrorResponse),
+        (status = 429, description = "`rate_limited`: too many wrong tokens or keys from this address", body = ErrorResponse),
     ),
 )]
 pub(super) async fn get_metrics(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     if let Some(token) = state.settings.metrics.token.as_deref().filter(|t| !t.is_empty()) {
-        let presented = crate::auth::presented_key(&req).unwrap_or_default();
+        let refusal = || ApiError::Unauthorized("GET /metrics needs the metrics token".into());
+        let presented = crate::auth::presented_key(&req).ok_or_else(refusal)?;
         let (given, wanted) = (crate::auth::keys::hash_key(&presented), crate::auth::keys::hash_key(token));
-        if !crate::auth::keys::hashes_match(&given, &wanted) {
-            return Err(ApiError::Unauthorized("GET /metrics needs the metrics token".into()));
-        }
+        // Wrong tokens count against the client address like wrong keys.
+        let authenticator = &state.authenticator;
+        let client = crate::auth::limit::client_address(&req, &authenticator.trusted_proxies);
+        authenticator.admit(client, crate::auth::keys::hashes_match(&given, &wanted), refusal())?;
     }
     let m = &state.metrics;
     for status in crate::sessions::SessionStatus::ALL {

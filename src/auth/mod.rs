@@ -116,6 +116,21 @@ impl Authenticator {
         }
     }
 
+    /// The same per-address limit for a secret outside the key table (the metrics token):
+    /// `correct` is whether the presented secret matched.
+    pub fn admit(&self, client: Option<IpAddr>, correct: bool, refusal: ApiError) -> Result<(), ApiError> {
+        if let Some(retry_after_secs) = client.and_then(|ip| self.failed_auth.limited(ip)) {
+            return Err(ApiError::RateLimited { retry_after_secs });
+        }
+        if correct {
+            return Ok(());
+        }
+        match client.and_then(|ip| self.failed_auth.failed(ip)) {
+            Some(retry_after_secs) => Err(ApiError::RateLimited { retry_after_secs }),
+            None => Err(refusal),
+        }
+    }
+
     async fn check_key(&self, storage: &Storage, presented: &str) -> Result<Caller, ApiError> {
         let invalid = || ApiError::Unauthorized("Invalid or revoked API key".into());
         let hash = keys::hash_key(presented);
