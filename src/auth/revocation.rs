@@ -99,3 +99,77 @@ impl Future for RevocationWatch {
         self.0.as_mut().poll(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::settings::{SessionSettings, StorageKind};
+    use crate::storage::{ApiKeyRow, UserRow};
+
+    async fn storage_with_alice() -> Storage {
+        let settings = SessionSettings { storage: StorageKind::Memory, ..Default::default() };
+        let storage = Storage::connect(&settings).await.unwrap();
+        let user = UserRow { user_id: "alice".into(), created_at: 0 };
+        let key = ApiKeyRow {
+            key_id: "k1".into(),
+            user_id: Some("alice".into()),
+            is_admin: false,
+            key_hash: "h".into(),
+            created_at: 0,
+            revoked_at: None,
+        };
+        storage.insert_user_with_key(&user, &key).await.unwrap();
+        storage
+    }
+
+    fn alice() -> Caller {
+        Caller::User { user_id: "alice".into(), key_id: "k1".into() }
+    }
+
+    async fn resolves(watch: &mut RevocationWatch) -> bool {
+        tokio::time::timeout(Duration::from_millis(200), watch).await.is_ok()
+    }
+
+    #[actix_web::test]
+    async fn its_own_key_or_user_ends_a_watch_and_others_do_not() {
+        let storage = storage_with_alice().await;
+        let revocations = Revocations::default();
+        let mut watch = revocations.watch(&alice(), &storage).await.unwrap();
+        revocations.announce(Revoked::Key("k2".into()));
+        revocations.announce(Revoked::User("bob".into()));
+        assert!(!resolves(&mut watch).await);
+        revocations.announce(Revoked::User("alice".into()));
+        assert!(resolves(&mut watch).await);
+        let mut watch = revocations.watch(&alice(), &storage).await.unwrap();
+        revocations.announce(Revoked::Key("k1".into()));
+        assert!(resolves(&mut watch).await);
+    }
+
+    #[actix_web::test]
+    async fn a_watch_that_missed_announcements_asks_storage() {
+        let storage = storage_with_alice().await;
+        let revocations = Revocations::default();
+        let mut watch = revocations.watch(&alice(), &storage).await.unwrap();
+        for i in 0..BACKLOG * 2 {
+            revocations.announce(Revoked::Key(format!("other{i}")));
+        }
+        assert!(!resolves(&mut watch).await, "lagged, but the key is still valid");
+        // Revoked while the watch lags behind: its own announcement is among those it misses.
+        assert!(storage.revoke_key("alice", "k1", 1).await.unwrap());
+        for i in 0..BACKLOG * 2 {
+            revocations.announce(Revoked::Key(if i == 0 { "k1".into() } else { format!("other{i}") }));
+        }
+        assert!(resolves(&mut watch).await);
+    }
+
+    #[actix_web::test]
+    async fn a_key_revoked_before_the_watch_is_refused() {
+        let storage = storage_with_alice().await;
+        storage.revoke_key("alice", "k1", 1).await.unwrap();
+        let refused = Revocations::default().watch(&alice(), &storage).await.err().unwrap();
+        assert_eq!(refused.code(), "unauthorized");
+        assert!(Revocations::default().watch(&Caller::Admin, &storage).await.is_ok());
+    }
+}
