@@ -47,6 +47,7 @@ pub enum ErrorCode {
     ValidationError,
     SessionBusy,
     QuotaExceeded,
+    RateLimited,
     CliFailed,
     MemoryPressure,
     Overloaded,
@@ -76,6 +77,7 @@ impl ErrorCode {
             ValidationError => "validation_error",
             SessionBusy => "session_busy",
             QuotaExceeded => "quota_exceeded",
+            RateLimited => "rate_limited",
             CliFailed => "cli_failed",
             MemoryPressure => "memory_pressure",
             Overloaded => "overloaded",
@@ -109,6 +111,10 @@ pub enum ApiError {
     SessionBusy,
     QuotaExceeded {
         message: String,
+        retry_after_secs: u64,
+    },
+    /// Too many failed authentications from the client's address.
+    RateLimited {
         retry_after_secs: u64,
     },
     CliFailed(String),
@@ -146,6 +152,7 @@ impl ApiError {
             Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ValidationError),
             SessionBusy => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::SessionBusy),
             QuotaExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::QuotaExceeded),
+            RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited),
             CliFailed(_) => (StatusCode::BAD_GATEWAY, ErrorCode::CliFailed),
             MemoryPressure { .. } => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::MemoryPressure),
             Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Overloaded),
@@ -165,7 +172,8 @@ impl ApiError {
             ApiError::SessionBusy => Some(1),
             ApiError::QuotaExceeded { retry_after_secs, .. }
             | ApiError::MemoryPressure { retry_after_secs, .. }
-            | ApiError::Overloaded { retry_after_secs } => Some((*retry_after_secs).max(1)),
+            | ApiError::Overloaded { retry_after_secs }
+            | ApiError::RateLimited { retry_after_secs } => Some((*retry_after_secs).max(1)),
             ApiError::StorageUnavailable(_) => Some(5),
             _ => None,
         }
@@ -190,6 +198,9 @@ impl ApiError {
             },
             SessionBusy => "A turn is already running in this session".into(),
             Overloaded { .. } => "Too many turns are running; try again shortly".into(),
+            RateLimited { retry_after_secs } => {
+                format!("Too many failed authentications from this address; try again in {retry_after_secs} s")
+            }
             StorageUnavailable(m) => format!("Storage is unavailable: {m}"),
             // Internal details go to the log, not to the client.
             Internal(_) => "Internal server error".into(),
@@ -289,6 +300,7 @@ mod tests {
             ApiError::StorageUnavailable("down".into()),
             ApiError::MemoryPressure { message: "m".into(), retry_after_secs: 5 },
             ApiError::QuotaExceeded { message: "q".into(), retry_after_secs: 10 },
+            ApiError::RateLimited { retry_after_secs: 30 },
         ] {
             let resp = e.error_response();
             assert!(resp.headers().contains_key(header::RETRY_AFTER), "{e}");
@@ -316,6 +328,7 @@ mod tests {
             ApiError::Validation(Vec::new()),
             ApiError::SessionBusy,
             ApiError::QuotaExceeded { message: String::new(), retry_after_secs: 1 },
+            ApiError::RateLimited { retry_after_secs: 1 },
             ApiError::CliFailed(String::new()),
             ApiError::MemoryPressure { message: String::new(), retry_after_secs: 1 },
             ApiError::Overloaded { retry_after_secs: 1 },

@@ -42,6 +42,31 @@ pub struct HttpLabels {
     pub status: u16,
 }
 
+/// The label of whatever a client may make up: a method outside the standard ones, a path that
+/// matched no route. Anyone can send those, so each counts as one series, not one per value.
+pub const OTHER: &str = "other";
+
+impl HttpLabels {
+    /// Labels with a bounded set of values: standard methods, route templates, status codes.
+    pub fn bounded(method: &actix_web::http::Method, route: Option<String>, status: u16) -> Self {
+        use actix_web::http::Method;
+        let standard = [
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::PATCH,
+            Method::OPTIONS,
+            Method::CONNECT,
+            Method::TRACE,
+        ];
+        let method = if standard.contains(method) { method.as_str() } else { OTHER };
+        let route = route.unwrap_or_else(|| OTHER.into());
+        HttpLabels { method: method.into(), route, status }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     pub sessions: Family<StatusLabel, Gauge>,

@@ -54,6 +54,9 @@ pub struct ApiSettings {
     pub shutdown_grace: u64,
     pub max_body_kb: usize,
     pub workers: usize,
+    /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the client; from any
+    /// other peer the header is ignored, so a client cannot pick its own address.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ApiSettings {
@@ -71,7 +74,25 @@ impl Default for ApiSettings {
             shutdown_grace: 30,
             max_body_kb: 1024,
             workers: 2,
+            trusted_proxies: Vec::new(),
         }
+    }
+}
+
+impl ApiSettings {
+    /// `trusted_proxies` parsed; a plain address counts as a one-address range. `Err` names the
+    /// first entry that is neither.
+    pub fn trusted_proxy_nets(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.trusted_proxies
+            .iter()
+            .map(|entry| {
+                let entry = entry.trim();
+                entry
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| entry.to_string())
+            })
+            .collect()
     }
 }
 
@@ -193,11 +214,21 @@ pub struct AuthSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_key: Option<String>,
     pub allow_unauthenticated_remote: bool,
+    /// Failed authentications a client address earns back per minute.
+    pub failed_auth_per_minute: u32,
+    /// Failed authentications a client address may make at once before it is refused (429).
+    pub failed_auth_burst: u32,
 }
 
 impl Default for AuthSettings {
     fn default() -> Self {
-        Self { mode: AuthMode::ApiKey, admin_key: None, allow_unauthenticated_remote: false }
+        Self {
+            mode: AuthMode::ApiKey,
+            admin_key: None,
+            allow_unauthenticated_remote: false,
+            failed_auth_per_minute: 10,
+            failed_auth_burst: 20,
+        }
     }
 }
 
@@ -476,6 +507,8 @@ impl Settings {
             ("memory.check_interval", self.memory.check_interval),
             ("permissions.timeout", self.permissions.timeout),
             ("files.max_upload_mb", self.files.max_upload_mb),
+            ("auth.failed_auth_per_minute", self.auth.failed_auth_per_minute.into()),
+            ("auth.failed_auth_burst", self.auth.failed_auth_burst.into()),
         ];
         for (key, value) in positive {
             if *value == 0 {
@@ -484,6 +517,11 @@ impl Settings {
         }
         if self.api.host.trim().is_empty() {
             return Err(err("invalid setting `api.host`: must not be empty"));
+        }
+        if let Err(bad) = self.api.trusted_proxy_nets() {
+            return Err(err(format!(
+                "invalid setting `api.trusted_proxies`: `{bad}` is not an IP address or CIDR range"
+            )));
         }
         if self.cli.path.trim().is_empty() {
             return Err(err("invalid setting `cli.path`: must not be empty"));

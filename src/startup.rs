@@ -27,13 +27,15 @@ pub struct AppState {
     pub registry: Addr<Registry>,
     pub sessions: SessionService,
     pub authenticator: Authenticator,
+    /// Ends open streams when their key is revoked or their user deleted.
+    pub revocations: crate::auth::revocation::Revocations,
     pub hub: Arc<crate::sessions::hub::EventHub>,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The kernel's Landlock ABI when the agents are confined.
     pub sandbox: Option<i64>,
     pub started_at: Instant,
-    /// `cli.path --version`, asked once (the real CLI takes ~0.5 s to answer).
-    pub cli_version: std::sync::OnceLock<String>,
+    /// `cli.path --version` for `/health`, remembered.
+    pub cli_probe: crate::api::service::CliProbe,
 }
 
 /// Why the application could not start: one line for the operator.
@@ -124,8 +126,21 @@ impl Application {
         .start();
         let sessions =
             SessionService::new(settings.clone(), storage.clone(), registry.clone(), hub.clone(), users_root);
+        let trusted_proxies = settings
+            .api
+            .trusted_proxy_nets()
+            .map_err(|bad| StartupError(format!("api.trusted_proxies: `{bad}` is not an IP address or CIDR range")))?;
+        let failed_auth = Arc::new(crate::auth::limit::FailedAuthLimiter::from_settings(&settings));
+        failed_auth.start_housekeeping();
+        crate::api::users::remove_leftover_user_dirs(sessions.users_root());
         let state = web::Data::new(AppState {
-            authenticator: Authenticator { mode: settings.auth.mode, admin },
+            authenticator: Authenticator {
+                mode: settings.auth.mode,
+                admin,
+                failed_auth,
+                trusted_proxies: trusted_proxies.into(),
+            },
+            revocations: Default::default(),
             settings: settings.clone(),
             storage,
             registry,
@@ -134,7 +149,7 @@ impl Application {
             metrics,
             sandbox,
             started_at: Instant::now(),
-            cli_version: std::sync::OnceLock::new(),
+            cli_probe: Default::default(),
         });
 
         let server = build_server(listener, state.clone())?;

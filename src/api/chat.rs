@@ -53,7 +53,7 @@ impl ChatRequest {
     /// The message and the turn's timeout, or 422 naming what is wrong.
     fn validate(&self, caller: &Caller) -> Result<Duration, ApiError> {
         if let Some(user) = self.user_id.as_deref().filter(|u| !u.is_empty())
-            && let Caller::User(own) = caller
+            && let Caller::User { user_id: own, .. } = caller
             && own != user
         {
             return Err(ApiError::Forbidden("A user key can only act for its own user".into()));
@@ -155,8 +155,9 @@ pub(super) async fn post_chat_stream(
     JsonBody(req): JsonBody<ChatRequest>,
 ) -> Result<impl actix_web::Responder, ApiError> {
     let timeout = req.validate(&caller)?;
+    let revoked = state.revocations.watch(&caller, &state.storage).await?;
     let turn = state.sessions.start_turn(&caller, &req.session_id, req.message, timeout).await?;
-    Ok(sse::respond(turn.events, true, state.metrics.clone()))
+    Ok(sse::respond(turn.events, true, state.metrics.clone(), revoked))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -288,6 +289,7 @@ pub(super) async fn get_events(
         Some(v) => v.parse::<i64>().map_err(|_| ApiError::validation("Last-Event-ID", "must be an event id"))?,
         None => params.last_event_id.unwrap_or(0),
     };
+    let revoked = state.revocations.watch(&caller, &state.storage).await?;
     let events = state.sessions.follow(&caller, &path, after).await?;
-    Ok(sse::respond(events, false, state.metrics.clone()))
+    Ok(sse::respond(events, false, state.metrics.clone(), revoked))
 }

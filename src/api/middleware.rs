@@ -42,8 +42,7 @@ pub async fn log_requests(
             }
             // By route template (`/api/v1/sessions/{session_id}`), so ids do not explode the series.
             if let Some(state) = res.request().app_data::<actix_web::web::Data<crate::startup::AppState>>() {
-                let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
-                let labels = HttpLabels { method: method.to_string(), route, status: res.status().as_u16() };
+                let labels = HttpLabels::bounded(&method, res.request().match_pattern(), res.status().as_u16());
                 state.metrics.http_requests.get_or_create(&labels).inc();
             }
             log::info!(target: "access", "{id} {method} {path} {} {elapsed_ms:.2}ms", res.status().as_u16());

@@ -6,10 +6,10 @@ mod files;
 pub mod middleware;
 pub mod openapi;
 mod permissions;
-mod service;
+pub(crate) mod service;
 mod sessions;
 pub mod sse;
-mod users;
+pub(crate) mod users;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 

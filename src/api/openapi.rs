@@ -166,6 +166,7 @@ struct CommonErrors;
 
 const AUTH_ERRORS: &[(u16, &str)] = &[
     (401, "`unauthorized`: no key, or an unknown or revoked one"),
+    (429, "`rate_limited`: too many failed authentications from this address (any key is refused meanwhile)"),
     (500, "`internal_error`: a bug; the details are in the service's log"),
     (503, "`storage_unavailable`: the database does not answer"),
 ];

@@ -1,5 +1,8 @@
 //! Service endpoints outside `/api/v1`: `/health` and `/`.
 
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
@@ -15,6 +18,43 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/health").route(web::get().to(get_health)))
         .service(resource("/metrics").route(web::get().to(get_metrics)))
         .service(resource("/").route(web::get().to(get_root)));
+}
+
+/// How long a failed `--version` probe (or a missing CLI) is remembered.
+const FAILED_PROBE_KEPT: Duration = Duration::from_secs(5);
+
+/// `cli.path --version` for `/health`. An answer is kept for good (the real CLI takes ~0.5 s);
+/// a failure or a missing CLI for a few seconds, so `/health`, which needs no key, cannot be used
+/// to fork processes at will, yet a CLI installed or fixed later is soon seen. One probe runs at
+/// a time: concurrent callers wait for its result.
+#[derive(Default)]
+pub struct CliProbe {
+    last: tokio::sync::Mutex<Option<Probed>>,
+}
+
+#[derive(Clone)]
+struct Probed {
+    at: Instant,
+    path: Option<PathBuf>,
+    version: Option<String>,
+}
+
+impl CliProbe {
+    async fn check(&self, cli_path: &str) -> (Option<PathBuf>, Option<String>) {
+        let mut last = self.last.lock().await;
+        if let Some(p) = last.as_ref()
+            && (p.version.is_some() || p.at.elapsed() < FAILED_PROBE_KEPT)
+        {
+            return (p.path.clone(), p.version.clone());
+        }
+        let path = crate::cli::locate(cli_path);
+        let version = match &path {
+            Some(p) => crate::cli::process::version(p).await,
+            None => None,
+        };
+        *last = Some(Probed { at: Instant::now(), path: path.clone(), version: version.clone() });
+        (path, version)
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -77,21 +117,7 @@ pub(super) async fn get_health(state: web::Data<AppState>) -> HttpResponse {
         Ok(n) => (n, None),
         Err(e) => (0, Some(e.to_string())),
     };
-    let cli = crate::cli::locate(&state.settings.cli.path);
-    let version = match &cli {
-        // Only an answer is remembered: a CLI installed or fixed later is seen on the next call.
-        Some(path) => match state.cli_version.get() {
-            Some(v) => Some(v.clone()),
-            None => {
-                let probed = crate::cli::process::version(path).await;
-                if let Some(v) = &probed {
-                    let _ = state.cli_version.set(v.clone());
-                }
-                probed
-            }
-        },
-        None => None,
-    };
+    let (cli, version) = state.cli_probe.check(&state.settings.cli.path).await;
     let cli_error = match (&cli, &version) {
         (None, _) => Some(format!("the claude CLI was not found at `{}` (cli.path)", state.settings.cli.path)),
         (Some(path), None) => Some(format!("the claude CLI at {} does not answer --version", path.display())),
@@ -132,15 +158,18 @@ pub(super) async fn get_health(state: web::Data<AppState>) -> HttpResponse {
     responses(
         (status = 200, description = "Prometheus text exposition format 0.0.4", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
         (status = 401, description = "`unauthorized`: `metrics.token` is set and was not presented", body = ErrorResponse),
+        (status = 429, description = "`rate_limited`: too many wrong tokens or keys from this address", body = ErrorResponse),
     ),
 )]
 pub(super) async fn get_metrics(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     if let Some(token) = state.settings.metrics.token.as_deref().filter(|t| !t.is_empty()) {
-        let presented = crate::auth::presented_key(&req).unwrap_or_default();
+        let refusal = || ApiError::Unauthorized("GET /metrics needs the metrics token".into());
+        let presented = crate::auth::presented_key(&req).ok_or_else(refusal)?;
         let (given, wanted) = (crate::auth::keys::hash_key(&presented), crate::auth::keys::hash_key(token));
-        if !crate::auth::keys::hashes_match(&given, &wanted) {
-            return Err(ApiError::Unauthorized("GET /metrics needs the metrics token".into()));
-        }
+        // Wrong tokens count against the client address like wrong keys.
+        let authenticator = &state.authenticator;
+        let client = crate::auth::limit::client_address(&req, &authenticator.trusted_proxies);
+        authenticator.admit(client, crate::auth::keys::hashes_match(&given, &wanted), refusal())?;
     }
     let m = &state.metrics;
     for status in crate::sessions::SessionStatus::ALL {

@@ -12,6 +12,7 @@ use futures_util::Stream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 
+use crate::auth::revocation::RevocationWatch;
 use crate::metrics::{Metrics, SseClientGuard};
 use crate::sessions::events::SessionEvent;
 
@@ -31,14 +32,17 @@ pub struct SseEvent {
     data: String,
 }
 
-/// Frames from `events` until the turn's last one, with pings while idle.
+/// Frames from `events` until the turn's last one, with pings while idle. The stream ends at
+/// once when `revoked` resolves (its key was revoked or its user deleted).
 pub fn respond(
     events: mpsc::Receiver<Arc<SessionEvent>>,
     stop_after_outcome: bool,
     metrics: Arc<Metrics>,
+    revoked: RevocationWatch,
 ) -> impl Responder {
     let stream = EventStream {
         events,
+        revoked,
         ping: Box::pin(tokio::time::sleep(PING_EVERY)),
         stop_after_outcome,
         done: false,
@@ -49,6 +53,7 @@ pub fn respond(
 
 struct EventStream {
     events: mpsc::Receiver<Arc<SessionEvent>>,
+    revoked: RevocationWatch,
     ping: Pin<Box<Sleep>>,
     stop_after_outcome: bool,
     done: bool,
@@ -61,6 +66,10 @@ impl Stream for EventStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.done {
+            return Poll::Ready(None);
+        }
+        if Pin::new(&mut self.revoked).poll(cx).is_ready() {
+            self.done = true;
             return Poll::Ready(None);
         }
         match self.events.poll_recv(cx) {
@@ -94,6 +103,7 @@ mod tests {
     fn stream(events: mpsc::Receiver<Arc<SessionEvent>>) -> EventStream {
         EventStream {
             events,
+            revoked: RevocationWatch::never(),
             ping: Box::pin(tokio::time::sleep(PING_EVERY)),
             stop_after_outcome: true,
             done: false,

@@ -1,6 +1,8 @@
 //! `/api/v1/users` (admin key only) and `/api/v1/me`.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
@@ -8,6 +10,7 @@ use utoipa::ToSchema;
 
 use super::{ApiResult, resource};
 use crate::api::extract::JsonBody;
+use crate::auth::revocation::Revoked;
 use crate::auth::{Caller, keys};
 use crate::clock;
 use crate::error::{ApiError, ErrorResponse};
@@ -141,8 +144,9 @@ pub(super) async fn list_users(state: web::Data<AppState>, caller: Caller) -> Ap
     Ok(HttpResponse::Ok().json(infos))
 }
 
-/// Delete a user (admin key only): its keys stop working at once and its sessions are closed
-/// (their rows and files are kept).
+/// Delete a user (admin key only), for good: its keys stop working and its open streams end at
+/// once, its CLIs are stopped, and its sessions, history, keys and directory are removed. A user
+/// created again with the same id starts with nothing.
 #[utoipa::path(
     delete, path = "/api/v1/users/{user_id}", tag = "users",
     params(("user_id" = String, Path)),
@@ -154,9 +158,78 @@ pub(super) async fn list_users(state: web::Data<AppState>, caller: Caller) -> Ap
 )]
 pub(super) async fn delete_user(state: web::Data<AppState>, caller: Caller, path: web::Path<String>) -> ApiResult {
     caller.require_admin()?;
-    let closed = state.storage.delete_user(&path, clock::now_ms()).await?.ok_or(ApiError::UserNotFound)?;
-    state.sessions.retire(closed, crate::actors::StopReason::UserDeleted);
+    let user_id = path.into_inner();
+    let sessions = state.storage.delete_user(&user_id).await?.ok_or(ApiError::UserNotFound)?;
+    state.revocations.announce(Revoked::User(user_id.clone()));
+    state.sessions.retire(sessions, crate::actors::StopReason::UserDeleted);
+    // Moved aside before answering, so a user created again at once gets a fresh directory;
+    // removed once the CLIs (whose working directories are inside) have had time to stop.
+    let root = state.sessions.users_root().to_path_buf();
+    let moved = web::block(move || move_user_dir_aside(&root, &user_id))
+        .await
+        .map_err(|e| ApiError::Internal(format!("moving a deleted user's directory: {e}")))?;
+    if let Some(moved) = moved {
+        let stop_time = Duration::from_secs(2 * state.settings.cli.stop_grace + 1);
+        actix_web::rt::spawn(remove_dir_later(moved, stop_time));
+    }
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// Names of deleted users' directories waiting for removal (a `user_id` never starts with `.`).
+const DELETED_PREFIX: &str = ".deleted-";
+
+/// Renames `<root>/<user_id>` to a unique hidden name beside it; `None` if it did not exist.
+fn move_user_dir_aside(root: &Path, user_id: &str) -> Option<PathBuf> {
+    let dir = root.join(user_id);
+    let aside = root.join(format!("{DELETED_PREFIX}{user_id}-{}", uuid::Uuid::new_v4().simple()));
+    match std::fs::rename(&dir, &aside) {
+        Ok(()) => Some(aside),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            // Left in place: then at least its contents go now.
+            log::error!("cannot move the deleted user's directory {} aside: {e}", dir.display());
+            remove_dir(&dir);
+            None
+        }
+    }
+}
+
+/// `remove_dir_all` does not follow symbolic links, so a link the agent left points nowhere.
+fn remove_dir(dir: &Path) -> bool {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => {
+            log::warn!("cannot remove the deleted user's directory {}: {e}", dir.display());
+            false
+        }
+    }
+}
+
+async fn remove_dir_later(dir: PathBuf, stop_time: Duration) {
+    tokio::time::sleep(stop_time).await;
+    // A CLI still writing into it makes a removal fail now and then: try a few times.
+    for _ in 0..5 {
+        let target = dir.clone();
+        if web::block(move || remove_dir(&target)).await.unwrap_or(false) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// At start-up: removes directories of deleted users a previous run left (stopped before it
+/// got to them), off the actor thread.
+pub(crate) fn remove_leftover_user_dirs(root: &Path) {
+    let root = root.to_path_buf();
+    actix_web::rt::task::spawn_blocking(move || {
+        let Ok(entries) = std::fs::read_dir(&root) else { return };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(DELETED_PREFIX) {
+                remove_dir(&entry.path());
+            }
+        }
+    });
 }
 
 /// Issue another key for a user (admin key only).
@@ -180,7 +253,8 @@ pub(super) async fn create_key(state: web::Data<AppState>, caller: Caller, path:
     Ok(HttpResponse::Created().json(CreatedKey { user_id, key_id: issued.key_id, api_key: issued.api_key }))
 }
 
-/// Revoke a key (admin key only); it stops working at once, on every instance.
+/// Revoke a key (admin key only); it stops working at once, on every instance, and the streams
+/// opened with it on this instance end.
 #[utoipa::path(
     delete, path = "/api/v1/users/{user_id}/keys/{key_id}", tag = "users",
     params(("user_id" = String, Path), ("key_id" = String, Path)),
@@ -203,6 +277,7 @@ pub(super) async fn revoke_key(
     if !state.storage.revoke_key(&user_id, &key_id, clock::now_ms()).await? {
         return Err(ApiError::NotFound("No such active key for this user".into()));
     }
+    state.revocations.announce(Revoked::Key(key_id));
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -222,7 +297,7 @@ pub(super) struct Me {
 )]
 pub(super) async fn get_me(caller: Caller) -> ApiResult {
     let me = match caller {
-        Caller::User(user_id) => Me { user_id: Some(user_id), role: "user" },
+        Caller::User { user_id, .. } => Me { user_id: Some(user_id), role: "user" },
         Caller::Admin => Me { user_id: None, role: "admin" },
         Caller::Open => Me { user_id: None, role: "open" },
     };

@@ -2,9 +2,13 @@
 
 pub mod admin;
 pub mod keys;
+pub mod limit;
+pub mod revocation;
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use actix_web::dev::Payload;
 use actix_web::http::header;
@@ -15,12 +19,13 @@ use crate::settings::AuthMode;
 use crate::startup::AppState;
 use crate::storage::Storage;
 pub use admin::AdminKey;
+use limit::FailedAuthLimiter;
 
 /// The authenticated caller of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
-    /// A user key: acts as this user only.
-    User(String),
+    /// A user key: acts as this user only. The key id lets its streams end when it is revoked.
+    User { user_id: String, key_id: String },
     /// The admin key: may act for any user.
     Admin,
     /// `auth.mode = "none"`: the seed's trusted mode, the user comes from the request.
@@ -33,9 +38,11 @@ impl Caller {
     pub fn acting_user(&self, requested: Option<&str>) -> Result<String, ApiError> {
         let requested = requested.filter(|u| !u.is_empty());
         match (self, requested) {
-            (Caller::User(own), None) => Ok(own.clone()),
-            (Caller::User(own), Some(other)) if other == own => Ok(own.clone()),
-            (Caller::User(_), Some(_)) => Err(ApiError::Forbidden("A user key can only act for its own user".into())),
+            (Caller::User { user_id: own, .. }, None) => Ok(own.clone()),
+            (Caller::User { user_id: own, .. }, Some(other)) if other == own => Ok(own.clone()),
+            (Caller::User { .. }, Some(_)) => {
+                Err(ApiError::Forbidden("A user key can only act for its own user".into()))
+            }
             (Caller::Admin | Caller::Open, Some(user)) => {
                 crate::sessions::workspace::validate_user_id(user)?;
                 Ok(user.to_string())
@@ -48,7 +55,7 @@ impl Caller {
     /// (naming another is 403); admin and open callers see all unless they filter.
     pub fn visible_user(&self, requested: Option<&str>) -> Result<Option<String>, ApiError> {
         match self {
-            Caller::User(_) => self.acting_user(requested).map(Some),
+            Caller::User { .. } => self.acting_user(requested).map(Some),
             Caller::Admin | Caller::Open => Ok(requested.filter(|u| !u.is_empty()).map(str::to_string)),
         }
     }
@@ -57,7 +64,7 @@ impl Caller {
     /// exactly like a missing one, so callers turn `false` into a 404.
     pub fn may_access(&self, owner: &str) -> bool {
         match self {
-            Caller::User(own) => own == owner,
+            Caller::User { user_id, .. } => user_id == owner,
             Caller::Admin | Caller::Open => true,
         }
     }
@@ -66,28 +73,65 @@ impl Caller {
         match self {
             Caller::Admin => Ok(()),
             Caller::Open => Err(ApiError::Forbidden("User management needs auth.mode = \"api_key\"".into())),
-            Caller::User(_) => Err(ApiError::Forbidden("This needs the admin key".into())),
+            Caller::User { .. } => Err(ApiError::Forbidden("This needs the admin key".into())),
         }
     }
 }
 
 /// What authentication needs at request time.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Authenticator {
     pub mode: AuthMode,
     pub admin: AdminKey,
+    pub failed_auth: Arc<FailedAuthLimiter>,
+    /// `api.trusted_proxies`, parsed.
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
 }
 
 impl Authenticator {
     /// Resolves a presented key to a caller. Every failure is the same 401, so a client cannot
-    /// tell a revoked key from an unknown one.
-    pub async fn authenticate(&self, storage: &Storage, presented: Option<&str>) -> Result<Caller, ApiError> {
+    /// tell a revoked key from an unknown one. A `client` address past its allowance of failures
+    /// gets 429 `rate_limited` instead, for any key (a missing key is not a guess: not counted).
+    pub async fn authenticate(
+        &self,
+        storage: &Storage,
+        presented: Option<&str>,
+        client: Option<IpAddr>,
+    ) -> Result<Caller, ApiError> {
         if self.mode == AuthMode::None {
             return Ok(Caller::Open);
         }
         let presented = presented.ok_or_else(|| {
             ApiError::Unauthorized("Missing API key: send `Authorization: Bearer <key>` or `X-API-Key`".into())
         })?;
+        if let Some(retry_after_secs) = client.and_then(|ip| self.failed_auth.limited(ip)) {
+            return Err(ApiError::RateLimited { retry_after_secs });
+        }
+        match self.check_key(storage, presented).await {
+            Err(ApiError::Unauthorized(message)) => match client.and_then(|ip| self.failed_auth.failed(ip)) {
+                Some(retry_after_secs) => Err(ApiError::RateLimited { retry_after_secs }),
+                None => Err(ApiError::Unauthorized(message)),
+            },
+            other => other,
+        }
+    }
+
+    /// The same per-address limit for a secret outside the key table (the metrics token):
+    /// `correct` is whether the presented secret matched.
+    pub fn admit(&self, client: Option<IpAddr>, correct: bool, refusal: ApiError) -> Result<(), ApiError> {
+        if let Some(retry_after_secs) = client.and_then(|ip| self.failed_auth.limited(ip)) {
+            return Err(ApiError::RateLimited { retry_after_secs });
+        }
+        if correct {
+            return Ok(());
+        }
+        match client.and_then(|ip| self.failed_auth.failed(ip)) {
+            Some(retry_after_secs) => Err(ApiError::RateLimited { retry_after_secs }),
+            None => Err(refusal),
+        }
+    }
+
+    async fn check_key(&self, storage: &Storage, presented: &str) -> Result<Caller, ApiError> {
         let invalid = || ApiError::Unauthorized("Invalid or revoked API key".into());
         let hash = keys::hash_key(presented);
         if let AdminKey::Configured { hash: admin_hash } = &self.admin
@@ -102,7 +146,7 @@ impl Authenticator {
         }
         match (row.is_admin, row.user_id) {
             (true, _) if matches!(self.admin, AdminKey::Stored) => Ok(Caller::Admin),
-            (false, Some(user)) => Ok(Caller::User(user)),
+            (false, Some(user_id)) => Ok(Caller::User { user_id, key_id: row.key_id }),
             _ => Err(invalid()),
         }
     }
@@ -144,9 +188,10 @@ impl FromRequest for Caller {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let state = req.app_data::<web::Data<AppState>>().cloned();
         let presented = presented_key(req);
+        let client = state.as_ref().and_then(|s| limit::client_address(req, &s.authenticator.trusted_proxies));
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::Internal("application state missing".into()))?;
-            state.authenticator.authenticate(&state.storage, presented.as_deref()).await
+            state.authenticator.authenticate(&state.storage, presented.as_deref(), client).await
         })
     }
 }
@@ -157,7 +202,7 @@ mod tests {
 
     #[test]
     fn user_keys_act_only_for_their_user() {
-        let c = Caller::User("alice".into());
+        let c = Caller::User { user_id: "alice".into(), key_id: "k1".into() };
         assert_eq!(c.acting_user(None).unwrap(), "alice");
         assert_eq!(c.acting_user(Some("alice")).unwrap(), "alice");
         assert_eq!(c.acting_user(Some("bob")).unwrap_err().code(), "forbidden");

@@ -168,6 +168,11 @@ impl SessionService {
         Self { settings, storage, registry, hub, users_root }
     }
 
+    /// Canonical `user.base_dir`.
+    pub fn users_root(&self) -> &std::path::Path {
+        &self.users_root
+    }
+
     pub async fn create(&self, caller: &Caller, req: CreateSession) -> Result<Session, ApiError> {
         let user_id = caller.acting_user(req.user_id.as_deref())?;
         if *caller == Caller::Admin && self.storage.get_user(&user_id).await?.is_none() {

@@ -4,9 +4,8 @@ use diesel::prelude::*;
 use diesel_async::AsyncConnection;
 use diesel_async::RunQueryDsl;
 
-use super::schema::{api_keys, sessions, users};
+use super::schema::{api_keys, events, messages, sessions, users};
 use super::{ApiKeyRow, Storage, StorageError, UserRow, run};
-use crate::sessions::SessionStatus;
 
 impl Storage {
     /// Creates a user together with its first key, atomically. `Conflict` if the user exists.
@@ -34,31 +33,29 @@ impl Storage {
             .optional()?)
     }
 
-    /// Deletes a user, revokes its keys and closes its open sessions in one transaction.
-    /// Returns `None` if there was no such user, else the ids of the sessions it closed.
-    pub async fn delete_user(&self, user_id: &str, now: i64) -> Result<Option<Vec<String>>, StorageError> {
-        run!(self, [user_id, now], |conn| {
+    /// Purges a user in one transaction: the user, its keys, its sessions with their messages
+    /// and events, so a user created again with the same id starts with nothing. Returns `None`
+    /// if there was no such user, else the ids of the sessions it had (their CLIs must stop).
+    pub async fn delete_user(&self, user_id: &str) -> Result<Option<Vec<String>>, StorageError> {
+        run!(self, [user_id], |conn| {
             conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
                 let deleted = diesel::delete(users::table.find(user_id)).execute(conn).await?;
                 if deleted == 0 {
                     return Ok(None);
                 }
-                diesel::update(api_keys::table.filter(api_keys::user_id.eq(user_id)))
-                    .filter(api_keys::revoked_at.is_null())
-                    .set(api_keys::revoked_at.eq(now))
-                    .execute(conn)
-                    .await?;
-                let open = sessions::table
+                diesel::delete(api_keys::table.filter(api_keys::user_id.eq(user_id))).execute(conn).await?;
+                let owned = sessions::table
                     .filter(sessions::user_id.eq(user_id))
-                    .filter(sessions::status.eq_any(SessionStatus::OPEN_STRS))
                     .select(sessions::session_id)
                     .load::<String>(conn)
                     .await?;
-                diesel::update(sessions::table.filter(sessions::session_id.eq_any(&open)))
-                    .set(sessions::status.eq(SessionStatus::Closed.as_str()))
-                    .execute(conn)
-                    .await?;
-                Ok(Some(open))
+                // Explicit rather than by ON DELETE CASCADE, which SQLite honours only with
+                // `foreign_keys` on for the connection.
+                let of_user = sessions::table.filter(sessions::user_id.eq(user_id)).select(sessions::session_id);
+                diesel::delete(events::table.filter(events::session_id.eq_any(of_user))).execute(conn).await?;
+                diesel::delete(messages::table.filter(messages::session_id.eq_any(of_user))).execute(conn).await?;
+                diesel::delete(sessions::table.filter(sessions::user_id.eq(user_id))).execute(conn).await?;
+                Ok(Some(owned))
             })
             .await?
         })

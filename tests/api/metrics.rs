@@ -81,3 +81,42 @@ async fn metrics_move_with_turns_sessions_refusals_evictions_and_streams() {
     let last = scrape(&app, token).await;
     assert_eq!(value(&last, "claude_agent_sse_clients"), 0.0);
 }
+
+/// Made-up methods and paths need no key, so they must not each make a series: 3000 of them
+/// leave a handful (`other` for the route and the method).
+#[actix_web::test]
+async fn junk_requests_do_not_grow_the_label_set() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    let series = |text: &str| text.lines().filter(|l| l.starts_with("claude_agent_http_requests_total{")).count();
+    let before = series(&scrape(&app, None).await);
+    for i in 0..3000 {
+        let (method, path) = match i % 4 {
+            0 => (Method::GET, format!("/junk/{i}")),
+            3 => (Method::POST, format!("/api/v1/sessions/{i}/nope{i}")),
+            1 => (Method::from_bytes(format!("M{i}").as_bytes()).unwrap(), "/health".to_string()),
+            _ => (Method::from_bytes(format!("X{i}").as_bytes()).unwrap(), format!("/api/v1/x{i}")),
+        };
+        app.request(method, &path, None, None).await;
+    }
+    let text = scrape(&app, None).await;
+    let after = series(&text);
+    assert!(after <= before + 6, "{before} series before, {after} after 3000 junk requests");
+    assert!(value(&text, "claude_agent_http_requests_total{method=\"GET\",route=\"other\",status=\"404\"}") >= 750.0);
+}
+
+/// Guessing the metrics token counts against the address like guessing keys.
+#[actix_web::test]
+async fn wrong_metrics_tokens_are_rate_limited() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.metrics.token = Some("scrape-token-123".into());
+        s.auth.failed_auth_burst = 3;
+    })
+    .await;
+    for _ in 0..3 {
+        app.request(Method::GET, "/metrics", Some("guess"), None).await.assert_error(401, "unauthorized");
+    }
+    let limited = app.request(Method::GET, "/metrics", Some("guess"), None).await;
+    limited.assert_error(429, "rate_limited");
+    assert!(limited.header("retry-after").is_some());
+    app.request(Method::GET, "/metrics", Some("scrape-token-123"), None).await.assert_error(429, "rate_limited");
+}

@@ -156,3 +156,22 @@ async fn postgres_going_away_gives_503_and_the_service_recovers() {
     drop(app);
     pg_admin(&format!("DROP DATABASE {db} WITH (FORCE)")).await;
 }
+
+/// `/health` needs no key: a CLI that fails `--version` is asked again only after a few seconds,
+/// not on every call (else anyone could fork processes at will).
+#[actix_web::test]
+async fn health_does_not_run_a_failing_cli_on_every_call() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = tempfile::tempdir().unwrap();
+    let (cli, calls) = (scratch.path().join("claude"), scratch.path().join("calls"));
+    std::fs::write(&cli, format!("#!/bin/sh\necho x >> {}\nexit 1\n", calls.display())).unwrap();
+    std::fs::set_permissions(&cli, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let app = spawn_app_with(Backend::Sqlite, |s| s.cli.path = cli.display().to_string()).await;
+    for _ in 0..20 {
+        let health = app.get_health().await;
+        assert_eq!(health.status, StatusCode::SERVICE_UNAVAILABLE, "{}", health.text);
+    }
+    let runs = std::fs::read_to_string(&calls).unwrap_or_default().lines().count();
+    // One run, or two if the 20 calls straddled the end of the few seconds a failure is kept.
+    assert!((1..=2).contains(&runs), "the CLI ran {runs} times for 20 health checks");
+}
