@@ -331,6 +331,11 @@ fn signal_group(pgid: i32, signal: i32) {
     }
 }
 
+fn group_exists(pgid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    pgid > 0 && unsafe { libc::kill(-pgid, 0) } == 0
+}
+
 /// Owns the child until it is reaped; afterwards kills whatever is left in its process group
 /// (tools, shells, MCP servers the CLI started).
 async fn supervise(mut child: Child, pgid: i32, stop: oneshot::Receiver<Duration>, exited: oneshot::Sender<ExitInfo>) {
@@ -354,6 +359,14 @@ async fn supervise(mut child: Child, pgid: i32, stop: oneshot::Receiver<Duration
         }
     };
     signal_group(pgid, libc::SIGKILL);
+    // SIGKILL is delivered asynchronously: "exited" means the whole group is gone, so wait
+    // (briefly, bounded) until no member is left for init to reap.
+    for _ in 0..100 {
+        if !group_exists(pgid) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let _ = exited.send(ExitInfo { status });
 }
 

@@ -215,3 +215,28 @@ async fn the_services_data_is_readable_by_its_owner_only() {
         assert_eq!(mode(std::path::Path::new(&file)), 0o600, "{file:?}");
     }
 }
+
+/// The revocation attack with the real CLI: a key revoked while its streams are open (a
+/// follower and a turn that would stream for 6 s) loses them at once.
+#[actix_web::test]
+async fn a_revoked_keys_open_streams_on_the_real_cli_end_at_once() {
+    let mock = MockApi::start();
+    let app = spawn_real_app(&mock, |s| s.sandbox.mode = SandboxMode::Landlock).await;
+    let key = app.create_user("alice").await;
+    let id = app.create_session(&key, json!({})).await;
+    app.wait_active(&key, &id).await;
+    let mut follower = app.open_events(&format!("/api/v1/sessions/{id}/events"), Some(&key), None).await;
+    let mut turn = app.open_chat_stream(&key, &id, "slow").await;
+    turn.take(1).await;
+    follower.take(1).await;
+    let key_id = key.split('_').nth(1).unwrap();
+    let revoked_at = std::time::Instant::now();
+    let res = app.delete_key(crate::helpers::ADMIN_KEY, "alice", key_id).await;
+    assert_eq!(res.status, awc::http::StatusCode::NO_CONTENT, "{}", res.text);
+    for stream in [&mut turn, &mut follower] {
+        let rest = tokio::time::timeout(std::time::Duration::from_secs(5), stream.rest()).await;
+        assert!(rest.is_ok(), "the stream ended");
+        assert!(revoked_at.elapsed() < std::time::Duration::from_secs(2), "{:?}", revoked_at.elapsed());
+    }
+    app.list_sessions(&key, "").await.assert_error(401, "unauthorized");
+}
