@@ -183,6 +183,14 @@ async fn the_real_clis_own_swap_is_refused() {
     assert_eq!(swap.status, StatusCode::OK, "{}", swap.text);
     assert!(std::fs::symlink_metadata(users.join("alice/proj")).unwrap().file_type().is_symlink(), "{}", swap.text);
     every_operation_is_refused(&s, &users.join("bob"), "secret.txt").await;
+    // Then to the service's data dir and to `/`, each planted by the agent itself.
+    let data = std::fs::canonicalize(&s.app.settings.data.dir).unwrap();
+    std::fs::write(data.join("admin.key"), "the admin key").unwrap();
+    for (target, file) in [(data, "admin.key"), (PathBuf::from("/"), "etc/shadow")] {
+        let relink = s.app.chat(&s.alice, &s.top, &format!("bash rm proj && ln -s {} proj", target.display())).await;
+        assert_eq!(std::fs::read_link(users.join("alice/proj")).unwrap(), target, "{}", relink.text);
+        every_operation_is_refused(&s, &target, file).await;
+    }
     assert_eq!(s.app.delete_session(&s.alice, &s.proj, "").await.status, StatusCode::NO_CONTENT);
     s.app.resume_session(&s.alice, &s.proj).await.assert_error(400, "invalid_path");
 }
