@@ -580,6 +580,19 @@ mod tests {
         assert_eq!(out.trim(), std::fs::canonicalize(&checked).unwrap().to_str().unwrap());
     }
 
+    /// Bytes that are not UTF-8 and a line over the cap neither stop the reader nor grow it.
+    #[actix_web::test]
+    async fn stderr_lines_are_read_as_bytes_and_capped() {
+        let mut input: &[u8] = b"bad \xff\xfe\nxxxxxxxxxx\nlast";
+        let mut line = Vec::new();
+        let mut lines = Vec::new();
+        while read_stderr_line(&mut input, &mut line, 8).await.unwrap() {
+            lines.push(String::from_utf8_lossy(&line).into_owned());
+            line.clear();
+        }
+        assert_eq!(lines, ["bad \u{fffd}\u{fffd}", "xxxxxxxx", "last"]);
+    }
+
     #[test]
     fn stderr_tail_keeps_the_end() {
         let mut tail = StderrTail::default();

@@ -106,6 +106,15 @@ impl Service {
     }
 }
 
+/// A test that failed half-way does not leave its service running: it is asked to stop.
+impl Drop for Service {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.signal("TERM");
+        }
+    }
+}
+
 use awc::http::Method;
 
 pub async fn user(service: &Service) -> String {
