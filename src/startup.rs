@@ -97,7 +97,9 @@ impl Application {
         let hub = Arc::new(crate::sessions::hub::EventHub::default());
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let groups = Arc::new(crate::cli::orphans::GroupRecord::new(&settings.data.dir));
-        let reaped = groups.reap_previous_run();
+        // A /proc scan and a bounded wait for the killed: before anything is served.
+        let reaping = groups.clone();
+        let reaped = tokio::task::spawn_blocking(move || reaping.reap_previous_run()).await.unwrap_or(0);
         if reaped > 0 {
             log::warn!("killed {reaped} process(es) a previous run left behind (it was killed without shutting down)");
         }

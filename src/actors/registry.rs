@@ -68,6 +68,9 @@ struct Entry {
     pid: u32,
     last_active: Instant,
     phase: Phase,
+    /// When eviction last asked it to stop: the memory sample and the idle sweep can both
+    /// run before its `Stopping` arrives, and must not ask (and log) twice.
+    evict_asked: Option<Instant>,
     ended: watch::Sender<bool>,
 }
 
@@ -154,6 +157,13 @@ impl Registry {
         let program = crate::cli::locate(&self.settings.cli.path).ok_or_else(|| {
             ApiError::CliFailed(format!("the claude CLI was not found at `{}` (cli.path)", self.settings.cli.path))
         })?;
+        // Fail closed: the defaults may be laxer than what the session asked for (e.g.
+        // `bypassPermissions` where it chose to be asked before each tool).
+        let overrides: Map<String, Value> = serde_json::from_str(&row.options).map_err(|e| {
+            ApiError::CliFailed(format!(
+                "the session's stored options are unreadable ({e}); it is not started with the service defaults"
+            ))
+        })?;
         let cwd = PathBuf::from(&row.cwd);
         let user_dir = self.users_root.join(&row.user_id);
         let config_dir = user_dir.join(".claude");
@@ -161,7 +171,6 @@ impl Registry {
         private_dir(&tmp_dir).map_err(|e| ApiError::Internal(format!("cannot create {}: {e}", tmp_dir.display())))?;
         std::fs::create_dir_all(&config_dir)
             .map_err(|e| ApiError::Internal(format!("cannot create {}: {e}", config_dir.display())))?;
-        let overrides: Map<String, Value> = serde_json::from_str(&row.options).unwrap_or_default();
         let options = AgentOptions::resolve(&self.settings, &overrides);
         let mode = if transcript_path(&config_dir, &row.cwd, &row.cli_session_id).is_some() {
             StartMode::Resume
@@ -194,7 +203,7 @@ impl Registry {
         let child = process::spawn(&spec, &label, confinement)
             .map_err(|e| ApiError::CliFailed(format!("cannot start the claude CLI at {}: {e}", program.display())))?;
         log::info!("session {}: started the CLI (pid {}, {:?})", row.session_id, child.pid, mode);
-        self.groups.add(child.pid as i32, crate::clock::now_ms());
+        self.groups.add(child.pid as i32, &tmp_dir, crate::clock::now_ms());
         let pid = child.pid;
         let setup = SessionSetup {
             session_id: row.session_id.clone(),
@@ -224,6 +233,7 @@ impl Registry {
                 pid,
                 last_active: Instant::now(),
                 phase: Phase::Live,
+                evict_asked: None,
                 ended,
             },
         );
@@ -269,9 +279,15 @@ impl Registry {
             }
         }
         for (id, reason) in victims {
-            log::info!("session {id}: evicting ({reason:?})");
             // The actor refuses if a turn started meanwhile; it reports back with `Stopping`.
-            if let Some(e) = self.entries.get(&id) {
+            // Asked already, no turn since and recently: its `Stopping` is on its way (its
+            // memory is still counted above). Asked a check ago and still live: it refused.
+            let interval = self.limits.check_interval;
+            if let Some(e) = self.entries.get_mut(&id)
+                && !e.evict_asked.is_some_and(|asked| asked >= e.last_active && now - asked < interval)
+            {
+                log::info!("session {id}: evicting ({reason:?})");
+                e.evict_asked = Some(now);
                 e.addr.do_send(Stop { reason });
             }
         }

@@ -8,6 +8,7 @@ use actix_web::dev::Payload;
 use actix_web::error::{PayloadError, QueryPayloadError};
 use actix_web::http::header;
 use actix_web::{FromRequest, HttpRequest, web};
+use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
 use crate::error::{ApiError, FieldError};
@@ -33,17 +34,23 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
-        let body = web::Bytes::from_request(req, payload);
+        // Read here with our limit, not through `web::Bytes`, whose default `PayloadConfig`
+        // (256 KiB) would cap every body below `api.max_body_kb`.
+        let mut payload = payload.take();
         Box::pin(async move {
             if declared_len.is_some_and(|n| n > limit) {
                 return Err(too_large(limit));
             }
-            let bytes = body.await.map_err(|e| match e.as_error::<PayloadError>() {
-                Some(PayloadError::Overflow) => too_large(limit),
-                _ => ApiError::InvalidRequest(format!("cannot read the request body: {e}")),
-            })?;
-            if bytes.len() > limit {
-                return Err(too_large(limit));
+            let mut bytes = web::BytesMut::with_capacity(declared_len.unwrap_or(0).min(limit));
+            while let Some(chunk) = payload.next().await {
+                let chunk = chunk.map_err(|e| match e {
+                    PayloadError::Overflow => too_large(limit),
+                    e => ApiError::InvalidRequest(format!("cannot read the request body: {e}")),
+                })?;
+                if bytes.len() + chunk.len() > limit {
+                    return Err(too_large(limit));
+                }
+                bytes.extend_from_slice(&chunk);
             }
             let data: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
             if data != b"{}" && !is_json(content_type.as_deref()) {

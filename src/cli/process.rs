@@ -27,6 +27,8 @@ use super::protocol::{CliMessage, parse_line};
 /// The longest stdout line accepted (tool results with images can be megabytes).
 pub const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
 const STDERR_TAIL_BYTES: usize = 2048;
+/// The longest stderr line kept (for the log and the tail); the rest of the line is dropped.
+const STDERR_LINE_BYTES: usize = 4096;
 const READ_BUFFER_BYTES: usize = 8 * 1024;
 /// Open files per CLI process (soft limit; never above the service's own hard limit).
 const MAX_OPEN_FILES: libc::rlim_t = 8192;
@@ -113,21 +115,50 @@ unsafe fn mount_private_proc() {
     }
 }
 
+/// `struct __user_cap_header_struct` and `__user_cap_data_struct` (capability.h).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAPS_VERSION_3: u32 = 0x2008_0522;
+
 /// In the child between fork and exec: `no_new_privs` and every capability set emptied.
-fn shed_privileges(bounding: &[caps::Capability]) -> std::io::Result<()> {
-    use caps::CapSet;
+/// Raw syscalls, errors as raw OS errors: the caps crate builds a `String` on failure, and
+/// nothing may allocate after a fork in a threaded process.
+///
+/// SAFETY (caller): async-signal-safe syscalls only.
+unsafe fn shed_privileges(bounding: &[libc::c_ulong]) -> std::io::Result<()> {
     let denied = || std::io::Error::from_raw_os_error(libc::EPERM);
-    // SAFETY: plain prctl.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(denied());
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(denied());
+        }
+        for cap in bounding {
+            if libc::prctl(libc::PR_CAPBSET_DROP, *cap, 0, 0, 0) != 0 {
+                return Err(denied());
+            }
+        }
+        let ambient = libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong;
+        if libc::prctl(libc::PR_CAP_AMBIENT, ambient, 0, 0, 0) != 0 {
+            return Err(denied());
+        }
+        // Inheritable, permitted and effective emptied at once (lowering is always allowed).
+        let header = CapHeader { version: CAPS_VERSION_3, pid: 0 };
+        let none = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
+        if libc::syscall(libc::SYS_capset, &header as *const CapHeader, none.as_ptr()) != 0 {
+            return Err(denied());
+        }
     }
-    for cap in bounding {
-        caps::drop(None, CapSet::Bounding, *cap).map_err(|_| denied())?;
-    }
-    caps::clear(None, CapSet::Ambient).map_err(|_| denied())?;
-    caps::clear(None, CapSet::Inheritable).map_err(|_| denied())?;
-    // Clearing the permitted set clears the effective one too.
-    caps::clear(None, CapSet::Permitted).map_err(|_| denied())?;
     Ok(())
 }
 
@@ -253,7 +284,7 @@ pub fn spawn(
         cmd.current_dir(spec.cwd);
     }
     let shedding = shedding();
-    let bounding = shedding.bounding.clone();
+    let bounding: Vec<libc::c_ulong> = shedding.bounding.iter().map(|c| libc::c_ulong::from(c.index())).collect();
     let private_proc = shedding.private_proc;
     // SAFETY: only syscalls between fork and exec (prctl, setrlimit, fchdir, unshare, mount,
     // capset, Landlock's) on data prepared before the fork; errors are raw OS errors.
@@ -297,7 +328,13 @@ pub fn spawn(
     actix_web::rt::spawn(drain_stderr(stderr, stderr_tail.clone(), session_label.to_string()));
     let (stop_tx, stop_rx) = oneshot::channel();
     let (exit_tx, exit_rx) = oneshot::channel();
-    actix_web::rt::spawn(supervise(child, pid as i32, stop_rx, exit_tx));
+    let escapees = spec.env.iter().find(|(k, _)| k == "TMPDIR").map(|(_, dir)| Escapees {
+        tmp_dir: dir.into(),
+        since_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+    });
+    actix_web::rt::spawn(supervise(child, pid as i32, escapees, stop_rx, exit_tx));
     Ok(CliProcess { pid, stdin: stdin_tx, stderr_tail, stop: Some(stop_tx), exited: Some(exit_rx), stdout })
 }
 
@@ -311,13 +348,49 @@ async fn write_stdin(mut stdin: ChildStdin, mut lines: mpsc::UnboundedReceiver<V
     }
 }
 
-/// stderr is always read (an undrained pipe blocks the CLI at ~64 KiB).
+/// stderr is always read (an undrained pipe blocks the CLI at ~64 KiB), as bytes: a non-UTF-8
+/// byte or an endless line must not stop the drain (`lines()` would end at the first, and
+/// grow without bound on the second). Lines are cut at [`STDERR_LINE_BYTES`]; the rest of a
+/// long line is read and dropped.
 async fn drain_stderr(stderr: ChildStderr, tail: Arc<Mutex<StderrTail>>, label: String) {
-    let mut lines = BufReader::with_capacity(1024, stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        log::debug!(target: "cli", "{label} stderr: {line}");
+    let mut reader = BufReader::with_capacity(1024, stderr);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match read_stderr_line(&mut reader, &mut line, STDERR_LINE_BYTES).await {
+            Ok(true) => {}
+            Ok(false) | Err(_) => break,
+        }
+        let text = String::from_utf8_lossy(&line);
+        log::debug!(target: "cli", "{label} stderr: {text}");
         if let Ok(mut t) = tail.lock() {
-            t.push_line(&line);
+            t.push_line(&text);
+        }
+    }
+}
+
+/// One stderr line into `line`, keeping at most `cap` bytes of it; false at EOF.
+async fn read_stderr_line<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    line: &mut Vec<u8>,
+    cap: usize,
+) -> std::io::Result<bool> {
+    let mut read_any = false;
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(read_any);
+        }
+        read_any = true;
+        let (chunk, used, ended) = match available.iter().position(|&b| b == b'\n') {
+            Some(pos) => (&available[..pos], pos + 1, true),
+            None => (available, available.len(), false),
+        };
+        let room = cap.saturating_sub(line.len());
+        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        reader.consume(used);
+        if ended {
+            return Ok(true);
         }
     }
 }
@@ -336,9 +409,21 @@ fn group_exists(pgid: i32) -> bool {
     pgid > 0 && unsafe { libc::kill(-pgid, 0) } == 0
 }
 
+/// What a CLI started outside its process group is found by: its session's `TMPDIR`.
+struct Escapees {
+    tmp_dir: std::path::PathBuf,
+    since_ms: i64,
+}
+
 /// Owns the child until it is reaped; afterwards kills whatever is left in its process group
-/// (tools, shells, MCP servers the CLI started).
-async fn supervise(mut child: Child, pgid: i32, stop: oneshot::Receiver<Duration>, exited: oneshot::Sender<ExitInfo>) {
+/// (tools, shells, MCP servers the CLI started) and what left the group.
+async fn supervise(
+    mut child: Child,
+    pgid: i32,
+    escapees: Option<Escapees>,
+    stop: oneshot::Receiver<Duration>,
+    exited: oneshot::Sender<ExitInfo>,
+) {
     let status = tokio::select! {
         status = child.wait() => status.ok(),
         grace = stop => {
@@ -359,6 +444,10 @@ async fn supervise(mut child: Child, pgid: i32, stop: oneshot::Receiver<Duration
         }
     };
     signal_group(pgid, libc::SIGKILL);
+    if let Some(e) = escapees {
+        // A /proc scan: off the actor's thread.
+        let _ = tokio::task::spawn_blocking(move || super::orphans::kill_escapees(&e.tmp_dir, e.since_ms)).await;
+    }
     // SIGKILL is delivered asynchronously: "exited" means the whole group is gone, so wait
     // (briefly, bounded) until no member is left for init to reap.
     for _ in 0..100 {
@@ -502,6 +591,19 @@ mod tests {
         let mut out = String::new();
         child.stdout.take().unwrap().read_to_string(&mut out).await.unwrap();
         assert_eq!(out.trim(), std::fs::canonicalize(&checked).unwrap().to_str().unwrap());
+    }
+
+    /// Bytes that are not UTF-8 and a line over the cap neither stop the reader nor grow it.
+    #[actix_web::test]
+    async fn stderr_lines_are_read_as_bytes_and_capped() {
+        let mut input: &[u8] = b"bad \xff\xfe\nxxxxxxxxxx\nlast";
+        let mut line = Vec::new();
+        let mut lines = Vec::new();
+        while read_stderr_line(&mut input, &mut line, 8).await.unwrap() {
+            lines.push(String::from_utf8_lossy(&line).into_owned());
+            line.clear();
+        }
+        assert_eq!(lines, ["bad \u{fffd}\u{fffd}", "xxxxxxxx", "last"]);
     }
 
     #[test]

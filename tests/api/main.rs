@@ -18,4 +18,5 @@ mod sessions;
 mod shutdown;
 mod startup;
 mod timeouts;
+mod traps;
 mod users;

@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use claude_agent_http::memory::ProcessTable;
@@ -14,14 +15,21 @@ use crate::helpers::{all_gone, fake_cli_path, process_alive};
 const BIN: &str = env!("CARGO_BIN_EXE_claude-agent-http");
 const ADMIN: &str = "shutdown-test-admin-key-0123";
 
-struct Service {
-    child: Child,
-    url: String,
-    client: awc::Client,
+pub struct Service {
+    pub child: Child,
+    pub url: String,
+    pub client: awc::Client,
+    /// Every line the service logged after its "listening" line.
+    pub log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Service {
     fn start(dir: &Path) -> Service {
+        Service::start_with(dir, &fake_cli_path(), &[])
+    }
+
+    /// The service binary in `dir` with `cli` as its CLI and `env` on top of the test settings.
+    pub fn start_with(dir: &Path, cli: &Path, env: &[(&str, &str)]) -> Service {
         let mut cmd = Command::new(BIN);
         cmd.current_dir(dir);
         for (name, _) in std::env::vars().filter(|(k, _)| k.starts_with("CLAUDE_AGENT_")) {
@@ -30,13 +38,14 @@ impl Service {
         let mut child = cmd
             .env("CLAUDE_AGENT_API__PORT", "0")
             .env("CLAUDE_AGENT_ADMIN_KEY", ADMIN)
-            .env("CLAUDE_AGENT_CLI__PATH", fake_cli_path())
+            .env("CLAUDE_AGENT_CLI__PATH", cli)
             .env("CLAUDE_AGENT_CLI__STOP_GRACE", "1")
             .env("CLAUDE_AGENT_API__SHUTDOWN_GRACE", "2")
             .env("CLAUDE_AGENT_API__MAX_SESSIONS_PER_USER", "50")
             .env("CLAUDE_AGENT_API__MAX_SESSIONS", "50")
             .env("CLAUDE_AGENT_API__MAX_CONCURRENT_REQUESTS", "50")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -48,15 +57,22 @@ impl Service {
                 break rest.split_whitespace().next().unwrap().parse::<u16>().unwrap();
             }
         };
-        std::thread::spawn(move || for _ in lines {});
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                kept.lock().unwrap().push(line);
+            }
+        });
         Service {
             child,
             url: format!("http://127.0.0.1:{port}"),
             client: awc::Client::builder().timeout(Duration::from_secs(60)).finish(),
+            log,
         }
     }
 
-    async fn call(&self, method: awc::http::Method, path: &str, key: &str, body: Option<Value>) -> Value {
+    pub async fn call(&self, method: awc::http::Method, path: &str, key: &str, body: Option<Value>) -> Value {
         let req = self
             .client
             .request(method, format!("{}{path}", self.url))
@@ -69,7 +85,7 @@ impl Service {
         serde_json::from_slice(&bytes).unwrap_or(Value::Null)
     }
 
-    fn signal(&self, sig: &str) {
+    pub fn signal(&self, sig: &str) {
         Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
     }
 
@@ -78,7 +94,7 @@ impl Service {
     }
 
     /// Waits for the exit; its status and how long it took.
-    fn wait(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
+    pub fn wait(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -90,9 +106,18 @@ impl Service {
     }
 }
 
+/// A test that failed half-way does not leave its service running: it is asked to stop.
+impl Drop for Service {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.signal("TERM");
+        }
+    }
+}
+
 use awc::http::Method;
 
-async fn user(service: &Service) -> String {
+pub async fn user(service: &Service) -> String {
     service.call(Method::POST, "/api/v1/users", ADMIN, Some(json!({"user_id": "alice"}))).await["api_key"]
         .as_str()
         .unwrap()
