@@ -202,8 +202,9 @@ impl Storage {
                 for message in [&user, &assistant] {
                     diesel::insert_into(messages::table).values(message).execute(conn).await?;
                 }
+                // A batch handed again after a failure may already be stored in part.
                 for row in r.events.iter() {
-                    diesel::insert_into(events::table).values(row).execute(conn).await?;
+                    diesel::insert_into(events::table).values(row).on_conflict_do_nothing().execute(conn).await?;
                 }
                 if let Some(last) = r.events.last() {
                     diesel::delete(
@@ -268,8 +269,9 @@ impl Storage {
         let rows = rows.to_vec();
         run!(self, [rows, session_id, last_id, keep], |conn| {
             conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
+                // A batch handed again after a failure may already be stored in part.
                 for row in rows.iter() {
-                    diesel::insert_into(events::table).values(row).execute(conn).await?;
+                    diesel::insert_into(events::table).values(row).on_conflict_do_nothing().execute(conn).await?;
                 }
                 diesel::delete(
                     events::table.filter(events::session_id.eq(session_id)).filter(events::event_id.le(last_id - keep)),
@@ -355,6 +357,54 @@ impl Storage {
             .set(sessions::status.eq(to.as_str()))
             .execute(conn)
             .await?;
+        })
+    }
+}
+
+impl Storage {
+    /// Reserves `block` event ids for a new actor of the session and returns the floor: the
+    /// actor hands out ids above it, up to the floor plus `block`. The floor is above every
+    /// id stored or reserved before, so ids handed out by an earlier actor (even ones never
+    /// stored) are never handed out again.
+    pub async fn reserve_event_ids(&self, session_id: &str, block: i64) -> Result<i64, StorageError> {
+        run!(self, [session_id, block], |conn| {
+            conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
+                let (last, reserved): (i64, i64) = sessions::table
+                    .find(session_id)
+                    .select((sessions::last_event_id, sessions::event_id_reserved))
+                    .first(conn)
+                    .await?;
+                let floor = last.max(reserved);
+                diesel::update(sessions::table.find(session_id))
+                    .set(sessions::event_id_reserved.eq(floor + block))
+                    .execute(conn)
+                    .await?;
+                Ok(floor)
+            })
+            .await?
+        })
+    }
+
+    /// Moves the session's reservation up to `up_to` (never down).
+    pub async fn extend_event_ids(&self, session_id: &str, up_to: i64) -> Result<(), StorageError> {
+        run!(self, [session_id, up_to], |conn| {
+            diesel::update(sessions::table.find(session_id))
+                .filter(sessions::event_id_reserved.lt(up_to))
+                .set(sessions::event_id_reserved.eq(up_to))
+                .execute(conn)
+                .await?;
+        })
+    }
+
+    /// Gives back the unused part of a reservation (`ours`) once every id below `to` is
+    /// stored, so the next actor continues without a gap; a no-op if another actor reserved since.
+    pub async fn release_event_ids(&self, session_id: &str, ours: i64, to: i64) -> Result<(), StorageError> {
+        run!(self, [session_id, ours, to], |conn| {
+            diesel::update(sessions::table.find(session_id))
+                .filter(sessions::event_id_reserved.eq(ours))
+                .set(sessions::event_id_reserved.eq(to))
+                .execute(conn)
+                .await?;
         })
     }
 }
