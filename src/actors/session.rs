@@ -41,10 +41,11 @@ const EVENT_FLUSH_SIZE: usize = 64;
 const EVENT_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// Events held in memory until stored, at most: past this (the database has been away a long
 /// while) the running turn fails with `storage_unavailable` rather than memory growing.
-const MAX_UNSTORED: usize = 8192;
+const MAX_UNSTORED: usize = 65_536;
 /// Event ids are reserved in the session row in blocks of this size before they are handed
-/// out, so no id is handed out twice, whatever happens to the events.
-const ID_BLOCK: i64 = 1024;
+/// out, so no id is handed out twice, whatever happens to the events. Large, so that a burst
+/// never outruns the next reservation; unused ids are given back when an actor ends cleanly.
+const ID_BLOCK: i64 = 1 << 20;
 /// How long the end of a turn waits for its rows to be committed before the client gets
 /// `storage_unavailable` instead of its answer.
 const COMMIT_WAIT: Duration = Duration::from_secs(10);

@@ -102,7 +102,8 @@ async fn an_outage_while_sessions_stream_loses_no_event_and_reuses_no_id() {
     };
     let (seen, ()) = futures_util::future::join(reading, outage).await;
     let during = rss_kib();
-    assert!(during < before * 2 + 64 * 1024, "RSS {during} KiB against {before} KiB before the outage");
+    // The whole test process is measured (other tests run alongside): generous slack.
+    assert!(during < before * 2 + 256 * 1024, "RSS {during} KiB against {before} KiB before the outage");
 
     let back =
         eventually(Duration::from_secs(30), || async { app.get_session(&key, &ids[0]).await.status == StatusCode::OK })
