@@ -202,11 +202,8 @@ impl Storage {
                 for message in [&user, &assistant] {
                     diesel::insert_into(messages::table).values(message).execute(conn).await?;
                 }
-                // A batch handed again after a failure may already be stored in part.
-                for row in r.events.iter() {
-                    diesel::insert_into(events::table).values(row).on_conflict_do_nothing().execute(conn).await?;
-                }
                 if let Some(last) = r.events.last() {
+                    conn.insert_event_rows(kept_events(&r.events, last.event_id - r.keep_events)).await?;
                     diesel::delete(
                         events::table
                             .filter(events::session_id.eq(&r.session_id))
@@ -260,6 +257,42 @@ impl Storage {
     }
 }
 
+/// Events per INSERT on PostgreSQL: a row per statement (a round trip each) made a turn of
+/// 12,000 deltas take a minute to store, which read-your-writes makes the client wait for.
+const EVENT_INSERT_CHUNK: usize = 1000;
+
+/// Inserting a batch of event rows, skipping ids already stored (a batch handed again after
+/// a failure may be stored in part). One body per backend: diesel-async cannot run a batch
+/// INSERT on SQLite, where a statement per row costs no network round trip anyway.
+trait InsertEvents {
+    async fn insert_event_rows(&mut self, rows: Vec<&EventRow>) -> diesel::QueryResult<()>;
+}
+
+impl InsertEvents for diesel_async::AsyncPgConnection {
+    async fn insert_event_rows(&mut self, rows: Vec<&EventRow>) -> diesel::QueryResult<()> {
+        for chunk in rows.chunks(EVENT_INSERT_CHUNK) {
+            diesel::insert_into(events::table).values(chunk.to_vec()).on_conflict_do_nothing().execute(self).await?;
+        }
+        Ok(())
+    }
+}
+
+impl InsertEvents for super::SqliteConn {
+    async fn insert_event_rows(&mut self, rows: Vec<&EventRow>) -> diesel::QueryResult<()> {
+        for row in rows {
+            diesel::insert_into(events::table).values(row).on_conflict_do_nothing().execute(self).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The rows of a batch the trim to the latest `keep` would not delete right away (ids above
+/// `trim_to`): a turn longer than the replay window stores only its tail. Not assumed sorted
+/// (a batch handed again may have merged with a later one).
+fn kept_events(rows: &[EventRow], trim_to: i64) -> Vec<&EventRow> {
+    rows.iter().filter(|r| r.event_id > trim_to).collect()
+}
+
 impl Storage {
     /// Stores a batch of events and keeps only the latest `keep` of the session, in one
     /// transaction; also records the highest id on the session row.
@@ -269,10 +302,7 @@ impl Storage {
         let rows = rows.to_vec();
         run!(self, [rows, session_id, last_id, keep], |conn| {
             conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
-                // A batch handed again after a failure may already be stored in part.
-                for row in rows.iter() {
-                    diesel::insert_into(events::table).values(row).on_conflict_do_nothing().execute(conn).await?;
-                }
+                conn.insert_event_rows(kept_events(rows, last_id - keep)).await?;
                 diesel::delete(
                     events::table.filter(events::session_id.eq(session_id)).filter(events::event_id.le(last_id - keep)),
                 )
@@ -406,5 +436,22 @@ impl Storage {
                 .execute(conn)
                 .await?;
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64) -> EventRow {
+        EventRow { session_id: "s".into(), event_id: id, turn_id: "t".into(), payload: "{}".into(), created_at: 0 }
+    }
+
+    #[test]
+    fn only_rows_the_trim_would_keep_are_inserted_in_any_order() {
+        let rows: Vec<EventRow> = [5, 6, 1, 2, 7].into_iter().map(row).collect();
+        let kept: Vec<i64> = kept_events(&rows, 5).iter().map(|r| r.event_id).collect();
+        assert_eq!(kept, [6, 7]);
+        assert_eq!(kept_events(&rows, 0).len(), 5);
     }
 }
