@@ -343,7 +343,7 @@ impl SessionActor {
             return;
         }
         self.extending_ids = true;
-        ctx.spawn(async move { extended.await }.into_actor(self).map(move |result, act, _| {
+        ctx.spawn(extended.into_actor(self).map(move |result, act, _| {
             act.extending_ids = false;
             if let Ok(Ok(up_to)) = result {
                 act.reserved_up_to = act.reserved_up_to.max(up_to);
@@ -389,7 +389,7 @@ impl SessionActor {
         self.handed_up_to = up_to;
         let (stored, confirmed) = oneshot::channel();
         let (notify, done) = oneshot::channel();
-        ctx.spawn(async move { confirmed.await }.into_actor(self).map(move |result, act, ctx| {
+        ctx.spawn(confirmed.into_actor(self).map(move |result, act, ctx| {
             if let Ok(Ok(_)) = result {
                 act.unstored.retain(|e| e.id < first || e.id > up_to);
             } else {
@@ -860,7 +860,7 @@ impl Actor for SessionActor {
         // CLI starts.
         let (floor_tx, floor) = oneshot::channel();
         let _ = self.persist.push(PersistJob::ReserveIds { block: ID_BLOCK, floor: floor_tx });
-        ctx.spawn(async move { floor.await }.into_actor(self).map(|result, act, ctx| match result {
+        ctx.spawn(floor.into_actor(self).map(|result, act, ctx| match result {
             Ok(Ok(floor)) => {
                 act.next_event_id = floor + 1;
                 act.handed_up_to = floor;
@@ -1139,10 +1139,11 @@ impl Handler<AnswerPermission> for SessionActor {
             .take_permission(&msg.request_id, ctx)
             .ok_or_else(|| ApiError::NotFound("No open permission request with this id".into()))?;
         if msg.allow {
-            if msg.always && self.always_allowed.insert(pending.tool_name.clone()) {
-                if self.persist.push(PersistJob::AllowTool(pending.tool_name.clone())).is_err() {
-                    log::warn!("session {}: storage is behind; always-allow kept for this process only", self.id);
-                }
+            if msg.always
+                && self.always_allowed.insert(pending.tool_name.clone())
+                && self.persist.push(PersistJob::AllowTool(pending.tool_name.clone())).is_err()
+            {
+                log::warn!("session {}: storage is behind; always-allow kept for this process only", self.id);
             }
             self.answer_permission(&msg.request_id, Ok(msg.updated_input.unwrap_or(pending.tool_input)));
         } else {
