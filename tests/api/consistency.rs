@@ -143,3 +143,36 @@ async fn an_outage_while_sessions_stream_loses_no_event_and_reuses_no_id() {
     drop(app);
     pg_admin(&format!("DROP DATABASE {db} WITH (FORCE)")).await;
 }
+
+/// Events a client saw but storage refused for good (here a trigger rejects every event row)
+/// are never stored: after a restart the session's new events still number above them.
+#[actix_web::test]
+async fn ids_a_client_saw_but_storage_never_kept_are_not_handed_out_again_after_a_restart() {
+    let db = format!("t_ids_{}", uuid::Uuid::new_v4().simple());
+    pg_admin(&format!("CREATE DATABASE {db}")).await;
+    let url = pg_url_for_database(&db);
+    let app = spawn_app_with(Backend::Postgres, |s| s.session.database_url = Some(url.clone())).await;
+    let key = app.create_user("alice").await;
+    let id = app.create_session(&key, json!({})).await;
+    assert_eq!(app.chat(&key, &id, "stored").await.status, StatusCode::OK);
+    pg_in(
+        &url,
+        "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$ LANGUAGE plpgsql; \
+         CREATE TRIGGER refuse BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse();",
+    )
+    .await;
+    let seen = app.open_chat_stream(&key, &id, "never stored").await.until_turn_end().await;
+    let high = seen.last().expect("frames").0;
+
+    let app = app.restart().await;
+    let frames = app.open_chat_stream(&key, &id, "after").await.until_turn_end().await;
+    assert!(frames.iter().all(|(i, _)| *i > high), "ids {frames:?} not above {high}, which a client saw");
+    drop(app);
+    pg_admin(&format!("DROP DATABASE {db} WITH (FORCE)")).await;
+}
+
+async fn pg_in(url: &str, sql: &str) {
+    use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+    let mut conn = diesel_async::AsyncPgConnection::establish(url).await.expect("test database");
+    conn.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
