@@ -37,6 +37,18 @@ pub const CLIENT_BUFFER: usize = 4096;
 /// Events are written in batches: after this delay, or at this size, or at the end of a turn.
 const EVENT_FLUSH_DELAY: Duration = Duration::from_millis(100);
 const EVENT_FLUSH_SIZE: usize = 64;
+/// A batch the writer gave up on is handed to it again after this delay.
+const EVENT_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// Events held in memory until stored, at most: past this (the database has been away a long
+/// while) the running turn fails with `storage_unavailable` rather than memory growing.
+const MAX_UNSTORED: usize = 65_536;
+/// Event ids are reserved in the session row in blocks of this size before they are handed
+/// out, so no id is handed out twice, whatever happens to the events. Large, so that a burst
+/// never outruns the next reservation; unused ids are given back when an actor ends cleanly.
+const ID_BLOCK: i64 = 1 << 20;
+/// How long the end of a turn waits for its rows to be committed before the client gets
+/// `storage_unavailable` instead of its answer.
+const COMMIT_WAIT: Duration = Duration::from_secs(10);
 
 /// Why a session's process is stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,7 +143,7 @@ pub struct SessionActor {
     cli_session_id: String,
     registry: Addr<Registry>,
     settings: Arc<Settings>,
-    persist: mpsc::UnboundedSender<PersistJob>,
+    persist: persist::Writer,
     process: CliProcess,
     tmp_dir: PathBuf,
     ready: bool,
@@ -171,6 +183,15 @@ pub struct SessionActor {
     handed_up_to: i64,
     flush_scheduled: bool,
     replay_keep: i64,
+    /// The CLI answered `initialize`; `ready` once the event ids are reserved as well.
+    cli_ready: bool,
+    ids_reserved: bool,
+    /// The highest event id reserved in storage: no id above it is handed out.
+    reserved_up_to: i64,
+    extending_ids: bool,
+    /// The last turn's end waits for its commit (no new turn starts meanwhile, so its
+    /// final frame keeps its place in the numbering); resolves once its frame is delivered.
+    committing: Option<oneshot::Receiver<()>>,
 }
 
 impl SessionActor {
@@ -195,6 +216,11 @@ impl SessionActor {
             unstored: VecDeque::new(),
             handed_up_to: setup.last_event_id,
             flush_scheduled: false,
+            cli_ready: false,
+            ids_reserved: false,
+            reserved_up_to: setup.last_event_id,
+            extending_ids: false,
+            committing: None,
             replay_keep: settings.events.replay as i64,
             persist: persist::start(storage, setup.session_id.clone()),
             id: setup.session_id,
@@ -246,28 +272,58 @@ impl SessionActor {
     }
 
     fn set_status(&self, to: SessionStatus) {
-        let _ = self.persist.send(PersistJob::Status { to, from: &SessionStatus::LIVE });
+        if self.persist.push(PersistJob::Status { to, from: &SessionStatus::LIVE }).is_err() {
+            log::warn!("session {}: storage is behind; status {} not recorded", self.id, to.as_str());
+        }
     }
 
-    /// Numbers an event and hands it to the turn's client. A client that cannot keep up is
-    /// dropped rather than slowing the turn.
-    fn emit(&mut self, json: String, outcome: Option<TurnOutcome>, ctx: &mut Context<Self>) {
-        let Some(turn) = self.turn.as_mut() else { return };
+    /// Gives the next event id to an event of turn `turn_id`.
+    fn number(&mut self, json: String, outcome: Option<TurnOutcome>, turn_id: &Arc<str>) -> Arc<SessionEvent> {
         let event =
-            Arc::new(SessionEvent { id: self.next_event_id, turn_id: turn.id.clone(), json: json.into(), outcome });
+            Arc::new(SessionEvent { id: self.next_event_id, turn_id: turn_id.clone(), json: json.into(), outcome });
         self.next_event_id += 1;
-        if let Some(sink) = &turn.sink
-            && sink.try_send(event.clone()).is_err()
+        event
+    }
+
+    /// Hands an event to the turn's client (if `sink`) and to followers. A client that cannot
+    /// keep up is dropped rather than slowing the turn.
+    fn deliver(&self, event: &Arc<SessionEvent>, sink: &mut Option<mpsc::Sender<Arc<SessionEvent>>>) {
+        if let Some(tx) = sink
+            && tx.try_send(event.clone()).is_err()
         {
             log::info!("session {}: client gone or too slow; the turn goes on without it", self.id);
-            turn.sink = None;
+            *sink = None;
         }
-        self.hub.publish(&self.id, &event);
+        self.hub.publish(&self.id, event);
+    }
+
+    /// Numbers an event of the running turn, hands it out and queues it for storage. A turn
+    /// that would run past the reserved ids or the events memory may hold (the database is
+    /// away) fails with `storage_unavailable` instead.
+    fn emit(&mut self, json: String, outcome: Option<TurnOutcome>, ctx: &mut Context<Self>) {
+        let Some(turn_id) = self.turn.as_ref().map(|t| t.id.clone()) else { return };
+        if outcome.is_none() && !id_budget_left(self.next_event_id, self.reserved_up_to, self.unstored.len()) {
+            log::warn!("session {}: events cannot be stored; the turn fails", self.id);
+            let err = ApiError::StorageUnavailable("the turn's events could not be stored".into());
+            self.abandon_turn(err, ctx);
+            return;
+        }
+        let event = self.number(json, outcome, &turn_id);
+        let mut sink = self.turn.as_mut().and_then(|t| t.sink.take());
+        self.deliver(&event, &mut sink);
+        if let Some(turn) = self.turn.as_mut() {
+            turn.sink = sink;
+        }
         self.unstored.push_back(event);
+        self.extend_ids(ctx);
+        self.schedule_flush(ctx);
+    }
+
+    fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
         let waiting = (self.next_event_id - 1 - self.handed_up_to) as usize;
         if waiting >= EVENT_FLUSH_SIZE {
             self.flush_events(ctx);
-        } else if !self.flush_scheduled {
+        } else if waiting > 0 && !self.flush_scheduled {
             self.flush_scheduled = true;
             ctx.run_later(EVENT_FLUSH_DELAY, |act, ctx| {
                 act.flush_scheduled = false;
@@ -276,39 +332,75 @@ impl SessionActor {
         }
     }
 
+    /// Reserves the next block of ids once half of the current one is used (without waiting).
+    fn extend_ids(&mut self, ctx: &mut Context<Self>) {
+        if self.extending_ids || !self.ids_reserved || self.reserved_up_to - self.next_event_id >= ID_BLOCK / 2 {
+            return;
+        }
+        let up_to = self.reserved_up_to + ID_BLOCK;
+        let (done, extended) = oneshot::channel();
+        if self.persist.push(PersistJob::ExtendIds { up_to, done: vec![done] }).is_err() {
+            return;
+        }
+        self.extending_ids = true;
+        ctx.spawn(extended.into_actor(self).map(move |result, act, _| {
+            act.extending_ids = false;
+            if let Ok(Ok(up_to)) = result {
+                act.reserved_up_to = act.reserved_up_to.max(up_to);
+            }
+        }));
+    }
+
     /// Hands the events not yet handed to the writer as its own batch; they stay in memory
-    /// until it confirms. The receiver resolves once they are stored.
+    /// until it confirms. The receiver resolves once they are stored (or given up on).
     fn flush_events(&mut self, ctx: &mut Context<Self>) -> Option<oneshot::Receiver<()>> {
-        let (rows, stored, done) = self.hand_events(ctx)?;
-        let _ = self.persist.send(PersistJob::Events { rows, keep: self.replay_keep, stored });
+        let (rows, stored, done) = self.hand_events(None, ctx)?;
+        if let Err(PersistJob::Events { stored, .. }) =
+            self.persist.push(PersistJob::Events { rows, keep: self.replay_keep, stored: vec![stored] })
+        {
+            // No room: they are handed again later.
+            for s in stored {
+                let _ = s.send(Err("the writer's queue is full".into()));
+            }
+        }
         Some(done)
     }
 
-    /// The events not yet handed to the writer, as rows, with the sender the writer confirms
-    /// them on (which drops them from memory) and a receiver that resolves then.
+    /// The events not yet handed to the writer (plus `last`, a turn's final frame, which is
+    /// delivered only once stored), as rows, with the sender the writer confirms them on and a
+    /// receiver that resolves then. Stored events leave memory; events the writer gave up on
+    /// stay and are handed again after `EVENT_RETRY_DELAY`.
     fn hand_events(
         &mut self,
+        last: Option<&Arc<SessionEvent>>,
         ctx: &mut Context<Self>,
-    ) -> Option<(Vec<EventRow>, oneshot::Sender<i64>, oneshot::Receiver<()>)> {
-        let rows: Vec<EventRow> = self
-            .unstored
-            .iter()
-            .filter(|e| e.id > self.handed_up_to)
-            .map(|e| EventRow {
-                session_id: self.id.clone(),
-                event_id: e.id,
-                turn_id: e.turn_id.to_string(),
-                payload: e.json.to_string(),
-                created_at: clock::now_ms(),
-            })
-            .collect();
-        self.handed_up_to = rows.last()?.event_id;
+    ) -> Option<(Vec<EventRow>, oneshot::Sender<persist::Stored>, oneshot::Receiver<()>)> {
+        let now = clock::now_ms();
+        let to_row = |e: &Arc<SessionEvent>| EventRow {
+            session_id: self.id.clone(),
+            event_id: e.id,
+            turn_id: e.turn_id.to_string(),
+            payload: e.json.to_string(),
+            created_at: now,
+        };
+        let rows: Vec<EventRow> =
+            self.unstored.iter().filter(|e| e.id > self.handed_up_to).chain(last).map(to_row).collect();
+        let (first, up_to) = (rows.first()?.event_id, rows.last()?.event_id);
+        self.handed_up_to = up_to;
         let (stored, confirmed) = oneshot::channel();
         let (notify, done) = oneshot::channel();
-        ctx.spawn(async move { confirmed.await.ok() }.into_actor(self).map(move |stored, act, _| {
-            if let Some(up_to) = stored {
-                while act.unstored.front().is_some_and(|e| e.id <= up_to) {
-                    act.unstored.pop_front();
+        ctx.spawn(confirmed.into_actor(self).map(move |result, act, ctx| {
+            if let Ok(Ok(_)) = result {
+                act.unstored.retain(|e| e.id < first || e.id > up_to);
+            } else {
+                // Not stored: never confirmed; handed again (storing twice is harmless).
+                act.handed_up_to = act.handed_up_to.min(first - 1);
+                if !act.flush_scheduled {
+                    act.flush_scheduled = true;
+                    ctx.run_later(EVENT_RETRY_DELAY, |act, ctx| {
+                        act.flush_scheduled = false;
+                        act.flush_events(ctx);
+                    });
                 }
             }
             let _ = notify.send(());
@@ -446,7 +538,9 @@ impl SessionActor {
         self.finish_turn(Some(summary.clone()), TurnOutcome::Done { result: summary, tool_calls }, ctx);
     }
 
-    /// Ends the current turn: its last frame, the stored record, the slot back.
+    /// Ends the current turn: its last frame, the stored record, the slot back. The last frame
+    /// goes out only once the turn's rows (messages, counters, events) are committed, so a read
+    /// right after it sees the turn; if they cannot be, the client gets `storage_unavailable`.
     fn finish_turn(&mut self, summary: Option<TurnResult>, outcome: TurnOutcome, ctx: &mut Context<Self>) {
         let json = match &outcome {
             TurnOutcome::Done { result, .. } => events::done(result),
@@ -456,10 +550,10 @@ impl SessionActor {
             TurnOutcome::Failed(err) => Some(err.code()),
             TurnOutcome::Done { .. } => None,
         };
-        self.emit(json, Some(outcome), ctx);
+        let Some(mut turn) = self.turn.take() else { return };
+        let last = self.number(json, Some(outcome), &turn.id);
         // The turn's last events are stored in the same transaction as the turn itself.
-        let events = self.hand_events(ctx);
-        let Some(turn) = self.turn.take() else { return };
+        let (events, stored, _) = self.hand_events(Some(&last), ctx).expect("the last frame is a row");
         for timer in &turn.timers {
             ctx.cancel_future(*timer);
         }
@@ -472,10 +566,6 @@ impl SessionActor {
             usage.output_tokens,
             summary.as_ref().map(|s| s.cost_usd).unwrap_or(0.0),
         );
-        let (events, stored) = match events {
-            Some((rows, stored, _)) => (rows, Some(stored)),
-            None => (Vec::new(), None),
-        };
         let record = TurnRecord {
             events,
             keep_events: self.replay_keep,
@@ -487,13 +577,41 @@ impl SessionActor {
             turn_cost_usd: summary.as_ref().map(|s| s.cost_usd).unwrap_or(0.0),
             input_tokens: usage.input_tokens,
             output_tokens: usage.output_tokens,
-            last_event_id: self.next_event_id - 1,
-            user_text: turn.user_text,
-            assistant_text: summary.map(|s| s.text).unwrap_or(turn.assistant_text),
+            last_event_id: last.id,
+            user_text: std::mem::take(&mut turn.user_text),
+            assistant_text: summary.map(|s| s.text).unwrap_or(std::mem::take(&mut turn.assistant_text)),
             tool_calls: serde_json::to_string(&turn.tool_calls).unwrap_or_else(|_| "[]".into()),
         };
         log::debug!("session {}: turn {} ended after {:?}", self.id, record.turn_id, turn.started.elapsed());
-        let _ = self.persist.send(PersistJob::TurnFinished(Box::new(record), stored));
+        let (committed_tx, committed) = oneshot::channel();
+        // A refused push drops both senders: the wait below sees the turn as not stored.
+        let _ = self.persist.push(PersistJob::TurnFinished(Box::new(record), vec![committed_tx, stored]));
+        let (delivered, delivered_rx) = oneshot::channel();
+        self.committing = Some(delivered_rx);
+        let mut sink = turn.sink.take();
+        let turn_id = turn.id.clone();
+        let wait = async move { tokio::time::timeout(COMMIT_WAIT, committed).await };
+        ctx.spawn(wait.into_actor(self).map(move |result, act, ctx| {
+            match result {
+                Ok(Ok(Ok(_))) => act.deliver(&last, &mut sink),
+                failed => {
+                    let why = match failed {
+                        Ok(Ok(Err(e))) => e,
+                        Err(_) => format!("the turn was not stored within {COMMIT_WAIT:?}"),
+                        _ => "the writer's queue is full".into(),
+                    };
+                    log::warn!("session {}: turn {turn_id} not stored: {why}", act.id);
+                    let err = ApiError::StorageUnavailable(format!("the turn's result could not be stored: {why}"));
+                    let frame = act.number(events::error(&err), Some(TurnOutcome::Failed(err)), &turn_id);
+                    act.deliver(&frame, &mut sink);
+                    act.unstored.push_back(frame);
+                    act.schedule_flush(ctx);
+                }
+            }
+            act.committing = None;
+            let _ = delivered.send(());
+        }));
+        drop(turn);
         self.registry.do_send(Activity { session_id: self.id.clone() });
         if let Some(reason) = self.stop_after_turn.take() {
             self.begin_stop(reason, ctx);
@@ -585,6 +703,11 @@ impl SessionActor {
     fn time_out_turn(&mut self, ctx: &mut Context<Self>) {
         log::info!("session {}: turn timed out; interrupting", self.id);
         let err = ApiError::TurnTimeout("The turn took longer than its timeout and was interrupted".into());
+        self.abandon_turn(err, ctx);
+    }
+
+    /// Ends the turn with `err` now, and asks the CLI to interrupt it (as for a timeout).
+    fn abandon_turn(&mut self, err: ApiError, ctx: &mut Context<Self>) {
         self.finish_turn(None, TurnOutcome::Failed(err), ctx);
         if self.stopping.is_some() {
             return;
@@ -683,20 +806,34 @@ impl SessionActor {
         // End only once every event is stored: a follower that connects after this actor is
         // gone replays from storage alone.
         let last_flush = self.flush_events(ctx);
-        let pending: Vec<i64> = self.unstored.iter().map(|e| e.id).collect();
+        let committing = self.committing.take();
         let wait = async move {
-            if let Some(flush) = last_flush {
-                let _ = tokio::time::timeout(Duration::from_secs(10), flush).await;
-            }
-            pending
+            let _ = tokio::time::timeout(Duration::from_secs(10), async move {
+                if let Some(committed) = committing {
+                    let _ = committed.await;
+                }
+                if let Some(flush) = last_flush {
+                    let _ = flush.await;
+                }
+            })
+            .await;
         };
         ctx.spawn(wait.into_actor(self).map(|_, act, ctx| {
+            if act.unstored.is_empty() && act.ids_reserved {
+                // All stored: the next actor may continue right after the last id.
+                let release = PersistJob::ReleaseIds { ours: act.reserved_up_to, to: act.next_event_id - 1 };
+                let _ = act.persist.push(release);
+            }
             act.registry.do_send(Ended { session_id: act.id.clone() });
             ctx.stop();
         }));
     }
 
+    /// Ready once the CLI answered `initialize` and the event ids are reserved.
     fn on_ready(&mut self) {
+        if !(self.cli_ready && self.ids_reserved) || self.ready {
+            return;
+        }
         self.ready = true;
         self.set_status(SessionStatus::Active);
         for waiter in self.ready_waiters.drain(..) {
@@ -719,6 +856,24 @@ impl Actor for SessionActor {
                     .map(|info, act, ctx| act.on_exit(info, ctx)),
             );
         }
+        // Ids above every id handed out before (even ones never stored) are reserved while the
+        // CLI starts.
+        let (floor_tx, floor) = oneshot::channel();
+        let _ = self.persist.push(PersistJob::ReserveIds { block: ID_BLOCK, floor: floor_tx });
+        ctx.spawn(floor.into_actor(self).map(|result, act, ctx| match result {
+            Ok(Ok(floor)) => {
+                act.next_event_id = floor + 1;
+                act.handed_up_to = floor;
+                act.reserved_up_to = floor + ID_BLOCK;
+                act.ids_reserved = true;
+                act.on_ready();
+            }
+            failed => {
+                let why = failed.map_or_else(|_| "no answer".to_string(), |r| r.err().unwrap_or_default());
+                act.start_error = Some(format!("storage unavailable: {why}"));
+                act.begin_stop(StopReason::StartFailed, ctx);
+            }
+        }));
         // The answer to `initialize` is the CLI's "ready"; the first message waits for it.
         let answer = self.control(json!({ "subtype": "initialize", "hooks": null }));
         ctx.spawn(async move { tokio::time::timeout(INITIALIZE_TIMEOUT, answer).await }.into_actor(self).map(
@@ -726,6 +881,7 @@ impl Actor for SessionActor {
                 Ok(Ok(Ok(info))) => {
                     let version = info.get("claude_code_version").and_then(Value::as_str).unwrap_or("?");
                     log::debug!("session {}: CLI {version} ready", act.id);
+                    act.cli_ready = true;
                     act.on_ready();
                 }
                 Ok(Ok(Err(e))) => {
@@ -797,7 +953,7 @@ impl Handler<StartTurn> for SessionActor {
         if self.stopping.is_some() || self.stop_after_turn.is_some_and(|r| !r.spares_a_turn()) {
             return Box::pin(fut::ready(Err(TurnRefused::Gone)));
         }
-        if self.turn.is_some() || self.reserved {
+        if self.turn.is_some() || self.reserved || self.committing.is_some() {
             return Box::pin(fut::ready(Err(TurnRefused::Api(ApiError::SessionBusy))));
         }
         if let Some(grace) = self.draining.take() {
@@ -983,8 +1139,11 @@ impl Handler<AnswerPermission> for SessionActor {
             .take_permission(&msg.request_id, ctx)
             .ok_or_else(|| ApiError::NotFound("No open permission request with this id".into()))?;
         if msg.allow {
-            if msg.always && self.always_allowed.insert(pending.tool_name.clone()) {
-                let _ = self.persist.send(PersistJob::AllowTool(pending.tool_name.clone()));
+            if msg.always
+                && self.always_allowed.insert(pending.tool_name.clone())
+                && self.persist.push(PersistJob::AllowTool(pending.tool_name.clone())).is_err()
+            {
+                log::warn!("session {}: storage is behind; always-allow kept for this process only", self.id);
             }
             self.answer_permission(&msg.request_id, Ok(msg.updated_input.unwrap_or(pending.tool_input)));
         } else {
@@ -1033,5 +1192,30 @@ impl Handler<PendingTimers> for SessionActor {
 
     fn handle(&mut self, _: PendingTimers, _: &mut Context<Self>) -> usize {
         Arc::strong_count(&self.timer_probe) - 1
+    }
+}
+
+/// Whether the running turn may number one more event: two ids stay in hand for its final
+/// frame and a `storage_unavailable` frame after it, and memory holds at most `MAX_UNSTORED`.
+fn id_budget_left(next_event_id: i64, reserved_up_to: i64, unstored: usize) -> bool {
+    next_event_id + 2 <= reserved_up_to && unstored < MAX_UNSTORED
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_turn_keeps_two_reserved_ids_for_its_end() {
+        assert!(id_budget_left(1, ID_BLOCK, 0));
+        assert!(id_budget_left(ID_BLOCK - 2, ID_BLOCK, 0));
+        assert!(!id_budget_left(ID_BLOCK - 1, ID_BLOCK, 0), "the last two ids are for the final frames");
+        assert!(!id_budget_left(ID_BLOCK + 5, ID_BLOCK, 0), "never past the reservation");
+    }
+
+    #[test]
+    fn a_turn_stops_numbering_when_memory_holds_too_many_unstored_events() {
+        assert!(id_budget_left(10, 100, MAX_UNSTORED - 1));
+        assert!(!id_budget_left(10, 100, MAX_UNSTORED));
     }
 }

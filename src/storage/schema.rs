@@ -36,6 +36,7 @@ diesel::table! {
         options -> Text,
         cli_session_id -> Text,
         last_event_id -> BigInt,
+        event_id_reserved -> BigInt,
     }
 }
 

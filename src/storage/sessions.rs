@@ -202,10 +202,8 @@ impl Storage {
                 for message in [&user, &assistant] {
                     diesel::insert_into(messages::table).values(message).execute(conn).await?;
                 }
-                for row in r.events.iter() {
-                    diesel::insert_into(events::table).values(row).execute(conn).await?;
-                }
                 if let Some(last) = r.events.last() {
+                    conn.insert_event_rows(kept_events(&r.events, last.event_id - r.keep_events)).await?;
                     diesel::delete(
                         events::table
                             .filter(events::session_id.eq(&r.session_id))
@@ -259,6 +257,42 @@ impl Storage {
     }
 }
 
+/// Events per INSERT on PostgreSQL: a row per statement (a round trip each) made a turn of
+/// 12,000 deltas take a minute to store, which read-your-writes makes the client wait for.
+const EVENT_INSERT_CHUNK: usize = 1000;
+
+/// Inserting a batch of event rows, skipping ids already stored (a batch handed again after
+/// a failure may be stored in part). One body per backend: diesel-async cannot run a batch
+/// INSERT on SQLite, where a statement per row costs no network round trip anyway.
+trait InsertEvents {
+    async fn insert_event_rows(&mut self, rows: Vec<&EventRow>) -> diesel::QueryResult<()>;
+}
+
+impl InsertEvents for diesel_async::AsyncPgConnection {
+    async fn insert_event_rows(&mut self, rows: Vec<&EventRow>) -> diesel::QueryResult<()> {
+        for chunk in rows.chunks(EVENT_INSERT_CHUNK) {
+            diesel::insert_into(events::table).values(chunk.to_vec()).on_conflict_do_nothing().execute(self).await?;
+        }
+        Ok(())
+    }
+}
+
+impl InsertEvents for super::SqliteConn {
+    async fn insert_event_rows(&mut self, rows: Vec<&EventRow>) -> diesel::QueryResult<()> {
+        for row in rows {
+            diesel::insert_into(events::table).values(row).on_conflict_do_nothing().execute(self).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The rows of a batch the trim to the latest `keep` would not delete right away (ids above
+/// `trim_to`): a turn longer than the replay window stores only its tail. Not assumed sorted
+/// (a batch handed again may have merged with a later one).
+fn kept_events(rows: &[EventRow], trim_to: i64) -> Vec<&EventRow> {
+    rows.iter().filter(|r| r.event_id > trim_to).collect()
+}
+
 impl Storage {
     /// Stores a batch of events and keeps only the latest `keep` of the session, in one
     /// transaction; also records the highest id on the session row.
@@ -268,9 +302,7 @@ impl Storage {
         let rows = rows.to_vec();
         run!(self, [rows, session_id, last_id, keep], |conn| {
             conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
-                for row in rows.iter() {
-                    diesel::insert_into(events::table).values(row).execute(conn).await?;
-                }
+                conn.insert_event_rows(kept_events(rows, last_id - keep)).await?;
                 diesel::delete(
                     events::table.filter(events::session_id.eq(session_id)).filter(events::event_id.le(last_id - keep)),
                 )
@@ -356,5 +388,70 @@ impl Storage {
             .execute(conn)
             .await?;
         })
+    }
+}
+
+impl Storage {
+    /// Reserves `block` event ids for a new actor of the session and returns the floor: the
+    /// actor hands out ids above it, up to the floor plus `block`. The floor is above every
+    /// id stored or reserved before, so ids handed out by an earlier actor (even ones never
+    /// stored) are never handed out again.
+    pub async fn reserve_event_ids(&self, session_id: &str, block: i64) -> Result<i64, StorageError> {
+        run!(self, [session_id, block], |conn| {
+            conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
+                let (last, reserved): (i64, i64) = sessions::table
+                    .find(session_id)
+                    .select((sessions::last_event_id, sessions::event_id_reserved))
+                    .first(conn)
+                    .await?;
+                let floor = last.max(reserved);
+                diesel::update(sessions::table.find(session_id))
+                    .set(sessions::event_id_reserved.eq(floor + block))
+                    .execute(conn)
+                    .await?;
+                Ok(floor)
+            })
+            .await?
+        })
+    }
+
+    /// Moves the session's reservation up to `up_to` (never down).
+    pub async fn extend_event_ids(&self, session_id: &str, up_to: i64) -> Result<(), StorageError> {
+        run!(self, [session_id, up_to], |conn| {
+            diesel::update(sessions::table.find(session_id))
+                .filter(sessions::event_id_reserved.lt(up_to))
+                .set(sessions::event_id_reserved.eq(up_to))
+                .execute(conn)
+                .await?;
+        })
+    }
+
+    /// Gives back the unused part of a reservation (`ours`) once every id below `to` is
+    /// stored, so the next actor continues without a gap; a no-op if another actor reserved since.
+    pub async fn release_event_ids(&self, session_id: &str, ours: i64, to: i64) -> Result<(), StorageError> {
+        run!(self, [session_id, ours, to], |conn| {
+            diesel::update(sessions::table.find(session_id))
+                .filter(sessions::event_id_reserved.eq(ours))
+                .set(sessions::event_id_reserved.eq(to))
+                .execute(conn)
+                .await?;
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64) -> EventRow {
+        EventRow { session_id: "s".into(), event_id: id, turn_id: "t".into(), payload: "{}".into(), created_at: 0 }
+    }
+
+    #[test]
+    fn only_rows_the_trim_would_keep_are_inserted_in_any_order() {
+        let rows: Vec<EventRow> = [5, 6, 1, 2, 7].into_iter().map(row).collect();
+        let kept: Vec<i64> = kept_events(&rows, 5).iter().map(|r| r.event_id).collect();
+        assert_eq!(kept, [6, 7]);
+        assert_eq!(kept_events(&rows, 0).len(), 5);
     }
 }

@@ -4,6 +4,7 @@ mod auth;
 mod browser;
 mod chat;
 mod confinement;
+mod consistency;
 mod escape;
 mod events;
 mod helpers;
