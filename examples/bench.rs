@@ -474,7 +474,8 @@ async fn followers_come_and_go(n: usize) {
         async move {
             let mut res = api.client.get(format!("{}/metrics", api.url)).send().await.expect("metrics");
             let text = String::from_utf8_lossy(&res.body().limit(1 << 24).await.expect("body")).to_string();
-            let line = text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' ')).map(str::to_owned);
+            let line =
+                text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' ')).map(str::to_owned);
             line.and_then(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok())).unwrap_or(-1.0)
         }
     };
@@ -501,8 +502,9 @@ async fn followers_come_and_go(n: usize) {
         let (addr, key, id) = (addr.clone(), api.key.clone(), ids[i % ids.len()].clone());
         async move {
             let mut socket = tokio::net::TcpStream::connect(&addr).await.expect("connect");
-            let request =
-                format!("GET /api/v1/sessions/{id}/events HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {key}\r\n\r\n");
+            let request = format!(
+                "GET /api/v1/sessions/{id}/events HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {key}\r\n\r\n"
+            );
             socket.write_all(request.as_bytes()).await.expect("request");
             let mut head = [0u8; 12];
             socket.read_exact(&mut head).await.expect("response head");
@@ -533,7 +535,11 @@ async fn followers_come_and_go(n: usize) {
     for wait in [1, 5, 15] {
         let at = left + Duration::from_secs(wait);
         actix_web::rt::time::sleep(at.saturating_duration_since(Instant::now())).await;
-        report(&format!("{wait:>2} s after they left:"), gauge("claude_agent_event_followers").await, service.rss_kib());
+        report(
+            &format!("{wait:>2} s after they left:"),
+            gauge("claude_agent_event_followers").await,
+            service.rss_kib(),
+        );
     }
     let after = service.rss_kib();
     println!(
