@@ -3,10 +3,13 @@
 //! - latency from the CLI writing its first stdout line of a turn to the first SSE byte,
 //! - the service's RSS idle and per idle session (CLI processes excluded),
 //! - turns per second across 100 sessions,
-//! - create → first answer with the CLI pre-started versus started cold at the first message.
+//! - create → first answer with the CLI pre-started versus started cold at the first message,
+//! - 10,000 `/events` followers that connect and leave: live follower tasks and RSS before,
+//!   with them, and after they left.
 //!
 //! `cargo build --release --examples && target/release/examples/bench`
-//! (`--turns N` changes the sample size; default 300).
+//! (`--turns N` changes the sample size; default 300; `--followers N` sets the followers,
+//! default 10,000; `--only followers` runs that scenario alone).
 //!
 //! The service runs as a child process (this binary re-run with `--serve`, the library's
 //! `Application` on settings from the environment), so its RSS is its own.
@@ -27,8 +30,15 @@ fn main() {
         serve();
         return;
     }
-    let turns = args.iter().position(|a| a == "--turns").and_then(|i| args.get(i + 1)).and_then(|n| n.parse().ok());
-    actix_web::rt::System::new().block_on(run(turns.unwrap_or(300)));
+    let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1));
+    let turns = value("--turns").and_then(|n| n.parse().ok());
+    let followers = value("--followers").and_then(|n| n.parse().ok()).unwrap_or(10_000);
+    actix_web::rt::System::new().block_on(async {
+        if value("--only").map(String::as_str) != Some("followers") {
+            run(turns.unwrap_or(300)).await;
+        }
+        followers_come_and_go(followers).await;
+    });
 }
 
 /// The service on settings from the environment (`CLAUDE_AGENT_*`).
@@ -443,4 +453,101 @@ async fn wait_idle(api: &Api, id: &str) {
         actix_web::rt::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("session {id} was not evicted");
+}
+
+/// `n` clients open `/events` on 10 sessions (each with one turn to replay), then all leave at
+/// once. Live follower tasks are the `claude_agent_event_followers` gauge; RSS is the service's.
+async fn followers_come_and_go(n: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let service = Service::start(&[]);
+    let api = Api::new(&service, "followers").await;
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        let id = api.create_session().await;
+        api.wait_active(&id).await;
+        api.chat(&id, "hello").await;
+        ids.push(id);
+    }
+    let gauge = |name: &'static str| {
+        let api = &api;
+        async move {
+            let mut res = api.client.get(format!("{}/metrics", api.url)).send().await.expect("metrics");
+            let text = String::from_utf8_lossy(&res.body().limit(1 << 24).await.expect("body")).to_string();
+            let line =
+                text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' ')).map(str::to_owned);
+            line.and_then(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok())).unwrap_or(-1.0)
+        }
+    };
+    let threads = |pid: u32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status.lines().find_map(|l| l.strip_prefix("Threads:").map(|t| t.trim().to_string())).unwrap_or_default()
+    };
+    let pid = service.child.id();
+    let addr = service.url.trim_start_matches("http://").to_string();
+    let report = |when: &str, followers: f64, rss: u64| {
+        println!(
+            "  {when:<28} followers {followers:6.0}   RSS {:7.1} MiB   threads {}",
+            rss as f64 / 1024.0,
+            threads(pid)
+        );
+    };
+    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    let base = service.rss_kib();
+    println!();
+    println!("{n} /events followers connect, then leave (service RSS, CLI processes excluded):");
+    report("before:", gauge("claude_agent_event_followers").await, base);
+
+    let open = |i: usize| {
+        let (addr, key, id) = (addr.clone(), api.key.clone(), ids[i % ids.len()].clone());
+        async move {
+            let mut socket = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+            let request = format!(
+                "GET /api/v1/sessions/{id}/events HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {key}\r\n\r\n"
+            );
+            socket.write_all(request.as_bytes()).await.expect("request");
+            let mut head = [0u8; 12];
+            socket.read_exact(&mut head).await.expect("response head");
+            assert_eq!(&head, b"HTTP/1.1 200", "events stream opens");
+            socket
+        }
+    };
+    let mut clients = Vec::with_capacity(n);
+    let started = Instant::now();
+    while clients.len() < n {
+        let batch = (clients.len()..(clients.len() + 200).min(n)).map(open);
+        clients.extend(futures_util::future::join_all(batch).await);
+    }
+    let connected_in = started.elapsed().as_secs_f64();
+    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    let peak = service.rss_kib();
+    report(&format!("with {n} (in {connected_in:.1} s):"), gauge("claude_agent_event_followers").await, peak);
+
+    drop(clients);
+    let left = Instant::now();
+    let mut live = gauge("claude_agent_event_followers").await;
+    while live > 0.0 && left.elapsed() < Duration::from_secs(30) {
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        live = gauge("claude_agent_event_followers").await;
+    }
+    let gone_in = left.elapsed().as_secs_f64();
+    report(&format!("all left, tasks gone {gone_in:.2} s:"), live, service.rss_kib());
+    for wait in [1, 5, 15] {
+        let at = left + Duration::from_secs(wait);
+        actix_web::rt::time::sleep(at.saturating_duration_since(Instant::now())).await;
+        report(
+            &format!("{wait:>2} s after they left:"),
+            gauge("claude_agent_event_followers").await,
+            service.rss_kib(),
+        );
+    }
+    let after = service.rss_kib();
+    println!(
+        "  RSS after / before: {:.2} ({:+.1} MiB; peak {:+.1} MiB, {:.1} KiB per follower)",
+        after as f64 / base as f64,
+        (after as f64 - base as f64) / 1024.0,
+        (peak as f64 - base as f64) / 1024.0,
+        (peak.saturating_sub(base)) as f64 / n.max(1) as f64
+    );
+    drop(service);
 }

@@ -80,6 +80,7 @@ pub struct Metrics {
     pub tokens: Family<KindLabel, Counter>,
     pub cost_usd: Counter<f64, AtomicU64>,
     pub sse_clients: Gauge,
+    pub event_followers: Gauge,
     pub http_requests: Family<HttpLabels, Counter>,
 }
 
@@ -99,6 +100,7 @@ impl Default for Metrics {
             tokens: Family::default(),
             cost_usd: Counter::default(),
             sse_clients: Gauge::default(),
+            event_followers: Gauge::default(),
             http_requests: Family::default(),
         };
         let r = &mut m.registry;
@@ -113,6 +115,11 @@ impl Default for Metrics {
         r.register("tokens", "Model tokens, by kind (input, output)", m.tokens.clone());
         r.register("cost_usd", "Model cost reported by the CLI", m.cost_usd.clone());
         r.register("sse_clients", "Open server-sent event streams", m.sse_clients.clone());
+        r.register(
+            "event_followers",
+            "Live /events followers (tasks subscribed to a session)",
+            m.event_followers.clone(),
+        );
         r.register("http_requests", "HTTP requests by method, route template and status", m.http_requests.clone());
         m
     }

@@ -223,6 +223,9 @@ fn build_server(listener: TcpListener, state: web::Data<AppState>) -> Result<Ser
             let _ = tcp.set_nodelay(true);
         }
     })
+    // A client that closes its side has left: end the response at once, so a quiet `/events`
+    // stream (and its follower task) goes now, not when a ping 15-30 s later fails to write.
+    .h1_allow_half_closed(false)
     .workers(workers)
     .shutdown_timeout(grace)
     .listen(listener)

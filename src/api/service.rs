@@ -178,6 +178,7 @@ pub(super) async fn get_metrics(state: web::Data<AppState>, req: HttpRequest) ->
     for (status, n) in state.storage.count_sessions_by_status().await? {
         m.sessions.get_or_create(&StatusLabel { status }).set(n);
     }
+    m.event_followers.set(state.hub.followers() as i64);
     if let Ok(stats) = state.registry.send(GetStats).await {
         m.live_processes.set(stats.processes.len() as i64);
         m.rss_bytes.get_or_create(&ProcessLabel { process: "service".into() }).set(stats.memory.service_bytes as i64);

@@ -415,22 +415,31 @@ impl SessionService {
         replay.extend(unstored.into_iter().map(|e| (e.id, e)));
         let (tx, rx) = tokio::sync::mpsc::channel(crate::actors::session::CLIENT_BUFFER);
         actix_web::rt::spawn(async move {
-            let mut last = after;
-            for (id, event) in replay {
-                if tx.send(event).await.is_err() {
-                    return;
-                }
-                last = id;
-            }
-            // A follower that falls behind the live buffer is dropped: it reconnects with its last id.
-            while let Ok(event) = live.recv().await {
-                if event.id > last {
-                    last = event.id;
+            let forward = async {
+                let mut last = after;
+                for (id, event) in replay {
                     if tx.send(event).await.is_err() {
                         return;
                     }
+                    last = id;
                 }
+                // A follower that falls behind the live buffer is dropped: it reconnects with its last id.
+                while let Ok(event) = live.recv().await {
+                    if event.id > last {
+                        last = event.id;
+                        if tx.send(event).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            };
+            // The client leaving drops the stream, which closes `tx`: a quiet or closed session
+            // may never have another event to fail on, so the task waits for either.
+            tokio::select! {
+                () = forward => {}
+                () = tx.closed() => {}
             }
+            // `live` goes with the task: the hub drops the session's channel with its last follower.
         });
         Ok(rx)
     }
