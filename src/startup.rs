@@ -60,9 +60,7 @@ impl Application {
     /// Opens storage (running migrations), makes sure an admin key exists, starts the registry
     /// and binds the server. Must run inside an actix `System`.
     pub async fn build(mut settings: Settings) -> Result<Application, StartupError> {
-        if let Some(cli) = crate::cli::adopt_project_local(&mut settings) {
-            log::info!("cli.path: `claude` is not on PATH, using the project-local CLI {}", cli.display());
-        }
+        crate::cli::adopt_project_local(&mut settings);
         let settings = Arc::new(settings);
         check_exposure(&settings)?;
         protect_process();
@@ -156,7 +154,7 @@ impl Application {
         });
 
         let server = build_server(listener, state.clone())?;
-        warn_when_the_cli_cannot_answer(&settings);
+        crate::cli::warn_when_it_cannot_answer(&settings);
         log::info!(
             "claude-agent-http {} listening on {}:{port} ({} storage)",
             env!("CARGO_PKG_VERSION"),
@@ -245,31 +243,6 @@ fn cors(origins: &[String]) -> Cors {
         cors = if origin == "*" { cors.allow_any_origin().send_wildcard() } else { cors.allowed_origin(origin) };
     }
     cors
-}
-
-/// A service that starts but whose agents cannot answer says so once, in the log, with the fix
-/// (the probe runs in the background: the real CLI's `--version` takes about half a second).
-fn warn_when_the_cli_cannot_answer(settings: &Settings) {
-    if let Some(hint) = crate::cli::missing_key_hint(&settings.cli.env, |name| std::env::var_os(name).is_some()) {
-        log::warn!("{hint}");
-    }
-    // SAFETY: geteuid cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    if root
-        && settings.defaults.permission_mode == crate::settings::PermissionMode::BypassPermissions
-        && !settings.cli.env.contains_key("IS_SANDBOX")
-    {
-        log::warn!(
-            "running as root: the CLI refuses defaults.permission_mode = \"bypassPermissions\" unless cli.env has \
-             IS_SANDBOX = \"1\" (set it in a container or sandbox, or run the service as a normal user)"
-        );
-    }
-    let configured = settings.cli.path.clone();
-    actix_web::rt::spawn(async move {
-        if let Some(why) = crate::cli::cannot_run(&configured).await {
-            log::warn!("{why}");
-        }
-    });
 }
 
 /// `auth.mode = "none"` serves only loopback unless explicitly allowed.

@@ -9,6 +9,8 @@ pub mod sandbox;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::settings::Settings;
+
 /// Under the system temp dir: one private (0700) temp dir per session.
 pub const TEMP_ROOT: &str = "claude-agent-http";
 
@@ -38,14 +40,41 @@ pub fn locate(configured: &str) -> Option<PathBuf> {
 /// With `cli.path` at its default and no `claude` on `PATH`, the CLI `scripts/install-cli`
 /// put beside the settings file (or in the working directory) becomes `cli.path`, so the
 /// README's run command serves a working agent with no setting. Returns what was chosen.
-pub fn adopt_project_local(settings: &mut crate::settings::Settings) -> Option<PathBuf> {
+pub fn adopt_project_local(settings: &mut Settings) -> Option<PathBuf> {
     if settings.cli.path != DEFAULT_PATH || on_path(DEFAULT_PATH).is_some() {
         return None;
     }
     let beside_settings = settings.file.as_deref().and_then(Path::parent);
     let found = beside_settings.into_iter().chain([Path::new(".")]).find_map(project_local)?;
+    log::info!("cli.path: `claude` is not on PATH, using the project-local CLI {}", found.display());
     settings.cli.path = found.display().to_string();
     Some(found)
+}
+
+/// A service that starts but whose agents cannot answer says so once, at start, with the fix:
+/// no key, root without `IS_SANDBOX`, a CLI missing or broken. The CLI is probed in the
+/// background (the real one's `--version` takes about half a second). Needs a runtime.
+pub fn warn_when_it_cannot_answer(settings: &Settings) {
+    if let Some(hint) = missing_key_hint(&settings.cli.env, |name| std::env::var_os(name).is_some()) {
+        log::warn!("{hint}");
+    }
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root
+        && settings.defaults.permission_mode == crate::settings::PermissionMode::BypassPermissions
+        && !settings.cli.env.contains_key("IS_SANDBOX")
+    {
+        log::warn!(
+            "running as root: the CLI refuses defaults.permission_mode = \"bypassPermissions\" unless cli.env has \
+             IS_SANDBOX = \"1\" (set it in a container or sandbox, or run the service as a normal user)"
+        );
+    }
+    let configured = settings.cli.path.clone();
+    actix_web::rt::spawn(async move {
+        if let Some(why) = cannot_run(&configured).await {
+            log::warn!("{why}");
+        }
+    });
 }
 
 /// Why the CLI will not be able to answer, for the start-up log; `None` when it runs. Names

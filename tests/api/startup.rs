@@ -204,6 +204,7 @@ fn start_and_read_port(
         }
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("no listening line: {seen:?}");
 }
 
