@@ -59,7 +59,8 @@ pub struct Application {
 impl Application {
     /// Opens storage (running migrations), makes sure an admin key exists, starts the registry
     /// and binds the server. Must run inside an actix `System`.
-    pub async fn build(settings: Settings) -> Result<Application, StartupError> {
+    pub async fn build(mut settings: Settings) -> Result<Application, StartupError> {
+        crate::cli::adopt_project_local(&mut settings);
         let settings = Arc::new(settings);
         check_exposure(&settings)?;
         protect_process();
@@ -155,6 +156,7 @@ impl Application {
         });
 
         let server = build_server(listener, state.clone())?;
+        crate::cli::warn_when_it_cannot_answer(&settings);
         log::info!(
             "claude-agent-http {} listening on {}:{port} ({} storage)",
             env!("CARGO_PKG_VERSION"),

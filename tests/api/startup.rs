@@ -2,6 +2,7 @@
 //! that must end in one clear line and a non-zero exit.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -176,4 +177,162 @@ fn the_run_command_serves_on_embedded_defaults() {
     let down = healthcheck(port);
     assert_eq!(down.status.code(), Some(1), "healthcheck subcommand: unhealthy when nothing answers");
     assert!(String::from_utf8_lossy(&down.stderr).contains("unhealthy"));
+}
+
+/// The service started by `cmd`, its port and every stderr line so far (and a channel for more).
+fn start_and_read_port(
+    cmd: &mut Command,
+) -> (std::process::Child, u16, Vec<String>, std::sync::mpsc::Receiver<String>) {
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            let port =
+                line.split("listening on 127.0.0.1:").nth(1).and_then(|r| r.split_whitespace().next()?.parse().ok());
+            seen.push(line);
+            if let Some(port) = port {
+                return (child, port, seen, rx);
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("no listening line: {seen:?}");
+}
+
+fn get_health(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+/// The README's run command with `cli.path` at its default and no `claude` on PATH: the CLI
+/// `scripts/install-cli` puts in `.cli/` is found by itself, and without it the log says
+/// what to do (and `/health` is 503).
+#[test]
+fn the_run_command_finds_the_project_local_cli_or_says_how_to_install_it() {
+    let empty_path = tempfile::tempdir().unwrap();
+    let with_cli = tempfile::tempdir().unwrap();
+    let installed = with_cli.path().join(".cli/node_modules/.bin/claude");
+    std::fs::create_dir_all(installed.parent().unwrap()).unwrap();
+    std::fs::copy(crate::helpers::fake_cli_path(), &installed).unwrap();
+    let (mut child, port, seen, _rx) =
+        start_and_read_port(service(with_cli.path()).env("CLAUDE_AGENT_API__PORT", "0").env("PATH", empty_path.path()));
+    let health = get_health(port);
+    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    child.wait().unwrap();
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.contains(".cli/node_modules/.bin/claude"), "the project-local CLI is used: {health}");
+    assert!(seen.iter().any(|l| l.contains("project-local CLI")), "and named in the log: {seen:?}");
+
+    let without = tempfile::tempdir().unwrap();
+    let (mut child, port, mut seen, rx) =
+        start_and_read_port(service(without.path()).env("CLAUDE_AGENT_API__PORT", "0").env("PATH", empty_path.path()));
+    let warned = |seen: &[String]| seen.iter().any(|l| l.contains("scripts/install-cli") && l.contains("cli.path"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !warned(&seen) && Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            seen.push(line);
+        }
+    }
+    let health = get_health(port);
+    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    child.wait().unwrap();
+    assert!(warned(&seen), "a missing CLI is a warning naming the fix: {seen:?}");
+    assert!(health.starts_with("HTTP/1.1 503"), "{health}");
+}
+
+/// `scripts/demo --once` against the real CLI and the mock Messages API, twice on the same
+/// data (the second run finds its user already there): every step passes and it exits 0.
+#[test]
+fn the_demo_script_runs_end_to_end_twice() {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cli = real_cli();
+    let data = tempfile::tempdir().unwrap();
+    for run in ["first", "second"] {
+        let mut child = Command::new(manifest.join("scripts/demo"))
+            .args(["--once", "--no-build"])
+            .env("DEMO_DIR", data.path())
+            .env("DEMO_BIN", BIN)
+            .env("DEMO_MOCK", crate::helpers::fake_cli_path().with_file_name("mock_anthropic"))
+            .env("DEMO_CLI", &cli)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                // The script, the service and the mock share the group.
+                Command::new("kill").arg("-KILL").arg(format!("-{}", child.id())).status().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let out = child.wait_with_output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{run} run: {:?}\n{stdout}\n{stderr}", out.status);
+        for step in [
+            "answer: mock: hello from the demo",
+            "\"type\":\"done\"",
+            ": hi from the demo",
+            "Console: http://127.0.0.1:",
+            "demo done",
+        ] {
+            assert!(stdout.contains(step), "{run} run shows `{step}`:\n{stdout}");
+        }
+        assert!(!stderr.contains("Traceback"), "{stderr}");
+        assert_eq!(stdout.contains("exists already"), run == "second", "{run} run:\n{stdout}");
+    }
+    let files = std::fs::read_dir(data.path().join("users/demo/play")).unwrap().count();
+    assert_eq!(files, 2, "each run wrote its own file");
+}
+
+/// The pinned CLI of scripts/install-cli (`REAL_CLAUDE_PATH`); never skipped.
+fn real_cli() -> std::path::PathBuf {
+    let cli = std::env::var("REAL_CLAUDE_PATH")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cli/node_modules/.bin/claude"));
+    assert!(cli.exists(), "the real CLI is missing at {}: run scripts/install-cli (scripts/test does)", cli.display());
+    cli
+}
+
+/// With no key the real CLI answers "Not logged in · Please run /login" as its result: the
+/// chat is a 502 `cli_failed` that names the key to set and where.
+#[actix_web::test]
+async fn without_an_api_key_a_chat_names_the_missing_key() {
+    let cli = real_cli();
+    let app = crate::helpers::spawn_app_with(crate::helpers::Backend::Sqlite, move |s| {
+        s.cli.path = cli.display().to_string();
+        // An empty key is no key (whatever this machine's environment holds), and nothing listens
+        // on port 9 should the CLI try the network anyway.
+        for (k, v) in [
+            ("ANTHROPIC_API_KEY", ""),
+            ("ANTHROPIC_BASE_URL", "http://127.0.0.1:9"),
+            ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+            ("IS_SANDBOX", "1"),
+        ] {
+            s.cli.env.insert(k.into(), v.into());
+        }
+    })
+    .await;
+    assert_eq!(app.get_health().await.status, 200, "healthy without a key");
+    let key = app.create_user("nokey").await;
+    let session = app.create_session(&key, serde_json::json!({})).await;
+    let res = app.chat(&key, &session, "hi").await;
+    res.assert_error(502, "cli_failed");
+    let message = res.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("ANTHROPIC_API_KEY") && message.contains("cli.env"), "{message}");
 }
