@@ -131,6 +131,9 @@ impl Registry {
         threads: Arc<SessionThreads>,
     ) -> Self {
         let limits = Limits::from_settings(&settings);
+        // The first sample before serving (blocking is fine here): admission has a figure from
+        // the first request on.
+        let (memory, processes) = memory::sample();
         let slots = (limits.max_concurrent_turns as usize).min(Semaphore::MAX_PERMITS);
         Self {
             turn_slots: Arc::new(Semaphore::new(slots)),
@@ -146,8 +149,8 @@ impl Registry {
             settings,
             storage,
             entries: HashMap::new(),
-            memory: MemorySample::default(),
-            processes: ProcessTable::default(),
+            memory,
+            processes,
             sweeping: false,
         }
     }
@@ -387,7 +390,6 @@ impl Actor for Registry {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(1024);
-        self.sample_memory(ctx);
         ctx.run_interval(self.limits.check_interval, |act, ctx| act.sample_memory(ctx));
         if !self.limits.idle_timeout.is_zero() {
             let every = (self.limits.idle_timeout / 4).clamp(Duration::from_millis(250), self.limits.check_interval);

@@ -1,5 +1,5 @@
-//! The threads session actors run on: `runtime.workers` actix arbiters (one per core by
-//! default), each with its own current-thread tokio runtime, handed out round robin. A
+//! The threads session actors run on: `runtime.workers` threads (one per core by default),
+//! each with its own actix arbiter on a current-thread tokio runtime, handed out round robin. A
 //! session's actor, its CLI's pipes and its supervisor tasks all live on one of them, so one
 //! busy session slows only its neighbours on that thread, and every core serves sessions.
 
@@ -16,31 +16,35 @@ pub struct SessionThread {
 }
 
 pub struct SessionThreads {
-    arbiters: Vec<Arbiter>,
+    /// Each thread runs its own actix `System`: an arbiter of the main one would be stopped
+    /// with it, and actix-server stops the main `System` on SIGTERM, before the registry has
+    /// stopped every CLI (dropped actors kill their CLI, but not its process group).
+    systems: Vec<System>,
     threads: Vec<SessionThread>,
     next: AtomicUsize,
 }
 
 impl SessionThreads {
-    /// Starts `count` arbiters (at least one). Must run inside an actix `System`.
+    /// Starts `count` threads (at least one).
     pub fn start(count: usize) -> SessionThreads {
-        let (mut arbiters, mut threads) = (Vec::new(), Vec::new());
-        for _ in 0..count.max(1) {
+        let (mut systems, mut threads) = (Vec::new(), Vec::new());
+        for i in 0..count.max(1) {
             let (tx, rx) = std::sync::mpsc::channel();
-            let arbiter = Arbiter::with_tokio_rt(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a session thread's runtime");
-                let _ = tx.send(runtime.handle().clone());
-                runtime
-            });
-            // The factory ran before `with_tokio_rt` returned.
-            let runtime = rx.recv().expect("a session thread's runtime handle");
-            threads.push(SessionThread { arbiter: arbiter.handle(), runtime });
-            arbiters.push(arbiter);
+            std::thread::Builder::new()
+                .name(format!("sessions-{i}"))
+                .spawn(move || {
+                    let runner = System::new();
+                    runner.block_on(async {
+                        let _ = tx.send((System::current(), Arbiter::current(), tokio::runtime::Handle::current()));
+                    });
+                    let _ = runner.run();
+                })
+                .expect("a session thread starts");
+            let (system, arbiter, runtime) = rx.recv().expect("a session thread's runtime");
+            systems.push(system);
+            threads.push(SessionThread { arbiter, runtime });
         }
-        SessionThreads { arbiters, threads, next: AtomicUsize::new(0) }
+        SessionThreads { systems, threads, next: AtomicUsize::new(0) }
     }
 
     /// The next thread, round robin.
@@ -59,11 +63,11 @@ impl SessionThreads {
 }
 
 impl Drop for SessionThreads {
-    /// An arbiter outlives its `System` unless told to stop; stopping drops its actors, whose
-    /// CLIs are killed with them (`kill_on_drop`). A graceful shutdown has reaped them before.
+    /// Stopping a thread drops its actors, whose CLIs are killed with them (`kill_on_drop`);
+    /// a graceful shutdown has reaped them before.
     fn drop(&mut self) {
-        for arbiter in &self.arbiters {
-            arbiter.stop();
+        for system in &self.systems {
+            system.stop();
         }
     }
 }
