@@ -2,7 +2,8 @@
 //! - overhead per turn of the service over driving the fake CLI directly (p50, p99),
 //! - latency from the CLI writing its first stdout line of a turn to the first SSE byte,
 //! - the service's RSS idle and per idle session (CLI processes excluded),
-//! - turns per second across 100 sessions,
+//! - turns per second across 100 sessions, and 200 concurrent streams × 20 turns,
+//! - the service's own CPU time per turn (user + system, CLI processes excluded),
 //! - create → first answer with the CLI pre-started versus started cold at the first message,
 //! - 10,000 `/events` followers that connect and leave: live follower tasks and RSS before,
 //!   with them, and after they left.
@@ -123,6 +124,18 @@ impl Service {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     }
+
+    /// The service's own CPU time so far (user + system), in ms.
+    fn cpu_ms(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let Some(close) = stat.rfind(')') else { return 0.0 };
+        // After the name: state(0) … utime(11) stime(12), in clock ticks.
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let ticks: f64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<f64>().ok()).sum();
+        // SAFETY: sysconf has no preconditions.
+        let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        ticks * 1000.0 / per_sec
+    }
 }
 
 struct Api {
@@ -181,6 +194,20 @@ impl Api {
         let body = self.post("/api/v1/chat", json!({"session_id": id, "message": message})).await;
         assert!(body["text"].is_string(), "chat failed: {body}");
         body
+    }
+
+    /// One streamed turn, read to its end; panics unless it ends with a `done` frame.
+    async fn stream(&self, id: &str, message: &str) {
+        let mut res = self
+            .client
+            .post(format!("{}/api/v1/chat/stream", self.url))
+            .insert_header(("Authorization", format!("Bearer {}", self.key)))
+            .send_json(&json!({"session_id": id, "message": message}))
+            .await
+            .expect("stream");
+        let body = res.body().limit(64 * 1024 * 1024).await.expect("stream body");
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("\"type\":\"done\""), "stream did not end with done: {text}");
     }
 
     /// Opens a stream and returns the wall-clock time its first `data:` bytes arrived, and the stamp.
@@ -375,6 +402,7 @@ async fn run(turns: usize) {
 
     // 4. Throughput: 100 sessions, each with its own client, 20 turns each.
     let per_session = 20;
+    let cpu_before = service.cpu_ms();
     let started = Instant::now();
     let clients = ids.iter().map(|id| {
         let api = Api {
@@ -396,6 +424,46 @@ async fn run(turns: usize) {
         "throughput: {} turns across {sessions} sessions in {elapsed:.2} s → {:.0} turns/s",
         sessions * per_session,
         (sessions * per_session) as f64 / elapsed
+    );
+    println!(
+        "  service CPU per turn:       {:7.3} ms",
+        (service.cpu_ms() - cpu_before) / (sessions * per_session) as f64
+    );
+
+    // 4b. 200 concurrent streams (`/chat/stream`), each on its own session, 20 turns each.
+    let streams = 200;
+    let mut stream_ids = ids.clone();
+    while stream_ids.len() < streams {
+        stream_ids.push(api.create_session().await);
+    }
+    for id in &stream_ids {
+        api.wait_active(id).await;
+    }
+    let cpu_before = service.cpu_ms();
+    let started = Instant::now();
+    let clients = stream_ids.iter().map(|id| {
+        let api = Api {
+            client: awc::Client::builder().timeout(Duration::from_secs(120)).finish(),
+            url: api.url.clone(),
+            key: api.key.clone(),
+        };
+        let id = id.clone();
+        async move {
+            for _ in 0..per_session {
+                api.stream(&id, "bench").await;
+            }
+        }
+    });
+    futures_util::future::join_all(clients).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "throughput: {} turns over {streams} concurrent streams in {elapsed:.2} s → {:.0} turns/s",
+        streams * per_session,
+        (streams * per_session) as f64 / elapsed
+    );
+    println!(
+        "  service CPU per turn:       {:7.3} ms",
+        (service.cpu_ms() - cpu_before) / (streams * per_session) as f64
     );
     drop(service);
 

@@ -71,6 +71,12 @@ pub fn sample() -> (MemorySample, ProcessTable) {
     (MemorySample { service_bytes, children_bytes, children: descendants.len() as u32 }, table)
 }
 
+/// [`sample`] on the blocking pool: a pass over `/proc` reads two files per host process,
+/// which must not hold up an actor thread.
+pub async fn sample_off_thread() -> (MemorySample, ProcessTable) {
+    tokio::task::spawn_blocking(sample).await.unwrap_or_default()
+}
+
 /// Parent pid (from `/proc/<pid>/stat`, after the parenthesised command name) and VmRSS.
 fn parent_and_rss(pid: u32) -> Option<(u32, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -32,6 +32,7 @@ pub struct Settings {
     pub files: FileSettings,
     pub events: EventSettings,
     pub memory: MemorySettings,
+    pub runtime: RuntimeSettings,
     pub data: DataSettings,
     pub metrics: MetricsSettings,
     /// The settings file these came from (set by [`Settings::load`]); hidden from the agents.
@@ -338,6 +339,23 @@ pub struct MemorySettings {
 impl Default for MemorySettings {
     fn default() -> Self {
         Self { check_interval: 5 }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSettings {
+    /// Threads (actix arbiters) the session actors are spread over; 0 = one per core.
+    pub workers: usize,
+}
+
+impl RuntimeSettings {
+    /// `workers`, with 0 resolved to the number of cores.
+    pub fn session_threads(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n => n,
+        }
     }
 }
 
@@ -687,6 +705,16 @@ mod tests {
         let a = toml::Table::try_from(&s).unwrap();
         let b = toml::Table::try_from(Settings::default()).unwrap();
         assert_eq!(a, b, "Settings.toml must state exactly the built-in defaults");
+        // And states them, rather than leaving them to the defaults.
+        let stated: toml::Table = toml::from_str(text).unwrap();
+        assert_eq!(stated["runtime"], b["runtime"], "Settings.toml must state [runtime]");
+    }
+
+    #[test]
+    fn runtime_workers_zero_means_one_per_core() {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(RuntimeSettings { workers: 0 }.session_threads(), cores);
+        assert_eq!(RuntimeSettings { workers: 3 }.session_threads(), 3);
     }
 
     #[test]

@@ -117,6 +117,10 @@ impl Application {
                 "the service may not mount: the CLIs share its /proc (mount it with hidepid=2 so agents cannot list other processes)"
             );
         }
+        // Session actors run on their own threads (one per core by default); the registry stays
+        // on this one, off the path of every turn.
+        let threads = Arc::new(crate::actors::threads::SessionThreads::start(settings.runtime.session_threads()));
+        log::info!("session actors run on {} thread(s) (runtime.workers)", threads.len());
         let registry = Registry::new(
             settings.clone(),
             storage.clone(),
@@ -125,6 +129,7 @@ impl Application {
             groups,
             confinement,
             users_root.clone(),
+            threads,
         )
         .start();
         let sessions =

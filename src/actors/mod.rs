@@ -4,6 +4,7 @@
 mod persist;
 pub mod registry;
 pub mod session;
+pub mod threads;
 
 pub use registry::{GetStats, Launch, Lookup, Registry, RegistryStats, Retire, Shutdown};
 pub use session::{Interrupt, SessionActor, StartTurn, StopReason, TurnRefused, TurnStarted};

@@ -5,19 +5,22 @@
 //! It also samples memory (the service plus every descendant process), evicts idle sessions
 //! after `api.idle_session_timeout`, evicts least-recently-used idle sessions under memory
 //! pressure (never one in a turn), and expires sessions past their TTL.
+//!
+//! It stays off the hot path: it runs on its own thread, the session actors on the
+//! [`SessionThreads`] pool; a turn never waits on it (turn slots are a semaphore the actors
+//! share), and a launch's blocking work runs elsewhere while its quota slot is reserved here.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use serde_json::{Map, Value};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Semaphore, watch};
 
 use super::session::{SessionActor, SessionSetup, Stop, StopReason};
-use crate::cli::command::{AgentOptions, SecretFiles, StartMode, build_args, build_env, transcript_path};
-use crate::cli::process::{self, LaunchSpec};
+use super::threads::SessionThreads;
+use crate::cli::launch::{self, LaunchRequest, Launched};
 use crate::cli::sandbox::Sandbox;
 use crate::error::ApiError;
 use crate::memory::{self, MemorySample, ProcessTable};
@@ -57,6 +60,8 @@ impl Limits {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
+    /// Admitted (it holds its quota slot) while its CLI is being prepared and forked.
+    Launching,
     Live,
     /// Its process is being stopped; it holds no quota slot, and a new launch waits for it.
     Stopping,
@@ -64,14 +69,33 @@ enum Phase {
 
 struct Entry {
     user_id: String,
-    addr: Addr<SessionActor>,
+    /// Which launch of the session this is: messages of an older actor are ignored.
+    generation: u64,
+    /// `None` while launching.
+    addr: Option<Addr<SessionActor>>,
     pid: u32,
     last_active: Instant,
+    in_turn: bool,
     phase: Phase,
     /// When eviction last asked it to stop: the memory sample and the idle sweep can both
     /// run before its `Stopping` arrives, and must not ask (and log) twice.
     evict_asked: Option<Instant>,
+    /// A stop asked for while launching, sent once the actor exists.
+    stop_when_launched: Option<StopReason>,
+    /// True once the launch ended (either way): requests that came meanwhile look again.
+    launched: watch::Sender<bool>,
     ended: watch::Sender<bool>,
+}
+
+impl Entry {
+    fn stop(&mut self, reason: StopReason) {
+        match &self.addr {
+            Some(addr) => addr.do_send(Stop { reason }),
+            None => {
+                self.stop_when_launched.get_or_insert(reason);
+            }
+        }
+    }
 }
 
 pub struct Registry {
@@ -86,15 +110,19 @@ pub struct Registry {
     settings: Arc<Settings>,
     storage: Storage,
     entries: HashMap<String, Entry>,
-    turns_running: HashSet<String>,
-    turn_waiters: VecDeque<(String, oneshot::Sender<TurnPermit>)>,
+    next_generation: u64,
+    /// `api.max_concurrent_requests`, shared by every session actor (FIFO, timed waits).
+    turn_slots: Arc<Semaphore>,
+    threads: Arc<SessionThreads>,
     memory: MemorySample,
     /// The process table of the last sample, for per-session memory.
     processes: ProcessTable,
+    sampling: bool,
     sweeping: bool,
 }
 
 impl Registry {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         settings: Arc<Settings>,
         storage: Storage,
@@ -103,149 +131,169 @@ impl Registry {
         groups: Arc<crate::cli::orphans::GroupRecord>,
         sandbox: Option<Arc<Sandbox>>,
         users_root: PathBuf,
+        threads: Arc<SessionThreads>,
     ) -> Self {
+        let limits = Limits::from_settings(&settings);
+        // The first sample before serving (blocking is fine here): admission has a figure from
+        // the first request on.
+        let (memory, processes) = memory::sample();
+        let slots = (limits.max_concurrent_turns as usize).min(Semaphore::MAX_PERMITS);
         Self {
+            turn_slots: Arc::new(Semaphore::new(slots)),
+            threads,
+            next_generation: 0,
+            sampling: false,
             users_root,
             sandbox,
             groups,
             metrics,
             hub,
-            limits: Limits::from_settings(&settings),
+            limits,
             settings,
             storage,
             entries: HashMap::new(),
-            turns_running: HashSet::new(),
-            turn_waiters: VecDeque::new(),
-            memory: MemorySample::default(),
-            processes: ProcessTable::default(),
+            memory,
+            processes,
             sweeping: false,
         }
     }
 
+    /// Sessions holding a quota slot: live, or admitted and launching.
     fn live_count(&self) -> usize {
-        self.entries.values().filter(|e| e.phase == Phase::Live).count()
+        self.entries.values().filter(|e| e.phase != Phase::Stopping).count()
     }
 
     fn live_of_user(&self, user_id: &str) -> u32 {
-        self.entries.values().filter(|e| e.phase == Phase::Live && e.user_id == user_id).count() as u32
+        self.entries.values().filter(|e| e.phase != Phase::Stopping && e.user_id == user_id).count() as u32
     }
 
-    /// Admission and spawn of a session that has no live actor, in one step.
-    fn launch_new(
-        &mut self,
-        row: &SessionRow,
-        cwd_handle: &std::os::fd::OwnedFd,
-        me: Addr<Registry>,
-    ) -> Result<Addr<SessionActor>, ApiError> {
+    fn turns_running(&self) -> usize {
+        (self.limits.max_concurrent_turns as usize).saturating_sub(self.turn_slots.available_permits())
+    }
+
+    /// The entry of this launch of the session, if it is still the current one.
+    fn current(&mut self, session_id: &str, generation: u64) -> Option<&mut Entry> {
+        self.entries.get_mut(session_id).filter(|e| e.generation == generation)
+    }
+
+    /// Admission of a session that has no live actor, then its launch. Admission and the
+    /// reservation of its slot happen in this one message, so two requests racing for the
+    /// last slot cannot both win; the launch's blocking work then runs off this thread, and
+    /// its end confirms the slot (the actor starts) or releases it.
+    fn launch_new(&mut self, msg: Launch, ctx: &mut Context<Self>) -> ResponseActFuture<Self, LaunchResult> {
+        if let Err(refusal) = self.admit(&msg.row.user_id) {
+            return Box::pin(fut::ready(Err(refusal.into())));
+        }
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        let row = msg.row;
+        let (launched, _) = watch::channel(false);
+        let (ended, _) = watch::channel(false);
+        self.entries.insert(
+            row.session_id.clone(),
+            Entry {
+                user_id: row.user_id.clone(),
+                generation,
+                addr: None,
+                pid: 0,
+                last_active: Instant::now(),
+                in_turn: false,
+                phase: Phase::Launching,
+                evict_asked: None,
+                stop_when_launched: None,
+                launched,
+                ended,
+            },
+        );
+        let thread = self.threads.pick();
+        let request = LaunchRequest {
+            session_id: row.session_id.clone(),
+            user_id: row.user_id.clone(),
+            cli_session_id: row.cli_session_id.clone(),
+            cwd: row.cwd.clone(),
+            cwd_handle: msg.cwd,
+            options: row.options.clone(),
+            settings: self.settings.clone(),
+            users_root: self.users_root.clone(),
+            sandbox: self.sandbox.clone(),
+            groups: self.groups.clone(),
+        };
+        let me = ctx.address();
+        let started = launch::launch(request, thread.runtime.clone());
+        Box::pin(started.into_actor(self).map(move |result, act, _| {
+            let launched = match result {
+                Ok(launched) => launched,
+                Err(e) => {
+                    // Released: the slot is free again, and whoever waited looks again.
+                    if let Some(entry) = act.entries.remove(&row.session_id) {
+                        let _ = entry.launched.send(true);
+                        let _ = entry.ended.send(true);
+                    }
+                    return Err(e);
+                }
+            };
+            let Launched { child, tmp_dir, always_allowed } = launched;
+            let pid = child.pid;
+            let setup = SessionSetup {
+                session_id: row.session_id.clone(),
+                cli_session_id: row.cli_session_id.clone(),
+                user_id: row.user_id.clone(),
+                last_event_id: row.last_event_id,
+                total_cost_usd: row.total_cost_usd,
+                tmp_dir,
+                always_allowed,
+                generation,
+                turn_slots: act.turn_slots.clone(),
+            };
+            let (storage, settings, hub, metrics) =
+                (act.storage.clone(), act.settings.clone(), act.hub.clone(), act.metrics.clone());
+            let addr = SessionActor::start_in_arbiter(&thread.arbiter, move |_| {
+                SessionActor::new(setup, child, me, storage, settings, hub, metrics)
+            });
+            let Some(entry) = act.current(&row.session_id, generation) else {
+                // Cannot happen (only `Ended` of this generation removes it); never orphan a CLI.
+                addr.do_send(Stop { reason: StopReason::Closed });
+                return Err(ApiError::Internal("the session's launch lost its place".into()));
+            };
+            entry.addr = Some(addr.clone());
+            entry.pid = pid;
+            entry.last_active = Instant::now();
+            if entry.phase == Phase::Launching {
+                entry.phase = Phase::Live;
+            }
+            if let Some(reason) = entry.stop_when_launched.take() {
+                addr.do_send(Stop { reason });
+            }
+            let _ = entry.launched.send(true);
+            Ok(addr)
+        }))
+    }
+
+    /// Memory and quotas, counting sessions being launched.
+    fn admit(&self, user_id: &str) -> Result<(), Refusal> {
         if self.memory.total_bytes() >= self.limits.memory_limit_bytes {
             self.metrics.refused("memory_pressure");
             return Err(Refusal::Memory {
                 used_mb: self.memory.total_mb(),
                 limit_mb: self.limits.memory_limit_bytes / (1024 * 1024),
                 retry_after_secs: self.limits.check_interval.as_secs().max(1),
-            }
-            .into());
+            });
         }
         if self.live_count() as u32 >= self.limits.max_sessions {
             self.metrics.refused("quota_global");
-            return Err(Refusal::GlobalCap { max: self.limits.max_sessions }.into());
+            return Err(Refusal::GlobalCap { max: self.limits.max_sessions });
         }
-        if self.live_of_user(&row.user_id) >= self.limits.max_sessions_per_user {
+        if self.live_of_user(user_id) >= self.limits.max_sessions_per_user {
             self.metrics.refused("quota_user");
-            return Err(Refusal::UserCap { max: self.limits.max_sessions_per_user }.into());
+            return Err(Refusal::UserCap { max: self.limits.max_sessions_per_user });
         }
-        let program = crate::cli::locate(&self.settings.cli.path).ok_or_else(|| {
-            ApiError::CliFailed(format!("the claude CLI was not found at `{}` (cli.path)", self.settings.cli.path))
-        })?;
-        // Fail closed: the defaults may be laxer than what the session asked for (e.g.
-        // `bypassPermissions` where it chose to be asked before each tool).
-        let overrides: Map<String, Value> = serde_json::from_str(&row.options).map_err(|e| {
-            ApiError::CliFailed(format!(
-                "the session's stored options are unreadable ({e}); it is not started with the service defaults"
-            ))
-        })?;
-        let cwd = PathBuf::from(&row.cwd);
-        let user_dir = self.users_root.join(&row.user_id);
-        let config_dir = user_dir.join(".claude");
-        let tmp_dir = crate::cli::session_temp_dir(&row.session_id);
-        private_dir(&tmp_dir).map_err(|e| ApiError::Internal(format!("cannot create {}: {e}", tmp_dir.display())))?;
-        std::fs::create_dir_all(&config_dir)
-            .map_err(|e| ApiError::Internal(format!("cannot create {}: {e}", config_dir.display())))?;
-        let options = AgentOptions::resolve(&self.settings, &overrides);
-        let mode = if transcript_path(&config_dir, &row.cwd, &row.cli_session_id).is_some() {
-            StartMode::Resume
-        } else {
-            StartMode::New
-        };
-        let files = SecretFiles::write(&tmp_dir, &options).map_err(|e| {
-            ApiError::Internal(format!("cannot write the session's files in {}: {e}", tmp_dir.display()))
-        })?;
-        let args = build_args(&options, &self.settings.plugins, &row.cli_session_id, mode, &files);
-        let env = build_env(std::env::vars(), &self.settings.cli.env, &config_dir, &tmp_dir);
-        let spec = LaunchSpec { program: &program, args: &args, env: &env, cwd: &cwd, cwd_handle: Some(cwd_handle) };
-        let label = format!("session {}", row.session_id);
-        let confinement = match &self.sandbox {
-            Some(sandbox) => {
-                let mut read = crate::cli::sandbox::program_dirs(&program);
-                for server in options.mcp_servers.values() {
-                    if let Some(found) = server.get("command").and_then(Value::as_str).and_then(crate::cli::locate) {
-                        read.extend(crate::cli::sandbox::program_dirs(&found));
-                    }
-                }
-                Some(
-                    sandbox
-                        .ruleset(&read, &[user_dir.clone(), tmp_dir.clone()], options.mcp_servers.values())
-                        .map_err(ApiError::Internal)?,
-                )
-            }
-            None => None,
-        };
-        let child = process::spawn(&spec, &label, confinement)
-            .map_err(|e| ApiError::CliFailed(format!("cannot start the claude CLI at {}: {e}", program.display())))?;
-        log::info!("session {}: started the CLI (pid {}, {:?})", row.session_id, child.pid, mode);
-        self.groups.add(child.pid as i32, &tmp_dir, crate::clock::now_ms());
-        let pid = child.pid;
-        let setup = SessionSetup {
-            session_id: row.session_id.clone(),
-            cli_session_id: row.cli_session_id.clone(),
-            user_id: row.user_id.clone(),
-            last_event_id: row.last_event_id,
-            total_cost_usd: row.total_cost_usd,
-            tmp_dir,
-            always_allowed: options.allowed_tools.clone(),
-        };
-        let addr = SessionActor::new(
-            setup,
-            child,
-            me,
-            self.storage.clone(),
-            self.settings.clone(),
-            self.hub.clone(),
-            self.metrics.clone(),
-        )
-        .start();
-        let (ended, _) = watch::channel(false);
-        self.entries.insert(
-            row.session_id.clone(),
-            Entry {
-                user_id: row.user_id.clone(),
-                addr: addr.clone(),
-                pid,
-                last_active: Instant::now(),
-                phase: Phase::Live,
-                evict_asked: None,
-                ended,
-            },
-        );
-        Ok(addr)
+        Ok(())
     }
 
     fn retire(&mut self, session_id: &str, reason: StopReason) {
         if let Some(entry) = self.entries.get_mut(session_id) {
-            if entry.phase == Phase::Live {
-                entry.phase = Phase::Stopping;
-            }
-            entry.addr.do_send(Stop { reason });
+            entry.phase = Phase::Stopping;
+            entry.stop(reason);
         }
     }
 
@@ -254,7 +302,7 @@ impl Registry {
     fn evict(&mut self) {
         let now = Instant::now();
         let mut idle: Vec<(&String, &Entry)> =
-            self.entries.iter().filter(|(id, e)| e.phase == Phase::Live && !self.turns_running.contains(*id)).collect();
+            self.entries.iter().filter(|(_, e)| e.phase == Phase::Live && e.addr.is_some() && !e.in_turn).collect();
         idle.sort_by_key(|(_, e)| e.last_active);
         let mut victims: Vec<(String, StopReason)> = Vec::new();
         if !self.limits.idle_timeout.is_zero() {
@@ -288,20 +336,35 @@ impl Registry {
             {
                 log::info!("session {id}: evicting ({reason:?})");
                 e.evict_asked = Some(now);
-                e.addr.do_send(Stop { reason });
+                e.stop(reason);
             }
         }
     }
 
-    /// Takes a memory sample, restarts (after their turn) CLIs above `cli.max_rss_mb`, and
-    /// evicts under pressure.
-    fn sample_memory(&mut self) {
-        (self.memory, self.processes) = memory::sample();
+    /// Takes a memory sample off this thread, then acts on it (see [`Registry::apply_sample`]).
+    /// One at a time: a tick that finds one under way is skipped.
+    fn sample_memory(&mut self, ctx: &mut Context<Self>) {
+        if self.sampling {
+            return;
+        }
+        self.sampling = true;
+        ctx.spawn(memory::sample_off_thread().into_actor(self).map(|sample, act, _| {
+            act.sampling = false;
+            act.apply_sample(sample);
+        }));
+    }
+
+    /// Restarts (after their turn) CLIs above `cli.max_rss_mb`, and evicts under pressure.
+    fn apply_sample(&mut self, (memory, processes): (MemorySample, ProcessTable)) {
+        (self.memory, self.processes) = (memory, processes);
         for (id, e) in &self.entries {
             let rss = self.processes.tree_rss(e.pid);
-            if e.phase == Phase::Live && rss > self.limits.max_rss_bytes {
+            if e.phase == Phase::Live
+                && rss > self.limits.max_rss_bytes
+                && let Some(addr) = &e.addr
+            {
                 log::info!("session {id}: CLI uses {} MiB, restarting it after its turn", rss >> 20);
-                e.addr.do_send(Stop { reason: StopReason::TooLarge });
+                addr.do_send(Stop { reason: StopReason::TooLarge });
             }
         }
         self.evict();
@@ -330,32 +393,6 @@ impl Registry {
             }
         }));
     }
-
-    fn grant_turn_slots(&mut self, me: &Addr<Registry>) {
-        while (self.turns_running.len() as u32) < self.limits.max_concurrent_turns {
-            let Some((session_id, waiter)) = self.turn_waiters.pop_front() else { break };
-            if waiter.is_closed() {
-                continue; // gave up waiting
-            }
-            let permit = TurnPermit { session_id: session_id.clone(), registry: Some(me.clone()) };
-            self.turns_running.insert(session_id);
-            if let Err(mut permit) = waiter.send(permit) {
-                // Dropped between the check and the send: give the slot back without a message.
-                permit.registry = None;
-                self.turns_running.remove(&permit.session_id);
-            }
-        }
-    }
-}
-
-/// Creates `dir` and its parent (the temp root) readable by their owner only.
-fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    for d in [Some(dir), dir.parent()].into_iter().flatten() {
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))?;
-    }
-    Ok(())
 }
 
 impl Actor for Registry {
@@ -363,8 +400,7 @@ impl Actor for Registry {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(1024);
-        self.sample_memory();
-        ctx.run_interval(self.limits.check_interval, |act, _| act.sample_memory());
+        ctx.run_interval(self.limits.check_interval, |act, ctx| act.sample_memory(ctx));
         if !self.limits.idle_timeout.is_zero() {
             let every = (self.limits.idle_timeout / 4).clamp(Duration::from_millis(250), self.limits.check_interval);
             ctx.run_interval(every, |act, _| act.evict());
@@ -412,16 +448,29 @@ pub struct Launch {
     pub cwd: std::os::fd::OwnedFd,
 }
 
+type LaunchResult = Result<Addr<SessionActor>, ApiError>;
+
 impl Handler<Launch> for Registry {
-    type Result = ResponseActFuture<Self, Result<Addr<SessionActor>, ApiError>>;
+    type Result = ResponseActFuture<Self, LaunchResult>;
 
     fn handle(&mut self, msg: Launch, ctx: &mut Context<Self>) -> Self::Result {
         let me = ctx.address();
         match self.entries.get_mut(&msg.row.session_id) {
-            Some(entry) if entry.phase == Phase::Live => {
-                entry.last_active = Instant::now();
-                let addr = entry.addr.clone();
+            Some(Entry { phase: Phase::Live, addr: Some(addr), last_active, .. }) => {
+                *last_active = Instant::now();
+                let addr = addr.clone();
                 Box::pin(async move { Ok(addr) }.into_actor(self))
+            }
+            Some(entry) if entry.phase == Phase::Launching => {
+                // Another request is launching it: wait for that, then look again.
+                let mut launched = entry.launched.subscribe();
+                Box::pin(
+                    async move {
+                        let _ = launched.wait_for(|done| *done).await;
+                        me.send(msg).await?
+                    }
+                    .into_actor(self),
+                )
             }
             Some(entry) => {
                 // One process per session: wait for the old one to be reaped, then launch again.
@@ -435,10 +484,7 @@ impl Handler<Launch> for Registry {
                     .into_actor(self),
                 )
             }
-            None => {
-                let result = self.launch_new(&msg.row, &msg.cwd, me);
-                Box::pin(async move { result }.into_actor(self))
-            }
+            None => self.launch_new(msg, ctx),
         }
     }
 }
@@ -454,7 +500,7 @@ impl Handler<Lookup> for Registry {
     type Result = Option<Addr<SessionActor>>;
 
     fn handle(&mut self, msg: Lookup, _: &mut Context<Self>) -> Self::Result {
-        self.entries.get(&msg.session_id).filter(|e| e.phase == Phase::Live).map(|e| e.addr.clone())
+        self.entries.get(&msg.session_id).filter(|e| e.phase == Phase::Live).and_then(|e| e.addr.clone())
     }
 }
 
@@ -476,18 +522,23 @@ impl Handler<Retire> for Registry {
     }
 }
 
+// The session actors' reports carry the generation of their launch: actors run on several
+// threads, so a late report of an old actor (its second `Ended`, from `stopped()`) can arrive
+// after the session was launched again, and must not touch the new entry.
+
 /// From a session actor: it has started stopping (its slot is free).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Stopping {
     pub session_id: String,
+    pub generation: u64,
 }
 
 impl Handler<Stopping> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Stopping, _: &mut Context<Self>) {
-        if let Some(e) = self.entries.get_mut(&msg.session_id) {
+        if let Some(e) = self.current(&msg.session_id, msg.generation) {
             e.phase = Phase::Stopping;
         }
     }
@@ -498,14 +549,20 @@ impl Handler<Stopping> for Registry {
 #[rtype(result = "()")]
 pub struct Ended {
     pub session_id: String,
+    pub generation: u64,
 }
 
 impl Handler<Ended> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Ended, _: &mut Context<Self>) {
+        if self.current(&msg.session_id, msg.generation).is_none() {
+            return;
+        }
         if let Some(e) = self.entries.remove(&msg.session_id) {
-            self.groups.remove(e.pid as i32);
+            // The record is a file rewrite: not on this thread.
+            let groups = self.groups.clone();
+            tokio::task::spawn_blocking(move || groups.remove(e.pid as i32));
             let _ = e.ended.send(true);
         }
     }
@@ -516,68 +573,18 @@ impl Handler<Ended> for Registry {
 #[rtype(result = "()")]
 pub struct Activity {
     pub session_id: String,
+    pub generation: u64,
+    pub in_turn: bool,
 }
 
 impl Handler<Activity> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Activity, _: &mut Context<Self>) {
-        if let Some(e) = self.entries.get_mut(&msg.session_id) {
+        if let Some(e) = self.current(&msg.session_id, msg.generation) {
             e.last_active = Instant::now();
+            e.in_turn = msg.in_turn;
         }
-    }
-}
-
-/// A slot of `api.max_concurrent_requests`, held for the length of one turn. Dropping it
-/// gives the slot back.
-#[derive(Debug)]
-pub struct TurnPermit {
-    session_id: String,
-    registry: Option<Addr<Registry>>,
-}
-
-impl Drop for TurnPermit {
-    fn drop(&mut self) {
-        if let Some(registry) = self.registry.take() {
-            registry.do_send(ReleaseTurnSlot { session_id: std::mem::take(&mut self.session_id) });
-        }
-    }
-}
-
-/// Ask for a turn slot; the answer arrives on the receiver when one is free (the caller
-/// bounds the wait with `api.queue_timeout`).
-#[derive(Message)]
-#[rtype(result = "oneshot::Receiver<TurnPermit>")]
-pub struct AcquireTurnSlot {
-    pub session_id: String,
-}
-
-impl Handler<AcquireTurnSlot> for Registry {
-    type Result = MessageResult<AcquireTurnSlot>;
-
-    fn handle(&mut self, msg: AcquireTurnSlot, ctx: &mut Context<Self>) -> Self::Result {
-        let (tx, rx) = oneshot::channel();
-        self.turn_waiters.push_back((msg.session_id, tx));
-        self.grant_turn_slots(&ctx.address());
-        MessageResult(rx)
-    }
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-struct ReleaseTurnSlot {
-    session_id: String,
-}
-
-impl Handler<ReleaseTurnSlot> for Registry {
-    type Result = ();
-
-    fn handle(&mut self, msg: ReleaseTurnSlot, ctx: &mut Context<Self>) {
-        self.turns_running.remove(&msg.session_id);
-        if let Some(e) = self.entries.get_mut(&msg.session_id) {
-            e.last_active = Instant::now();
-        }
-        self.grant_turn_slots(&ctx.address());
     }
 }
 
@@ -599,8 +606,8 @@ impl Handler<GetStats> for Registry {
     fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
         MessageResult(RegistryStats {
             live_sessions: self.live_count(),
-            processes: self.entries.values().map(|e| e.pid).collect(),
-            turns_running: self.turns_running.len(),
+            processes: self.entries.values().map(|e| e.pid).filter(|pid| *pid != 0).collect(),
+            turns_running: self.turns_running(),
             memory: self.memory,
         })
     }
@@ -615,11 +622,12 @@ pub struct SetMemoryLimit {
 }
 
 impl Handler<SetMemoryLimit> for Registry {
-    type Result = ();
+    type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, msg: SetMemoryLimit, _: &mut Context<Self>) {
+    /// Answers once a fresh sample has been acted on.
+    fn handle(&mut self, msg: SetMemoryLimit, _: &mut Context<Self>) -> Self::Result {
         self.limits.memory_limit_bytes = msg.mb.saturating_mul(1024 * 1024);
-        self.sample_memory();
+        Box::pin(memory::sample_off_thread().into_actor(self).map(|sample, act, _| act.apply_sample(sample)))
     }
 }
 
@@ -641,7 +649,7 @@ impl Handler<Shutdown> for Registry {
             .values_mut()
             .map(|e| {
                 e.phase = Phase::Stopping;
-                e.addr.do_send(Stop { reason });
+                e.stop(reason);
                 e.ended.subscribe()
             })
             .collect();

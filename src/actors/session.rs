@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::persist::{self, PersistJob};
-use super::registry::{AcquireTurnSlot, Activity, Ended, Registry, Stopping, TurnPermit};
+use super::registry::{Activity, Ended, Registry, Stopping};
 use crate::cli::process::{CliProcess, ExitInfo, MAX_LINE_BYTES, StdoutItem, stdout_messages};
 use crate::cli::protocol::{
     CliMessage, ContentBlock, Delta, IncomingControlRequest, OutgoingControlRequest, OutgoingControlResponse,
@@ -102,6 +102,10 @@ pub struct SessionSetup {
     /// Tools answered "allow" without asking the client (the session's allowed tools,
     /// including those the client chose to always allow).
     pub always_allowed: Vec<String>,
+    /// Which launch of the session this actor is (its reports to the registry carry it).
+    pub generation: u64,
+    /// `api.max_concurrent_requests` turn slots, shared by every session.
+    pub turn_slots: Arc<Semaphore>,
 }
 
 struct Turn {
@@ -119,7 +123,8 @@ struct Turn {
     /// The deadline timer and the interrupt's grace timer: cancelled when the turn ends, so
     /// no timer outlives its turn (each pending one costs the actor on every wake-up).
     timers: Vec<SpawnHandle>,
-    _permit: TurnPermit,
+    /// The turn's slot: dropping it (with the turn) frees it for the next waiter.
+    _permit: OwnedSemaphorePermit,
 }
 
 /// Reply to a turn request.
@@ -141,6 +146,8 @@ pub enum TurnRefused {
 pub struct SessionActor {
     id: String,
     cli_session_id: String,
+    generation: u64,
+    turn_slots: Arc<Semaphore>,
     registry: Addr<Registry>,
     settings: Arc<Settings>,
     persist: persist::Writer,
@@ -225,6 +232,8 @@ impl SessionActor {
             persist: persist::start(storage, setup.session_id.clone()),
             id: setup.session_id,
             cli_session_id: setup.cli_session_id,
+            generation: setup.generation,
+            turn_slots: setup.turn_slots,
             registry,
             settings,
             process,
@@ -612,7 +621,7 @@ impl SessionActor {
             let _ = delivered.send(());
         }));
         drop(turn);
-        self.registry.do_send(Activity { session_id: self.id.clone() });
+        self.registry.do_send(Activity { session_id: self.id.clone(), generation: self.generation, in_turn: false });
         if let Some(reason) = self.stop_after_turn.take() {
             self.begin_stop(reason, ctx);
         }
@@ -755,7 +764,7 @@ impl SessionActor {
             });
         }
         self.stopping = Some(reason);
-        self.registry.do_send(Stopping { session_id: self.id.clone() });
+        self.registry.do_send(Stopping { session_id: self.id.clone(), generation: self.generation });
         let grace = match reason {
             StopReason::Unresponsive | StopReason::ProtocolError | StopReason::ForcedShutdown => Duration::ZERO,
             _ => Duration::from_secs(self.settings.cli.stop_grace),
@@ -801,8 +810,10 @@ impl SessionActor {
         if let Some(status) = status {
             self.set_status(status);
         }
-        let _ = std::fs::remove_dir_all(&self.tmp_dir);
-        self.registry.do_send(Stopping { session_id: self.id.clone() });
+        // Off this thread, and done before `Ended`: a relaunch makes the same directory again.
+        let tmp_dir = self.tmp_dir.clone();
+        let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(tmp_dir));
+        self.registry.do_send(Stopping { session_id: self.id.clone(), generation: self.generation });
         // End only once every event is stored: a follower that connects after this actor is
         // gone replays from storage alone.
         let last_flush = self.flush_events(ctx);
@@ -817,6 +828,7 @@ impl SessionActor {
                 }
             })
             .await;
+            let _ = removed.await;
         };
         ctx.spawn(wait.into_actor(self).map(|_, act, ctx| {
             if act.unstored.is_empty() && act.ids_reserved {
@@ -824,7 +836,7 @@ impl SessionActor {
                 let release = PersistJob::ReleaseIds { ours: act.reserved_up_to, to: act.next_event_id - 1 };
                 let _ = act.persist.push(release);
             }
-            act.registry.do_send(Ended { session_id: act.id.clone() });
+            act.registry.do_send(Ended { session_id: act.id.clone(), generation: act.generation });
             ctx.stop();
         }));
     }
@@ -900,7 +912,7 @@ impl Actor for SessionActor {
     fn stopped(&mut self, _: &mut Self::Context) {
         // Dropping `process` (with its stop sender) makes the supervisor stop and reap the child
         // even if the actor ended unexpectedly.
-        self.registry.do_send(Ended { session_id: self.id.clone() });
+        self.registry.do_send(Ended { session_id: self.id.clone(), generation: self.generation });
     }
 }
 
@@ -947,7 +959,12 @@ impl Handler<StartTurn> for SessionActor {
     type Result = ResponseActFuture<Self, Result<TurnStarted, TurnRefused>>;
 
     fn handle(&mut self, msg: StartTurn, ctx: &mut Context<Self>) -> Self::Result {
-        if let Some(why) = &self.start_error {
+        // A CLI that failed to start says why. One that is stopping after it was ready (a
+        // protocol error, say) is `Gone`: the registry, on another thread, may not have seen
+        // its `Stopping` yet when it handed this actor out, and the caller launches anew.
+        if let Some(why) = &self.start_error
+            && !(self.ready && self.stopping.is_some())
+        {
             return Box::pin(fut::ready(Err(TurnRefused::Api(ApiError::CliFailed(why.clone())))));
         }
         if self.stopping.is_some() || self.stop_after_turn.is_some_and(|r| !r.spares_a_turn()) {
@@ -966,7 +983,7 @@ impl Handler<StartTurn> for SessionActor {
             return Box::pin(fut::ready(Err(TurnRefused::Gone)));
         }
         self.reserved = true;
-        let slot = self.registry.send(AcquireTurnSlot { session_id: self.id.clone() });
+        let slot = self.turn_slots.clone().acquire_owned();
         // A CLI that is not ready yet keeps starting (bounded by INITIALIZE_TIMEOUT): each
         // request waits for it only within its own deadline, so a short timeout never kills a
         // CLI that a later request could use.
@@ -982,12 +999,9 @@ impl Handler<StartTurn> for SessionActor {
         let slot_deadline = deadline.min(tokio::time::Instant::now() + msg.queue_timeout);
         let metrics = self.metrics.clone();
         let wait = async move {
-            let granted = tokio::time::timeout_at(slot_deadline, async move {
-                let permit_rx = slot.await.map_err(ApiError::from)?;
-                permit_rx.await.map_err(|_| ApiError::Internal("turn slot lost".into()))
-            });
-            let permit = match granted.await {
-                Ok(permit) => permit?,
+            // FIFO: the slots go to waiters in the order they asked.
+            let permit = match tokio::time::timeout_at(slot_deadline, slot).await {
+                Ok(permit) => permit.map_err(|_| ApiError::Internal("the turn slots are closed".into()))?,
                 Err(_) if slot_deadline == deadline => return Err(timed_out_while("waiting for a turn slot")),
                 Err(_) => {
                     metrics.refused("overloaded");
@@ -1035,7 +1049,7 @@ impl Handler<StartTurn> for SessionActor {
                 _permit: permit,
             });
             act.set_status(SessionStatus::Busy);
-            act.registry.do_send(Activity { session_id: act.id.clone() });
+            act.registry.do_send(Activity { session_id: act.id.clone(), generation: act.generation, in_turn: true });
             Ok(TurnStarted { turn_id: turn_id.to_string(), first_event_id: act.next_event_id, events })
         }))
     }
@@ -1078,7 +1092,7 @@ impl Handler<Stop> for SessionActor {
             StopReason::Shutdown if self.turn.is_some() => {
                 // Running turns may finish within api.shutdown_grace; then they are interrupted.
                 self.stop_after_turn = Some(StopReason::Shutdown);
-                self.registry.do_send(Stopping { session_id: self.id.clone() });
+                self.registry.do_send(Stopping { session_id: self.id.clone(), generation: self.generation });
                 ctx.run_later(Duration::from_secs(self.settings.api.shutdown_grace), |act, ctx| {
                     if act.turn.is_some() {
                         act.interrupt(ctx);

@@ -1,6 +1,7 @@
 //! The Claude Code CLI as a child process: its protocol, command line and process handling.
 
 pub mod command;
+pub mod launch;
 pub mod orphans;
 pub mod process;
 pub mod protocol;

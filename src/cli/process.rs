@@ -33,6 +33,9 @@ const READ_BUFFER_BYTES: usize = 8 * 1024;
 /// Open files per CLI process (soft limit; never above the service's own hard limit).
 const MAX_OPEN_FILES: libc::rlim_t = 8192;
 const LINE_KEEP_BYTES: usize = 64 * 1024;
+/// Lines longer than this are parsed on the blocking pool: tens of MiB of JSON take the
+/// session thread for tens of ms, stalling every other session on it.
+const PARSE_OFF_THREAD_BYTES: usize = 256 * 1024;
 
 /// What a command line needs to start.
 pub struct LaunchSpec<'a> {
@@ -264,7 +267,8 @@ pub struct CliProcess {
 }
 
 /// Starts the CLI. Must be called on a thread that lives as long as the service (the
-/// parent-death signal follows the thread that forks), which the registry actor's is.
+/// parent-death signal follows the thread that forks): the launcher thread of
+/// [`super::launch`]. Its pipes and tasks go to the tokio runtime entered on that thread.
 pub fn spawn(
     spec: &LaunchSpec<'_>,
     session_label: &str,
@@ -324,8 +328,8 @@ pub fn spawn(
     let stderr_tail = Arc::new(Mutex::new(StderrTail::default()));
 
     let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();
-    actix_web::rt::spawn(write_stdin(stdin, stdin_rx));
-    actix_web::rt::spawn(drain_stderr(stderr, stderr_tail.clone(), session_label.to_string()));
+    tokio::spawn(write_stdin(stdin, stdin_rx));
+    tokio::spawn(drain_stderr(stderr, stderr_tail.clone(), session_label.to_string()));
     let (stop_tx, stop_rx) = oneshot::channel();
     let (exit_tx, exit_rx) = oneshot::channel();
     let escapees = spec.env.iter().find(|(k, _)| k == "TMPDIR").map(|(_, dir)| Escapees {
@@ -334,7 +338,7 @@ pub fn spawn(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64),
     });
-    actix_web::rt::spawn(supervise(child, pid as i32, escapees, stop_rx, exit_tx));
+    tokio::spawn(supervise(child, pid as i32, escapees, stop_rx, exit_tx));
     Ok(CliProcess { pid, stdin: stdin_tx, stderr_tail, stop: Some(stop_tx), exited: Some(exit_rx), stdout })
 }
 
@@ -487,7 +491,7 @@ pub fn stdout_messages(stdout: ChildStdout, max_line: usize) -> impl Stream<Item
             match read_capped_line(&mut reader, &mut line, max_line).await {
                 Ok(LineRead::Eof) => return None,
                 Ok(LineRead::TooLong) => return Some((StdoutItem::TooLong, (reader, line, true))),
-                Ok(LineRead::Line) => match parse_line(&line) {
+                Ok(LineRead::Line) => match parse(&mut line).await {
                     Ok(Some(message)) => return Some((StdoutItem::Message(message), (reader, line, false))),
                     Ok(None) => {
                         if !line.trim_ascii().is_empty() {
@@ -503,6 +507,22 @@ pub fn stdout_messages(stdout: ChildStdout, max_line: usize) -> impl Stream<Item
             }
         }
     })
+}
+
+/// `parse_line`, on the blocking pool for a long line (the buffer goes there and back).
+async fn parse(line: &mut Vec<u8>) -> Result<Option<CliMessage>, serde_json::Error> {
+    if line.len() < PARSE_OFF_THREAD_BYTES {
+        return parse_line(line);
+    }
+    let taken = std::mem::take(line);
+    match tokio::task::spawn_blocking(move || (parse_line(&taken), taken)).await {
+        Ok((parsed, taken)) => {
+            *line = taken;
+            parsed
+        }
+        // Cancelled (the runtime is shutting down) or panicked: the line counts as malformed.
+        Err(e) => Err(serde_json::Error::io(std::io::Error::other(e.to_string()))),
+    }
 }
 
 enum LineRead {

@@ -1,0 +1,208 @@
+//! The launch recipe of one session's CLI (program, directories, options, argv and env, the
+//! Landlock ruleset) and where each step runs, so no actor thread or HTTP worker ever blocks
+//! on it: the filesystem work on tokio's blocking pool, the fork on one dedicated launcher
+//! thread. That thread lives as long as the service, because the parent-death signal follows
+//! the *thread* that forks: a blocking-pool thread exits when idle and would take its CLIs
+//! with it. The child's pipes and supervisor are registered on the runtime of the session
+//! thread that will own the actor, not on the launcher's.
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+
+use serde_json::{Map, Value};
+
+use super::command::{AgentOptions, SecretFiles, StartMode, build_args, build_env, transcript_path};
+use super::orphans::GroupRecord;
+use super::process::{self, CliProcess, Confinement, LaunchSpec};
+use super::sandbox::Sandbox;
+use crate::error::ApiError;
+use crate::settings::Settings;
+
+/// What one launch needs, owned (it crosses threads).
+pub struct LaunchRequest {
+    pub session_id: String,
+    pub user_id: String,
+    pub cli_session_id: String,
+    /// The stored path of the working directory (for the transcript lookup and the log).
+    pub cwd: String,
+    /// The working directory as a handle opened and checked beneath the user's directory.
+    pub cwd_handle: OwnedFd,
+    /// The session's stored option overrides (JSON).
+    pub options: String,
+    pub settings: Arc<Settings>,
+    pub users_root: PathBuf,
+    pub sandbox: Option<Arc<Sandbox>>,
+    pub groups: Arc<GroupRecord>,
+}
+
+/// A started CLI, and what its actor needs from the launch.
+pub struct Launched {
+    pub child: CliProcess,
+    pub tmp_dir: PathBuf,
+    pub always_allowed: Vec<String>,
+}
+
+/// Everything computed before the fork.
+struct Prepared {
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    cwd: PathBuf,
+    cwd_handle: OwnedFd,
+    confinement: Option<Confinement>,
+    tmp_dir: PathBuf,
+    always_allowed: Vec<String>,
+    mode: StartMode,
+}
+
+/// Prepares off-thread, then forks on the launcher thread with the child's I/O registered on
+/// `runtime` (the session thread's).
+pub async fn launch(request: LaunchRequest, runtime: tokio::runtime::Handle) -> Result<Launched, ApiError> {
+    let groups = request.groups.clone();
+    let session_id = request.session_id.clone();
+    let prepared = tokio::task::spawn_blocking(move || prepare(request))
+        .await
+        .map_err(|e| ApiError::Internal(format!("the launch preparation failed: {e}")))??;
+    let forked = on_launcher_thread(move || {
+        let _context = runtime.enter();
+        let spec = LaunchSpec {
+            program: &prepared.program,
+            args: &prepared.args,
+            env: &prepared.env,
+            cwd: &prepared.cwd,
+            cwd_handle: Some(&prepared.cwd_handle),
+        };
+        let label = format!("session {session_id}");
+        let child = process::spawn(&spec, &label, prepared.confinement).map_err(|e| {
+            ApiError::CliFailed(format!("cannot start the claude CLI at {}: {e}", prepared.program.display()))
+        })?;
+        // Recorded before the actor exists, so its `Ended` (which removes it) always comes after.
+        groups.add(child.pid as i32, &prepared.tmp_dir, crate::clock::now_ms());
+        log::info!("session {session_id}: started the CLI (pid {}, {:?})", child.pid, prepared.mode);
+        Ok(Launched { child, tmp_dir: prepared.tmp_dir, always_allowed: prepared.always_allowed })
+    });
+    forked.await.map_err(|_| ApiError::Internal("the CLI launcher thread failed".into()))?
+}
+
+/// The blocking part of the recipe: locate the program, make the directories, write the
+/// secret files, look for a transcript to resume, build the confinement.
+fn prepare(request: LaunchRequest) -> Result<Prepared, ApiError> {
+    let settings = &request.settings;
+    let program = crate::cli::locate(&settings.cli.path).ok_or_else(|| {
+        ApiError::CliFailed(format!("the claude CLI was not found at `{}` (cli.path)", settings.cli.path))
+    })?;
+    let user_dir = request.users_root.join(&request.user_id);
+    let config_dir = user_dir.join(".claude");
+    let tmp_dir = crate::cli::session_temp_dir(&request.session_id);
+    private_dir(&tmp_dir).map_err(|e| ApiError::Internal(format!("cannot create {}: {e}", tmp_dir.display())))?;
+    std::fs::create_dir_all(&config_dir)
+        .map_err(|e| ApiError::Internal(format!("cannot create {}: {e}", config_dir.display())))?;
+    // Fail closed: the defaults may be laxer than what the session asked for (e.g.
+    // `bypassPermissions` where it chose to be asked before each tool).
+    let overrides: Map<String, Value> = serde_json::from_str(&request.options).map_err(|e| {
+        ApiError::CliFailed(format!(
+            "the session's stored options are unreadable ({e}); it is not started with the service defaults"
+        ))
+    })?;
+    let options = AgentOptions::resolve(settings, &overrides);
+    let mode = if transcript_path(&config_dir, &request.cwd, &request.cli_session_id).is_some() {
+        StartMode::Resume
+    } else {
+        StartMode::New
+    };
+    let files = SecretFiles::write(&tmp_dir, &options)
+        .map_err(|e| ApiError::Internal(format!("cannot write the session's files in {}: {e}", tmp_dir.display())))?;
+    let args = build_args(&options, &settings.plugins, &request.cli_session_id, mode, &files);
+    let env = build_env(std::env::vars(), &settings.cli.env, &config_dir, &tmp_dir);
+    let confinement = match &request.sandbox {
+        Some(sandbox) => {
+            let mut read = crate::cli::sandbox::program_dirs(&program);
+            for server in options.mcp_servers.values() {
+                if let Some(found) = server.get("command").and_then(Value::as_str).and_then(crate::cli::locate) {
+                    read.extend(crate::cli::sandbox::program_dirs(&found));
+                }
+            }
+            Some(
+                sandbox
+                    .ruleset(&read, &[user_dir.clone(), tmp_dir.clone()], options.mcp_servers.values())
+                    .map_err(ApiError::Internal)?,
+            )
+        }
+        None => None,
+    };
+    Ok(Prepared {
+        program,
+        args,
+        env,
+        cwd: PathBuf::from(request.cwd),
+        cwd_handle: request.cwd_handle,
+        confinement,
+        tmp_dir,
+        always_allowed: options.allowed_tools.clone(),
+        mode,
+    })
+}
+
+/// Creates `dir` and its parent (the temp root) readable by their owner only.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    for d in [Some(dir), dir.parent()].into_iter().flatten() {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs `job` on the launcher thread (started on first use, never ended). A panicking job is
+/// caught: the thread, and with it every CLI's parent-death signal, must survive it.
+fn on_launcher_thread<T: Send + 'static>(
+    job: impl FnOnce() -> T + Send + 'static,
+) -> tokio::sync::oneshot::Receiver<T> {
+    static LAUNCHER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    let launcher = LAUNCHER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("cli-launcher".into())
+            .spawn(move || {
+                for job in rx {
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                        log::error!("a CLI launch panicked; the launcher goes on");
+                    }
+                }
+            })
+            .expect("the CLI launcher thread starts");
+        Mutex::new(tx)
+    });
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _ = tx.send(job());
+    });
+    // The receiver errs (the sender dropped) if the thread is gone.
+    let _ = launcher.lock().unwrap_or_else(|p| p.into_inner()).send(job);
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fork's thread must outlive the call: a child of a thread that exits is killed by
+    /// its parent-death signal. Two launches run on the same long-lived thread.
+    #[test]
+    fn jobs_run_on_one_long_lived_thread_and_survive_a_panic() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let first = on_launcher_thread(|| std::thread::current().id()).await.unwrap();
+            let panicked = on_launcher_thread(|| -> u8 { panic!("boom") }).await;
+            assert!(panicked.is_err());
+            let second = on_launcher_thread(|| std::thread::current().id()).await.unwrap();
+            assert_eq!(first, second);
+            assert_ne!(first, std::thread::current().id());
+        });
+    }
+}
