@@ -9,31 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use awc::http::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{Backend, TestApp, TestResponse, spawn_app, spawn_app_with};
+use crate::helpers::{Backend, TestApp, spawn_app, spawn_app_with};
 use crate::real_cli::{MockApi, spawn_real_app};
 use claude_agent_http::settings::SandboxMode;
 
 const BOBS: &str = "bob's secret";
-
-async fn files(app: &TestApp, key: &str, method: Method, id: &str, path: &str, body: Option<&[u8]>) -> TestResponse {
-    let url = format!("/api/v1/sessions/{id}/files?path={}", urlencode(path));
-    match body {
-        Some(bytes) => app.request_raw(method, &url, Some(key), Some("application/octet-stream"), bytes.to_vec()).await,
-        None => app.request(method, &url, Some(key), None).await,
-    }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
 
 /// Alice with a session at her top level and one at `proj`; Bob with his secret.
 struct Scene {
@@ -73,7 +53,7 @@ async fn every_operation_is_refused(s: &Scene, target: &Path, file: &str) {
         (Method::PUT, file, Some(&b"overwritten"[..])),
         (Method::DELETE, file, None),
     ] {
-        let res = files(&s.app, &s.alice, method.clone(), &s.proj, path, body).await;
+        let res = s.app.files(&s.alice, method.clone(), &s.proj, path, body).await;
         assert!(!res.text.contains(&String::from_utf8_lossy(&content)[..content.len().min(12)]), "{}", res.text);
         res.assert_error(400, "invalid_path");
     }
@@ -106,10 +86,10 @@ async fn a_session_dir_swapped_for_a_link_out_is_refused_for_files_and_resume() 
     s.app.resume_session(&s.alice, &s.proj).await.assert_error(400, "invalid_path");
     assert_eq!(s.app.get_session(&s.alice, &s.proj).await.body["status"], "closed");
     // The other session is unaffected, and a link inside Alice's own directory is fine.
-    assert_eq!(files(&s.app, &s.alice, Method::GET, &s.top, "proj.old/mine.txt", None).await.text, "alice's");
+    assert_eq!(s.app.files(&s.alice, Method::GET, &s.top, "proj.old/mine.txt", None).await.text, "alice's");
     std::fs::remove_file(&link).unwrap();
     std::os::unix::fs::symlink("proj.old", &link).unwrap();
-    assert_eq!(files(&s.app, &s.alice, Method::GET, &s.proj, "mine.txt", None).await.text, "alice's");
+    assert_eq!(s.app.files(&s.alice, Method::GET, &s.proj, "mine.txt", None).await.text, "alice's");
     assert_eq!(s.app.resume_session(&s.alice, &s.proj).await.status, StatusCode::OK);
 }
 
@@ -153,9 +133,9 @@ async fn racing_the_swap_never_reaches_the_other_users_files() {
     let mut refused = 0;
     for i in 0..300 {
         let res = match i % 3 {
-            0 => files(&s.app, &s.alice, Method::GET, &s.proj, "secret.txt", None).await,
-            1 => files(&s.app, &s.alice, Method::GET, &s.proj, "", None).await,
-            _ => files(&s.app, &s.alice, Method::PUT, &s.proj, &format!("race-{i}.txt"), Some(b"race")).await,
+            0 => s.app.files(&s.alice, Method::GET, &s.proj, "secret.txt", None).await,
+            1 => s.app.files(&s.alice, Method::GET, &s.proj, "", None).await,
+            _ => s.app.files(&s.alice, Method::PUT, &s.proj, &format!("race-{i}.txt"), Some(b"race")).await,
         };
         assert!(!res.text.contains(BOBS), "request {i}: {}", res.text);
         if let Some(entries) = res.body.as_array() {
@@ -204,7 +184,7 @@ async fn odd_names_download_with_an_rfc_6266_content_disposition() {
         ("a\u{1}b\nc\".txt", "attachment; filename=\"a_b_c_.txt\"; filename*=UTF-8''a%01b%0Ac%22.txt"),
     ] {
         std::fs::write(dir.join(name), "odd").unwrap();
-        let res = files(&s.app, &s.alice, Method::GET, &s.proj, name, None).await;
+        let res = s.app.files(&s.alice, Method::GET, &s.proj, name, None).await;
         assert_eq!(res.status, StatusCode::OK, "{name:?}: {}", res.text);
         assert_eq!(res.text, "odd");
         assert_eq!(res.header("content-disposition"), Some(encoded));
@@ -224,7 +204,7 @@ async fn a_far_future_mtime_does_not_break_the_listing() {
     let far = std::time::UNIX_EPOCH + std::time::Duration::from_secs(300_000_000_000);
     std::fs::File::create(&path).unwrap().set_modified(far).unwrap();
     assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), far, "the filesystem keeps the time");
-    let res = files(&s.app, &s.alice, Method::GET, &s.proj, "", None).await;
+    let res = s.app.files(&s.alice, Method::GET, &s.proj, "", None).await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.text);
     let far = res.body.as_array().unwrap().iter().find(|e| e["name"] == "far").unwrap();
     assert_eq!(far["modified_at"], "9999-12-31T23:59:59.999Z");

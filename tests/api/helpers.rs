@@ -379,6 +379,17 @@ impl TestApp {
         self.request(Method::POST, &format!("/api/v1/sessions/{id}/interrupt"), Some(key), None).await
     }
 
+    /// `/sessions/{id}/files?path=…`: `body` is uploaded as raw bytes when given.
+    pub async fn files(&self, key: &str, method: Method, id: &str, path: &str, body: Option<&[u8]>) -> TestResponse {
+        let url = format!("/api/v1/sessions/{id}/files?path={}", urlencode(path));
+        match body {
+            Some(bytes) => {
+                self.request_raw(method, &url, Some(key), Some("application/octet-stream"), bytes.to_vec()).await
+            }
+            None => self.request(method, &url, Some(key), None).await,
+        }
+    }
+
     /// Pids of the CLI processes the registry supervises now.
     pub async fn cli_pids(&self) -> Vec<u32> {
         let stats = self.app_state.registry.send(claude_agent_http::actors::GetStats).await.expect("registry");
@@ -480,6 +491,19 @@ impl SseReader {
         }
         frames
     }
+}
+
+/// Percent-encodes a query value (unreserved characters and `/` stay).
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 /// Whether a process runs (a zombie does not count).

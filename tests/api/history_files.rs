@@ -3,7 +3,7 @@
 use awc::http::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{Backend, TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{Backend, spawn_app, spawn_app_with};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -62,45 +62,18 @@ async fn history_is_stored_paginated_and_survives_a_restart(backend: Backend) {
     assert_eq!(after.body, res.body, "identical after a restart");
 }
 
-async fn files(
-    app: &TestApp,
-    key: &str,
-    method: Method,
-    id: &str,
-    path: &str,
-    body: Option<&[u8]>,
-) -> crate::helpers::TestResponse {
-    let url = format!("/api/v1/sessions/{id}/files?path={}", urlencode(path));
-    match body {
-        Some(bytes) => app.request_raw(method, &url, Some(key), Some("application/octet-stream"), bytes.to_vec()).await,
-        None => app.request(method, &url, Some(key), None).await,
-    }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 async fn files_are_listed_downloaded_uploaded_and_deleted_inside_the_session(backend: Backend) {
     let app = spawn_app_with(backend, |s| s.files.max_upload_mb = 1).await;
     let key = app.create_user("alice").await;
     let id = app.create_session(&key, json!({"subdir": "proj"})).await;
     let dir = app.users_dir().join("alice/proj");
 
-    let up = files(&app, &key, Method::PUT, &id, "notes/today.txt", Some(b"buy milk")).await;
+    let up = app.files(&key, Method::PUT, &id, "notes/today.txt", Some(b"buy milk")).await;
     assert_eq!(up.status, StatusCode::CREATED, "{}", up.text);
     assert_eq!(std::fs::read_to_string(dir.join("notes/today.txt")).unwrap(), "buy milk");
-    files(&app, &key, Method::PUT, &id, "data.json", Some(b"{\"a\":1}")).await;
+    app.files(&key, Method::PUT, &id, "data.json", Some(b"{\"a\":1}")).await;
 
-    let root = files(&app, &key, Method::GET, &id, "", None).await;
+    let root = app.files(&key, Method::GET, &id, "", None).await;
     assert_eq!(root.status, StatusCode::OK);
     let names: Vec<&str> = root.body.as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["data.json", "notes"]);
@@ -109,31 +82,31 @@ async fn files_are_listed_downloaded_uploaded_and_deleted_inside_the_session(bac
     assert_eq!(root.body[0]["size"], 7);
     assert!(root.body[0]["modified_at"].is_string());
 
-    let txt = files(&app, &key, Method::GET, &id, "notes/today.txt", None).await;
+    let txt = app.files(&key, Method::GET, &id, "notes/today.txt", None).await;
     assert_eq!(txt.status, StatusCode::OK);
     assert_eq!(txt.text, "buy milk");
     assert_eq!(txt.header("content-type"), Some("text/plain"));
     assert!(txt.header("content-disposition").unwrap().starts_with("attachment"));
     assert_eq!(txt.header("x-content-type-options"), Some("nosniff"));
     assert_eq!(
-        files(&app, &key, Method::GET, &id, "data.json", None).await.header("content-type"),
+        app.files(&key, Method::GET, &id, "data.json", None).await.header("content-type"),
         Some("application/json")
     );
 
     // Replacing a file and the size limit: an oversized upload leaves the old file and no temp file.
     let big = vec![b'x'; 1024 * 1024 + 1];
-    files(&app, &key, Method::PUT, &id, "data.json", Some(&big)).await.assert_error(413, "payload_too_large");
+    app.files(&key, Method::PUT, &id, "data.json", Some(&big)).await.assert_error(413, "payload_too_large");
     assert_eq!(std::fs::read_to_string(dir.join("data.json")).unwrap(), "{\"a\":1}");
     assert!(std::fs::read_dir(&dir).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(".upload")));
 
-    assert_eq!(files(&app, &key, Method::DELETE, &id, "notes/today.txt", None).await.status, StatusCode::NO_CONTENT);
-    files(&app, &key, Method::GET, &id, "notes/today.txt", None).await.assert_error(404, "not_found");
-    files(&app, &key, Method::DELETE, &id, "notes/today.txt", None).await.assert_error(404, "not_found");
-    files(&app, &key, Method::PUT, &id, "notes", Some(b"x")).await.assert_error(400, "invalid_path");
+    assert_eq!(app.files(&key, Method::DELETE, &id, "notes/today.txt", None).await.status, StatusCode::NO_CONTENT);
+    app.files(&key, Method::GET, &id, "notes/today.txt", None).await.assert_error(404, "not_found");
+    app.files(&key, Method::DELETE, &id, "notes/today.txt", None).await.assert_error(404, "not_found");
+    app.files(&key, Method::PUT, &id, "notes", Some(b"x")).await.assert_error(400, "invalid_path");
 
     let mallory = app.create_user("mallory").await;
-    files(&app, &mallory, Method::GET, &id, "", None).await.assert_error(404, "session_not_found");
-    files(&app, &mallory, Method::PUT, &id, "x.txt", Some(b"x")).await.assert_error(404, "session_not_found");
+    app.files(&mallory, Method::GET, &id, "", None).await.assert_error(404, "session_not_found");
+    app.files(&mallory, Method::PUT, &id, "x.txt", Some(b"x")).await.assert_error(404, "session_not_found");
 }
 
 async fn file_path_attacks_are_refused(backend: Backend) {
@@ -146,26 +119,26 @@ async fn file_path_attacks_are_refused(backend: Backend) {
     let dir = app.users_dir().join("alice/proj");
 
     for path in ["../../bob/secret.txt", "..", "a/../../x", "/etc/passwd", "/tmp/x", "a\u{0}b"] {
-        files(&app, &key, Method::GET, &id, path, None).await.assert_error(400, "invalid_path");
-        files(&app, &key, Method::PUT, &id, path, Some(b"x")).await.assert_error(400, "invalid_path");
-        files(&app, &key, Method::DELETE, &id, path, None).await.assert_error(400, "invalid_path");
+        app.files(&key, Method::GET, &id, path, None).await.assert_error(400, "invalid_path");
+        app.files(&key, Method::PUT, &id, path, Some(b"x")).await.assert_error(400, "invalid_path");
+        app.files(&key, Method::DELETE, &id, path, None).await.assert_error(400, "invalid_path");
     }
     // A symlink planted in the directory, pointing out of it.
     std::os::unix::fs::symlink(app.users_dir().join("bob"), dir.join("to-bob")).unwrap();
-    files(&app, &key, Method::GET, &id, "to-bob/secret.txt", None).await.assert_error(400, "invalid_path");
-    files(&app, &key, Method::GET, &id, "to-bob", None).await.assert_error(400, "invalid_path");
-    files(&app, &key, Method::PUT, &id, "to-bob/evil.txt", Some(b"x")).await.assert_error(400, "invalid_path");
+    app.files(&key, Method::GET, &id, "to-bob/secret.txt", None).await.assert_error(400, "invalid_path");
+    app.files(&key, Method::GET, &id, "to-bob", None).await.assert_error(400, "invalid_path");
+    app.files(&key, Method::PUT, &id, "to-bob/evil.txt", Some(b"x")).await.assert_error(400, "invalid_path");
     assert!(!app.users_dir().join("bob/evil.txt").exists());
     // A symlink the agent made itself (through its Bash tool).
     let made = app.chat(&key, &id, &format!("link leak {}", app.users_dir().join("bob/secret.txt").display())).await;
     assert_eq!(made.body["text"], "Linked leak.", "{}", made.text);
-    files(&app, &key, Method::GET, &id, "leak", None).await.assert_error(400, "invalid_path");
-    files(&app, &key, Method::PUT, &id, "leak", Some(b"overwrite")).await.assert_error(400, "invalid_path");
+    app.files(&key, Method::GET, &id, "leak", None).await.assert_error(400, "invalid_path");
+    app.files(&key, Method::PUT, &id, "leak", Some(b"overwrite")).await.assert_error(400, "invalid_path");
     assert_eq!(std::fs::read_to_string(app.users_dir().join("bob/secret.txt")).unwrap(), "bob's");
     // Listed as a link (never followed); deleting it removes the link only.
-    let listing = files(&app, &key, Method::GET, &id, "", None).await;
+    let listing = app.files(&key, Method::GET, &id, "", None).await;
     let leak = listing.body.as_array().unwrap().iter().find(|e| e["name"] == "leak").unwrap();
     assert_eq!(leak["kind"], "symlink");
-    assert_eq!(files(&app, &key, Method::DELETE, &id, "leak", None).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(app.files(&key, Method::DELETE, &id, "leak", None).await.status, StatusCode::NO_CONTENT);
     assert!(app.users_dir().join("bob/secret.txt").exists());
 }
