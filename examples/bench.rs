@@ -145,6 +145,17 @@ struct Api {
 }
 
 impl Api {
+    /// The same service and key over a connection pool of its own (one per simulated client).
+    fn with_own_client(&self) -> Api {
+        Api {
+            client: awc::Client::builder().timeout(Duration::from_secs(120)).finish(),
+            url: self.url.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+impl Api {
     async fn new(service: &Service, user: &str) -> Api {
         let client = awc::Client::builder().timeout(Duration::from_secs(120)).finish();
         let mut res = client
@@ -405,11 +416,7 @@ async fn run(turns: usize) {
     let cpu_before = service.cpu_ms();
     let started = Instant::now();
     let clients = ids.iter().map(|id| {
-        let api = Api {
-            client: awc::Client::builder().timeout(Duration::from_secs(120)).finish(),
-            url: api.url.clone(),
-            key: api.key.clone(),
-        };
+        let api = api.with_own_client();
         let id = id.clone();
         async move {
             for _ in 0..per_session {
@@ -442,11 +449,7 @@ async fn run(turns: usize) {
     let cpu_before = service.cpu_ms();
     let started = Instant::now();
     let clients = stream_ids.iter().map(|id| {
-        let api = Api {
-            client: awc::Client::builder().timeout(Duration::from_secs(120)).finish(),
-            url: api.url.clone(),
-            key: api.key.clone(),
-        };
+        let api = api.with_own_client();
         let id = id.clone();
         async move {
             for _ in 0..per_session {

@@ -573,13 +573,8 @@ impl Settings {
             return None;
         }
         let url = self.session.database_url.as_deref()?;
-        let rest = url.split_once("://").map_or(url, |(_, r)| r);
-        let authority = rest.split(['/', '?']).next().unwrap_or("");
-        let host_port = authority.rsplit('@').next().unwrap_or("");
-        match host_port.rfind(':') {
-            Some(i) if !host_port[i..].contains(']') => host_port[i + 1..].parse().ok(),
-            _ => Some(5432),
-        }
+        // A URL that does not parse, or names no port, means PostgreSQL's default port.
+        Some(url::Url::parse(url).ok().and_then(|u| u.port()).unwrap_or(5432))
     }
 
     pub fn bind_address(&self) -> String {

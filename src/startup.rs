@@ -119,7 +119,9 @@ impl Application {
         }
         // Session actors run on their own threads (one per core by default); the registry stays
         // on this one, off the path of every turn.
-        let threads = Arc::new(crate::actors::threads::SessionThreads::start(settings.runtime.session_threads()));
+        let threads = crate::actors::threads::SessionThreads::start(settings.runtime.session_threads())
+            .map_err(|e| StartupError(format!("cannot start the session threads: {e}")))?;
+        let threads = Arc::new(threads);
         log::info!("session actors run on {} thread(s) (runtime.workers)", threads.len());
         let registry = Registry::new(
             settings.clone(),

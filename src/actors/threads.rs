@@ -26,25 +26,23 @@ pub struct SessionThreads {
 
 impl SessionThreads {
     /// Starts `count` threads (at least one).
-    pub fn start(count: usize) -> SessionThreads {
+    pub fn start(count: usize) -> std::io::Result<SessionThreads> {
         let (mut systems, mut threads) = (Vec::new(), Vec::new());
         for i in 0..count.max(1) {
             let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::Builder::new()
-                .name(format!("sessions-{i}"))
-                .spawn(move || {
-                    let runner = System::new();
-                    runner.block_on(async {
-                        let _ = tx.send((System::current(), Arbiter::current(), tokio::runtime::Handle::current()));
-                    });
-                    let _ = runner.run();
-                })
-                .expect("a session thread starts");
-            let (system, arbiter, runtime) = rx.recv().expect("a session thread's runtime");
+            std::thread::Builder::new().name(format!("sessions-{i}")).spawn(move || {
+                let runner = System::new();
+                runner.block_on(async {
+                    let _ = tx.send((System::current(), Arbiter::current(), tokio::runtime::Handle::current()));
+                });
+                let _ = runner.run();
+            })?;
+            let (system, arbiter, runtime) =
+                rx.recv().map_err(|_| std::io::Error::other("a session thread ended before it ran"))?;
             systems.push(system);
             threads.push(SessionThread { arbiter, runtime });
         }
-        SessionThreads { systems, threads, next: AtomicUsize::new(0) }
+        Ok(SessionThreads { systems, threads, next: AtomicUsize::new(0) })
     }
 
     /// The next thread, round robin.
@@ -78,7 +76,7 @@ mod tests {
 
     #[actix_web::test]
     async fn threads_are_handed_out_round_robin_and_run_work() {
-        let pool = SessionThreads::start(3);
+        let pool = SessionThreads::start(3).unwrap();
         let picked: Vec<String> = (0..6)
             .map(|_| {
                 let (tx, rx) = std::sync::mpsc::channel();

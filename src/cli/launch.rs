@@ -9,8 +9,8 @@
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
 
 use serde_json::{Map, Value};
 
@@ -159,31 +159,35 @@ fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
 type Job = Box<dyn FnOnce() + Send>;
 
 /// Runs `job` on the launcher thread (started on first use, never ended). A panicking job is
-/// caught: the thread, and with it every CLI's parent-death signal, must survive it.
+/// caught: the thread, and with it every CLI's parent-death signal, must survive it. When the
+/// thread cannot be started the receiver errs (its sender is dropped), and the launch fails
+/// with an error rather than a panic; the next launch tries again.
 fn on_launcher_thread<T: Send + 'static>(
     job: impl FnOnce() -> T + Send + 'static,
 ) -> tokio::sync::oneshot::Receiver<T> {
-    static LAUNCHER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
-    let launcher = LAUNCHER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("cli-launcher".into())
-            .spawn(move || {
-                for job in rx {
-                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
-                        log::error!("a CLI launch panicked; the launcher goes on");
-                    }
-                }
-            })
-            .expect("the CLI launcher thread starts");
-        Mutex::new(tx)
-    });
+    static LAUNCHER: Mutex<Option<mpsc::Sender<Job>>> = Mutex::new(None);
     let (tx, rx) = tokio::sync::oneshot::channel();
     let job: Job = Box::new(move || {
         let _ = tx.send(job());
     });
-    // The receiver errs (the sender dropped) if the thread is gone.
-    let _ = launcher.lock().unwrap_or_else(|p| p.into_inner()).send(job);
+    let mut launcher = LAUNCHER.lock().unwrap_or_else(|p| p.into_inner());
+    if launcher.is_none() {
+        let (sender, jobs) = mpsc::channel::<Job>();
+        let started = std::thread::Builder::new().name("cli-launcher".into()).spawn(move || {
+            for job in jobs {
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                    log::error!("a CLI launch panicked; the launcher goes on");
+                }
+            }
+        });
+        match started {
+            Ok(_) => *launcher = Some(sender),
+            Err(e) => log::error!("cannot start the CLI launcher thread: {e}"),
+        }
+    }
+    if let Some(sender) = launcher.as_ref() {
+        let _ = sender.send(job);
+    }
     rx
 }
 

@@ -238,18 +238,7 @@ fn readable_beneath(root: &Path, hidden: &[PathBuf], list: &dyn Fn(&Path) -> Vec
 }
 
 fn port_of_url(url: &str) -> Option<u16> {
-    let (scheme, rest) = url.split_once("://")?;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let host_port = authority.rsplit('@').next()?;
-    let explicit = match host_port.rfind(':') {
-        Some(i) if !host_port[i..].contains(']') => host_port[i + 1..].parse().ok(),
-        _ => None,
-    };
-    explicit.or(match scheme {
-        "https" | "wss" => Some(443),
-        "http" | "ws" => Some(80),
-        _ => None,
-    })
+    url::Url::parse(url).ok()?.port_or_known_default()
 }
 
 /// The port of `ANTHROPIC_BASE_URL` (from `cli.env`, else the service's environment).

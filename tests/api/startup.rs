@@ -111,39 +111,14 @@ fn the_run_command_serves_on_embedded_defaults() {
     notify.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     // Port 0 instead of 8000 so parallel runs never collide, and the fake CLI in place of a
     // `claude` on PATH; everything else is the default.
-    let mut child = service(dir.path())
-        .env("CLAUDE_AGENT_API_PORT", "0")
-        .env("CLAUDE_AGENT_CLI_PATH", crate::helpers::fake_cli_path())
-        .env("NOTIFY_SOCKET", &notify_path)
-        .env("WATCHDOG_USEC", "400000")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut port = None;
-    let mut seen = Vec::new();
-    while port.is_none() && Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-            if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
-                port = rest.split_whitespace().next().and_then(|p| p.parse::<u16>().ok());
-            }
-            seen.push(line);
-        }
-    }
-    let port = port.unwrap_or_else(|| panic!("no listening line: {seen:?}"));
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    use std::io::{Read, Write};
-    stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
+    let (mut child, port, seen, _more) = start_and_read_port(
+        service(dir.path())
+            .env("CLAUDE_AGENT_API_PORT", "0")
+            .env("CLAUDE_AGENT_CLI_PATH", crate::helpers::fake_cli_path())
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("WATCHDOG_USEC", "400000"),
+    );
+    let answer = get_health(port);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("\"storage_type\":\"sqlite\""), "{answer}");
     assert!(dir.path().join("data/claude-agent-http.db").exists());
