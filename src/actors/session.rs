@@ -543,6 +543,12 @@ impl SessionActor {
             num_turns: result.num_turns,
             duration_ms: result.duration_ms,
         };
+        // A CLI without credentials "answers" with its login prompt: that is a failed turn, the
+        // same for a sync chat and a stream, and it names the key to set.
+        if let Some(why) = crate::cli::auth_failure(summary.is_error, &summary.text) {
+            self.finish_turn(Some(summary), TurnOutcome::Failed(ApiError::CliFailed(why)), ctx);
+            return;
+        }
         let tool_calls = turn.tool_calls.clone();
         self.finish_turn(Some(summary.clone()), TurnOutcome::Done { result: summary, tool_calls }, ctx);
     }
@@ -742,6 +748,12 @@ impl SessionActor {
             num_turns: 0,
             duration_ms: turn.started.elapsed().as_millis() as i64,
         };
+        // A CLI without credentials "answers" with its login prompt: that is a failed turn, the
+        // same for a sync chat and a stream, and it names the key to set.
+        if let Some(why) = crate::cli::auth_failure(summary.is_error, &summary.text) {
+            self.finish_turn(Some(summary), TurnOutcome::Failed(ApiError::CliFailed(why)), ctx);
+            return;
+        }
         let tool_calls = turn.tool_calls.clone();
         self.finish_turn(Some(summary.clone()), TurnOutcome::Done { result: summary, tool_calls }, ctx);
     }

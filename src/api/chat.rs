@@ -117,9 +117,6 @@ pub(super) async fn post_chat(
     while let Some(event) = turn.events.recv().await {
         match &event.outcome {
             Some(TurnOutcome::Done { result, tool_calls }) => {
-                if let Some(why) = crate::cli::auth_failure(result.is_error, &result.text) {
-                    return Err(ApiError::CliFailed(why));
-                }
                 return Ok(HttpResponse::Ok().json(ChatResponse {
                     session_id: req.session_id,
                     text: result.text.clone(),

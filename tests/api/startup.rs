@@ -310,4 +310,8 @@ async fn without_an_api_key_a_chat_names_the_missing_key() {
     res.assert_error(502, "cli_failed");
     let message = res.body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("ANTHROPIC_API_KEY") && message.contains("cli.env"), "{message}");
+    let stream = app.chat_stream(&key, serde_json::json!({"session_id": session, "message": "hi"})).await;
+    assert_eq!(stream.last()["type"], "error", "a stream ends with the same error: {:?}", stream.frames);
+    assert_eq!(stream.last()["code"], "cli_failed");
+    assert!(stream.last()["error"].as_str().unwrap_or_default().contains("ANTHROPIC_API_KEY"));
 }
