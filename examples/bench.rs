@@ -11,6 +11,8 @@
 //! `cargo build --release --examples && target/release/examples/bench`
 //! (`--turns N` changes the sample size; default 300; `--followers N` sets the followers,
 //! default 10,000; `--only followers` runs that scenario alone).
+//! `--only outage [--outage-secs 60] [--outage-sessions 20]`: PostgreSQL stopped under load on a
+//! private cluster (needs postgresql-common's `pg_createcluster`; see bench_parts/outage.rs).
 //!
 //! The service runs as a child process (this binary re-run with `--serve`, the library's
 //! `Application` on settings from the environment), so its RSS is its own.
@@ -23,6 +25,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
+#[path = "bench_parts/outage.rs"]
+mod outage;
+
 const ADMIN_KEY: &str = "bench-admin-key-0123456789";
 
 fn main() {
@@ -34,8 +39,15 @@ fn main() {
     let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1));
     let turns = value("--turns").and_then(|n| n.parse().ok());
     let followers = value("--followers").and_then(|n| n.parse().ok()).unwrap_or(10_000);
+    let only = value("--only").map(String::as_str);
     actix_web::rt::System::new().block_on(async {
-        if value("--only").map(String::as_str) != Some("followers") {
+        if only == Some("outage") {
+            let secs = value("--outage-secs").and_then(|n| n.parse().ok()).unwrap_or(60);
+            let sessions = value("--outage-sessions").and_then(|n| n.parse().ok()).unwrap_or(20);
+            outage::run(secs, sessions).await;
+            return;
+        }
+        if only != Some("followers") {
             run(turns.unwrap_or(300)).await;
         }
         followers_come_and_go(followers).await;
