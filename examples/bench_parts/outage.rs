@@ -163,14 +163,15 @@ pub async fn run(secs: u64, sessions: usize) {
             actix_web::rt::spawn(async move {
                 while !stop.get() {
                     let (seen, end) = stream_turn(&api, &id).await;
-                    let mut t = tally.borrow_mut();
-                    t.seen.entry(id.clone()).or_default().extend(seen);
-                    match end.as_str() {
-                        "done" => t.done += 1,
-                        "storage_unavailable" => t.storage_unavailable += 1,
-                        other => *t.other.entry(other.to_string()).or_default() += 1,
+                    {
+                        let mut t = tally.borrow_mut();
+                        t.seen.entry(id.clone()).or_default().extend(seen);
+                        match end.as_str() {
+                            "done" => t.done += 1,
+                            "storage_unavailable" => t.storage_unavailable += 1,
+                            other => *t.other.entry(other.to_string()).or_default() += 1,
+                        }
                     }
-                    drop(t);
                     if end != "done" {
                         // A client backs off a little when refused, as a real one would.
                         actix_web::rt::time::sleep(Duration::from_millis(200)).await;
@@ -207,7 +208,7 @@ pub async fn run(secs: u64, sessions: usize) {
     }
     let after = service.rss_kib();
 
-    let tally = tally.borrow();
+    let tally = tally.take();
     let (mut seen_total, mut missing) = (0usize, Vec::new());
     for id in &ids {
         let seen = tally.seen.get(id).cloned().unwrap_or_default();
