@@ -10,7 +10,8 @@
 //!
 //! `cargo build --release --examples && target/release/examples/bench`
 //! (`--turns N` changes the sample size; default 300; `--followers N` sets the followers,
-//! default 10,000; `--only followers` runs that scenario alone).
+//! default 10,000, `--rounds N` how many times they come and go, default 2; `--only followers`
+//! runs that scenario alone).
 //! `--only outage [--outage-secs 60] [--outage-sessions 20]`: PostgreSQL stopped under load on a
 //! private cluster (needs postgresql-common's `pg_createcluster`; see bench_parts/outage.rs).
 //!
@@ -39,6 +40,7 @@ fn main() {
     let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1));
     let turns = value("--turns").and_then(|n| n.parse().ok());
     let followers = value("--followers").and_then(|n| n.parse().ok()).unwrap_or(10_000);
+    let rounds = value("--rounds").and_then(|n| n.parse().ok()).unwrap_or(2);
     let only = value("--only").map(String::as_str);
     actix_web::rt::System::new().block_on(async {
         if only == Some("outage") {
@@ -50,7 +52,7 @@ fn main() {
         if only != Some("followers") {
             run(turns.unwrap_or(300)).await;
         }
-        followers_come_and_go(followers).await;
+        followers_come_and_go(followers, rounds).await;
     });
 }
 
@@ -540,7 +542,7 @@ async fn wait_idle(api: &Api, id: &str) {
 
 /// `n` clients open `/events` on 10 sessions (each with one turn to replay), then all leave at
 /// once. Live follower tasks are the `claude_agent_event_followers` gauge; RSS is the service's.
-async fn followers_come_and_go(n: usize) {
+async fn followers_come_and_go(n: usize, rounds: usize) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let service = Service::start(&[]);
@@ -595,42 +597,48 @@ async fn followers_come_and_go(n: usize) {
             socket
         }
     };
-    let mut clients = Vec::with_capacity(n);
-    let started = Instant::now();
-    while clients.len() < n {
-        let batch = (clients.len()..(clients.len() + 200).min(n)).map(open);
-        clients.extend(futures_util::future::join_all(batch).await);
-    }
-    let connected_in = started.elapsed().as_secs_f64();
-    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
-    let peak = service.rss_kib();
-    report(&format!("with {n} (in {connected_in:.1} s):"), gauge("claude_agent_event_followers").await, peak);
+    // A second round tells memory kept for good (a leak) from memory kept once (warm-up).
+    for round in 1..=rounds {
+        if rounds > 1 {
+            println!("  round {round}:");
+        }
+        let mut clients = Vec::with_capacity(n);
+        let started = Instant::now();
+        while clients.len() < n {
+            let batch = (clients.len()..(clients.len() + 200).min(n)).map(open);
+            clients.extend(futures_util::future::join_all(batch).await);
+        }
+        let connected_in = started.elapsed().as_secs_f64();
+        actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+        let peak = service.rss_kib();
+        report(&format!("with {n} (in {connected_in:.1} s):"), gauge("claude_agent_event_followers").await, peak);
 
-    drop(clients);
-    let left = Instant::now();
-    let mut live = gauge("claude_agent_event_followers").await;
-    while live > 0.0 && left.elapsed() < Duration::from_secs(30) {
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-        live = gauge("claude_agent_event_followers").await;
-    }
-    let gone_in = left.elapsed().as_secs_f64();
-    report(&format!("all left, tasks gone {gone_in:.2} s:"), live, service.rss_kib());
-    for wait in [1, 5, 15] {
-        let at = left + Duration::from_secs(wait);
-        actix_web::rt::time::sleep(at.saturating_duration_since(Instant::now())).await;
-        report(
-            &format!("{wait:>2} s after they left:"),
-            gauge("claude_agent_event_followers").await,
-            service.rss_kib(),
+        drop(clients);
+        let left = Instant::now();
+        let mut live = gauge("claude_agent_event_followers").await;
+        while live > 0.0 && left.elapsed() < Duration::from_secs(30) {
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+            live = gauge("claude_agent_event_followers").await;
+        }
+        let gone_in = left.elapsed().as_secs_f64();
+        report(&format!("all left, tasks gone {gone_in:.2} s:"), live, service.rss_kib());
+        for wait in [1, 5, 15] {
+            let at = left + Duration::from_secs(wait);
+            actix_web::rt::time::sleep(at.saturating_duration_since(Instant::now())).await;
+            report(
+                &format!("{wait:>2} s after they left:"),
+                gauge("claude_agent_event_followers").await,
+                service.rss_kib(),
+            );
+        }
+        let after = service.rss_kib();
+        println!(
+            "  RSS after / before: {:.2} ({:+.1} MiB; peak {:+.1} MiB, {:.1} KiB per follower)",
+            after as f64 / base as f64,
+            (after as f64 - base as f64) / 1024.0,
+            (peak as f64 - base as f64) / 1024.0,
+            (peak.saturating_sub(base)) as f64 / n.max(1) as f64
         );
     }
-    let after = service.rss_kib();
-    println!(
-        "  RSS after / before: {:.2} ({:+.1} MiB; peak {:+.1} MiB, {:.1} KiB per follower)",
-        after as f64 / base as f64,
-        (after as f64 - base as f64) / 1024.0,
-        (peak as f64 - base as f64) / 1024.0,
-        (peak.saturating_sub(base)) as f64 / n.max(1) as f64
-    );
     drop(service);
 }

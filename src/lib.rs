@@ -5,6 +5,7 @@
 //! `auth` (keys and the caller extractor), `settings`, `error`.
 
 pub mod actors;
+mod alloc;
 pub mod api;
 pub mod auth;
 pub mod cli;
