@@ -10,7 +10,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// A C string pointer, as jemalloc declares `malloc_conf` (`const char *`).
 #[repr(transparent)]
-pub struct MallocConf(*const u8);
+pub struct MallocConf(*const std::ffi::c_char);
 
 // SAFETY: it points at a 'static, immutable byte string.
 unsafe impl Sync for MallocConf {}
@@ -19,4 +19,4 @@ unsafe impl Sync for MallocConf {}
 /// purging thread; dirty pages go back after 1 s, with no second "muzzy" stage.
 #[unsafe(export_name = "_rjem_malloc_conf")]
 pub static MALLOC_CONF: MallocConf =
-    MallocConf(b"background_thread:true,max_background_threads:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0".as_ptr());
+    MallocConf(c"background_thread:true,max_background_threads:1,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
