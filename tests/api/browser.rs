@@ -181,6 +181,7 @@ async fn the_console_runs_a_whole_session_for_a_user_the_admin_picks() {
         assert!(card.text().await?.contains("Allow Write?"));
         card.find(Locator::Css("button.primary")).await?.click().await?;
         wait_until(&c, &format!("{LAST_ANSWER}.textContent.includes('Wrote page.txt.')")).await;
+        wait_until(&c, &format!("{LAST_ANSWER}.querySelector('.answered')?.textContent === 'Write: allowed'")).await;
         wait_for_text(&c, "#files", "page.txt").await;
         let fold = format!("{LAST_ANSWER}.querySelector('details.tool')");
         wait_until(&c, &format!("{fold}.classList.contains('ok')")).await;
@@ -199,6 +200,7 @@ async fn the_console_runs_a_whole_session_for_a_user_the_admin_picks() {
         send(&c, "write denied.txt never").await?;
         wait_until(&c, &format!("{LAST_ANSWER}.querySelector('.permission button.danger')")).await;
         c.execute(&format!("{LAST_ANSWER}.querySelector('.permission button.danger').click()"), vec![]).await?;
+        wait_until(&c, &format!("{LAST_ANSWER}.querySelector('.answered')?.textContent === 'Write: denied'")).await;
         wait_until(&c, &format!("{LAST_ANSWER}.textContent.includes('Could not write denied.txt: Denied in the console')"))
             .await;
 
@@ -233,7 +235,7 @@ async fn the_console_runs_a_whole_session_for_a_user_the_admin_picks() {
         let spent: f64 = app.list_sessions(ADMIN_KEY, "?user_id=alice&detail=true").await.body.as_array().unwrap()
             .iter().map(|s| s["total_cost_usd"].as_f64().unwrap()).sum();
         assert!(spent > 0.0);
-        wait_for_text(&c, "#spend", &format!("Spend of alice: ${spent:.4} over 1 sessions")).await;
+        wait_for_text(&c, "#spend", &format!("Spend of alice: ${spent:.4} over 1 session")).await;
 
         // Everything the page loaded came from the service.
         let loaded = js(&c, "return performance.getEntriesByType('resource').map(e => e.name)").await;
@@ -300,7 +302,7 @@ async fn a_user_key_creates_its_own_sessions_and_sees_the_servers_refusal_of_an_
         c.find(Locator::Id("mode")).await?.select_by_value("plan").await?;
         c.find(Locator::Id("create")).await?.click().await?;
         wait_for_text(&c, "#details", "permission mode: plan").await;
-        wait_for_text(&c, "#spend", "Spend of carol: $0.0000 over 1 sessions").await;
+        wait_for_text(&c, "#spend", "Spend of carol: $0.0000 over 1 session").await;
         send(&c, "hello **carol**").await?;
         wait_for_text(&c, "#transcript .md strong", "carol").await;
         wait_for_text(&c, "#transcript .md", "echo: hello carol").await;

@@ -155,7 +155,7 @@ async function loadSessions() {
   // The API has no per-user usage endpoint: the user's spend is the sum over their sessions.
   const whose = state.me.role === "user" ? state.me.user_id : state.user;
   const spent = sessions.reduce((sum, s) => sum + s.total_cost_usd, 0);
-  $("spend").textContent = whose ? "Spend of " + whose + ": " + money(spent) + " over " + sessions.length + " sessions" : "";
+  $("spend").textContent = whose ? "Spend of " + whose + ": " + money(spent) + " over " + sessions.length + (sessions.length === 1 ? " session" : " sessions") : "";
 }
 
 function sessionOptions() {
@@ -346,7 +346,8 @@ function permissionCard(ev) {
     } else body.message = "Denied in the console";
     try { await api("POST", "/api/v1/sessions/" + state.session.session_id + "/permissions/" + ev.request_id, body); }
     catch (e) { card.append(el("div", "error-banner", e.message)); return; }
-    card.replaceChildren(el("div", "meta", ev.tool_name + ": " + (behavior === "allow" ? (always ? "always allowed" : "allowed") : "denied")));
+    card.className = "meta answered";
+    card.replaceChildren(ev.tool_name + ": " + (behavior === "allow" ? (always ? "always allowed" : "allowed") : "denied"));
   };
   const allow = el("button", "primary", "Allow"); allow.onclick = () => answer("allow", false);
   const always = el("button", "", "Always allow"); always.onclick = () => answer("allow", true);
