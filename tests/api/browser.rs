@@ -179,6 +179,14 @@ async fn the_console_runs_a_whole_session_for_a_user_the_admin_picks() {
         send(&c, "write page.txt written from the browser").await?;
         let card = c.wait().for_element(Locator::Css(".permission")).await?;
         assert!(card.text().await?.contains("Allow Write?"));
+        // A reload while it waits shows it again, still to be answered.
+        c.refresh().await?;
+        wait_for_text(&c, "#status", "Connected").await;
+        let card = c.wait().for_element(Locator::Css(".permission")).await?;
+        assert!(card.text().await?.contains("Allow Write?"));
+        let waiting = "[...document.querySelectorAll('.msg.user')].filter(m => m.textContent.startsWith('write page.txt')).length";
+        assert_eq!(js(&c, &format!("return {waiting}")).await, json!(1));
+        wait_until(&c, "document.querySelector('.permission[data-open=checked] button.primary')").await;
         card.find(Locator::Css("button.primary")).await?.click().await?;
         wait_until(&c, &format!("{LAST_ANSWER}.textContent.includes('Wrote page.txt.')")).await;
         wait_until(&c, &format!("{LAST_ANSWER}.querySelector('.answered')?.textContent === 'Write: allowed'")).await;

@@ -287,8 +287,10 @@ function render(ev) {
     if (!fold) { fold = toolFold(ev.tool_name || "tool", {}); turn.bubble.append(fold); }
     setToolResult(fold, ev.output, ev.is_error);
   } else if (ev.type === "permission_request") {
-    turn.bubble.append(permissionCard(ev));
+    const card = permissionCard(ev);
+    turn.bubble.append(card);
     turn.text = null;
+    collapseIfAnswered(card, ev);
   } else if (ev.type === "done" || ev.type === "error") {
     if (ev.type === "done") {
       const r = ev.result;
@@ -331,6 +333,20 @@ function setToolResult(fold, output, isError) {
   fold.querySelector(".mark").textContent = isError ? " ✗" : " ✓";
   const text = typeof output === "string" ? output : JSON.stringify(output, null, 2);
   fold.append(el("div", "meta", isError ? "error" : "result"), el("pre", "result", text));
+}
+
+/// A request replayed after a reload may have been answered already: then it shows as such.
+async function collapseIfAnswered(card, ev) {
+  let open;
+  try { open = await api("GET", "/api/v1/sessions/" + state.session.session_id + "/permissions"); }
+  catch (_) { return; }
+  if (!card.classList.contains("permission")) return;
+  if (open.some((r) => r.request_id === ev.request_id)) {
+    card.dataset.open = "checked";
+  } else {
+    card.className = "meta answered";
+    card.replaceChildren(ev.tool_name + ": answered");
+  }
 }
 
 function permissionCard(ev) {
