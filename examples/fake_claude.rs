@@ -23,6 +23,7 @@
 //! | `read PATH`        | a grandchild `cat PATH`: answers `read ok: <content>` or `read failed: <error>` |
 //! | `put PATH TEXT`    | a grandchild `sh -c` writes TEXT to PATH: answers `put ok` or `put failed: <error>` |
 //! | `stamp`            | answers `stamp:<ns since epoch>` taken just before writing the first delta |
+//! | `markdown`         | answers `MARKDOWN` (a heading, bold, a list, a Rust code block) in small deltas |
 //!
 //! With `--permission-prompt-tool=stdio`, `tool`, `write` and `link` first ask with a
 //! `can_use_tool` control request and obey the answer (an allow's `updatedInput` is used).
@@ -478,9 +479,14 @@ fn turn(session: &mut Session, text: &str, uuid: &str, rx: &Receiver<Input>) {
             assistant(session, json!([{"type":"text","text":answer}]));
             finish(session, text, uuid, "success", &answer, started, 1);
         }
+        "markdown" => answer_in_pieces(session, text, uuid, started, MARKDOWN),
         _ => echo(session, text, uuid, started),
     }
 }
+
+/// What an agent's answer looks like: for the console's Markdown rendering.
+const MARKDOWN: &str = "## Plan\n\nThis is **bold** and `inline code`.\n\n- first\n- second\n\n\
+    ```rust\nfn main() {\n    println!(\"hello\");\n}\n```\n";
 
 fn emit_raw(line: &str) {
     let mut out = std::io::stdout().lock();
@@ -489,13 +495,17 @@ fn emit_raw(line: &str) {
 }
 
 fn echo(session: &mut Session, text: &str, uuid: &str, started: Instant) {
-    let answer = format!("echo: {text}");
-    let mut rest = answer.as_str();
+    answer_in_pieces(session, text, uuid, started, &format!("echo: {text}"));
+}
+
+/// `answer` as deltas of 8 characters, then the assistant frame and the result.
+fn answer_in_pieces(session: &mut Session, text: &str, uuid: &str, started: Instant, answer: &str) {
+    let mut rest = answer;
     while !rest.is_empty() {
         let cut = rest.char_indices().nth(8).map(|(i, _)| i).unwrap_or(rest.len());
         delta(session, &rest[..cut]);
         rest = &rest[cut..];
     }
     assistant(session, json!([{"type":"text","text":answer}]));
-    finish(session, text, uuid, "success", &answer, started, 1);
+    finish(session, text, uuid, "success", answer, started, 1);
 }

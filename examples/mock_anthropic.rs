@@ -14,6 +14,7 @@
 //! | `mcp TEXT`           | a call of the MCP tool `mcp__echo__echo` with TEXT, then "MCP said: <its output>" |
 //! | `slow`               | 60 words, one every 100 ms (for interrupts) |
 //! | `history`            | every user text of the conversation so far, joined by ` | ` |
+//! | `markdown`           | `MARKDOWN`: a heading, bold, a list and a Rust code block (for the console) |
 //! | anything else        | `mock: <text>` in several deltas |
 //!
 //! Tool calls are only made when the request offers tools. `GET /_mock/requests` returns the
@@ -130,9 +131,14 @@ fn decide(body: &Value) -> Reply {
             Reply::Text(words.concat(), Duration::from_millis(100))
         }
         Some("history") => Reply::Text(texts[..texts.len() - 1].join(" | "), Duration::ZERO),
+        Some("markdown") => Reply::Text(MARKDOWN.into(), Duration::ZERO),
         _ => Reply::Text(format!("mock: {prompt}"), Duration::ZERO),
     }
 }
+
+/// What an agent's answer looks like, for the console's Markdown rendering.
+const MARKDOWN: &str = "## Plan\n\nThis is **bold** and `inline code`.\n\n- first\n- second\n\n\
+    ```rust\nfn main() {\n    println!(\"hello\");\n}\n```\n";
 
 /// A new id per tool use: the CLI takes a repeated id for the same call and interrupts it.
 fn tool_use_id() -> String {

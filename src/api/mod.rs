@@ -1,5 +1,6 @@
 //! HTTP handlers, grouped by resource; each module has one `configure`.
 
+mod assets;
 mod chat;
 pub mod extract;
 mod files;
@@ -28,6 +29,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(users::configure),
     )
     .configure(service::configure)
+    .configure(assets::configure)
     .configure(openapi::configure);
 }
 

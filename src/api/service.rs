@@ -201,7 +201,8 @@ pub(super) struct ServiceInfo {
     health: &'static str,
 }
 
-/// The web console: one self-contained page (no CDN; nothing outside the service is reachable).
+/// The web console's page; its script and libraries are `/assets/*` (no CDN: nothing outside
+/// the service is reachable).
 const CONSOLE: &str = include_str!("console.html");
 
 /// Browsers (`Accept: text/html`) get the web console; other clients the seed's JSON.
@@ -227,7 +228,7 @@ pub(super) async fn get_root(req: HttpRequest) -> HttpResponse {
             .content_type("text/html; charset=utf-8")
             .insert_header((
                 header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; \
+                "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
                  img-src 'self' data: blob:; connect-src 'self'; frame-ancestors 'none'",
             ))
             .insert_header(("X-Content-Type-Options", "nosniff"))

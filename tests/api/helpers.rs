@@ -241,6 +241,11 @@ impl TestApp {
         read(req.send().await.expect("answered")).await
     }
 
+    /// `GET /assets/{name}`: the console's script and vendored libraries.
+    pub async fn get_asset(&self, name: &str) -> TestResponse {
+        self.request(Method::GET, &format!("/assets/{name}"), None, None).await
+    }
+
     // ---- users (admin)
 
     pub async fn post_user(&self, key: &str, body: Value) -> TestResponse {

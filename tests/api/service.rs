@@ -175,3 +175,37 @@ async fn health_does_not_run_a_failing_cli_on_every_call() {
     // One run, or two if the 20 calls straddled the end of the few seconds a failure is kept.
     assert!((1..=2).contains(&runs), "the CLI ran {runs} times for 20 health checks");
 }
+
+/// The console's page allows only the service's own scripts; its script and the vendored
+/// libraries come with their types, licence headers and cache rules; other names are JSON 404s.
+#[actix_web::test]
+async fn the_console_and_its_assets_are_served_with_types_caching_and_a_strict_csp() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let page = app.get_root("text/html").await;
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(csp.contains("script-src 'self';"), "no inline script may run: {csp}");
+    for script in ["console.js", "marked-18.2.1.min.js", "purify-3.5.0.min.js", "highlight-11.12.0.min.js"] {
+        assert!(page.text.contains(&format!("<script src=\"/assets/{script}\"></script>")), "{script}");
+    }
+    let vendored = [
+        ("marked-18.2.1.min.js", "text/javascript; charset=utf-8", "marked v18.2.1"),
+        ("purify-3.5.0.min.js", "text/javascript; charset=utf-8", "@license DOMPurify 3.5.0"),
+        ("highlight-11.12.0.min.js", "text/javascript; charset=utf-8", "License: BSD-3-Clause"),
+        ("highlight-github-11.12.0.min.css", "text/css; charset=utf-8", "Theme: GitHub"),
+    ];
+    for (name, content_type, licence) in vendored {
+        let res = app.get_asset(name).await;
+        assert_eq!(res.status, StatusCode::OK, "{name}");
+        assert_eq!(res.header("content-type"), Some(content_type), "{name}");
+        assert_eq!(res.header("cache-control"), Some("public, max-age=31536000, immutable"), "{name}");
+        assert_eq!(res.header("x-content-type-options"), Some("nosniff"), "{name}");
+        assert!(res.text.contains(licence), "{name} keeps its licence header");
+    }
+    let script = app.get_asset("console.js").await;
+    assert_eq!(script.header("content-type"), Some("text/javascript; charset=utf-8"));
+    assert_eq!(script.header("cache-control"), Some("no-cache"), "changes with the binary");
+    assert!(script.text.contains("DOMPurify.sanitize"));
+    app.get_asset("console.html").await.assert_error(404, "not_found");
+    app.get_asset("LICENSE-marked").await.assert_error(404, "not_found");
+    app.get_asset("..%2Fmod.rs").await.assert_error(404, "not_found");
+}
