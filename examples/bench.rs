@@ -12,6 +12,8 @@
 //! (`--turns N` changes the sample size; default 300; `--followers N` sets the followers,
 //! default 10,000, `--rounds N` how many times they come and go, default 2; `--only followers`
 //! runs that scenario alone).
+//! `--only scale`: turns/s across 10 and 1,000 sessions, and one session after 300 and 6,000
+//! turns (bench_parts/scale.rs; part of the default run).
 //! `--only outage [--outage-secs 60] [--outage-sessions 20]`: PostgreSQL stopped under load on a
 //! private cluster (needs postgresql-common's `pg_createcluster`; see bench_parts/outage.rs).
 //!
@@ -28,6 +30,8 @@ use serde_json::{Value, json};
 
 #[path = "bench_parts/outage.rs"]
 mod outage;
+#[path = "bench_parts/scale.rs"]
+mod scale;
 
 const ADMIN_KEY: &str = "bench-admin-key-0123456789";
 
@@ -49,8 +53,13 @@ fn main() {
             outage::run(secs, sessions).await;
             return;
         }
+        if only == Some("scale") {
+            scale::run().await;
+            return;
+        }
         if only != Some("followers") {
             run(turns.unwrap_or(300)).await;
+            scale::run().await;
         }
         followers_come_and_go(followers, rounds).await;
     });
