@@ -340,8 +340,14 @@ impl Storage {
                 let options: Option<String> =
                     sessions::table.find(session_id).select(sessions::options).first(conn).await.optional()?;
                 let Some(options) = options else { return Ok(()) };
-                let mut options: serde_json::Map<String, serde_json::Value> =
-                    serde_json::from_str(&options).unwrap_or_default();
+                // Corrupted options stay as they are: rewriting them as `{allowed_tools}` would
+                // turn a launch that fails closed into one on the defaults.
+                let Ok(mut options) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&options)
+                else {
+                    return Err(diesel::result::Error::DeserializationError(
+                        format!("stored options of session {session_id} are not a JSON object").into(),
+                    ));
+                };
                 let tools = options.entry("allowed_tools").or_insert_with(|| serde_json::Value::Array(Vec::new()));
                 if let Some(list) = tools.as_array_mut()
                     && !list.iter().any(|t| t.as_str() == Some(tool.as_str()))

@@ -98,6 +98,36 @@ async fn corrupted_stored_options_refuse_the_launch() {
     assert!(app.cli_pids().await.is_empty(), "no CLI was started");
 }
 
+/// "Always allow" while the stored options are corrupted must not rewrite them as
+/// `{allowed_tools}`: that would turn the next launch, which fails closed, into one on the
+/// service defaults (`bypassPermissions` here).
+#[actix_web::test]
+async fn always_allow_does_not_heal_corrupted_options_into_the_defaults() {
+    use claude_agent_http::settings::PermissionMode;
+    let app =
+        spawn_app_with(Backend::Postgres, |s| s.defaults.permission_mode = PermissionMode::BypassPermissions).await;
+    let key = app.create_user("alice").await;
+    let id = app.create_session(&key, json!({"options": {"permission_mode": "default"}})).await;
+    let mut follower = app.open_events(&format!("/api/v1/sessions/{id}/events"), Some(&key), None).await;
+    app.post_message(&key, &id, "tool").await;
+    let request = loop {
+        let (_, frame) = follower.next_frame().await.expect("a permission request");
+        if frame["type"] == "permission_request" {
+            break frame;
+        }
+    };
+    corrupt_options(&app, &id).await;
+    let rid = request["request_id"].as_str().unwrap();
+    let path = format!("/api/v1/sessions/{id}/permissions/{rid}");
+    let res = app.request(Method::POST, &path, Some(&key), Some(json!({"behavior": "allow", "always": true}))).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text);
+    follower.until_turn_end().await;
+    let app = app.restart().await;
+    let res = app.post_chat(&key, json!({"session_id": id, "message": "hi again"})).await;
+    res.assert_error(502, "cli_failed");
+    assert!(app.cli_pids().await.is_empty(), "no CLI was started on the defaults");
+}
+
 /// The memory sample and the idle sweep run in the same tick here (both every second): the
 /// eviction is still asked and logged once.
 #[actix_web::test]
