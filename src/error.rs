@@ -10,8 +10,6 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::storage::StorageError;
-
 /// One invalid field of a request (422 `validation_error`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct FieldError {
@@ -261,15 +259,6 @@ impl ResponseError for ApiError {
             response.insert_header((header::ALLOW, value));
         }
         response.json(body)
-    }
-}
-
-impl From<StorageError> for ApiError {
-    fn from(e: StorageError) -> Self {
-        match e {
-            StorageError::Unavailable(m) => ApiError::StorageUnavailable(m),
-            StorageError::Conflict(m) | StorageError::Query(m) => ApiError::Internal(m),
-        }
     }
 }
 

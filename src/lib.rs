@@ -10,6 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod clock;
+pub mod domain;
 pub mod error;
 pub mod memory;
 pub mod metrics;

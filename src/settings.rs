@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::AgentOption;
+
 /// Environment variable that names the settings file.
 pub const CONFIG_ENV: &str = "CLAUDE_AGENT_CONFIG";
 /// File read when neither `--config` nor `CLAUDE_AGENT_CONFIG` names one (if it exists).
@@ -140,9 +142,6 @@ pub struct SessionSettings {
     pub overridable: Vec<String>,
 }
 
-/// Session options a create request may override unless `session.overridable` says otherwise.
-pub const DEFAULT_OVERRIDABLE: &[&str] = crate::sessions::options::OPTION_NAMES.split_at(8).0;
-
 impl Default for SessionSettings {
     fn default() -> Self {
         Self {
@@ -151,7 +150,7 @@ impl Default for SessionSettings {
             sqlite_path: "data/claude-agent-http.db".into(),
             database_url: None,
             pool_size: 8,
-            overridable: DEFAULT_OVERRIDABLE.iter().map(|s| s.to_string()).collect(),
+            overridable: AgentOption::default_overridable(),
         }
     }
 }
@@ -545,10 +544,10 @@ impl Settings {
             return Err(err("invalid setting `cli.path`: must not be empty"));
         }
         for name in &self.session.overridable {
-            if !crate::sessions::options::OPTION_NAMES.contains(&name.as_str()) {
+            if AgentOption::parse(name).is_none() {
                 return Err(err(format!(
                     "invalid setting `session.overridable`: unknown option `{name}` (known: {})",
-                    crate::sessions::options::OPTION_NAMES.join(", ")
+                    AgentOption::names()
                 )));
             }
         }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, oneshot};
 
-use crate::sessions::SessionStatus;
+use crate::domain::SessionStatus;
 use crate::storage::{EventRow, Storage, StorageError, TurnRecord};
 
 /// Whether a job was stored: the last event id it holds, or why it was given up on.

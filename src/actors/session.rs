@@ -12,6 +12,7 @@ use actix::prelude::*;
 use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
+use super::event::{self, SessionEvent, TurnOutcome};
 use super::persist::{self, PersistJob};
 use super::registry::{Activity, Ended, Registry, Stopping};
 use crate::cli::process::{CliProcess, ExitInfo, MAX_LINE_BYTES, StdoutItem, stdout_messages};
@@ -20,9 +21,9 @@ use crate::cli::protocol::{
     ResultMessage, StreamEvent, UserInput, to_line, tool_result_text,
 };
 use crate::clock;
+use crate::domain::frames as events;
+use crate::domain::{AgentInfo, SessionStatus, ToolCall, TurnResult};
 use crate::error::ApiError;
-use crate::sessions::SessionStatus;
-use crate::sessions::events::{self, SessionEvent, ToolCall, TurnOutcome, TurnResult};
 use crate::sessions::hub::EventHub;
 use crate::settings::Settings;
 use crate::storage::{EventRow, Storage, TurnRecord};
@@ -172,7 +173,7 @@ pub struct SessionActor {
     hub: Arc<EventHub>,
     metrics: Arc<crate::metrics::Metrics>,
     /// What the CLI reported at the start of its last turn.
-    agent_info: Option<crate::cli::protocol::AgentInfo>,
+    agent_info: Option<AgentInfo>,
     /// Open `can_use_tool` requests by request id, and the timer that denies each one.
     permissions: HashMap<String, PendingPermission>,
     permission_timers: HashMap<String, SpawnHandle>,
@@ -444,7 +445,7 @@ impl SessionActor {
                 if system.subtype == "init"
                     && let Some(info) = system.init
                 {
-                    self.agent_info = Some(info);
+                    self.agent_info = Some(info.into());
                 }
             }
             CliMessage::Unknown => {}
@@ -539,7 +540,7 @@ impl SessionActor {
             subtype,
             is_error: result.is_error,
             cost_usd: turn_cost,
-            usage: result.usage.clone(),
+            usage: result.usage.clone().into(),
             num_turns: result.num_turns,
             duration_ms: result.duration_ms,
         };
@@ -559,7 +560,7 @@ impl SessionActor {
     fn finish_turn(&mut self, summary: Option<TurnResult>, outcome: TurnOutcome, ctx: &mut Context<Self>) {
         let json = match &outcome {
             TurnOutcome::Done { result, .. } => events::done(result),
-            TurnOutcome::Failed(err) => events::error(err),
+            TurnOutcome::Failed(err) => event::error_frame(err),
         };
         let outcome_code = match &outcome {
             TurnOutcome::Failed(err) => Some(err.code()),
@@ -617,7 +618,7 @@ impl SessionActor {
                     };
                     log::warn!("session {}: turn {turn_id} not stored: {why}", act.id);
                     let err = ApiError::StorageUnavailable(format!("the turn's result could not be stored: {why}"));
-                    let frame = act.number(events::error(&err), Some(TurnOutcome::Failed(err)), &turn_id);
+                    let frame = act.number(event::error_frame(&err), Some(TurnOutcome::Failed(err)), &turn_id);
                     act.deliver(&frame, &mut sink);
                     act.unstored.push_back(frame);
                     act.schedule_flush(ctx);
@@ -1195,7 +1196,7 @@ impl Handler<ListPermissions> for SessionActor {
 
 /// What the CLI reported at the start of its last turn (tools, MCP servers, skills, model).
 #[derive(Message)]
-#[rtype(result = "Option<crate::cli::protocol::AgentInfo>")]
+#[rtype(result = "Option<AgentInfo>")]
 pub struct GetAgentInfo;
 
 impl Handler<GetAgentInfo> for SessionActor {

@@ -9,13 +9,13 @@ use utoipa::{IntoParams, ToSchema};
 use super::openapi::TurnErrors;
 use super::sse::SseEvent;
 use super::{ApiResult, resource, sse};
+use crate::actors::TurnOutcome;
 use crate::api::extract::JsonBody;
 use crate::auth::Caller;
-use crate::cli::protocol::Usage;
 use crate::clock;
+use crate::domain::{ToolCall, Usage};
 use crate::error::{ApiError, ErrorResponse, FieldError};
 use crate::sessions::Message;
-use crate::sessions::events::{ToolCall, TurnOutcome};
 use crate::startup::AppState;
 
 pub const MAX_MESSAGE_CHARS: usize = 100_000;

@@ -19,8 +19,8 @@ use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use super::sse::SseEvent;
 use super::{chat, files, permissions, resource, service, sessions, users};
+use crate::domain::frames::Frame as StreamFrame;
 use crate::error::ErrorResponse;
-use crate::sessions::events::Frame as StreamFrame;
 
 pub const DOCUMENT_PATH: &str = "/openapi.json";
 

@@ -172,7 +172,7 @@ pub(super) async fn get_metrics(state: web::Data<AppState>, req: HttpRequest) ->
         authenticator.admit(client, crate::auth::keys::hashes_match(&given, &wanted), refusal())?;
     }
     let m = &state.metrics;
-    for status in crate::sessions::SessionStatus::ALL {
+    for status in crate::domain::SessionStatus::ALL {
         m.sessions.get_or_create(&StatusLabel { status: status.as_str().into() }).set(0);
     }
     for (status, n) in state.storage.count_sessions_by_status().await? {

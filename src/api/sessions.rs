@@ -7,9 +7,9 @@ use utoipa::IntoParams;
 use super::{ApiResult, resource};
 use crate::api::extract::JsonBody;
 use crate::auth::Caller;
-use crate::cli::protocol::AgentInfo;
+use crate::domain::{AgentInfo, SessionStatus};
 use crate::error::ErrorResponse;
-use crate::sessions::{CreateSession, ListQuery, Session, SessionStatus};
+use crate::sessions::{CreateSession, ListQuery, Session};
 use crate::startup::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

@@ -12,9 +12,9 @@ use futures_util::Stream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 
+use crate::actors::SessionEvent;
 use crate::auth::revocation::RevocationWatch;
 use crate::metrics::{Metrics, SseClientGuard};
-use crate::sessions::events::SessionEvent;
 
 pub const PING_EVERY: Duration = Duration::from_secs(15);
 

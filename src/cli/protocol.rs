@@ -5,6 +5,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::domain;
+
 // ---------------------------------------------------------------- host → CLI
 
 /// A user turn: `{"type":"user","message":{"role":"user","content":…},…}`.
@@ -129,14 +131,15 @@ pub struct SystemMessage {
     pub init: Option<AgentInfo>,
 }
 
-/// What the CLI reports about itself at the start of each turn (`system/init`).
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
+/// What the CLI reports about itself at the start of each turn (`system/init`), as it spells
+/// it; the API shows [`domain::AgentInfo`].
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct AgentInfo {
     #[serde(default)]
     pub model: Option<String>,
     #[serde(default)]
     pub claude_code_version: Option<String>,
-    #[serde(default, rename(deserialize = "permissionMode"))]
+    #[serde(default, rename = "permissionMode")]
     pub permission_mode: Option<String>,
     #[serde(default)]
     pub tools: Vec<String>,
@@ -240,8 +243,8 @@ pub enum Delta {
     Other,
 }
 
-/// Tokens a turn (or a whole session) used.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
+/// Tokens a turn used, as the CLI reports them; the API shows [`domain::Usage`].
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct Usage {
     #[serde(default)]
     pub input_tokens: i64,
@@ -319,9 +322,41 @@ pub fn tool_result_text(content: &Value) -> Value {
     }
 }
 
+impl From<Usage> for domain::Usage {
+    fn from(u: Usage) -> Self {
+        domain::Usage { input_tokens: u.input_tokens, output_tokens: u.output_tokens }
+    }
+}
+
+impl From<AgentInfo> for domain::AgentInfo {
+    fn from(i: AgentInfo) -> Self {
+        domain::AgentInfo {
+            model: i.model,
+            claude_code_version: i.claude_code_version,
+            permission_mode: i.permission_mode,
+            tools: i.tools,
+            mcp_servers: i.mcp_servers,
+            skills: i.skills,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_init_frame_maps_to_the_api_agent_info() {
+        let init = br#"{"type":"system","subtype":"init","session_id":"s","model":"m","permissionMode":"plan","tools":["Read"],"claude_code_version":"2.1","mcp_servers":[],"skills":[]}"#;
+        let Some(CliMessage::System(system)) = parse_line(init).unwrap() else { panic!("not a system line") };
+        let info = domain::AgentInfo::from(system.init.unwrap());
+        assert_eq!(info.permission_mode.as_deref(), Some("plan"));
+        // The API spells it in snake case whatever the CLI calls it.
+        let shown = serde_json::to_value(&info).unwrap();
+        assert_eq!(shown["permission_mode"], "plan");
+        assert!(shown.get("permissionMode").is_none());
+        assert_eq!(domain::Usage::from(Usage { input_tokens: 3, output_tokens: 4 }).output_tokens, 4);
+    }
 
     #[test]
     fn parses_the_protocol_lines_and_tolerates_the_unknown() {

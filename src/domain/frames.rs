@@ -1,14 +1,11 @@
 //! What a turn emits: SSE frames with the seed's five keys (`type, text, tool_name,
 //! tool_input, error`, unused ones null) plus the fields of their type, and the turn's summary.
 
-use std::sync::Arc;
-
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::cli::protocol::Usage;
-use crate::error::{ApiError, ErrorCode};
+use super::Usage;
 
 /// One tool call of a turn, as `/chat` reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
@@ -32,24 +29,6 @@ pub struct TurnResult {
     pub usage: Usage,
     pub num_turns: i64,
     pub duration_ms: i64,
-}
-
-/// How a turn ended, for `/chat` (which answers from it instead of re-reading frames).
-#[derive(Debug, Clone)]
-pub enum TurnOutcome {
-    Done { result: TurnResult, tool_calls: Vec<ToolCall> },
-    Failed(ApiError),
-}
-
-/// A numbered event of a session: its frame as compact JSON, serialised once and shared by
-/// every receiver.
-#[derive(Debug)]
-pub struct SessionEvent {
-    pub id: i64,
-    pub turn_id: Arc<str>,
-    pub json: bytestring::ByteString,
-    /// Set on the last event of a turn.
-    pub outcome: Option<TurnOutcome>,
 }
 
 /// What a frame is.
@@ -98,8 +77,16 @@ pub(crate) struct Frame<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<TurnResult>)]
     result: Option<&'a TurnResult>,
+    /// The error's stable code, as in error bodies.
     #[serde(skip_serializing_if = "Option::is_none")]
-    code: Option<ErrorCode>,
+    #[schema(schema_with = error_code_ref)]
+    code: Option<&'a str>,
+}
+
+/// `code` is one of the `ErrorCode` schema's values; named, not imported, so this leaf does not
+/// depend on the HTTP error type.
+fn error_code_ref() -> utoipa::openapi::Ref {
+    utoipa::openapi::Ref::from_schema_name("ErrorCode")
 }
 
 impl<'a> Frame<'a> {
@@ -158,9 +145,9 @@ pub fn done(result: &TurnResult) -> String {
     Frame { text: Some(&result.text), result: Some(result), ..Frame::new(FrameType::Done) }.json()
 }
 
-pub fn error(err: &ApiError) -> String {
-    let message = err.message();
-    Frame { error: Some(&message), code: Some(err.status_and_code().1), ..Frame::new(FrameType::Error) }.json()
+/// The failure frame: `message` for people, `code` the stable code clients branch on.
+pub fn error(message: &str, code: &str) -> String {
+    Frame { error: Some(message), code: Some(code), ..Frame::new(FrameType::Error) }.json()
 }
 
 #[cfg(test)]
@@ -182,7 +169,8 @@ mod tests {
                 num_turns: 1,
                 duration_ms: 5,
             }),
-            error(&ApiError::CliFailed("boom".into())),
+            permission_request("r1", "Bash", &serde_json::json!({"command": "rm"})),
+            error("boom", "cli_failed"),
         ];
         for f in frames {
             let v: Value = serde_json::from_str(&f).unwrap();
@@ -190,7 +178,27 @@ mod tests {
                 assert!(v.get(key).is_some(), "{key} in {f}");
             }
         }
-        let e: Value = serde_json::from_str(&error(&ApiError::CliFailed("boom".into()))).unwrap();
-        assert_eq!(e["code"], "cli_failed");
+        let e: Value = serde_json::from_str(&error("boom", "cli_failed")).unwrap();
+        assert_eq!(
+            (e["type"].as_str(), e["error"].as_str(), e["code"].as_str()),
+            (Some("error"), Some("boom"), Some("cli_failed"))
+        );
+    }
+
+    #[test]
+    fn frames_carry_the_fields_of_their_type_only() {
+        let v: Value = serde_json::from_str(&text_delta("hé")).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "text_delta", "text": "hé", "tool_name": null, "tool_input": null, "error": null})
+        );
+        let v: Value = serde_json::from_str(&tool_result("t1", None, &Value::String("out".into()), true)).unwrap();
+        assert_eq!(
+            (v["type"].as_str(), v["tool_use_id"].as_str(), v["is_error"].as_bool()),
+            (Some("tool_result"), Some("t1"), Some(true))
+        );
+        assert!(v.get("result").is_none() && v.get("code").is_none() && v.get("request_id").is_none());
+        let v: Value = serde_json::from_str(&permission_request("r1", "Bash", &serde_json::json!({}))).unwrap();
+        assert_eq!((v["type"].as_str(), v["request_id"].as_str()), (Some("permission_request"), Some("r1")));
     }
 }

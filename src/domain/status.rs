@@ -1,9 +1,18 @@
-//! A session's lifecycle status, as stored and as shown.
+//! A session's lifecycle status, as stored and as shown. Stored as its lowercase name in a
+//! text column, typed on both sides of diesel (`ToSql`/`FromSql`), so no caller converts.
 
+use diesel::backend::Backend;
+use diesel::deserialize::{self, FromSql, FromSqlRow};
+use diesel::expression::AsExpression;
+use diesel::serialize::{self, Output, ToSql};
+use diesel::sql_types::Text;
 use serde::{Deserialize, Serialize};
 
 /// Where a session is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema, AsExpression, FromSqlRow,
+)]
+#[diesel(sql_type = Text)]
 #[serde(rename_all = "lowercase")]
 pub enum SessionStatus {
     /// The CLI is being started.
@@ -34,7 +43,6 @@ impl SessionStatus {
     ];
     /// Statuses with a live process in some instance.
     pub const LIVE: [SessionStatus; 3] = [SessionStatus::Starting, SessionStatus::Active, SessionStatus::Busy];
-    pub const LIVE_STRS: [&'static str; 3] = ["starting", "active", "busy"];
     /// Statuses the TTL applies to (everything not closed or expired).
     pub const OPEN: [SessionStatus; 5] = [
         SessionStatus::Starting,
@@ -43,7 +51,6 @@ impl SessionStatus {
         SessionStatus::Idle,
         SessionStatus::Failed,
     ];
-    pub const OPEN_STRS: [&'static str; 5] = ["starting", "active", "busy", "idle", "failed"];
     /// Statuses `resume` reopens.
     pub const RESUMABLE: [SessionStatus; 3] = [SessionStatus::Closed, SessionStatus::Idle, SessionStatus::Failed];
 
@@ -68,22 +75,62 @@ impl SessionStatus {
     }
 }
 
+impl std::fmt::Display for SessionStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl<DB: Backend> ToSql<Text, DB> for SessionStatus
+where
+    str: ToSql<Text, DB>,
+{
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, DB>) -> serialize::Result {
+        self.as_str().to_sql(out)
+    }
+}
+
+impl<DB: Backend> FromSql<Text, DB> for SessionStatus
+where
+    String: FromSql<Text, DB>,
+{
+    /// A status this build does not know is an error, not a guess: the row is not used.
+    fn from_sql(bytes: DB::RawValue<'_>) -> deserialize::Result<Self> {
+        let text = String::from_sql(bytes)?;
+        SessionStatus::parse(&text).ok_or_else(|| format!("unknown session status `{text}`").into())
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use diesel::prelude::*;
+    use diesel::{IntoSql, SqliteConnection};
+
     use super::*;
 
     #[test]
-    fn string_forms_round_trip_and_match_the_constants() {
+    fn string_forms_round_trip() {
         for s in SessionStatus::ALL {
             assert_eq!(SessionStatus::parse(s.as_str()), Some(s));
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+            assert_eq!(s.to_string(), s.as_str());
         }
-        let live: Vec<&str> = SessionStatus::LIVE.iter().map(|s| s.as_str()).collect();
-        assert_eq!(live, SessionStatus::LIVE_STRS);
-        let open: Vec<&str> = SessionStatus::OPEN.iter().map(|s| s.as_str()).collect();
-        assert_eq!(open, SessionStatus::OPEN_STRS);
         assert!(SessionStatus::LIVE.iter().all(|s| SessionStatus::OPEN.contains(s)));
         assert!(!SessionStatus::OPEN.contains(&SessionStatus::Closed));
         assert!(!SessionStatus::OPEN.contains(&SessionStatus::Expired));
+    }
+
+    #[test]
+    fn the_typed_column_round_trips_and_refuses_unknown_text() {
+        let mut conn = SqliteConnection::establish(":memory:").unwrap();
+        for s in SessionStatus::ALL {
+            let back: SessionStatus = diesel::select(s.into_sql::<Text>()).get_result(&mut conn).unwrap();
+            assert_eq!(back, s);
+            // Stored as the plain name: rows written before the typed column read back.
+            let text: String = diesel::select(s.into_sql::<Text>()).get_result(&mut conn).unwrap();
+            assert_eq!(text, s.as_str());
+        }
+        let unknown = diesel::select("sleeping".into_sql::<Text>()).get_result::<SessionStatus>(&mut conn);
+        assert!(unknown.is_err(), "an unknown stored status must not load");
     }
 }

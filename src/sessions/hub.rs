@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
 
-use super::events::SessionEvent;
+use crate::actors::SessionEvent;
 
 const FOLLOWER_BUFFER: usize = 1024;
 

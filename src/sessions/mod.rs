@@ -1,11 +1,9 @@
 //! Session logic behind the REST handlers: validation, working directories, admission by the
 //! registry, and the stored row. Handlers stay thin; the runtime plugs its actors in here.
 
-pub mod events;
 pub mod files;
 pub mod hub;
 pub mod options;
-mod status;
 pub mod workspace;
 
 use std::path::PathBuf;
@@ -18,19 +16,18 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::actors::SessionEvent;
 use crate::actors::session::{AnswerPermission, ListPermissions, PendingPermission, UnstoredEvents};
 use crate::actors::{
     Interrupt, Launch, Lookup, Registry, Retire, SessionActor, StartTurn, StopReason, TurnRefused, TurnStarted,
 };
 use crate::auth::Caller;
-use crate::cli::protocol::Usage;
 use crate::clock;
+use crate::domain::{AgentInfo, SessionStatus, Usage};
 use crate::error::ApiError;
-use crate::sessions::events::SessionEvent;
 use crate::sessions::hub::EventHub;
 use crate::settings::Settings;
 use crate::storage::{SessionFilter, SessionRow, Storage};
-pub use status::SessionStatus;
 
 const MAX_METADATA_BYTES: usize = 16 * 1024;
 pub const DEFAULT_LIST_LIMIT: i64 = 100;
@@ -66,8 +63,7 @@ pub struct Session {
     pub subdir: String,
     /// The working directory's absolute path on the server.
     pub cwd: String,
-    #[schema(value_type = SessionStatus)]
-    pub status: String,
+    pub status: SessionStatus,
     /// RFC 3339, UTC.
     pub created_at: String,
     /// RFC 3339, UTC.
@@ -116,7 +112,7 @@ pub struct Message {
     pub role: String,
     pub text: String,
     /// The assistant's tool calls of the turn (empty for the user's message).
-    #[schema(value_type = Vec<crate::sessions::events::ToolCall>)]
+    #[schema(value_type = Vec<crate::domain::ToolCall>)]
     pub tool_calls: Value,
     /// RFC 3339, UTC.
     pub created_at: String,
@@ -210,7 +206,7 @@ impl SessionService {
             user_id,
             subdir,
             cwd: cwd.to_string(),
-            status: SessionStatus::Starting.as_str().to_string(),
+            status: SessionStatus::Starting,
             created_at: now,
             last_active_at: now,
             message_count: 0,
@@ -285,7 +281,7 @@ impl SessionService {
     /// is returned as it is. Counts against quotas and memory like a create.
     pub async fn resume(&self, caller: &Caller, session_id: &str) -> Result<SessionRow, ApiError> {
         let row = self.get(caller, session_id).await?;
-        let previous = SessionStatus::parse(&row.status).unwrap_or(SessionStatus::Failed);
+        let previous = row.status;
         if previous == SessionStatus::Expired {
             return Err(ApiError::SessionExpired);
         }
@@ -300,7 +296,7 @@ impl SessionService {
         let Some(reopened) = reopened else {
             // Changed meanwhile (closed, expired or resumed): answer with what it is now.
             let current = self.get(caller, session_id).await?;
-            if current.status == SessionStatus::Expired.as_str() {
+            if current.status == SessionStatus::Expired {
                 return Err(ApiError::SessionExpired);
             }
             return Ok(current);
@@ -352,9 +348,9 @@ impl SessionService {
         deadline: tokio::time::Instant,
     ) -> Result<Addr<SessionActor>, ApiError> {
         let row = self.get(caller, session_id).await?;
-        match SessionStatus::parse(&row.status) {
-            Some(SessionStatus::Closed) => return Err(ApiError::SessionClosed),
-            Some(SessionStatus::Expired) => return Err(ApiError::SessionExpired),
+        match row.status {
+            SessionStatus::Closed => return Err(ApiError::SessionClosed),
+            SessionStatus::Expired => return Err(ApiError::SessionExpired),
             _ => {}
         }
         if let Some(actor) = self.registry.send(Lookup { session_id: row.session_id.clone() }).await? {
@@ -446,11 +442,7 @@ impl SessionService {
 
     /// What the session's CLI reported at the start of its last turn (404 before its first
     /// turn, or once its process was stopped).
-    pub async fn agent_info(
-        &self,
-        caller: &Caller,
-        session_id: &str,
-    ) -> Result<crate::cli::protocol::AgentInfo, ApiError> {
+    pub async fn agent_info(&self, caller: &Caller, session_id: &str) -> Result<AgentInfo, ApiError> {
         let row = self.get(caller, session_id).await?;
         let unknown =
             || ApiError::NotFound("The CLI has not reported yet: it does so at the start of each turn".into());
@@ -539,9 +531,7 @@ impl SessionService {
 
     fn past_ttl(&self, row: &SessionRow) -> bool {
         let ttl_ms = self.settings.session.ttl as i64 * 1000;
-        ttl_ms > 0
-            && SessionStatus::OPEN_STRS.contains(&row.status.as_str())
-            && clock::now_ms() - row.last_active_at > ttl_ms
+        ttl_ms > 0 && SessionStatus::OPEN.contains(&row.status) && clock::now_ms() - row.last_active_at > ttl_ms
     }
 
     async fn expire(&self, row: SessionRow) -> Result<SessionRow, ApiError> {

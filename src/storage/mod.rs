@@ -19,6 +19,7 @@ use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfi
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 
+use crate::error::ApiError;
 use crate::settings::{SessionSettings, StorageKind};
 
 pub use models::*;
@@ -265,4 +266,14 @@ fn sqlite_pool(url: &str, size: usize) -> Result<Pool<SqliteConn>, StorageError>
         .recycle_timeout(Some(POOL_TIMEOUT))
         .build()
         .map_err(|e| StorageError::Unavailable(e.to_string()))
+}
+
+/// Storage failures as the API reports them (here so the error table depends on nothing).
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Unavailable(m) => ApiError::StorageUnavailable(m),
+            StorageError::Conflict(m) | StorageError::Query(m) => ApiError::Internal(m),
+        }
+    }
 }

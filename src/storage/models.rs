@@ -3,6 +3,7 @@
 use diesel::prelude::*;
 
 use super::schema::{api_keys, sessions, users};
+use crate::domain::SessionStatus;
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = users)]
@@ -29,7 +30,7 @@ pub struct SessionRow {
     pub user_id: String,
     pub subdir: String,
     pub cwd: String,
-    pub status: String,
+    pub status: SessionStatus,
     pub created_at: i64,
     pub last_active_at: i64,
     pub message_count: i64,

@@ -6,7 +6,7 @@ use diesel_async::RunQueryDsl;
 
 use super::schema::{events, messages, sessions};
 use super::{EventRow, NewMessage, SessionRow, Storage, StorageError, run};
-use crate::sessions::SessionStatus;
+use crate::domain::SessionStatus;
 
 /// Which sessions a listing returns (newest first).
 #[derive(Debug, Clone, Default)]
@@ -98,8 +98,8 @@ impl Storage {
     /// (they resume on their next message).
     pub async fn mark_live_sessions_idle(&self) -> Result<usize, StorageError> {
         run!(self, [], |conn| {
-            diesel::update(sessions::table.filter(sessions::status.eq_any(SessionStatus::LIVE_STRS)))
-                .set(sessions::status.eq(SessionStatus::Idle.as_str()))
+            diesel::update(sessions::table.filter(sessions::status.eq_any(SessionStatus::LIVE)))
+                .set(sessions::status.eq(SessionStatus::Idle))
                 .execute(conn)
                 .await?
         })
@@ -111,14 +111,14 @@ impl Storage {
         run!(self, [cutoff], |conn| {
             conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
                 let stale = sessions::table
-                    .filter(sessions::status.eq_any(SessionStatus::OPEN_STRS))
+                    .filter(sessions::status.eq_any(SessionStatus::OPEN))
                     .filter(sessions::last_active_at.lt(cutoff))
                     .select(sessions::session_id)
                     .load::<String>(conn)
                     .await?;
                 if !stale.is_empty() {
                     diesel::update(sessions::table.filter(sessions::session_id.eq_any(&stale)))
-                        .set(sessions::status.eq(SessionStatus::Expired.as_str()))
+                        .set(sessions::status.eq(SessionStatus::Expired))
                         .execute(conn)
                         .await?;
                 }
@@ -133,7 +133,7 @@ impl Storage {
     /// Sessions that are neither closed nor expired (also a liveness probe for `/health`).
     pub async fn count_open_sessions(&self) -> Result<i64, StorageError> {
         run!(self, [], |conn| {
-            sessions::table.filter(sessions::status.eq_any(SessionStatus::OPEN_STRS)).count().get_result(conn).await?
+            sessions::table.filter(sessions::status.eq_any(SessionStatus::OPEN)).count().get_result(conn).await?
         })
     }
 }
@@ -178,8 +178,8 @@ impl Storage {
                     .execute(conn)
                     .await?;
                 diesel::update(sessions::table.find(&r.session_id))
-                    .filter(sessions::status.eq(SessionStatus::Busy.as_str()))
-                    .set(sessions::status.eq(SessionStatus::Active.as_str()))
+                    .filter(sessions::status.eq(SessionStatus::Busy))
+                    .set(sessions::status.eq(SessionStatus::Active))
                     .execute(conn)
                     .await?;
                 let user = NewMessage {

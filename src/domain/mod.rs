@@ -1,0 +1,13 @@
+//! The leaf every layer shares: what a session is and says, with no knowledge of HTTP, actors,
+//! the CLI's wire format or storage. Imports std, serde, utoipa and diesel's type traits only
+//! (never `crate::` outside `domain`; `scripts/check-layers` enforces it).
+
+pub mod agent;
+pub mod frames;
+pub mod options;
+pub mod status;
+
+pub use agent::{AgentInfo, Usage};
+pub use frames::{ToolCall, TurnResult};
+pub use options::AgentOption;
+pub use status::SessionStatus;
