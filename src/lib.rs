@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod sessions;
 pub mod settings;
 pub mod startup;
+pub mod state;
 pub mod storage;
 
 pub use settings::Settings;

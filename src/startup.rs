@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix::{Actor, Addr};
+use actix::Actor;
 use actix_cors::Cors;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::{Condition, from_fn};
@@ -18,25 +18,8 @@ use crate::auth::Authenticator;
 use crate::auth::admin::ensure_admin_key;
 use crate::sessions::SessionService;
 use crate::settings::{AuthMode, Settings};
+pub use crate::state::AppState;
 use crate::storage::Storage;
-
-/// Shared by every handler (`web::Data<AppState>`).
-pub struct AppState {
-    pub settings: Arc<Settings>,
-    pub storage: Storage,
-    pub registry: Addr<Registry>,
-    pub sessions: SessionService,
-    pub authenticator: Authenticator,
-    /// Ends open streams when their key is revoked or their user deleted.
-    pub revocations: crate::auth::revocation::Revocations,
-    pub hub: Arc<crate::sessions::hub::EventHub>,
-    pub metrics: Arc<crate::metrics::Metrics>,
-    /// The kernel's Landlock ABI when the agents are confined.
-    pub sandbox: Option<i64>,
-    pub started_at: Instant,
-    /// `cli.path --version` for `/health`, remembered.
-    pub cli_probe: crate::api::service::CliProbe,
-}
 
 /// Why the application could not start: one line for the operator.
 #[derive(Debug)]
@@ -145,6 +128,7 @@ impl Application {
         crate::api::users::remove_leftover_user_dirs(sessions.users_root());
         let state = web::Data::new(AppState {
             authenticator: Authenticator {
+                storage: storage.clone(),
                 mode: settings.auth.mode,
                 admin,
                 failed_auth,
@@ -211,12 +195,14 @@ impl Application {
 
 fn build_server(listener: TcpListener, state: web::Data<AppState>) -> Result<Server, StartupError> {
     let settings = state.settings.clone();
+    let authenticator = web::Data::new(state.authenticator.clone());
     let (workers, grace) = (settings.api.workers, settings.api.shutdown_grace);
     let body_limit = BodyLimit(settings.api.max_body_kb * 1024);
     let server = HttpServer::new(move || {
         let cors_origins = &settings.api.cors_origins;
         App::new()
             .app_data(state.clone())
+            .app_data(authenticator.clone())
             .app_data(body_limit)
             .app_data(web::QueryConfig::default().error_handler(query_error))
             .app_data(web::PathConfig::default().error_handler(path_error))

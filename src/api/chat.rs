@@ -16,7 +16,7 @@ use crate::clock;
 use crate::domain::{ToolCall, Usage};
 use crate::error::{ApiError, ErrorResponse, FieldError};
 use crate::sessions::Message;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub const MAX_MESSAGE_CHARS: usize = 100_000;
 pub const DEFAULT_TIMEOUT_SECS: u64 = 120;

@@ -16,7 +16,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ErrorResponse};
 use crate::sessions::files::{self, Entry, Target};
 use crate::sessions::workspace::blocking;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(

@@ -41,7 +41,7 @@ pub async fn log_requests(
                 res.headers_mut().insert(REQUEST_ID_HEADER, value);
             }
             // By route template (`/api/v1/sessions/{session_id}`), so ids do not explode the series.
-            if let Some(state) = res.request().app_data::<actix_web::web::Data<crate::startup::AppState>>() {
+            if let Some(state) = res.request().app_data::<actix_web::web::Data<crate::state::AppState>>() {
                 let labels = HttpLabels::bounded(&method, res.request().match_pattern(), res.status().as_u16());
                 state.metrics.http_requests.get_or_create(&labels).inc();
             }

@@ -11,7 +11,7 @@ use crate::actors::session::AnswerPermission;
 use crate::api::extract::JsonBody;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorResponse};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/sessions/{session_id}/permissions").route(web::get().to(list_permissions)))

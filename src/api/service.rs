@@ -1,8 +1,5 @@
 //! Service endpoints outside `/api/v1`: `/health` and `/`.
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
-
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
@@ -12,49 +9,12 @@ use super::resource;
 use crate::actors::GetStats;
 use crate::error::{ApiError, ErrorResponse};
 use crate::metrics::{ProcessLabel, StatusLabel};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/health").route(web::get().to(get_health)))
         .service(resource("/metrics").route(web::get().to(get_metrics)))
         .service(resource("/").route(web::get().to(get_root)));
-}
-
-/// How long a failed `--version` probe (or a missing CLI) is remembered.
-const FAILED_PROBE_KEPT: Duration = Duration::from_secs(5);
-
-/// `cli.path --version` for `/health`. An answer is kept for good (the real CLI takes ~0.5 s);
-/// a failure or a missing CLI for a few seconds, so `/health`, which needs no key, cannot be used
-/// to fork processes at will, yet a CLI installed or fixed later is soon seen. One probe runs at
-/// a time: concurrent callers wait for its result.
-#[derive(Default)]
-pub struct CliProbe {
-    last: tokio::sync::Mutex<Option<Probed>>,
-}
-
-#[derive(Clone)]
-struct Probed {
-    at: Instant,
-    path: Option<PathBuf>,
-    version: Option<String>,
-}
-
-impl CliProbe {
-    async fn check(&self, cli_path: &str) -> (Option<PathBuf>, Option<String>) {
-        let mut last = self.last.lock().await;
-        if let Some(p) = last.as_ref()
-            && (p.version.is_some() || p.at.elapsed() < FAILED_PROBE_KEPT)
-        {
-            return (p.path.clone(), p.version.clone());
-        }
-        let path = crate::cli::locate(cli_path);
-        let version = match &path {
-            Some(p) => crate::cli::process::version(p).await,
-            None => None,
-        };
-        *last = Some(Probed { at: Instant::now(), path: path.clone(), version: version.clone() });
-        (path, version)
-    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]

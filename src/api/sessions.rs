@@ -10,7 +10,7 @@ use crate::auth::Caller;
 use crate::domain::{AgentInfo, SessionStatus};
 use crate::error::ErrorResponse;
 use crate::sessions::{CreateSession, ListQuery, Session};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/sessions").route(web::post().to(create_session)).route(web::get().to(list_sessions)))

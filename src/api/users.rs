@@ -15,7 +15,7 @@ use crate::auth::{Caller, keys};
 use crate::clock;
 use crate::error::{ApiError, ErrorResponse};
 use crate::sessions::workspace::validate_user_id;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::storage::{ApiKeyRow, StorageError, UserRow};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

@@ -16,7 +16,6 @@ use actix_web::{FromRequest, HttpRequest, web};
 
 use crate::error::ApiError;
 use crate::settings::AuthMode;
-use crate::startup::AppState;
 use crate::storage::Storage;
 pub use admin::AdminKey;
 use limit::FailedAuthLimiter;
@@ -44,7 +43,9 @@ impl Caller {
                 Err(ApiError::Forbidden("A user key can only act for its own user".into()))
             }
             (Caller::Admin | Caller::Open, Some(user)) => {
-                crate::sessions::workspace::validate_user_id(user)?;
+                if !crate::domain::ids::is_valid_user_id(user) {
+                    return Err(ApiError::validation("user_id", crate::domain::ids::USER_ID_RULE));
+                }
                 Ok(user.to_string())
             }
             (Caller::Admin | Caller::Open, None) => Err(ApiError::validation("user_id", "is required")),
@@ -78,9 +79,11 @@ impl Caller {
     }
 }
 
-/// What authentication needs at request time.
+/// What authentication needs at request time. Registered as its own app data, so the `Caller`
+/// extractor does not depend on the application state (which holds it).
 #[derive(Clone)]
 pub struct Authenticator {
+    pub storage: Storage,
     pub mode: AuthMode,
     pub admin: AdminKey,
     pub failed_auth: Arc<FailedAuthLimiter>,
@@ -92,12 +95,7 @@ impl Authenticator {
     /// Resolves a presented key to a caller. Every failure is the same 401, so a client cannot
     /// tell a revoked key from an unknown one. A `client` address past its allowance of failures
     /// gets 429 `rate_limited` instead, for any key (a missing key is not a guess: not counted).
-    pub async fn authenticate(
-        &self,
-        storage: &Storage,
-        presented: Option<&str>,
-        client: Option<IpAddr>,
-    ) -> Result<Caller, ApiError> {
+    pub async fn authenticate(&self, presented: Option<&str>, client: Option<IpAddr>) -> Result<Caller, ApiError> {
         if self.mode == AuthMode::None {
             return Ok(Caller::Open);
         }
@@ -107,7 +105,7 @@ impl Authenticator {
         if let Some(retry_after_secs) = client.and_then(|ip| self.failed_auth.limited(ip)) {
             return Err(ApiError::RateLimited { retry_after_secs });
         }
-        match self.check_key(storage, presented).await {
+        match self.check_key(presented).await {
             Err(ApiError::Unauthorized(message)) => match client.and_then(|ip| self.failed_auth.failed(ip)) {
                 Some(retry_after_secs) => Err(ApiError::RateLimited { retry_after_secs }),
                 None => Err(ApiError::Unauthorized(message)),
@@ -131,7 +129,7 @@ impl Authenticator {
         }
     }
 
-    async fn check_key(&self, storage: &Storage, presented: &str) -> Result<Caller, ApiError> {
+    async fn check_key(&self, presented: &str) -> Result<Caller, ApiError> {
         let invalid = || ApiError::Unauthorized("Invalid or revoked API key".into());
         let hash = keys::hash_key(presented);
         if let AdminKey::Configured { hash: admin_hash } = &self.admin
@@ -140,7 +138,7 @@ impl Authenticator {
             return Ok(Caller::Admin);
         }
         let key_id = keys::key_id_of(presented).ok_or_else(invalid)?;
-        let row = storage.find_key(key_id).await?.ok_or_else(invalid)?;
+        let row = self.storage.find_key(key_id).await?.ok_or_else(invalid)?;
         if row.revoked_at.is_some() || !keys::hashes_match(&hash, &row.key_hash) {
             return Err(invalid());
         }
@@ -186,12 +184,12 @@ impl FromRequest for Caller {
     type Future = Pin<Box<dyn Future<Output = Result<Caller, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let authenticator = req.app_data::<web::Data<Authenticator>>().cloned();
         let presented = presented_key(req);
-        let client = state.as_ref().and_then(|s| limit::client_address(req, &s.authenticator.trusted_proxies));
+        let client = authenticator.as_ref().and_then(|a| limit::client_address(req, &a.trusted_proxies));
         Box::pin(async move {
-            let state = state.ok_or_else(|| ApiError::Internal("application state missing".into()))?;
-            state.authenticator.authenticate(&state.storage, presented.as_deref(), client).await
+            let authenticator = authenticator.ok_or_else(|| ApiError::Internal("authenticator missing".into()))?;
+            authenticator.authenticate(presented.as_deref(), client).await
         })
     }
 }

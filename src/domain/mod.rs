@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod frames;
+pub mod ids;
 pub mod options;
 pub mod status;
 

@@ -14,6 +14,7 @@ use cap_fs_ext::DirExt;
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 
+use crate::domain::ids;
 use crate::error::ApiError;
 
 const MAX_SUBDIR_BYTES: usize = 1024;
@@ -21,9 +22,7 @@ const MAX_COMPONENT_BYTES: usize = 255;
 
 /// `user_id`: 1–64 characters of `[A-Za-z0-9_-]`.
 pub fn validate_user_id(user_id: &str) -> Result<(), ApiError> {
-    let ok = (1..=64).contains(&user_id.len())
-        && user_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok { Ok(()) } else { Err(ApiError::validation("user_id", "must be 1-64 characters of A-Z, a-z, 0-9, _ and -")) }
+    if ids::is_valid_user_id(user_id) { Ok(()) } else { Err(ApiError::validation("user_id", ids::USER_ID_RULE)) }
 }
 
 /// Normalises a requested `subdir` to plain relative components (`a/./b/` → `a/b`), refusing
