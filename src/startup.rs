@@ -78,7 +78,7 @@ impl Application {
             }
         };
 
-        let hub = Arc::new(crate::sessions::hub::EventHub::default());
+        let hub = Arc::new(crate::actors::EventHub::default());
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let groups = Arc::new(crate::cli::orphans::GroupRecord::new(&settings.data.dir));
         // A /proc scan and a bounded wait for the killed: before anything is served.

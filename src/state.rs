@@ -6,13 +6,12 @@ use std::time::Instant;
 
 use actix::Addr;
 
-use crate::actors::Registry;
+use crate::actors::{EventHub, Registry};
 use crate::auth::Authenticator;
 use crate::auth::revocation::Revocations;
 use crate::cli::probe::CliProbe;
 use crate::metrics::Metrics;
 use crate::sessions::SessionService;
-use crate::sessions::hub::EventHub;
 use crate::settings::Settings;
 use crate::storage::Storage;
 

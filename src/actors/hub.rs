@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
 
-use crate::actors::SessionEvent;
+use super::SessionEvent;
 
 const FOLLOWER_BUFFER: usize = 1024;
 

@@ -18,13 +18,13 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::{Semaphore, watch};
 
+use super::EventHub;
 use super::session::{SessionActor, SessionSetup, Stop, StopReason};
 use super::threads::SessionThreads;
 use crate::cli::launch::{self, LaunchRequest, Launched};
 use crate::cli::sandbox::Sandbox;
 use crate::error::ApiError;
 use crate::memory::{self, MemorySample, ProcessTable};
-use crate::sessions::hub::EventHub;
 use crate::settings::Settings;
 use crate::storage::{SessionRow, Storage};
 

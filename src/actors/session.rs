@@ -12,6 +12,7 @@ use actix::prelude::*;
 use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
+use super::EventHub;
 use super::event::{self, SessionEvent, TurnOutcome};
 use super::persist::{self, PersistJob};
 use super::registry::{Activity, Ended, Registry, Stopping};
@@ -24,7 +25,6 @@ use crate::clock;
 use crate::domain::frames as events;
 use crate::domain::{AgentInfo, SessionStatus, ToolCall, TurnResult};
 use crate::error::ApiError;
-use crate::sessions::hub::EventHub;
 use crate::settings::Settings;
 use crate::storage::{EventRow, Storage, TurnRecord};
 

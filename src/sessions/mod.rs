@@ -2,7 +2,6 @@
 //! registry, and the stored row. Handlers stay thin; the runtime plugs its actors in here.
 
 pub mod files;
-pub mod hub;
 pub mod options;
 pub mod workspace;
 
@@ -16,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::actors::EventHub;
 use crate::actors::SessionEvent;
 use crate::actors::session::{AnswerPermission, ListPermissions, PendingPermission, UnstoredEvents};
 use crate::actors::{
@@ -25,7 +25,6 @@ use crate::auth::Caller;
 use crate::clock;
 use crate::domain::{AgentInfo, SessionStatus, Usage};
 use crate::error::ApiError;
-use crate::sessions::hub::EventHub;
 use crate::settings::Settings;
 use crate::storage::{SessionFilter, SessionRow, Storage};
 
