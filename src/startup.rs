@@ -11,7 +11,7 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::{Condition, from_fn};
 use actix_web::{App, HttpServer, web};
 
-use crate::actors::{Registry, Shutdown};
+use crate::actors::{Registry, RegistryHandle};
 use crate::api::extract::{BodyLimit, path_error, query_error};
 use crate::api::middleware::{REQUEST_ID_HEADER, log_requests};
 use crate::auth::Authenticator;
@@ -117,6 +117,7 @@ impl Application {
             threads,
         )
         .start();
+        let registry = RegistryHandle::new(registry);
         let sessions =
             SessionService::new(settings.clone(), storage.clone(), registry.clone(), hub.clone(), users_root);
         let trusted_proxies = settings
@@ -179,14 +180,14 @@ impl Application {
         log::info!("stopping every session's CLI (a second SIGTERM or SIGINT stops them at once)");
         let registry = self.state.registry.clone();
         tokio::select! {
-            result = registry.send(Shutdown { forced: false }) => {
+            result = registry.shutdown(false) => {
                 if let Err(e) = result {
                     log::error!("registry unavailable at shutdown: {e}");
                 }
             }
             () = second_signal() => {
                 log::warn!("second signal: killing every CLI now");
-                let _ = registry.send(Shutdown { forced: true }).await;
+                let _ = registry.shutdown(true).await;
             }
         }
         served
@@ -316,7 +317,7 @@ fn notify_systemd(state: &web::Data<AppState>) {
         let mut ticks = tokio::time::interval(interval / 2);
         loop {
             ticks.tick().await;
-            if registry.send(crate::actors::GetStats).await.is_ok() {
+            if registry.stats().await.is_ok() {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
             }
         }

@@ -4,9 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix::Addr;
-
-use crate::actors::{EventHub, Registry};
+use crate::actors::{EventHub, RegistryHandle};
 use crate::auth::Authenticator;
 use crate::auth::revocation::Revocations;
 use crate::cli::probe::CliProbe;
@@ -19,7 +17,7 @@ use crate::storage::Storage;
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub storage: Storage,
-    pub registry: Addr<Registry>,
+    pub registry: RegistryHandle,
     pub sessions: SessionService,
     pub authenticator: Authenticator,
     /// Ends open streams when their key is revoked or their user deleted.

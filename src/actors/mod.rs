@@ -2,13 +2,17 @@
 //! `SessionActor` per live session that owns its CLI process.
 
 pub mod event;
+mod handle;
 pub mod hub;
 mod persist;
 pub mod registry;
 pub mod session;
 pub mod threads;
 
+// What the layers above see: handles with async methods and plain data, never a message.
+// (The messages stay reachable at `registry::`/`session::` for start-up and tests.)
 pub use event::{SessionEvent, TurnOutcome};
+pub use handle::{PermissionAnswer, RegistryHandle, SessionHandle};
 pub use hub::EventHub;
-pub use registry::{GetStats, Launch, Lookup, Registry, RegistryStats, Retire, Shutdown};
-pub use session::{Interrupt, SessionActor, StartTurn, StopReason, TurnRefused, TurnStarted};
+pub use registry::{Registry, RegistryStats};
+pub use session::{CLIENT_BUFFER, PendingPermission, StopReason, TurnRefused, TurnStarted};

@@ -7,7 +7,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::{ApiResult, resource};
-use crate::actors::session::AnswerPermission;
+use crate::actors::PermissionAnswer;
 use crate::api::extract::JsonBody;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorResponse};
@@ -99,7 +99,7 @@ pub(super) async fn answer_permission(
     if answer.updated_input.as_ref().is_some_and(|v| !v.is_object()) {
         return Err(ApiError::validation("updated_input", "must be an object (the tool's input)"));
     }
-    let message = AnswerPermission {
+    let message = PermissionAnswer {
         request_id: request_id.clone(),
         allow: answer.behavior == Behavior::Allow,
         message: answer.message,

@@ -6,7 +6,6 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::resource;
-use crate::actors::GetStats;
 use crate::error::{ApiError, ErrorResponse};
 use crate::metrics::{ProcessLabel, StatusLabel};
 use crate::state::AppState;
@@ -72,7 +71,7 @@ pub(super) struct Sandbox {
     ),
 )]
 pub(super) async fn get_health(state: web::Data<AppState>) -> HttpResponse {
-    let stats = state.registry.send(GetStats).await.ok();
+    let stats = state.registry.stats().await.ok();
     let (active_sessions, storage_error) = match state.storage.count_open_sessions().await {
         Ok(n) => (n, None),
         Err(e) => (0, Some(e.to_string())),
@@ -139,7 +138,7 @@ pub(super) async fn get_metrics(state: web::Data<AppState>, req: HttpRequest) ->
         m.sessions.get_or_create(&StatusLabel { status }).set(n);
     }
     m.event_followers.set(state.hub.followers() as i64);
-    if let Ok(stats) = state.registry.send(GetStats).await {
+    if let Ok(stats) = state.registry.stats().await {
         m.live_processes.set(stats.processes.len() as i64);
         m.rss_bytes.get_or_create(&ProcessLabel { process: "service".into() }).set(stats.memory.service_bytes as i64);
         m.rss_bytes.get_or_create(&ProcessLabel { process: "children".into() }).set(stats.memory.children_bytes as i64);

@@ -9,17 +9,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Addr;
 use cap_std::fs::Dir;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::actors::EventHub;
-use crate::actors::SessionEvent;
-use crate::actors::session::{AnswerPermission, ListPermissions, PendingPermission, UnstoredEvents};
 use crate::actors::{
-    Interrupt, Launch, Lookup, Registry, Retire, SessionActor, StartTurn, StopReason, TurnRefused, TurnStarted,
+    CLIENT_BUFFER, EventHub, PendingPermission, PermissionAnswer, RegistryHandle, SessionEvent, SessionHandle,
+    StopReason, TurnRefused, TurnStarted,
 };
 use crate::auth::Caller;
 use crate::clock;
@@ -146,7 +143,7 @@ pub struct ListQuery {
 pub struct SessionService {
     settings: Arc<Settings>,
     storage: Storage,
-    registry: Addr<Registry>,
+    registry: RegistryHandle,
     hub: Arc<EventHub>,
     /// Canonical `user.base_dir`.
     users_root: PathBuf,
@@ -156,7 +153,7 @@ impl SessionService {
     pub fn new(
         settings: Arc<Settings>,
         storage: Storage,
-        registry: Addr<Registry>,
+        registry: RegistryHandle,
         hub: Arc<EventHub>,
         users_root: PathBuf,
     ) -> Self {
@@ -327,12 +324,11 @@ impl SessionService {
             let actor = self.live_actor(caller, session_id, deadline).await?;
             // The actor bounds this by `deadline` itself: dropping the send could leave a turn
             // started that nobody reads.
-            let request = StartTurn { message: message.clone(), deadline, queue_timeout };
-            match actor.send(request).await {
-                Ok(Ok(started)) => return Ok(started),
-                Ok(Err(TurnRefused::Api(e))) => return Err(e),
+            match actor.start_turn(message.clone(), deadline, queue_timeout).await {
+                Ok(started) => return Ok(started),
+                Err(TurnRefused::Api(e)) => return Err(e),
                 // The actor is stopping or just stopped: look again, the registry relaunches.
-                Ok(Err(TurnRefused::Gone)) | Err(_) => {}
+                Err(TurnRefused::Gone) => {}
             }
         }
         Err(ApiError::CliFailed("the CLI keeps exiting before it is ready; see the service log".into()))
@@ -345,14 +341,14 @@ impl SessionService {
         caller: &Caller,
         session_id: &str,
         deadline: tokio::time::Instant,
-    ) -> Result<Addr<SessionActor>, ApiError> {
+    ) -> Result<SessionHandle, ApiError> {
         let row = self.get(caller, session_id).await?;
         match row.status {
             SessionStatus::Closed => return Err(ApiError::SessionClosed),
             SessionStatus::Expired => return Err(ApiError::SessionExpired),
             _ => {}
         }
-        if let Some(actor) = self.registry.send(Lookup { session_id: row.session_id.clone() }).await? {
+        if let Some(actor) = self.registry.lookup(&row.session_id).await? {
             return Ok(actor);
         }
         self.storage
@@ -392,8 +388,8 @@ impl SessionService {
     ) -> Result<tokio::sync::mpsc::Receiver<Arc<SessionEvent>>, ApiError> {
         let row = self.get(caller, session_id).await?;
         let mut live = self.hub.subscribe(&row.session_id);
-        let unstored = match self.registry.send(Lookup { session_id: row.session_id.clone() }).await? {
-            Some(actor) => actor.send(UnstoredEvents { after }).await.unwrap_or_default(),
+        let unstored = match self.registry.lookup(&row.session_id).await? {
+            Some(actor) => actor.unstored_events(after).await,
             None => Vec::new(),
         };
         let mut replay: std::collections::BTreeMap<i64, Arc<SessionEvent>> = self
@@ -408,7 +404,7 @@ impl SessionService {
             })
             .collect();
         replay.extend(unstored.into_iter().map(|e| (e.id, e)));
-        let (tx, rx) = tokio::sync::mpsc::channel(crate::actors::session::CLIENT_BUFFER);
+        let (tx, rx) = tokio::sync::mpsc::channel(CLIENT_BUFFER);
         actix_web::rt::spawn(async move {
             let forward = async {
                 let mut last = after;
@@ -445,8 +441,8 @@ impl SessionService {
         let row = self.get(caller, session_id).await?;
         let unknown =
             || ApiError::NotFound("The CLI has not reported yet: it does so at the start of each turn".into());
-        let actor = self.registry.send(Lookup { session_id: row.session_id }).await?.ok_or_else(unknown)?;
-        actor.send(crate::actors::session::GetAgentInfo).await.ok().flatten().ok_or_else(unknown)
+        let actor = self.registry.lookup(&row.session_id).await?.ok_or_else(unknown)?;
+        actor.agent_info().await.ok_or_else(unknown)
     }
 
     /// The session's open tool-approval requests.
@@ -456,8 +452,8 @@ impl SessionService {
         session_id: &str,
     ) -> Result<Vec<(String, PendingPermission)>, ApiError> {
         let row = self.get(caller, session_id).await?;
-        Ok(match self.registry.send(Lookup { session_id: row.session_id }).await? {
-            Some(actor) => actor.send(ListPermissions).await.unwrap_or_default(),
+        Ok(match self.registry.lookup(&row.session_id).await? {
+            Some(actor) => actor.permissions().await,
             None => Vec::new(),
         })
     }
@@ -467,12 +463,12 @@ impl SessionService {
         &self,
         caller: &Caller,
         session_id: &str,
-        answer: AnswerPermission,
+        answer: PermissionAnswer,
     ) -> Result<(), ApiError> {
         let row = self.get(caller, session_id).await?;
         let gone = || ApiError::NotFound("No open permission request with this id".into());
-        let actor = self.registry.send(Lookup { session_id: row.session_id }).await?.ok_or_else(gone)?;
-        actor.send(answer).await.map_err(|_| gone())?
+        let actor = self.registry.lookup(&row.session_id).await?.ok_or_else(gone)?;
+        actor.answer_permission(answer).await
     }
 
     /// The working directory of one of the caller's sessions (for its files), opened beneath
@@ -486,21 +482,19 @@ impl SessionService {
     /// Interrupts the running turn; its id is returned.
     pub async fn interrupt(&self, caller: &Caller, session_id: &str) -> Result<String, ApiError> {
         let row = self.get(caller, session_id).await?;
-        let actor = self.registry.send(Lookup { session_id: row.session_id }).await?.ok_or(ApiError::NoTurnRunning)?;
-        actor.send(Interrupt).await.map_err(|_| ApiError::NoTurnRunning)?
+        let actor = self.registry.lookup(&row.session_id).await?.ok_or(ApiError::NoTurnRunning)?;
+        actor.interrupt().await
     }
 
     /// Stops these sessions' processes (their rows were updated by the caller).
     pub fn retire(&self, session_ids: Vec<String>, reason: StopReason) {
-        if !session_ids.is_empty() {
-            self.registry.do_send(Retire { session_ids, reason });
-        }
+        self.registry.retire(session_ids, reason);
     }
 
     /// Starts the session's CLI, once its directory is verified: a directory replaced by a
     /// link leading out of the user's is `invalid_path` and no CLI starts; a missing one is
     /// made again beneath the user's handle.
-    async fn launch(&self, row: &SessionRow) -> Result<Addr<SessionActor>, ApiError> {
+    async fn launch(&self, row: &SessionRow) -> Result<SessionHandle, ApiError> {
         let (users_root, user, subdir) = (self.users_root.clone(), row.user_id.clone(), row.subdir.clone());
         let auto_create = self.settings.user.auto_create_dir;
         // The CLI is started in this handle (fchdir), never at the path `row.cwd`: a directory
@@ -508,7 +502,7 @@ impl SessionService {
         let dir = workspace::blocking(move || workspace::create_session_dir(&users_root, &user, &subdir, auto_create))
             .await?;
         let cwd = std::os::fd::OwnedFd::from(dir.into_std_file());
-        self.registry.send(Launch { row: row.clone(), cwd }).await?
+        self.registry.launch(row.clone(), cwd).await
     }
 
     /// Removes the session's transcript beneath the user's directory handle (a link planted at

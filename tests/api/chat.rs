@@ -326,7 +326,7 @@ async fn memory_pressure_evicts_idle_sessions_least_recently_used_but_never_a_bu
     let mut turn = app.open_chat_stream(&key, &busy, "slow 30 100").await;
     turn.next_frame().await.expect("busy turn runs");
     // Pressure from now on: every idle session must go, the busy one stays.
-    app.app_state.registry.send(claude_agent_http::actors::registry::SetMemoryLimit { mb: 1 }).await.unwrap();
+    app.app_state.registry.addr().send(claude_agent_http::actors::registry::SetMemoryLimit { mb: 1 }).await.unwrap();
     let evicted = eventually(Duration::from_secs(10), || async {
         app.get_session(&key, &idle_old).await.body["status"] == "idle"
             && app.get_session(&key, &idle_new).await.body["status"] == "idle"

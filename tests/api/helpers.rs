@@ -397,7 +397,7 @@ impl TestApp {
 
     /// Pids of the CLI processes the registry supervises now.
     pub async fn cli_pids(&self) -> Vec<u32> {
-        let stats = self.app_state.registry.send(claude_agent_http::actors::GetStats).await.expect("registry");
+        let stats = self.app_state.registry.stats().await.expect("registry");
         stats.processes
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use awc::http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use claude_agent_http::actors::Lookup;
+use claude_agent_http::actors::registry::Lookup;
 use claude_agent_http::actors::session::PendingTimers;
 
 use crate::helpers::{Backend, SseReader, TestApp, TestResponse, eventually, spawn_app, spawn_app_with};
@@ -132,7 +132,7 @@ async fn a_turn_waiting_for_a_slot_gives_up_at_its_timeout_not_at_the_queue_time
 // ---- timers
 
 async fn pending_timers(app: &TestApp, id: &str) -> usize {
-    let actor = app.app_state.registry.send(Lookup { session_id: id.to_string() }).await.unwrap();
+    let actor = app.app_state.registry.addr().send(Lookup { session_id: id.to_string() }).await.unwrap();
     actor.expect("a live session").send(PendingTimers).await.unwrap()
 }
 

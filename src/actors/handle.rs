@@ -1,0 +1,140 @@
+//! The actors as the rest of the service sees them: handles with async methods. `sessions/`
+//! and `api/` never see an actix message or an `Addr` (`scripts/check-layers` refuses it), so
+//! the runtime behind these methods can change without touching them.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use serde_json::Value;
+
+use super::SessionEvent;
+use super::registry::{GetStats, Launch, Lookup, Registry, RegistryStats, Retire, Shutdown};
+use super::session::{
+    AnswerPermission, GetAgentInfo, Interrupt, ListPermissions, PendingPermission, SessionActor, StartTurn, StopReason,
+    TurnRefused, TurnStarted, UnstoredEvents,
+};
+use crate::domain::AgentInfo;
+use crate::error::ApiError;
+use crate::storage::SessionRow;
+
+/// The registry: finds, launches and stops sessions' actors.
+#[derive(Clone)]
+pub struct RegistryHandle {
+    addr: Addr<Registry>,
+}
+
+impl RegistryHandle {
+    pub fn new(addr: Addr<Registry>) -> Self {
+        Self { addr }
+    }
+
+    /// The actor itself, for start-up and tests that send it messages of their own.
+    pub fn addr(&self) -> &Addr<Registry> {
+        &self.addr
+    }
+
+    /// The session's live actor, if it has one.
+    pub async fn lookup(&self, session_id: &str) -> Result<Option<SessionHandle>, ApiError> {
+        let found = self.addr.send(Lookup { session_id: session_id.to_string() }).await?;
+        Ok(found.map(SessionHandle::new))
+    }
+
+    /// The session's live actor, launching its CLI in `cwd` (opened and checked beneath the
+    /// user's directory) if it has none.
+    pub async fn launch(&self, row: SessionRow, cwd: OwnedFd) -> Result<SessionHandle, ApiError> {
+        self.addr.send(Launch { row, cwd }).await?.map(SessionHandle::new)
+    }
+
+    /// Stops these sessions' processes (without waiting).
+    pub fn retire(&self, session_ids: Vec<String>, reason: StopReason) {
+        if !session_ids.is_empty() {
+            self.addr.do_send(Retire { session_ids, reason });
+        }
+    }
+
+    pub async fn stats(&self) -> Result<RegistryStats, ApiError> {
+        Ok(self.addr.send(GetStats).await?)
+    }
+
+    /// Stops every session's CLI (at once with `forced`) and waits until all are reaped.
+    pub async fn shutdown(&self, forced: bool) -> Result<(), ApiError> {
+        Ok(self.addr.send(Shutdown { forced }).await?)
+    }
+}
+
+/// One live session's actor. A handle outlives the actor it names: every method says what it
+/// answers once the actor has stopped.
+#[derive(Clone)]
+pub struct SessionHandle {
+    addr: Addr<SessionActor>,
+}
+
+/// The client's answer to a `permission_request`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PermissionAnswer {
+    pub request_id: String,
+    pub allow: bool,
+    pub message: Option<String>,
+    pub updated_input: Option<Value>,
+    /// Allow this tool for the rest of the session without asking.
+    pub always: bool,
+}
+
+impl SessionHandle {
+    fn new(addr: Addr<SessionActor>) -> Self {
+        Self { addr }
+    }
+
+    /// The actor itself, for tests.
+    pub fn addr(&self) -> &Addr<SessionActor> {
+        &self.addr
+    }
+
+    /// Starts a turn; `Gone` if the actor is stopping or stopped (launch the session again).
+    /// The actor bounds the turn by `deadline` itself, so a dropped call cannot leave a turn
+    /// started that nobody reads.
+    pub async fn start_turn(
+        &self,
+        message: String,
+        deadline: tokio::time::Instant,
+        queue_timeout: Duration,
+    ) -> Result<TurnStarted, TurnRefused> {
+        match self.addr.send(StartTurn { message, deadline, queue_timeout }).await {
+            Ok(answer) => answer,
+            Err(_) => Err(TurnRefused::Gone),
+        }
+    }
+
+    /// The events after `after` not yet stored (none once the actor stopped: it stored them).
+    pub async fn unstored_events(&self, after: i64) -> Vec<Arc<SessionEvent>> {
+        self.addr.send(UnstoredEvents { after }).await.unwrap_or_default()
+    }
+
+    /// What the CLI reported at the start of its last turn.
+    pub async fn agent_info(&self) -> Option<AgentInfo> {
+        self.addr.send(GetAgentInfo).await.ok().flatten()
+    }
+
+    /// The open tool-approval requests (none once the actor stopped).
+    pub async fn permissions(&self) -> Vec<(String, PendingPermission)> {
+        self.addr.send(ListPermissions).await.unwrap_or_default()
+    }
+
+    /// Answers one tool-approval request: 404 if it is unknown, answered, or its actor stopped.
+    pub async fn answer_permission(&self, answer: PermissionAnswer) -> Result<(), ApiError> {
+        let PermissionAnswer { request_id, allow, message, updated_input, always } = answer;
+        let message = AnswerPermission { request_id, allow, message, updated_input, always };
+        self.addr.send(message).await.map_err(|_| no_open_request())?
+    }
+
+    /// Interrupts the running turn and returns its id (409 `no_turn_running` once stopped).
+    pub async fn interrupt(&self) -> Result<String, ApiError> {
+        self.addr.send(Interrupt).await.map_err(|_| ApiError::NoTurnRunning)?
+    }
+}
+
+fn no_open_request() -> ApiError {
+    ApiError::NotFound("No open permission request with this id".into())
+}
