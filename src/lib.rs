@@ -1,8 +1,8 @@
 //! claude-agent-http: the Claude Code CLI behind a multi-user HTTP API.
 //!
-//! Layout: `api` (HTTP handlers) → `sessions` (session logic) → `actors` (registry and, later,
-//! one actor per live session) → `cli` (the child process); `storage` (SQLite/PostgreSQL),
-//! `auth` (keys and the caller extractor), `settings`, `error`.
+//! Layers, each importing only those below it (README "Layout"; `scripts/check-layers`):
+//! `startup` → `api` → `state` → `sessions` → `actors`, `auth` → `cli`, `storage`, `memory`,
+//! `metrics` → `settings` → `error`, `clock`, `domain` (the leaf).
 
 pub mod actors;
 mod alloc;
