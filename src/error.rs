@@ -262,12 +262,6 @@ impl ResponseError for ApiError {
     }
 }
 
-impl From<actix::MailboxError> for ApiError {
-    fn from(e: actix::MailboxError) -> Self {
-        ApiError::Internal(format!("actor mailbox: {e}"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

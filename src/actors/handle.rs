@@ -138,3 +138,10 @@ impl SessionHandle {
 fn no_open_request() -> ApiError {
     ApiError::NotFound("No open permission request with this id".into())
 }
+
+/// An actor that cannot take a message (its mailbox closed): the runtime's fault, not the client's.
+impl From<actix::MailboxError> for ApiError {
+    fn from(e: actix::MailboxError) -> Self {
+        ApiError::Internal(format!("actor mailbox: {e}"))
+    }
+}

@@ -186,6 +186,13 @@ mod tests {
     }
 
     #[test]
+    fn the_schema_of_code_is_the_error_code_enum() {
+        let schema = serde_json::to_value(<Frame as utoipa::PartialSchema>::schema()).unwrap();
+        let code = &schema["properties"]["code"];
+        assert!(code.to_string().contains("#/components/schemas/ErrorCode"), "{code}");
+    }
+
+    #[test]
     fn frames_carry_the_fields_of_their_type_only() {
         let v: Value = serde_json::from_str(&text_delta("hé")).unwrap();
         assert_eq!(
