@@ -42,7 +42,7 @@ impl Storage {
                 query = query.filter(sessions::user_id.eq(user.clone()));
             }
             if let Some(status) = filter.status {
-                query = query.filter(sessions::status.eq(status.as_str()));
+                query = query.filter(sessions::status.eq(status));
             }
             query.load(conn).await?
         })
@@ -58,7 +58,7 @@ impl Storage {
         to: SessionStatus,
         touch: Option<i64>,
     ) -> Result<Option<SessionRow>, StorageError> {
-        let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+        let from = from.to_vec();
         run!(self, [session_id, from, to, touch], |conn| {
             conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
                 let target =
@@ -66,11 +66,11 @@ impl Storage {
                 let n = match touch {
                     Some(at) => {
                         diesel::update(target)
-                            .set((sessions::status.eq(to.as_str()), sessions::last_active_at.eq(at)))
+                            .set((sessions::status.eq(to), sessions::last_active_at.eq(at)))
                             .execute(conn)
                             .await?
                     }
-                    None => diesel::update(target).set(sessions::status.eq(to.as_str())).execute(conn).await?,
+                    None => diesel::update(target).set(sessions::status.eq(to)).execute(conn).await?,
                 };
                 if n == 0 {
                     return Ok(None);
@@ -385,12 +385,12 @@ impl Storage {
         from: &[SessionStatus],
         to: SessionStatus,
     ) -> Result<(), StorageError> {
-        let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+        let from = from.to_vec();
         run!(self, [session_id, from, to], |conn| {
             diesel::update(
                 sessions::table.filter(sessions::session_id.eq(session_id)).filter(sessions::status.eq_any(from)),
             )
-            .set(sessions::status.eq(to.as_str()))
+            .set(sessions::status.eq(to))
             .execute(conn)
             .await?;
         })
