@@ -13,6 +13,7 @@ pub mod clock;
 pub mod error;
 pub mod memory;
 pub mod metrics;
+pub mod seed_config;
 pub mod sessions;
 pub mod settings;
 pub mod startup;
