@@ -161,9 +161,23 @@ fn link_shared(shared: &std::path::Path, config_dir: &std::path::Path) -> Option
             return None;
         }
     };
+    // The agent may have replaced `.claude` with a link: open it without following one, and
+    // work beneath that handle, so the links are never made (or removed) anywhere else.
+    let opened = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(config_dir)
+    };
+    let handle = match opened {
+        Ok(handle) => handle,
+        Err(e) => {
+            log::warn!("{}: {e}; the shared skills and plugins are not linked there", config_dir.display());
+            return Some(real);
+        }
+    };
+    let beneath = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&handle)));
     for name in ["skills", "plugins"] {
         let target = real.join(name);
-        let link = config_dir.join(name);
+        let link = beneath.join(name);
         if !target.is_dir() {
             continue;
         }
@@ -175,13 +189,13 @@ fn link_shared(shared: &std::path::Path, config_dir: &std::path::Path) -> Option
                 let _ = std::fs::remove_file(&link);
             }
             Ok(_) => {
-                log::info!("{} is the user's own: the shared {name} are not linked there", link.display());
+                log::info!("{}: the user has its own {name}; the shared ones are not linked", config_dir.display());
                 continue;
             }
             Err(_) => {}
         }
         if let Err(e) = std::os::unix::fs::symlink(&target, &link) {
-            log::warn!("cannot link {} to {}: {e}", link.display(), target.display());
+            log::warn!("cannot link {}/{name} to {}: {e}", config_dir.display(), target.display());
         }
     }
     Some(real)

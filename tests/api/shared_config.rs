@@ -124,3 +124,18 @@ async fn the_real_clis_tools_read_the_shared_skills_and_cannot_change_them() {
     let agent = app.request(awc::http::Method::GET, &format!("/api/v1/sessions/{id}/agent"), Some(&alice), None).await;
     assert!(agent.text.contains("greeting"), "the CLI found the shared skill: {}", agent.text);
 }
+
+/// An agent that replaced its `.claude` with a link to elsewhere does not get the service to
+/// make (or remove) links there at the next launch.
+#[actix_web::test]
+async fn a_config_dir_replaced_by_a_link_gets_no_links_made_through_it() {
+    let (app, alice, _) = started(SandboxMode::Landlock).await;
+    let elsewhere = app.dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let config = app.users_dir().join("alice/.claude");
+    std::fs::remove_dir_all(&config).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &config).unwrap();
+    let id = app.create_session(&alice, json!({})).await;
+    app.wait_active(&alice, &id).await;
+    assert!(std::fs::read_dir(&elsewhere).unwrap().next().is_none(), "nothing was linked through it");
+}
