@@ -9,24 +9,31 @@ pub fn now_ms() -> i64 {
 /// The last instant RFC 3339 can write (four-digit years): 9999-12-31T23:59:59.999Z.
 const LAST_RFC3339_MS: i64 = 253_402_300_799_999;
 
-/// `2026-11-24T09:45:14.123Z`. Times outside 1970..=9999 are clamped: humantime's formatter
-/// fails (and `to_string` would panic) from year 10000, which any file's mtime can reach.
+/// `2026-11-24T09:45:14.123+00:00`: the offset is written out rather than `Z` because
+/// Python before 3.11 (`datetime.fromisoformat`, the seed's clients) cannot read `Z`. Times
+/// outside 1970..=9999 are clamped: humantime's formatter fails (and `to_string` would panic)
+/// from year 10000, which any file's mtime can reach.
 pub fn rfc3339(ms: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(ms.clamp(0, LAST_RFC3339_MS) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
+    let mut s = humantime::format_rfc3339_millis(t).to_string();
+    if s.ends_with('Z') {
+        s.pop();
+        s.push_str("+00:00");
+    }
+    s
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn formats_utc_with_millis() {
-        assert_eq!(super::rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(super::rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123+00:00");
     }
 
     #[test]
     fn far_future_and_past_are_clamped_not_a_panic() {
-        assert_eq!(super::rfc3339(300_000_000_000_000), "9999-12-31T23:59:59.999Z");
-        assert_eq!(super::rfc3339(i64::MAX), "9999-12-31T23:59:59.999Z");
-        assert_eq!(super::rfc3339(-5), "1970-01-01T00:00:00.000Z");
+        assert_eq!(super::rfc3339(300_000_000_000_000), "9999-12-31T23:59:59.999+00:00");
+        assert_eq!(super::rfc3339(i64::MAX), "9999-12-31T23:59:59.999+00:00");
+        assert_eq!(super::rfc3339(-5), "1970-01-01T00:00:00.000+00:00");
     }
 }

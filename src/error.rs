@@ -15,12 +15,83 @@ use utoipa::ToSchema;
 pub struct FieldError {
     pub field: String,
     pub message: String,
+    /// Where the field is, for FastAPI's `loc` in `detail`.
+    #[serde(skip)]
+    pub source: FieldSource,
+}
+
+/// The part of the request an invalid field is in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FieldSource {
+    #[default]
+    Body,
+    Query,
+    Header,
 }
 
 impl FieldError {
+    /// A field of the JSON body (`a.b.0` for nested ones).
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self { field: field.into(), message: message.into(), source: FieldSource::Body }
     }
+
+    /// A query-string parameter (`query` when the string as a whole is wrong).
+    pub fn query(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { source: FieldSource::Query, ..Self::new(field, message) }
+    }
+
+    pub fn header(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { source: FieldSource::Header, ..Self::new(field, message) }
+    }
+
+    /// FastAPI's item: `loc` (`["body", "options", "model"]`, list indices as integers), `msg`,
+    /// and a `type` in pydantic's words where one fits.
+    fn fastapi(&self) -> FastApiError {
+        let (root, own) = match self.source {
+            FieldSource::Body => ("body", "body"),
+            FieldSource::Query => ("query", "query"),
+            FieldSource::Header => ("header", ""),
+        };
+        let mut loc = vec![serde_json::Value::from(root)];
+        if self.field != own {
+            for part in self.field.split('.').filter(|p| !p.is_empty()) {
+                loc.push(match part.parse::<u64>() {
+                    Ok(index) => index.into(),
+                    Err(_) if self.source == FieldSource::Header => part.to_ascii_lowercase().into(),
+                    Err(_) => part.into(),
+                });
+            }
+        }
+        let kind = if self.message.starts_with("missing field") || self.message == "is required" {
+            "missing"
+        } else if self.message.starts_with("unknown field") || self.message == "unknown option" {
+            "extra_forbidden"
+        } else if self.message.starts_with("invalid type") {
+            "type_error"
+        } else {
+            "value_error"
+        };
+        FastApiError { loc, msg: self.message.clone(), kind }
+    }
+}
+
+/// One item of a 422's `detail`, as FastAPI writes it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FastApiError {
+    /// Where: `"body"`, `"query"` or `"header"`, then the field's path.
+    pub loc: Vec<serde_json::Value>,
+    pub msg: String,
+    /// `missing`, `extra_forbidden`, `type_error` or `value_error`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+}
+
+/// `detail`: the message, or on 422 FastAPI's list of invalid fields.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum Detail {
+    Message(String),
+    Fields(Vec<FastApiError>),
 }
 
 /// The stable code of an error, `error.code` in every error body. Clients branch on it; the
@@ -205,8 +276,14 @@ impl ApiError {
         }
     }
 
+    /// 422 for one field of the JSON body.
     pub fn validation(field: impl Into<String>, message: impl Into<String>) -> Self {
         ApiError::Validation(vec![FieldError::new(field, message)])
+    }
+
+    /// 422 for one query-string parameter.
+    pub fn query_validation(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::Validation(vec![FieldError::query(field, message)])
     }
 }
 
@@ -220,8 +297,9 @@ impl fmt::Display for ApiError {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorResponse {
     pub error: ErrorDetail,
-    /// The message again, where the seed's clients read it (FastAPI's `detail`).
-    pub detail: String,
+    /// The message again, where the seed's clients read it (FastAPI's `detail`); on 422
+    /// FastAPI's list of `{loc, msg, type}`.
+    pub detail: Detail,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -244,11 +322,11 @@ impl ResponseError for ApiError {
             log::error!("internal error: {detail}");
         }
         let message = self.message();
-        let fields = match self {
-            ApiError::Validation(f) => Some(f.clone()),
-            _ => None,
+        let (fields, detail) = match self {
+            ApiError::Validation(f) => (Some(f.clone()), Detail::Fields(f.iter().map(FieldError::fastapi).collect())),
+            _ => (None, Detail::Message(message.clone())),
         };
-        let body = ErrorResponse { error: ErrorDetail { code, message: message.clone(), fields }, detail: message };
+        let body = ErrorResponse { error: ErrorDetail { code, message, fields }, detail };
         let mut response = HttpResponse::build(status);
         if let Some(secs) = self.retry_after_secs() {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from(secs)));
@@ -325,6 +403,34 @@ mod tests {
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str(), "{e:?}");
             assert!(seen.insert(code.as_str()), "{} used twice", code.as_str());
         }
+    }
+
+    #[test]
+    fn validation_detail_is_fastapis_list() {
+        let e = ApiError::Validation(vec![
+            FieldError::new("options.allowed_tools.1", "invalid type: integer `3`, expected a string"),
+            FieldError::new("session_id", "missing field `session_id`"),
+            FieldError::query("limit", "must be from 1 to 1000"),
+            FieldError::header("Last-Event-ID", "must be an event id"),
+            FieldError::new("body", "invalid type: string, expected a map"),
+        ]);
+        let bytes = e.error_response().into_body().try_into_bytes().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            v["detail"],
+            serde_json::json!([
+                {"loc": ["body", "options", "allowed_tools", 1], "msg": "invalid type: integer `3`, expected a string", "type": "type_error"},
+                {"loc": ["body", "session_id"], "msg": "missing field `session_id`", "type": "missing"},
+                {"loc": ["query", "limit"], "msg": "must be from 1 to 1000", "type": "value_error"},
+                {"loc": ["header", "last-event-id"], "msg": "must be an event id", "type": "value_error"},
+                {"loc": ["body"], "msg": "invalid type: string, expected a map", "type": "type_error"},
+            ])
+        );
+        assert_eq!(v["error"]["code"], "validation_error");
+        assert_eq!(
+            v["error"]["fields"][0],
+            serde_json::json!({"field": "options.allowed_tools.1", "message": "invalid type: integer `3`, expected a string"})
+        );
     }
 
     #[test]

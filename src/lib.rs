@@ -14,6 +14,7 @@ pub mod domain;
 pub mod error;
 pub mod memory;
 pub mod metrics;
+pub mod seed_config;
 pub mod sessions;
 pub mod settings;
 pub mod startup;

@@ -26,12 +26,21 @@ enum Command {
     /// Ask the running service's /health (exit 0 when healthy): for container health checks,
     /// without curl in the image.
     Healthcheck,
+    /// Print the Settings.toml equivalent to the Python service's config.yaml (every key
+    /// mapped, or named in a comment with why it was dropped).
+    ImportSeedConfig {
+        /// The Python service's config.yaml.
+        file: PathBuf,
+    },
 }
 
 #[actix_web::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Some(Command::ImportSeedConfig { file }) = &args.command {
+        return import_seed_config(file);
+    }
     let settings = match Settings::load(args.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -72,6 +81,23 @@ fn forget_settings_environment() {
         // SAFETY: called first thing in main, before the server, arbiters or any thread that
         // reads the environment is started.
         unsafe { std::env::remove_var(name) };
+    }
+}
+
+/// Prints the TOML for the seed's YAML (exit 2 when it cannot be read).
+fn import_seed_config(file: &std::path::Path) -> ExitCode {
+    let converted = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))
+        .and_then(|yaml| claude_agent_http::seed_config::import(&yaml, file));
+    match converted {
+        Ok(toml) => {
+            print!("{toml}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("claude-agent-http: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

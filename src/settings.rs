@@ -14,6 +14,8 @@ use crate::domain::AgentOption;
 pub const CONFIG_ENV: &str = "CLAUDE_AGENT_CONFIG";
 /// File read when neither `--config` nor `CLAUDE_AGENT_CONFIG` names one (if it exists).
 pub const DEFAULT_CONFIG_FILE: &str = "Settings.toml";
+/// The Python service's settings file, named in the start-up error when found instead.
+pub const SEED_CONFIG_FILE: &str = "config.yaml";
 const ENV_PREFIX: &str = "CLAUDE_AGENT_";
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -60,6 +62,8 @@ pub struct ApiSettings {
     /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the client; from any
     /// other peer the header is ignored, so a client cannot pick its own address.
     pub trusted_proxies: Vec<String>,
+    /// The frames streams send unless a request asks (`?frames=`): `full` or the seed's set.
+    pub frames: crate::domain::frames::FrameSet,
 }
 
 impl Default for ApiSettings {
@@ -78,6 +82,7 @@ impl Default for ApiSettings {
             max_body_kb: 1024,
             workers: 2,
             trusted_proxies: Vec::new(),
+            frames: crate::domain::frames::FrameSet::Full,
         }
     }
 }
@@ -239,11 +244,15 @@ pub struct CliSettings {
     pub env: BTreeMap<String, String>,
     pub stop_grace: u64,
     pub max_rss_mb: u64,
+    /// A directory whose `skills/` and `plugins/` every user's CLI sees in its own config dir
+    /// (linked there), read-only under the sandbox: what the seed's shared `~/.claude` gave.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_config_dir: Option<PathBuf>,
 }
 
 impl Default for CliSettings {
     fn default() -> Self {
-        Self { path: "claude".into(), env: BTreeMap::new(), stop_grace: 5, max_rss_mb: 2048 }
+        Self { path: "claude".into(), env: BTreeMap::new(), stop_grace: 5, max_rss_mb: 2048, shared_config_dir: None }
     }
 }
 
@@ -410,14 +419,36 @@ const SEED_ENV: &[(&str, &str, &str)] = &[
     ("CLAUDE_AGENT_ADMIN_KEY", "auth", "admin_key"),
 ];
 
-/// Seed variables that together make `session.database_url` when it is not set.
-const SEED_PG_ENV: &[&str] = &[
-    "CLAUDE_AGENT_SESSION_PG_HOST",
-    "CLAUDE_AGENT_SESSION_PG_PORT",
-    "CLAUDE_AGENT_SESSION_PG_DATABASE",
-    "CLAUDE_AGENT_SESSION_PG_USER",
-    "CLAUDE_AGENT_SESSION_PG_PASSWORD",
+/// Seed variables that together make `session.database_url` when it is not set, and the
+/// seed's default for each (its shipped `config.yaml`).
+const SEED_PG_ENV: &[(&str, &str)] = &[
+    ("CLAUDE_AGENT_SESSION_PG_HOST", "localhost"),
+    ("CLAUDE_AGENT_SESSION_PG_PORT", "5432"),
+    ("CLAUDE_AGENT_SESSION_PG_DATABASE", "claude_agent"),
+    ("CLAUDE_AGENT_SESSION_PG_USER", "postgres"),
+    ("CLAUDE_AGENT_SESSION_PG_PASSWORD", "postgres"),
 ];
+
+/// Seed-only keys accepted in the file (and as `CLAUDE_AGENT_<SECTION>__<KEY>`) for the key
+/// they stand for. `session.pg_*` are the file forms of [`SEED_PG_ENV`].
+const SEED_KEY_ALIASES: &[(Key, Key)] = &[(("defaults", "cli_path"), ("cli", "path"))];
+
+/// A settings key: (section, name).
+type Key = (&'static str, &'static str);
+
+/// The seed variable a `session.pg_*` key stands for.
+fn seed_pg_name(section: &str, key: &str) -> Option<&'static str> {
+    if section != "session" {
+        return None;
+    }
+    let wanted = format!("CLAUDE_AGENT_SESSION_{}", key.to_ascii_uppercase());
+    SEED_PG_ENV.iter().map(|(name, _)| *name).find(|name| *name == wanted)
+}
+
+/// The key a seed-only key stands for, if it is one.
+fn seed_alias(section: &str, key: &str) -> Option<(&'static str, &'static str)> {
+    SEED_KEY_ALIASES.iter().find(|((s, k), _)| *s == section && *k == key).map(|(_, to)| *to)
+}
 
 /// Variables with the prefix that are not settings keys.
 const NON_KEY_ENV: &[&str] = &[CONFIG_ENV];
@@ -432,10 +463,27 @@ impl Settings {
                 Some((_, v)) if !v.is_empty() => Some(PathBuf::from(v)),
                 _ => {
                     let p = PathBuf::from(DEFAULT_CONFIG_FILE);
+                    if !p.exists() && Path::new(SEED_CONFIG_FILE).exists() {
+                        // The seed read config.yaml from here: ignoring it silently would
+                        // serve on other settings than the ones its owner wrote.
+                        return Err(err(format!(
+                            "found the Python service's {SEED_CONFIG_FILE} but no {DEFAULT_CONFIG_FILE} here; \
+                             convert it with `claude-agent-http import-seed-config {SEED_CONFIG_FILE} > \
+                             {DEFAULT_CONFIG_FILE}` (or name a settings file with --config)"
+                        )));
+                    }
                     p.exists().then_some(p)
                 }
             },
         };
+        if let Some(p) = file.as_deref().filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml")) {
+            return Err(err(format!(
+                "{} is YAML (the Python service's format?): settings are TOML; convert it with \
+                 `claude-agent-http import-seed-config {} > {DEFAULT_CONFIG_FILE}`",
+                p.display(),
+                p.display()
+            )));
+        }
         let text = match &file {
             Some(p) => Some(
                 std::fs::read_to_string(p)
@@ -459,23 +507,52 @@ impl Settings {
             Some(text) => parse_file(text, &file_label)?,
             None => toml::Table::new(),
         };
+        // Seed-only keys of the file: `session.pg_*` become parts of the URL, the others move to
+        // the key they stand for (which wins when both are given).
+        let mut pg: BTreeMap<&str, String> = BTreeMap::new();
+        for (section, body) in table.iter_mut() {
+            let Some(body) = body.as_table_mut() else { continue };
+            let keys: Vec<String> = body.keys().cloned().collect();
+            for key in keys {
+                if let Some(name) = seed_pg_name(section, &key) {
+                    let value = body.remove(&key).unwrap_or(toml::Value::String(String::new()));
+                    pg.insert(name, value.as_str().map(str::to_string).unwrap_or_else(|| value.to_string()));
+                }
+            }
+        }
+        for &((section, key), (to_section, to_key)) in SEED_KEY_ALIASES {
+            let Some(value) = table.get_mut(section).and_then(|s| s.as_table_mut()).and_then(|t| t.remove(key)) else {
+                continue;
+            };
+            let target = table.entry(to_section).or_insert_with(|| toml::Value::Table(Default::default()));
+            if let Some(t) = target.as_table_mut() {
+                t.entry(to_key).or_insert(value);
+            }
+        }
         let defaults = toml::Table::try_from(Settings::default())
             .map_err(|e| err(format!("internal: cannot serialise defaults: {e}")))?;
 
         // The `__` form is more specific than a seed name, so it is applied last and wins.
         let mut seed = Vec::new();
         let mut specific = Vec::new();
-        let mut pg = BTreeMap::new();
         for (name, value) in env {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
             if let Some(&(_, section, key)) = SEED_ENV.iter().find(|(n, _, _)| n == name) {
                 seed.push((name.as_str(), section.to_string(), key.to_string(), value.as_str()));
-            } else if SEED_PG_ENV.contains(&name.as_str()) {
-                pg.insert(name.as_str(), value.as_str());
+            } else if let Some(&(pg_name, _)) = SEED_PG_ENV.iter().find(|(n, _)| n == name) {
+                pg.insert(pg_name, value.clone());
             } else if let Some((section, key)) = rest.split_once("__") {
-                specific.push((name.as_str(), section.to_lowercase(), key.to_lowercase(), value.as_str()));
+                let (section, key) = (section.to_lowercase(), key.to_lowercase());
+                if let Some(pg_name) = seed_pg_name(&section, &key) {
+                    pg.insert(pg_name, value.clone());
+                } else if let Some((to_section, to_key)) = seed_alias(&section, &key) {
+                    // Less specific than the key it stands for: applied first, so that one wins.
+                    seed.push((name.as_str(), to_section.to_string(), to_key.to_string(), value.as_str()));
+                } else {
+                    specific.push((name.as_str(), section, key, value.as_str()));
+                }
             } else if !NON_KEY_ENV.contains(&name.as_str()) {
                 log::debug!("ignoring environment variable {name}: not a settings key");
             }
@@ -483,22 +560,20 @@ impl Settings {
         for (name, section, key, value) in seed.into_iter().chain(specific) {
             apply_env(&mut table, &defaults, name, &section, &key, value)?;
         }
-        if !pg.is_empty() {
-            let has_url = table
-                .get("session")
-                .and_then(|s| s.get("database_url"))
-                .and_then(|v| v.as_str())
-                .is_some_and(|s| !s.is_empty());
-            if !has_url {
-                let url = postgres_url_from_seed(&pg);
-                let session = table.entry("session").or_insert_with(|| toml::Value::Table(Default::default()));
-                if let Some(t) = session.as_table_mut() {
-                    t.insert("database_url".into(), toml::Value::String(url));
-                }
+        let has_url = table
+            .get("session")
+            .and_then(|s| s.get("database_url"))
+            .and_then(|v| v.as_str())
+            .is_some_and(|s| !s.is_empty());
+        if !pg.is_empty() && !has_url {
+            let url = postgres_url_from_seed(&pg);
+            let session = table.entry("session").or_insert_with(|| toml::Value::Table(Default::default()));
+            if let Some(t) = session.as_table_mut() {
+                t.insert("database_url".into(), toml::Value::String(url));
             }
         }
 
-        let settings: Settings = serde_path_to_error::deserialize(table).map_err(|e| {
+        let mut settings: Settings = serde_path_to_error::deserialize(table).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner().to_string();
             if path.is_empty() || path == "." {
@@ -507,6 +582,17 @@ impl Settings {
                 err(format!("invalid setting `{path}` ({file_label} or environment): {inner}"))
             }
         })?;
+        if settings.session.storage == StorageKind::Postgresql
+            && settings.session.database_url.as_deref().is_none_or(str::is_empty)
+        {
+            // What the seed did: its PG_* defaults (postgres:postgres@localhost:5432/claude_agent).
+            let url = postgres_url_from_seed(&BTreeMap::new());
+            log::warn!(
+                "session.storage = \"postgresql\" without session.database_url: using the seed's defaults ({})",
+                url.replace(":postgres@", ":***@")
+            );
+            settings.session.database_url = Some(url);
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -550,12 +636,6 @@ impl Settings {
                     AgentOption::names()
                 )));
             }
-        }
-        if self.session.storage == StorageKind::Postgresql
-            && self.session.database_url.as_deref().is_none_or(str::is_empty)
-        {
-            return Err(err("invalid setting `session.database_url`: required when session.storage = \"postgresql\" \
-                 (or set CLAUDE_AGENT_SESSION_PG_HOST and friends)"));
         }
         if let Some(max) = self.defaults.max_budget_usd
             && (max.is_nan() || max <= 0.0)
@@ -649,13 +729,18 @@ fn typed_env_value(template: Option<&toml::Value>, raw: &str) -> Result<toml::Va
     })
 }
 
-fn postgres_url_from_seed(pg: &BTreeMap<&str, &str>) -> String {
-    let get = |k: &str, d: &str| pg.get(k).copied().filter(|v| !v.is_empty()).unwrap_or(d).to_string();
-    let host = get("CLAUDE_AGENT_SESSION_PG_HOST", "localhost");
-    let port = get("CLAUDE_AGENT_SESSION_PG_PORT", "5432");
-    let db = get("CLAUDE_AGENT_SESSION_PG_DATABASE", "claude_agent");
-    let user = get("CLAUDE_AGENT_SESSION_PG_USER", "postgres");
-    let password = get("CLAUDE_AGENT_SESSION_PG_PASSWORD", "");
+/// The PostgreSQL URL of the seed's `PG_*` parts (by their variable names), each missing one
+/// at the seed's default.
+pub(crate) fn postgres_url_from_seed(pg: &BTreeMap<&str, String>) -> String {
+    let get = |k: &str| {
+        let default = SEED_PG_ENV.iter().find(|(n, _)| *n == k).map(|(_, d)| *d).unwrap_or("");
+        pg.get(k).map(String::as_str).filter(|v| !v.is_empty()).unwrap_or(default).to_string()
+    };
+    let host = get("CLAUDE_AGENT_SESSION_PG_HOST");
+    let port = get("CLAUDE_AGENT_SESSION_PG_PORT");
+    let db = get("CLAUDE_AGENT_SESSION_PG_DATABASE");
+    let user = get("CLAUDE_AGENT_SESSION_PG_USER");
+    let password = get("CLAUDE_AGENT_SESSION_PG_PASSWORD");
     let auth = if password.is_empty() {
         percent_encode(&user)
     } else {
@@ -788,9 +873,53 @@ mod tests {
     }
 
     #[test]
-    fn postgres_without_url_is_refused() {
-        let e = Settings::from_sources(Some("[session]\nstorage = \"postgresql\"\n"), None, &[]).unwrap_err();
-        assert!(e.0.contains("session.database_url"), "{e}");
+    fn postgres_without_url_uses_the_seeds_defaults() {
+        let s = Settings::from_sources(Some("[session]\nstorage = \"postgresql\"\n"), None, &[]).unwrap();
+        assert_eq!(s.session.database_url.as_deref(), Some("postgres://postgres:postgres@localhost:5432/claude_agent"));
+        assert_eq!(s.database_port(), Some(5432));
+    }
+
+    #[test]
+    fn seed_only_keys_are_aliases_in_the_file_and_the_environment() {
+        let file = "[defaults]\ncli_path = \"/usr/local/bin/claude\"\n\
+                    [session]\nstorage = \"postgresql\"\npg_host = \"db\"\npg_port = 6543\npg_user = \"app\"\n";
+        let s = Settings::from_sources(Some(file), None, &[]).unwrap();
+        assert_eq!(s.cli.path, "/usr/local/bin/claude");
+        assert_eq!(s.session.database_url.as_deref(), Some("postgres://app:postgres@db:6543/claude_agent"));
+        // Their environment forms, over the file's; the key they stand for wins over them.
+        let s = Settings::from_sources(
+            Some(file),
+            None,
+            &env(&[
+                ("CLAUDE_AGENT_SESSION__PG_PASSWORD", "s3cret"),
+                ("CLAUDE_AGENT_DEFAULTS__CLI_PATH", "/opt/claude"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.cli.path, "/opt/claude");
+        assert_eq!(s.session.database_url.as_deref(), Some("postgres://app:s3cret@db:6543/claude_agent"));
+        let s = Settings::from_sources(
+            Some("[cli]\npath = \"/a\"\n[defaults]\ncli_path = \"/b\"\n"),
+            None,
+            &env(&[("CLAUDE_AGENT_DEFAULTS__CLI_PATH", "/c")]),
+        )
+        .unwrap();
+        assert_eq!(s.cli.path, "/c", "environment over file");
+        let s = Settings::from_sources(
+            None,
+            None,
+            &env(&[("CLAUDE_AGENT_DEFAULTS__CLI_PATH", "/c"), ("CLAUDE_AGENT_CLI__PATH", "/d")]),
+        )
+        .unwrap();
+        assert_eq!(s.cli.path, "/d", "the key itself over its alias");
+        // An explicit URL wins over the parts.
+        let s = Settings::from_sources(
+            Some("[session]\npg_host = \"db\"\ndatabase_url = \"postgres://u@x/y\"\n"),
+            None,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.session.database_url.as_deref(), Some("postgres://u@x/y"));
     }
 
     #[test]

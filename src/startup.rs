@@ -88,6 +88,12 @@ impl Application {
             log::warn!("killed {reaped} process(es) a previous run left behind (it was killed without shutting down)");
         }
         let sandbox = crate::cli::sandbox::decide(settings.sandbox.mode).map_err(StartupError)?;
+        if let (None, Some(shared)) = (sandbox, &settings.cli.shared_config_dir) {
+            log::warn!(
+                "cli.shared_config_dir {}: without the sandbox only its own permissions keep agents from writing it",
+                shared.display()
+            );
+        }
         // Bound before the agents' confinement is made: the port they may never reach is known then.
         let listener = TcpListener::bind(settings.bind_address())
             .map_err(|e| StartupError(format!("cannot listen on {}: {e}", settings.bind_address())))?;

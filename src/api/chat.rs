@@ -13,6 +13,7 @@ use crate::actors::TurnOutcome;
 use crate::api::extract::JsonBody;
 use crate::auth::Caller;
 use crate::clock;
+use crate::domain::frames::FrameSet;
 use crate::domain::{ToolCall, Usage};
 use crate::error::{ApiError, ErrorResponse, FieldError};
 use crate::sessions::Message;
@@ -136,11 +137,24 @@ pub(super) async fn post_chat(
     Err(ApiError::Internal("the turn ended without a result".into()))
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct StreamParams {
+    /// `seed`: only the seed's frame types and keys, for its old clients (default: `api.frames`).
+    frames: Option<FrameSet>,
+}
+
+/// The frame set a stream asked for, else the service's default.
+fn frame_set(state: &AppState, asked: Option<FrameSet>) -> FrameSet {
+    asked.unwrap_or(state.settings.api.frames)
+}
+
 /// Send a message and stream the turn as Server-Sent Events (`SseEvent`, whose `data` is a
 /// `StreamFrame`), ending after `done` or `error`.
 /// Errors found before the stream starts are plain HTTP errors; later ones are `error` frames.
 #[utoipa::path(
     post, path = "/api/v1/chat/stream", tag = "chat",
+    params(StreamParams),
     request_body = ChatRequest,
     responses(
         (status = 200, description = "The turn's events, ending with `done` or `error` (`turn_timeout` when `timeout` passes in the turn)", content_type = "text/event-stream", body = SseEvent),
@@ -152,12 +166,14 @@ pub(super) async fn post_chat(
 pub(super) async fn post_chat_stream(
     state: web::Data<AppState>,
     caller: Caller,
+    params: web::Query<StreamParams>,
     JsonBody(req): JsonBody<ChatRequest>,
 ) -> Result<impl actix_web::Responder, ApiError> {
     let timeout = req.validate(&caller)?;
+    let frames = frame_set(&state, params.frames);
     let revoked = state.revocations.watch(&caller, &state.storage).await?;
     let turn = state.sessions.start_turn(&caller, &req.session_id, req.message, timeout).await?;
-    Ok(sse::respond(turn.events, true, state.metrics.clone(), revoked))
+    Ok(sse::respond(turn.events, true, frames, state.metrics.clone(), revoked))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -258,6 +274,8 @@ pub(super) async fn post_message(
 pub(super) struct EventsParams {
     /// Replay what follows this event id (the `Last-Event-ID` header wins when both are sent).
     last_event_id: Option<i64>,
+    /// `seed`: only the seed's frame types and keys (default: `api.frames`).
+    frames: Option<FrameSet>,
 }
 
 /// The EventSource stream of every turn of a session: replay after `Last-Event-ID` (header,
@@ -286,10 +304,12 @@ pub(super) async fn get_events(
 ) -> Result<impl actix_web::Responder, ApiError> {
     let header = req.headers().get("last-event-id").and_then(|v| v.to_str().ok()).map(str::trim);
     let after = match header.filter(|v| !v.is_empty()) {
-        Some(v) => v.parse::<i64>().map_err(|_| ApiError::validation("Last-Event-ID", "must be an event id"))?,
+        Some(v) => v
+            .parse::<i64>()
+            .map_err(|_| ApiError::Validation(vec![FieldError::header("Last-Event-ID", "must be an event id")]))?,
         None => params.last_event_id.unwrap_or(0),
     };
     let revoked = state.revocations.watch(&caller, &state.storage).await?;
     let events = state.sessions.follow(&caller, &path, after).await?;
-    Ok(sse::respond(events, false, state.metrics.clone(), revoked))
+    Ok(sse::respond(events, false, frame_set(&state, params.frames), state.metrics.clone(), revoked))
 }

@@ -14,7 +14,9 @@ use serde::de::DeserializeOwned;
 use crate::error::{ApiError, FieldError};
 
 /// A JSON request body. An empty body counts as `{}` so `curl -X POST` works where every
-/// field is optional; a required field then gives a 422 naming it.
+/// field is optional; a required field then gives a 422 naming it. A body without
+/// `Content-Type` is read as JSON, as the seed (FastAPI) did; one that declares another type
+/// is 415.
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);
 
@@ -53,7 +55,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
                 bytes.extend_from_slice(&chunk);
             }
             let data: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
-            if data != b"{}" && !is_json(content_type.as_deref()) {
+            if data != b"{}" && content_type.as_deref().is_some_and(|ct| !ct.trim().is_empty() && !is_json(ct)) {
                 return Err(ApiError::UnsupportedMediaType("Content-Type must be application/json".into()));
             }
             // Syntax first (400), then shape (422 with the field's path).
@@ -86,11 +88,9 @@ fn too_large(limit: usize) -> ApiError {
     ApiError::PayloadTooLarge(format!("Request body is larger than {} KiB", limit / 1024))
 }
 
-fn is_json(content_type: Option<&str>) -> bool {
-    content_type.is_some_and(|ct| {
-        let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
-    })
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// Query-string errors as 422 with the message serde gives.
@@ -99,7 +99,7 @@ pub fn query_error(err: QueryPayloadError, _: &HttpRequest) -> actix_web::Error 
         QueryPayloadError::Deserialize(e) => e.to_string(),
         other => other.to_string(),
     };
-    ApiError::Validation(vec![FieldError::new("query", message)]).into()
+    ApiError::Validation(vec![FieldError::query("query", message)]).into()
 }
 
 /// Path-segment errors: the resource does not exist under that name.

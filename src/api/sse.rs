@@ -14,6 +14,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::actors::SessionEvent;
 use crate::auth::revocation::RevocationWatch;
+use crate::domain::frames::{FrameSet, seed_frame};
 use crate::metrics::{Metrics, SseClientGuard};
 
 pub const PING_EVERY: Duration = Duration::from_secs(15);
@@ -33,16 +34,19 @@ pub struct SseEvent {
 }
 
 /// Frames from `events` until the turn's last one, with pings while idle. The stream ends at
-/// once when `revoked` resolves (its key was revoked or its user deleted).
+/// once when `revoked` resolves (its key was revoked or its user deleted). `frames` = `Seed`
+/// leaves out the frames the seed's clients do not know and cuts the rest to its five keys.
 pub fn respond(
     events: mpsc::Receiver<Arc<SessionEvent>>,
     stop_after_outcome: bool,
+    frames: FrameSet,
     metrics: Arc<Metrics>,
     revoked: RevocationWatch,
 ) -> impl Responder {
     let stream = EventStream {
         events,
         revoked,
+        frames,
         ping: Box::pin(tokio::time::sleep(PING_EVERY)),
         stop_after_outcome,
         done: false,
@@ -54,6 +58,7 @@ pub fn respond(
 struct EventStream {
     events: mpsc::Receiver<Arc<SessionEvent>>,
     revoked: RevocationWatch,
+    frames: FrameSet,
     ping: Pin<Box<Sleep>>,
     stop_after_outcome: bool,
     done: bool,
@@ -72,24 +77,35 @@ impl Stream for EventStream {
             self.done = true;
             return Poll::Ready(None);
         }
-        match self.events.poll_recv(cx) {
-            Poll::Ready(Some(event)) => {
-                self.ping.as_mut().reset(Instant::now() + PING_EVERY);
-                if self.stop_after_outcome && event.outcome.is_some() {
-                    self.done = true;
-                }
-                // ByteString clones share the bytes: no copy per client.
-                let data = Data::new(event.json.clone()).id(event.id.to_string());
-                Poll::Ready(Some(Ok(Event::Data(data))))
-            }
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match self.ping.as_mut().poll(cx) {
-                Poll::Ready(()) => {
+        loop {
+            match self.events.poll_recv(cx) {
+                Poll::Ready(Some(event)) => {
                     self.ping.as_mut().reset(Instant::now() + PING_EVERY);
-                    Poll::Ready(Some(Ok(Event::Comment("ping".into()))))
+                    if self.stop_after_outcome && event.outcome.is_some() {
+                        self.done = true;
+                    }
+                    let json = match self.frames {
+                        // ByteString clones share the bytes: no copy per client.
+                        FrameSet::Full => event.json.clone(),
+                        FrameSet::Seed => match seed_frame(&event.json) {
+                            Some(json) => json.into(),
+                            None if self.done => return Poll::Ready(None),
+                            None => continue,
+                        },
+                    };
+                    let data = Data::new(json).id(event.id.to_string());
+                    return Poll::Ready(Some(Ok(Event::Data(data))));
                 }
-                Poll::Pending => Poll::Pending,
-            },
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => break,
+            }
+        }
+        match self.ping.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.ping.as_mut().reset(Instant::now() + PING_EVERY);
+                Poll::Ready(Some(Ok(Event::Comment("ping".into()))))
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -104,6 +120,7 @@ mod tests {
         EventStream {
             events,
             revoked: RevocationWatch::never(),
+            frames: FrameSet::Full,
             ping: Box::pin(tokio::time::sleep(PING_EVERY)),
             stop_after_outcome: true,
             done: false,

@@ -100,6 +100,7 @@ fn prepare(request: LaunchRequest) -> Result<Prepared, ApiError> {
     private_dir(&tmp_dir).map_err(|e| ApiError::Internal(format!("cannot create {}: {e}", tmp_dir.display())))?;
     std::fs::create_dir_all(&config_dir)
         .map_err(|e| ApiError::Internal(format!("cannot create {}: {e}", config_dir.display())))?;
+    let shared = settings.cli.shared_config_dir.as_deref().and_then(|dir| link_shared(dir, &config_dir));
     // Fail closed: the defaults may be laxer than what the session asked for (e.g.
     // `bypassPermissions` where it chose to be asked before each tool).
     let overrides: Map<String, Value> = serde_json::from_str(&request.options).map_err(|e| {
@@ -120,6 +121,9 @@ fn prepare(request: LaunchRequest) -> Result<Prepared, ApiError> {
     let confinement = match &request.sandbox {
         Some(sandbox) => {
             let mut read = crate::cli::sandbox::program_dirs(&program);
+            // Read only: the links in the user's (writable) directory lead out of it, and
+            // Landlock judges the directory they lead to.
+            read.extend(shared);
             for server in options.mcp_servers.values() {
                 if let Some(found) = server.get("command").and_then(Value::as_str).and_then(crate::cli::locate) {
                     read.extend(crate::cli::sandbox::program_dirs(&found));
@@ -144,6 +148,57 @@ fn prepare(request: LaunchRequest) -> Result<Prepared, ApiError> {
         always_allowed: options.allowed_tools.clone(),
         mode,
     })
+}
+
+/// Links `shared`'s `skills` and `plugins` into a user's config dir, where the CLI looks for
+/// them; returns `shared` resolved (what the sandbox grants to read). A user's own `skills`
+/// or `plugins` directory is left alone (theirs wins); a link is renewed.
+fn link_shared(shared: &std::path::Path, config_dir: &std::path::Path) -> Option<PathBuf> {
+    let real = match std::fs::canonicalize(shared) {
+        Ok(real) => real,
+        Err(e) => {
+            log::warn!("cli.shared_config_dir {}: {e}; the agents do not get it", shared.display());
+            return None;
+        }
+    };
+    // The agent may have replaced `.claude` with a link: open it without following one, and
+    // work beneath that handle, so the links are never made (or removed) anywhere else.
+    let opened = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(config_dir)
+    };
+    let handle = match opened {
+        Ok(handle) => handle,
+        Err(e) => {
+            log::warn!("{}: {e}; the shared skills and plugins are not linked there", config_dir.display());
+            return Some(real);
+        }
+    };
+    let beneath = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&handle)));
+    for name in ["skills", "plugins"] {
+        let target = real.join(name);
+        let link = beneath.join(name);
+        if !target.is_dir() {
+            continue;
+        }
+        match std::fs::symlink_metadata(&link) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                if std::fs::read_link(&link).is_ok_and(|to| to == target) {
+                    continue;
+                }
+                let _ = std::fs::remove_file(&link);
+            }
+            Ok(_) => {
+                log::info!("{}: the user has its own {name}; the shared ones are not linked", config_dir.display());
+                continue;
+            }
+            Err(_) => {}
+        }
+        if let Err(e) = std::os::unix::fs::symlink(&target, &link) {
+            log::warn!("cannot link {}/{name} to {}: {e}", config_dir.display(), target.display());
+        }
+    }
+    Some(real)
 }
 
 /// Creates `dir` and its parent (the temp root) readable by their owner only.

@@ -43,7 +43,8 @@ pub enum FrameType {
     ToolResult,
     /// The agent asks to use a tool; answer with `POST /sessions/{id}/permissions/{request_id}`.
     PermissionRequest,
-    /// The turn ended: `text` is the whole answer, `result` its figures.
+    /// The turn ended: `text` is null (the whole answer is `result.text`, so a client that
+    /// joins every frame's `text` shows it once), `result` its figures.
     Done,
     /// The turn failed: `error` (message) and `code` (stable).
     Error,
@@ -142,12 +143,45 @@ pub fn permission_request(request_id: &str, tool_name: &str, tool_input: &Value)
 }
 
 pub fn done(result: &TurnResult) -> String {
-    Frame { text: Some(&result.text), result: Some(result), ..Frame::new(FrameType::Done) }.json()
+    Frame { result: Some(result), ..Frame::new(FrameType::Done) }.json()
 }
 
 /// The failure frame: `message` for people, `code` the stable code clients branch on.
 pub fn error(message: &str, code: &str) -> String {
     Frame { error: Some(message), code: Some(code), ..Frame::new(FrameType::Error) }.json()
+}
+
+/// Which frames a stream sends: all of them, or only what the seed's `StreamChunk` knows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FrameSet {
+    /// Every frame type, with the fields of its type.
+    #[default]
+    Full,
+    /// The seed's four types (`text_delta`, `tool_use`, `done`, `error`) with its five keys
+    /// only: `tool_result` and `permission_request` frames are left out.
+    Seed,
+}
+
+/// The seed's `StreamChunk`: what a `seed` stream sends of a frame.
+#[derive(serde::Deserialize, Serialize)]
+struct SeedChunk<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(borrow)]
+    text: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    tool_name: Option<std::borrow::Cow<'a, str>>,
+    tool_input: Option<Value>,
+    #[serde(borrow)]
+    error: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// A frame as the seed's clients get it: `None` for a type they do not know (their pydantic
+/// `Literal` would raise), else the frame cut down to the five keys.
+pub fn seed_frame(json: &str) -> Option<String> {
+    let chunk: SeedChunk = serde_json::from_str(json).ok()?;
+    matches!(chunk.kind, "text_delta" | "tool_use" | "done" | "error").then(|| serde_json::to_string(&chunk).ok())?
 }
 
 #[cfg(test)]
@@ -172,6 +206,9 @@ mod tests {
             permission_request("r1", "Bash", &serde_json::json!({"command": "rm"})),
             error("boom", "cli_failed"),
         ];
+        let done: Value = serde_json::from_str(&frames[3]).unwrap();
+        assert_eq!(done["text"], Value::Null, "the answer is in result.text only");
+        assert_eq!(done["result"]["text"], "x");
         for f in frames {
             let v: Value = serde_json::from_str(&f).unwrap();
             for key in ["type", "text", "tool_name", "tool_input", "error"] {
@@ -207,5 +244,21 @@ mod tests {
         assert!(v.get("result").is_none() && v.get("code").is_none() && v.get("request_id").is_none());
         let v: Value = serde_json::from_str(&permission_request("r1", "Bash", &serde_json::json!({}))).unwrap();
         assert_eq!((v["type"].as_str(), v["request_id"].as_str()), (Some("permission_request"), Some("r1")));
+    }
+
+    #[test]
+    fn seed_frames_keep_the_seed_types_and_keys_only() {
+        let used = tool_use("t1", "Bash", &serde_json::json!({"command": "ls"}));
+        let seed: Value = serde_json::from_str(&seed_frame(&used).unwrap()).unwrap();
+        assert_eq!(
+            seed,
+            serde_json::json!({"type": "tool_use", "text": null, "tool_name": "Bash",
+                "tool_input": {"command": "ls"}, "error": null})
+        );
+        assert!(seed_frame(&tool_result("t1", None, &Value::Null, false)).is_none());
+        assert!(seed_frame(&permission_request("r", "Bash", &Value::Null)).is_none());
+        let escaped = text_delta("a \"quoted\"\nline");
+        let seed: Value = serde_json::from_str(&seed_frame(&escaped).unwrap()).unwrap();
+        assert_eq!(seed["text"], "a \"quoted\"\nline");
     }
 }

@@ -232,6 +232,6 @@ mod tests {
         let far = std::time::UNIX_EPOCH + std::time::Duration::from_secs(300_000_000_000);
         file.set_modified(far).unwrap();
         let Target::Dir(entries) = open(&session, "").unwrap() else { panic!("not a dir") };
-        assert_eq!(entries[0].modified_at.as_deref(), Some("9999-12-31T23:59:59.999Z"));
+        assert_eq!(entries[0].modified_at.as_deref(), Some("9999-12-31T23:59:59.999+00:00"));
     }
 }

@@ -244,16 +244,19 @@ impl SessionService {
         let status = match query.status.as_deref() {
             None | Some("") => None,
             Some(s) => Some(SessionStatus::parse(s).ok_or_else(|| {
-                ApiError::validation("status", "must be one of starting, active, busy, idle, closed, expired, failed")
+                ApiError::query_validation(
+                    "status",
+                    "must be one of starting, active, busy, idle, closed, expired, failed",
+                )
             })?),
         };
         let limit = query.limit.unwrap_or(DEFAULT_LIST_LIMIT);
         if !(1..=MAX_LIST_LIMIT).contains(&limit) {
-            return Err(ApiError::validation("limit", format!("must be from 1 to {MAX_LIST_LIMIT}")));
+            return Err(ApiError::query_validation("limit", format!("must be from 1 to {MAX_LIST_LIMIT}")));
         }
         let offset = query.offset.unwrap_or(0);
         if offset < 0 {
-            return Err(ApiError::validation("offset", "must not be negative"));
+            return Err(ApiError::query_validation("offset", "must not be negative"));
         }
         Ok(self.storage.list_sessions(&SessionFilter { user_id, status, limit, offset }).await?)
     }
@@ -371,7 +374,7 @@ impl SessionService {
         let row = self.get(caller, session_id).await?;
         let limit = limit.unwrap_or(DEFAULT_LIST_LIMIT);
         if !(1..=MAX_LIST_LIMIT).contains(&limit) {
-            return Err(ApiError::validation("limit", format!("must be from 1 to {MAX_LIST_LIMIT}")));
+            return Err(ApiError::query_validation("limit", format!("must be from 1 to {MAX_LIST_LIMIT}")));
         }
         let rows = self.storage.list_messages(&row.session_id, before, limit).await?;
         Ok(rows.into_iter().map(Message::from).collect())

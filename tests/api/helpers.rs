@@ -99,7 +99,18 @@ impl TestResponse {
     pub fn assert_error(&self, status: u16, code: &str) {
         assert_eq!(self.status.as_u16(), status, "body: {}", self.text);
         assert_eq!(self.code(), code, "body: {}", self.text);
-        assert_eq!(self.body["detail"], self.body["error"]["message"], "detail mirrors the message");
+        if status == 422 {
+            // FastAPI's list: one {loc, msg, type} per invalid field, in `error.fields`' order.
+            let fields = self.body["error"]["fields"].as_array().expect("422 lists its fields");
+            let detail = self.body["detail"].as_array().expect("422 detail is FastAPI's list");
+            assert_eq!(detail.len(), fields.len(), "body: {}", self.text);
+            for (d, f) in detail.iter().zip(fields) {
+                assert_eq!(d["msg"], f["message"], "body: {}", self.text);
+                assert!(d["loc"][0].is_string() && d["type"].is_string(), "body: {}", self.text);
+            }
+        } else {
+            assert_eq!(self.body["detail"], self.body["error"]["message"], "detail mirrors the message");
+        }
     }
 }
 
@@ -570,4 +581,32 @@ macro_rules! on_both_backends {
             $( #[actix_web::test] async fn $name() { super::$name($crate::helpers::Backend::Postgres).await } )*
         }
     };
+}
+
+/// `t` is UTC in the form Python 3.10's `datetime.fromisoformat` reads
+/// (`YYYY-MM-DDTHH:MM:SS[.fff|.ffffff]+HH:MM`: no `Z`) and a valid RFC 3339 time.
+pub fn assert_python_time(t: &str) {
+    let b = t.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b.get(r.clone()).is_some_and(|s| s.iter().all(u8::is_ascii_digit));
+    let fraction = match b.get(19) {
+        Some(b'.') => (20..b.len()).take_while(|&i| b[i].is_ascii_digit()).count(),
+        _ => 0,
+    };
+    let offset = if fraction == 0 { 19 } else { 20 + fraction };
+    let shaped = b.len() == offset + 6
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && b[10] == b'T'
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19)
+        && matches!(fraction, 0 | 3 | 6)
+        && &t[offset..] == "+00:00";
+    assert!(shaped, "not a Python 3.10 fromisoformat UTC time: {t}");
+    assert!(humantime::parse_rfc3339(&t.replace("+00:00", "Z")).is_ok(), "not RFC 3339: {t}");
 }

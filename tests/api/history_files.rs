@@ -3,7 +3,7 @@
 use awc::http::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{Backend, spawn_app, spawn_app_with};
+use crate::helpers::{Backend, assert_python_time, spawn_app, spawn_app_with};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -40,7 +40,7 @@ async fn history_is_stored_paginated_and_survives_a_restart(backend: Backend) {
     assert_eq!(m[3]["tool_calls"][0]["output"], "hi");
     assert!((m[3]["cost_usd"].as_f64().unwrap() - 0.001).abs() < 1e-9);
     assert!(m[0]["cost_usd"].is_null());
-    assert!(humantime::parse_rfc3339(m[0]["created_at"].as_str().unwrap()).is_ok());
+    assert_python_time(m[0]["created_at"].as_str().unwrap());
 
     let page = app.request(Method::GET, &format!("/api/v1/sessions/{id}/messages?limit=2"), Some(&key), None).await;
     assert_eq!(page.body.as_array().unwrap(), &m[2..4], "the latest two");

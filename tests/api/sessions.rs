@@ -5,7 +5,7 @@ use std::time::Duration;
 use awc::http::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{ADMIN_KEY, Backend, eventually, spawn_app, spawn_app_with};
+use crate::helpers::{ADMIN_KEY, Backend, assert_python_time, eventually, spawn_app, spawn_app_with};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -48,7 +48,7 @@ async fn create_returns_201_with_every_field(backend: Backend) {
     assert_eq!(s["options"], json!({}));
     for field in ["created_at", "last_active_at"] {
         let t = s[field].as_str().unwrap();
-        assert!(humantime::parse_rfc3339(t).is_ok() && t.ends_with('Z'), "{field}: {t}");
+        assert_python_time(t);
     }
     app.wait_active(&key, id).await;
     let mut got = app.get_session(&key, id).await.body;

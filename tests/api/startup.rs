@@ -315,3 +315,88 @@ async fn without_an_api_key_a_chat_names_the_missing_key() {
     assert_eq!(stream.last()["code"], "cli_failed");
     assert!(stream.last()["error"].as_str().unwrap_or_default().contains("ANTHROPIC_API_KEY"));
 }
+
+/// The Python service's `config.yaml` where `Settings.toml` is missing is named in the error
+/// (with the command that converts it) instead of being silently ignored; so is a YAML file
+/// given as the settings file.
+#[test]
+fn a_seed_config_yaml_is_named_instead_of_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(seed_config_fixture(), dir.path().join("config.yaml")).unwrap();
+    let (code, lines) = run_failing(service(dir.path()).env("CLAUDE_AGENT_API__PORT", "0"));
+    assert_eq!(code, 2);
+    assert!(lines[0].contains("config.yaml") && lines[0].contains("import-seed-config"), "{lines:?}");
+    assert!(!dir.path().join("data").exists(), "nothing was started");
+    let (code, lines) = run_failing(service(dir.path()).arg("--config").arg("config.yaml"));
+    assert_eq!(code, 2);
+    assert!(lines[0].contains("YAML") && lines[0].contains("import-seed-config"), "{lines:?}");
+}
+
+/// `session.storage = "postgresql"` with no URL: the seed's PG_* defaults (localhost,
+/// claude_agent, postgres), here with only the port given the seed's way.
+#[test]
+fn postgresql_without_a_url_uses_the_seeds_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (code, lines) = run_failing(
+        service(dir.path())
+            .env("CLAUDE_AGENT_API__PORT", "0")
+            .env("CLAUDE_AGENT_SESSION_STORAGE", "postgresql")
+            .env("CLAUDE_AGENT_SESSION_PG_PORT", port.to_string()),
+    );
+    assert_eq!(code, 1, "it tried the database rather than refusing the settings: {lines:?}");
+    assert!(lines[0].contains(&format!("postgres://localhost:{port}/claude_agent")), "{lines:?}");
+}
+
+fn seed_config_fixture() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/seed/config.yaml")
+}
+
+/// `import-seed-config` on the seed's shipped config.yaml prints a Settings.toml the service
+/// starts with (only where it listens, its users' root and its CLI are set for the test), and
+/// the seed's client then works: no key, no Content-Type, the seed's frames only.
+#[test]
+fn import_seed_config_gives_a_file_the_service_starts_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = service(dir.path()).arg("import-seed-config").arg(seed_config_fixture()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let toml = String::from_utf8(out.stdout).unwrap();
+    std::fs::write(dir.path().join("Settings.toml"), &toml).unwrap();
+    std::fs::copy(seed_config_fixture(), dir.path().join("config.yaml")).unwrap();
+
+    let (mut child, port, _, _) = start_and_read_port(
+        service(dir.path())
+            .env("CLAUDE_AGENT_API__HOST", "127.0.0.1")
+            .env("CLAUDE_AGENT_API__PORT", "0")
+            .env("CLAUDE_AGENT_USER__BASE_DIR", dir.path().join("users"))
+            .env("CLAUDE_AGENT_CLI__PATH", crate::helpers::fake_cli_path()),
+    );
+    let health = get_health(port);
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.contains("\"storage_type\":\"memory\""), "the seed's storage: {health}");
+    let created = raw_post(port, "/api/v1/sessions", r#"{"user_id": "zhangsan"}"#);
+    assert!(created.starts_with("HTTP/1.1 201"), "{created}");
+    let id = created.split("\"session_id\":\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_string();
+    let streamed = raw_post(port, "/api/v1/chat/stream", &format!(r#"{{"session_id": "{id}", "message": "tool"}}"#));
+    assert!(streamed.contains("\"type\":\"tool_use\"") && streamed.contains("\"type\":\"done\""), "{streamed}");
+    assert!(!streamed.contains("tool_result") && !streamed.contains("\"result\""), "api.frames = seed: {streamed}");
+
+    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+/// A POST as a plain HTTP/1.0-style exchange, with no Content-Type and no key.
+fn raw_post(port: u16, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
