@@ -111,6 +111,7 @@ pub enum ErrorCode {
     SessionClosed,
     NoTurnRunning,
     SessionExpired,
+    CredentialsRequired,
     PayloadTooLarge,
     UnsupportedMediaType,
     ValidationError,
@@ -141,6 +142,7 @@ impl ErrorCode {
             SessionClosed => "session_closed",
             NoTurnRunning => "no_turn_running",
             SessionExpired => "session_expired",
+            CredentialsRequired => "credentials_required",
             PayloadTooLarge => "payload_too_large",
             UnsupportedMediaType => "unsupported_media_type",
             ValidationError => "validation_error",
@@ -174,6 +176,8 @@ pub enum ApiError {
     SessionClosed,
     NoTurnRunning,
     SessionExpired,
+    /// `auth.require_user_credentials` and the user has none of their own.
+    CredentialsRequired,
     PayloadTooLarge(String),
     UnsupportedMediaType(String),
     Validation(Vec<FieldError>),
@@ -216,6 +220,7 @@ impl ApiError {
             SessionClosed => (StatusCode::CONFLICT, ErrorCode::SessionClosed),
             NoTurnRunning => (StatusCode::CONFLICT, ErrorCode::NoTurnRunning),
             SessionExpired => (StatusCode::GONE, ErrorCode::SessionExpired),
+            CredentialsRequired => (StatusCode::CONFLICT, ErrorCode::CredentialsRequired),
             PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge),
             UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, ErrorCode::UnsupportedMediaType),
             Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ValidationError),
@@ -261,6 +266,9 @@ impl ApiError {
             SessionClosed => "Session is closed; resume it first".into(),
             NoTurnRunning => "No turn is running in this session".into(),
             SessionExpired => "Session has expired".into(),
+            CredentialsRequired => {
+                "This service needs your own model credentials: PUT /api/v1/users/{user_id}/credentials first".into()
+            }
             Validation(fields) => match fields.as_slice() {
                 [one] => format!("Invalid field `{}`: {}", one.field, one.message),
                 _ => format!("{} invalid fields", fields.len()),
@@ -384,6 +392,7 @@ mod tests {
             ApiError::SessionClosed,
             ApiError::NoTurnRunning,
             ApiError::SessionExpired,
+            ApiError::CredentialsRequired,
             ApiError::PayloadTooLarge(String::new()),
             ApiError::UnsupportedMediaType(String::new()),
             ApiError::Validation(Vec::new()),

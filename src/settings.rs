@@ -223,6 +223,11 @@ pub struct AuthSettings {
     pub failed_auth_per_minute: u32,
     /// Failed authentications a client address may make at once before it is refused (429).
     pub failed_auth_burst: u32,
+    /// Base64 of the 32-byte key sealing users' credentials; unset: `<data.dir>/credentials.key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials_key: Option<String>,
+    /// A user without their own credentials cannot start a CLI (409 `credentials_required`).
+    pub require_user_credentials: bool,
 }
 
 impl Default for AuthSettings {
@@ -233,6 +238,8 @@ impl Default for AuthSettings {
             allow_unauthenticated_remote: false,
             failed_auth_per_minute: 10,
             failed_auth_burst: 20,
+            credentials_key: None,
+            require_user_credentials: false,
         }
     }
 }

@@ -78,6 +78,16 @@ impl Application {
             }
         };
 
+        let credentials_key = crate::auth::credentials_key::CredentialsKey::load(
+            settings.auth.credentials_key.as_deref(),
+            &settings.data.dir,
+        )
+        .map_err(StartupError)?;
+        let credentials = crate::auth::credentials::UserCredentials::new(
+            storage.clone(),
+            credentials_key,
+            settings.auth.require_user_credentials,
+        );
         let hub = Arc::new(crate::actors::EventHub::default());
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let groups = Arc::new(crate::cli::orphans::GroupRecord::new(&settings.data.dir));
@@ -124,8 +134,14 @@ impl Application {
         )
         .start();
         let registry = RegistryHandle::new(registry);
-        let sessions =
-            SessionService::new(settings.clone(), storage.clone(), registry.clone(), hub.clone(), users_root);
+        let sessions = SessionService::new(
+            settings.clone(),
+            storage.clone(),
+            registry.clone(),
+            hub.clone(),
+            users_root,
+            credentials.clone(),
+        );
         let trusted_proxies = settings
             .api
             .trusted_proxy_nets()
@@ -142,6 +158,7 @@ impl Application {
                 trusted_proxies: trusted_proxies.into(),
             },
             revocations: Default::default(),
+            credentials,
             settings: settings.clone(),
             storage,
             registry,

@@ -20,6 +20,8 @@ pub struct AppState {
     pub registry: RegistryHandle,
     pub sessions: SessionService,
     pub authenticator: Authenticator,
+    /// Users' own provider credentials, sealed in storage.
+    pub credentials: crate::auth::credentials::UserCredentials,
     /// Ends open streams when their key is revoked or their user deleted.
     pub revocations: Revocations,
     pub hub: Arc<EventHub>,

@@ -15,6 +15,7 @@ use super::session::{
     AnswerPermission, GetAgentInfo, Interrupt, ListPermissions, PendingPermission, SessionActor, StartTurn, StopReason,
     TurnRefused, TurnStarted, UnstoredEvents,
 };
+use crate::cli::launch::UserEnv;
 use crate::domain::AgentInfo;
 use crate::error::ApiError;
 use crate::storage::SessionRow;
@@ -43,8 +44,14 @@ impl RegistryHandle {
 
     /// The session's live actor, launching its CLI in `cwd` (opened and checked beneath the
     /// user's directory) if it has none.
-    pub async fn launch(&self, row: SessionRow, cwd: OwnedFd) -> Result<SessionHandle, ApiError> {
-        self.addr.send(Launch { row, cwd }).await?.map(SessionHandle::new)
+    /// `credentials` are read only if a CLI starts.
+    pub async fn launch(
+        &self,
+        row: SessionRow,
+        cwd: OwnedFd,
+        credentials: Arc<dyn UserEnv>,
+    ) -> Result<SessionHandle, ApiError> {
+        self.addr.send(Launch { row, cwd, credentials }).await?.map(SessionHandle::new)
     }
 
     /// Stops these sessions' processes (without waiting).

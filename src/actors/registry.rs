@@ -217,6 +217,7 @@ impl Registry {
             users_root: self.users_root.clone(),
             sandbox: self.sandbox.clone(),
             groups: self.groups.clone(),
+            credentials: msg.credentials,
         };
         let me = ctx.address();
         let started = launch::launch(request, thread.runtime.clone());
@@ -446,6 +447,8 @@ pub struct Launch {
     pub row: SessionRow,
     /// The session's working directory, opened and checked beneath the user's directory.
     pub cwd: std::os::fd::OwnedFd,
+    /// Read only if a CLI is started.
+    pub credentials: Arc<dyn crate::cli::launch::UserEnv>,
 }
 
 type LaunchResult = Result<Addr<SessionActor>, ApiError>;

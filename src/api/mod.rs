@@ -2,6 +2,7 @@
 
 mod assets;
 mod chat;
+mod credentials;
 pub mod extract;
 mod files;
 pub mod middleware;
@@ -26,7 +27,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(chat::configure)
             .configure(files::configure)
             .configure(permissions::configure)
-            .configure(users::configure),
+            .configure(users::configure)
+            .configure(credentials::configure),
     )
     .configure(service::configure)
     .configure(assets::configure)

@@ -18,7 +18,7 @@ use utoipa::{IntoResponses, Modify, OpenApi};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use super::sse::SseEvent;
-use super::{chat, files, permissions, resource, service, sessions, users};
+use super::{chat, credentials, files, permissions, resource, service, sessions, users};
 use crate::domain::frames::Frame as StreamFrame;
 use crate::error::ErrorResponse;
 
@@ -54,6 +54,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         permissions::list_permissions, permissions::answer_permission,
         users::create_user, users::list_users, users::delete_user, users::create_key,
         users::revoke_key, users::get_me,
+        credentials::put_credentials, credentials::get_credentials, credentials::delete_credentials,
         service::get_health, service::get_metrics, service::get_root, get_openapi,
     ),
     components(schemas(ErrorResponse, StreamFrame, SseEvent)),

@@ -1,6 +1,8 @@
 //! Who is calling: the [`Caller`] extractor every `/api/v1` handler asks for.
 
 pub mod admin;
+pub mod credentials;
+pub mod credentials_key;
 pub mod keys;
 pub mod limit;
 pub mod revocation;

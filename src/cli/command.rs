@@ -169,11 +169,25 @@ pub fn build_args(
 const PASSED_THROUGH: &[&str] = &["PATH", "LANG", "LC_ALL", "LC_CTYPE", "HOME", "TZ", "TERM"];
 const PASSED_PREFIXES: &[&str] = &["ANTHROPIC_", "CLAUDE_CODE_"];
 
-/// The child's whole environment: the allowlist, `cli.env`, and the per-user config dir
-/// and private temp dir.
+/// The service's variables that carry a credential: not passed to the CLI of a user who has
+/// their own, so the service's secret never sits beside theirs (a user on Bedrock does not
+/// also get the service's Anthropic key).
+pub const SERVICE_SECRETS: &[&str] = &[
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_AUTH_TOKEN",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_BEARER_TOKEN_BEDROCK",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+];
+
+/// The child's whole environment: the allowlist, `cli.env`, the user's own credentials
+/// (`own`: in place of the service's), and the per-user config dir and private temp dir.
 pub fn build_env(
     inherited: impl Iterator<Item = (String, String)>,
     extra: &std::collections::BTreeMap<String, String>,
+    own: Option<&std::collections::BTreeMap<String, String>>,
     config_dir: &Path,
     tmp_dir: &Path,
 ) -> Vec<(String, String)> {
@@ -183,6 +197,12 @@ pub fn build_env(
     env.push(("CLAUDE_CODE_ENTRYPOINT".into(), "sdk-rust".into()));
     env.push(("DISABLE_AUTOUPDATER".into(), "1".into()));
     env.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+    if let Some(own) = own {
+        // The service's secrets are dropped rather than shadowed: a user on Bedrock must not
+        // find the service's Anthropic key in their process either.
+        env.retain(|(k, _)| !SERVICE_SECRETS.contains(&k.as_str()));
+        env.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
     // HOME is the user's directory: tools keep their dotfiles there, not in the service's home.
     if let Some(home) = config_dir.parent() {
         env.push(("HOME".into(), home.display().to_string()));
@@ -263,11 +283,31 @@ mod tests {
             ("ANTHROPIC_BASE_URL".to_string(), "http://127.0.0.1:1".to_string()),
         ];
         let extra = [("IS_SANDBOX".to_string(), "1".to_string())].into_iter().collect();
-        let env = build_env(inherited.into_iter(), &extra, Path::new("/u/.claude"), Path::new("/t"));
+        let env = build_env(inherited.into_iter(), &extra, None, Path::new("/u/.claude"), Path::new("/t"));
         let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
         assert!(names.contains(&"PATH") && names.contains(&"ANTHROPIC_BASE_URL") && names.contains(&"IS_SANDBOX"));
         assert!(!names.contains(&"CLAUDE_AGENT_ADMIN_KEY") && !names.contains(&"DATABASE_URL"));
         assert!(!names.contains(&"CLAUDECODE"));
         assert!(env.contains(&("CLAUDE_CONFIG_DIR".into(), "/u/.claude".into())));
+    }
+
+    #[test]
+    fn a_users_own_credentials_replace_the_services() {
+        let inherited = vec![("ANTHROPIC_AUTH_TOKEN".to_string(), "service-token".to_string())];
+        let extra = [
+            ("ANTHROPIC_API_KEY".to_string(), "service-key".to_string()),
+            ("ANTHROPIC_BASE_URL".to_string(), "http://gw".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        let own = [("ANTHROPIC_API_KEY".to_string(), "alice-key".to_string())].into_iter().collect();
+        let env =
+            build_env(inherited.clone().into_iter(), &extra, Some(&own), Path::new("/u/.claude"), Path::new("/t"));
+        let get = |name: &str| env.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
+        assert_eq!(get("ANTHROPIC_API_KEY"), ["alice-key"]);
+        assert!(get("ANTHROPIC_AUTH_TOKEN").is_empty());
+        assert_eq!(get("ANTHROPIC_BASE_URL"), ["http://gw"], "what is not a secret stays");
+        let env = build_env(inherited.into_iter(), &extra, None, Path::new("/u/.claude"), Path::new("/t"));
+        assert!(env.contains(&("ANTHROPIC_API_KEY".into(), "service-key".into())), "the fallback");
     }
 }

@@ -6,6 +6,7 @@
 //! with it. The child's pipes and supervisor are registered on the runtime of the session
 //! thread that will own the actor, not on the launcher's.
 
+use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,6 +37,17 @@ pub struct LaunchRequest {
     pub users_root: PathBuf,
     pub sandbox: Option<Arc<Sandbox>>,
     pub groups: Arc<GroupRecord>,
+    /// Where the user's own provider credentials are read from, at this launch.
+    pub credentials: Arc<dyn UserEnv>,
+}
+
+/// The variables a user's CLI gets in place of the service's secrets, read when one starts
+/// (so a change applies from the user's next CLI start). `None`: the service's apply.
+pub trait UserEnv: Send + Sync {
+    fn for_launch<'a>(
+        &'a self,
+        user_id: &'a str,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Option<BTreeMap<String, String>>, ApiError>> + 'a>>;
 }
 
 /// A started CLI, and what its actor needs from the launch.
@@ -63,7 +75,8 @@ struct Prepared {
 pub async fn launch(request: LaunchRequest, runtime: tokio::runtime::Handle) -> Result<Launched, ApiError> {
     let groups = request.groups.clone();
     let session_id = request.session_id.clone();
-    let prepared = tokio::task::spawn_blocking(move || prepare(request))
+    let own = request.credentials.for_launch(&request.user_id).await?;
+    let prepared = tokio::task::spawn_blocking(move || prepare(request, own))
         .await
         .map_err(|e| ApiError::Internal(format!("the launch preparation failed: {e}")))??;
     let forked = on_launcher_thread(move || {
@@ -89,7 +102,7 @@ pub async fn launch(request: LaunchRequest, runtime: tokio::runtime::Handle) -> 
 
 /// The blocking part of the recipe: locate the program, make the directories, write the
 /// secret files, look for a transcript to resume, build the confinement.
-fn prepare(request: LaunchRequest) -> Result<Prepared, ApiError> {
+fn prepare(request: LaunchRequest, own: Option<BTreeMap<String, String>>) -> Result<Prepared, ApiError> {
     let settings = &request.settings;
     let program = crate::cli::locate(&settings.cli.path).ok_or_else(|| {
         ApiError::CliFailed(format!("the claude CLI was not found at `{}` (cli.path)", settings.cli.path))
@@ -117,7 +130,7 @@ fn prepare(request: LaunchRequest) -> Result<Prepared, ApiError> {
     let files = SecretFiles::write(&tmp_dir, &options)
         .map_err(|e| ApiError::Internal(format!("cannot write the session's files in {}: {e}", tmp_dir.display())))?;
     let args = build_args(&options, &settings.plugins, &request.cli_session_id, mode, &files);
-    let env = build_env(std::env::vars(), &settings.cli.env, &config_dir, &tmp_dir);
+    let env = build_env(std::env::vars(), &settings.cli.env, own.as_ref(), &config_dir, &tmp_dir);
     let confinement = match &request.sandbox {
         Some(sandbox) => {
             let mut read = crate::cli::sandbox::program_dirs(&program);

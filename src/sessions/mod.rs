@@ -1,6 +1,7 @@
 //! Session logic behind the REST handlers: validation, working directories, admission by the
 //! registry, and the stored row. Handlers stay thin; the runtime plugs its actors in here.
 
+mod credentials;
 pub mod files;
 pub mod options;
 pub mod workspace;
@@ -19,11 +20,14 @@ use crate::actors::{
     StopReason, TurnRefused, TurnStarted,
 };
 use crate::auth::Caller;
+use crate::auth::credentials::UserCredentials;
+use crate::cli::launch::UserEnv;
 use crate::clock;
 use crate::domain::{AgentInfo, SessionStatus, Usage};
 use crate::error::ApiError;
 use crate::settings::Settings;
 use crate::storage::{SessionFilter, SessionRow, Storage};
+use credentials::LaunchCredentials;
 
 const MAX_METADATA_BYTES: usize = 16 * 1024;
 pub const DEFAULT_LIST_LIMIT: i64 = 100;
@@ -147,6 +151,8 @@ pub struct SessionService {
     hub: Arc<EventHub>,
     /// Canonical `user.base_dir`.
     users_root: PathBuf,
+    /// Users' own provider credentials, given to a CLI when one starts.
+    credentials: Arc<dyn UserEnv>,
 }
 
 impl SessionService {
@@ -156,8 +162,10 @@ impl SessionService {
         registry: RegistryHandle,
         hub: Arc<EventHub>,
         users_root: PathBuf,
+        credentials: UserCredentials,
     ) -> Self {
-        Self { settings, storage, registry, hub, users_root }
+        let credentials = Arc::new(LaunchCredentials(credentials));
+        Self { settings, storage, registry, hub, users_root, credentials }
     }
 
     /// Canonical `user.base_dir`.
@@ -505,7 +513,7 @@ impl SessionService {
         let dir = workspace::blocking(move || workspace::create_session_dir(&users_root, &user, &subdir, auto_create))
             .await?;
         let cwd = std::os::fd::OwnedFd::from(dir.into_std_file());
-        self.registry.launch(row.clone(), cwd).await
+        self.registry.launch(row.clone(), cwd, self.credentials.clone()).await
     }
 
     /// Removes the session's transcript beneath the user's directory handle (a link planted at

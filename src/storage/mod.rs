@@ -2,6 +2,7 @@
 //! settings. Every query is written once; [`with_conn!`] instantiates it per backend.
 
 mod blocking;
+mod credentials;
 mod migrations;
 pub mod models;
 pub mod schema;
@@ -22,6 +23,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use crate::error::ApiError;
 use crate::settings::{SessionSettings, StorageKind};
 
+pub use credentials::CredentialsRow;
 pub use models::*;
 pub use sessions::{MessageRow, SessionFilter, TurnRecord};
 

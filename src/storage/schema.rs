@@ -63,4 +63,13 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(users, api_keys, sessions, messages, events);
+diesel::table! {
+    user_credentials (user_id) {
+        user_id -> Text,
+        sealed -> Text,
+        names -> Text,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(users, api_keys, sessions, messages, events, user_credentials);

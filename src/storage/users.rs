@@ -4,7 +4,7 @@ use diesel::prelude::*;
 use diesel_async::AsyncConnection;
 use diesel_async::RunQueryDsl;
 
-use super::schema::{api_keys, events, messages, sessions, users};
+use super::schema::{api_keys, events, messages, sessions, user_credentials, users};
 use super::{ApiKeyRow, Storage, StorageError, UserRow, run};
 
 impl Storage {
@@ -33,7 +33,7 @@ impl Storage {
             .optional()?)
     }
 
-    /// Purges a user in one transaction: the user, its keys, its sessions with their messages
+    /// Purges a user in one transaction: the user, its keys and credentials, its sessions with their messages
     /// and events, so a user created again with the same id starts with nothing. Returns `None`
     /// if there was no such user, else the ids of the sessions it had (their CLIs must stop).
     pub async fn delete_user(&self, user_id: &str) -> Result<Option<Vec<String>>, StorageError> {
@@ -44,6 +44,7 @@ impl Storage {
                     return Ok(None);
                 }
                 diesel::delete(api_keys::table.filter(api_keys::user_id.eq(user_id))).execute(conn).await?;
+                diesel::delete(user_credentials::table.find(user_id)).execute(conn).await?;
                 let owned = sessions::table
                     .filter(sessions::user_id.eq(user_id))
                     .select(sessions::session_id)

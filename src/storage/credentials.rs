@@ -1,0 +1,47 @@
+//! Users' sealed provider credentials (one row per user).
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+
+use super::schema::user_credentials;
+use super::{Storage, StorageError, run};
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = user_credentials)]
+pub struct CredentialsRow {
+    pub user_id: String,
+    /// `CredentialsKey::seal` of the JSON object of the variables.
+    pub sealed: String,
+    /// JSON array of the variable names, in clear: what `GET` shows.
+    pub names: String,
+    pub updated_at: i64,
+}
+
+impl Storage {
+    /// Stores (or replaces) a user's credentials.
+    pub async fn put_credentials(&self, row: &CredentialsRow) -> Result<(), StorageError> {
+        run!(self, [row], |conn| {
+            diesel::insert_into(user_credentials::table)
+                .values(row)
+                .on_conflict(user_credentials::user_id)
+                .do_update()
+                .set(row)
+                .execute(conn)
+                .await?;
+        })
+    }
+
+    pub async fn get_credentials(&self, user_id: &str) -> Result<Option<CredentialsRow>, StorageError> {
+        run!(self, [user_id], |conn| user_credentials::table
+            .find(user_id)
+            .select(CredentialsRow::as_select())
+            .first(conn)
+            .await
+            .optional()?)
+    }
+
+    /// False if the user had none.
+    pub async fn delete_credentials(&self, user_id: &str) -> Result<bool, StorageError> {
+        run!(self, [user_id], |conn| diesel::delete(user_credentials::table.find(user_id)).execute(conn).await? > 0)
+    }
+}
