@@ -18,7 +18,8 @@
 //! | anything else        | `mock: <text>` in several deltas |
 //!
 //! Tool calls are only made when the request offers tools. `GET /_mock/requests` returns the
-//! request bodies received so far (tests check what the CLI sent, e.g. earlier turns).
+//! request bodies received so far (tests check what the CLI sent, e.g. earlier turns);
+//! `GET /_mock/api_keys` the `x-api-key` each of them carried (whose credentials were used).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -29,6 +30,10 @@ use serde_json::{Value, json};
 
 #[derive(Default)]
 struct Recorded(Mutex<Vec<Value>>);
+
+/// The `x-api-key` each `/v1/messages` request carried (`""` when none), in order.
+#[derive(Default)]
+struct ApiKeys(Mutex<Vec<String>>);
 
 /// What the model does this call.
 enum Reply {
@@ -233,7 +238,16 @@ fn chunks(text: &str) -> Vec<String> {
     pieces
 }
 
-async fn messages(body: Json<Value>, recorded: Data<Recorded>) -> HttpResponse {
+async fn messages(
+    request: actix_web::HttpRequest,
+    body: Json<Value>,
+    recorded: Data<Recorded>,
+    keys: Data<ApiKeys>,
+) -> HttpResponse {
+    let key = request.headers().get("x-api-key").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if let Ok(mut all) = keys.0.lock() {
+        all.push(key.to_string());
+    }
     let body = body.into_inner();
     let reply = decide(&body);
     let model = body["model"].as_str().unwrap_or("claude-sonnet-4-5").to_string();
@@ -266,6 +280,11 @@ async fn requests(recorded: Data<Recorded>) -> HttpResponse {
     HttpResponse::Ok().json(all)
 }
 
+async fn api_keys(keys: Data<ApiKeys>) -> HttpResponse {
+    let all = keys.0.lock().map(|r| r.clone()).unwrap_or_default();
+    HttpResponse::Ok().json(all)
+}
+
 async fn anything_else() -> HttpResponse {
     HttpResponse::NotFound().json(json!({"type":"error","error":{"type":"not_found_error","message":"not here"}}))
 }
@@ -274,12 +293,15 @@ async fn anything_else() -> HttpResponse {
 async fn main() -> std::io::Result<()> {
     let port: u16 = std::env::args().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
     let recorded = Data::new(Recorded::default());
+    let keys = Data::new(ApiKeys::default());
     let server = HttpServer::new(move || {
         App::new()
             .app_data(recorded.clone())
+            .app_data(keys.clone())
             .app_data(web::JsonConfig::default().limit(64 * 1024 * 1024))
             .route("/v1/messages", web::post().to(messages))
             .route("/_mock/requests", web::get().to(requests))
+            .route("/_mock/api_keys", web::get().to(api_keys))
             .route("/", web::head().to(HttpResponse::Ok))
             .default_service(web::to(anything_else))
     })

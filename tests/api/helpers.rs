@@ -286,6 +286,18 @@ impl TestApp {
         self.request(Method::DELETE, &format!("/api/v1/users/{user_id}/keys/{key_id}"), Some(key), None).await
     }
 
+    pub async fn put_credentials(&self, key: &str, user_id: &str, body: Value) -> TestResponse {
+        self.request(Method::PUT, &format!("/api/v1/users/{user_id}/credentials"), Some(key), Some(body)).await
+    }
+
+    pub async fn get_credentials(&self, key: &str, user_id: &str) -> TestResponse {
+        self.request(Method::GET, &format!("/api/v1/users/{user_id}/credentials"), Some(key), None).await
+    }
+
+    pub async fn delete_credentials(&self, key: &str, user_id: &str) -> TestResponse {
+        self.request(Method::DELETE, &format!("/api/v1/users/{user_id}/credentials"), Some(key), None).await
+    }
+
     pub async fn get_me(&self, key: &str) -> TestResponse {
         self.request(Method::GET, "/api/v1/me", Some(key), None).await
     }

@@ -5,6 +5,7 @@ mod browser;
 mod chat;
 mod confinement;
 mod consistency;
+mod credentials;
 mod escape;
 mod events;
 mod helpers;

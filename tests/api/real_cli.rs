@@ -51,6 +51,14 @@ impl MockApi {
     }
 }
 
+impl MockApi {
+    /// The `x-api-key` of every `/v1/messages` request so far, in order.
+    pub async fn api_keys(&self, client: &awc::Client) -> Vec<String> {
+        let mut res = client.get(format!("{}/_mock/api_keys", self.url)).send().await.unwrap();
+        res.json::<Vec<String>>().await.unwrap()
+    }
+}
+
 impl Drop for MockApi {
     fn drop(&mut self) {
         let _ = self.child.kill();
