@@ -281,8 +281,12 @@ async fn alice_looks_for_bobs_key(mode: SandboxMode) -> (String, String, String)
          ls /proc | grep -c '^[0-9]'"
     ))
     .await;
+    // The files API is the service's own process reading: a link Alice's agent plants must not lead it there.
+    bash(format!("ln -s /proc/{bob_pid}/environ bob-environ && echo linked")).await;
     let mut files = String::new();
-    for path in [format!("/proc/{bob_pid}/environ"), format!("../../../../../../proc/{bob_pid}/environ")] {
+    let paths =
+        [format!("/proc/{bob_pid}/environ"), format!("../../../../../../proc/{bob_pid}/environ"), "bob-environ".into()];
+    for path in paths {
         let res = app.files(&alice, awc::http::Method::GET, &alice_session, &path, None).await;
         files.push_str(&format!("{} {}\n", res.status, res.text));
     }
