@@ -23,6 +23,7 @@ const ALICE_KEY: &str = "sk-ant-alice-0123456789-secret";
 const BOB_KEY: &str = "sk-ant-bob-9876543210-secret";
 /// The service's own key (`spawn_real_app` puts it in `cli.env`).
 const SERVICE_KEY: &str = "test-key-offline";
+const SERVICE_TOKEN: &str = "service-auth-token-secret";
 
 async fn only_the_admin_or_the_user_themselves_manage_a_users_credentials(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -256,7 +257,12 @@ async fn with_credentials_required_a_user_without_them_gets_no_cli() {
 /// CLI runs with it.
 async fn alice_looks_for_bobs_key(mode: SandboxMode) -> (String, String, String) {
     let mock = MockApi::start();
-    let app = spawn_real_app(&mock, move |s| s.sandbox.mode = mode).await;
+    let app = spawn_real_app(&mock, move |s| {
+        s.sandbox.mode = mode;
+        // Another secret of the service's: dropped, not merely shadowed, for a user with their own.
+        s.cli.env.insert("ANTHROPIC_AUTH_TOKEN".into(), SERVICE_TOKEN.into());
+    })
+    .await;
     let alice = app.create_user("alice").await;
     let bob = app.create_user("bob").await;
     app.put_credentials(&alice, "alice", json!({"anthropic_api_key": ALICE_KEY})).await;
@@ -275,7 +281,9 @@ async fn alice_looks_for_bobs_key(mode: SandboxMode) -> (String, String, String)
             res.body["text"].as_str().unwrap_or_default().to_string()
         }
     };
-    let own_env = bash("env | grep -c sk-ant- ; env | grep -o 'sk-ant-[a-z]*' | sort -u".into()).await;
+    let own_env =
+        bash(format!("env | grep -o -e 'sk-ant-[a-z]*' -e {SERVICE_KEY} -e {SERVICE_TOKEN} | sort -u | tr '\\n' ' '"))
+            .await;
     let procs = bash(format!(
         "cat /proc/*/environ /proc/{bob_pid}/environ 2>/dev/null | tr '\\0' '\\n' | grep -c {BOB_KEY}; \
          ls /proc | grep -c '^[0-9]'"
@@ -302,7 +310,9 @@ fn matches(answer: &str) -> Option<u32> {
 async fn under_landlock_alices_agent_cannot_read_bobs_key() {
     let (own_env, procs, files) = alice_looks_for_bobs_key(SandboxMode::Landlock).await;
     assert!(own_env.contains("sk-ant-alice"), "her own key is in her CLI's environment: {own_env}");
-    assert!(!own_env.contains("sk-ant-bob") && !own_env.contains(SERVICE_KEY), "{own_env}");
+    for absent in ["sk-ant-bob", SERVICE_KEY, SERVICE_TOKEN] {
+        assert!(!own_env.contains(absent), "{absent} in Alice's environment: {own_env}");
+    }
     assert_eq!(matches(&procs), Some(0), "Bob's key read through /proc: {procs}");
     assert!(!files.contains(BOB_KEY) && !files.contains("200 OK"), "the files API: {files}");
 }
