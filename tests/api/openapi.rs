@@ -312,6 +312,24 @@ async fn every_operation_answers_as_the_openapi_document_says() {
     expect(&api.call(Method::DELETE, &revoke, admin, Empty).await, 404);
     assert_eq!(expect(&api.call(Method::GET, "/api/v1/me", user, Empty).await, 200)["role"], "user");
     assert_eq!(expect(&api.call(Method::GET, "/api/v1/me", admin, Empty).await, 200)["role"], "admin");
+    let creds = "/api/v1/users/alice/credentials";
+    expect(&api.call(Method::PUT, creds, user, Json(json!({"anthropic_api_key": "sk-x"}))).await, 200);
+    expect(&api.call(Method::PUT, creds, user, Json(json!({"env": {"PATH": "/x"}}))).await, 422);
+    expect(
+        &api.call(Method::PUT, "/api/v1/users/bob/credentials", user, Json(json!({"anthropic_api_key": "x"}))).await,
+        403,
+    );
+    expect(
+        &api.call(Method::PUT, "/api/v1/users/nobody/credentials", admin, Json(json!({"anthropic_api_key": "x"})))
+            .await,
+        404,
+    );
+    assert_eq!(expect(&api.call(Method::GET, creds, user, Empty).await, 200)["set"], true);
+    expect(&api.call(Method::GET, "/api/v1/users/bob/credentials", user, Empty).await, 403);
+    expect(&api.call(Method::GET, "/api/v1/users/nobody/credentials", admin, Empty).await, 404);
+    expect(&api.call(Method::DELETE, creds, user, Empty).await, 204);
+    expect(&api.call(Method::DELETE, "/api/v1/users/bob/credentials", user, Empty).await, 403);
+    expect(&api.call(Method::DELETE, "/api/v1/users/nobody/credentials", admin, Empty).await, 404);
 
     // Sessions.
     let sessions = "/api/v1/sessions";
