@@ -32,6 +32,13 @@ enum Command {
         /// The Python service's config.yaml.
         file: PathBuf,
     },
+    /// Re-seal every user's credentials under a new key (run with the service stopped).
+    RotateCredentialsKey {
+        /// The new key (base64 of 32 bytes); needed when auth.credentials_key is set, else
+        /// one is generated into the data dir.
+        #[arg(long, value_name = "FILE")]
+        new_key_file: Option<PathBuf>,
+    },
 }
 
 #[actix_web::main]
@@ -49,8 +56,22 @@ async fn main() -> ExitCode {
         }
     };
     forget_settings_environment();
-    if let Some(Command::Healthcheck) = args.command {
-        return healthcheck(&settings);
+    match &args.command {
+        Some(Command::Healthcheck) => return healthcheck(&settings),
+        Some(Command::RotateCredentialsKey { new_key_file }) => {
+            return match claude_agent_http::auth::credentials_rotation::rotate(&settings, new_key_file.as_deref()).await
+            {
+                Ok(done) => {
+                    println!("{done}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("claude-agent-http: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        _ => {}
     }
     let app = match Application::build(settings).await {
         Ok(app) => app,

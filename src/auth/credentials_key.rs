@@ -44,22 +44,23 @@ impl CredentialsKey {
             }
             Err(_) => {}
         }
-        let mut key = [0u8; KEY_BYTES];
-        getrandom::fill(&mut key).map_err(|e| format!("the random source failed: {e}"))?;
-        let written =
-            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).and_then(|mut f| {
-                f.write_all(format!("{}\n", B64.encode(key)).as_bytes())?;
-                f.sync_all()
-            });
-        match written {
+        let (key, text) = Self::generate()?;
+        match write_new_key_file(&path, &text) {
             Ok(()) => {
                 log::warn!("generated the credentials key into {} (readable by this user only)", path.display());
-                Ok(CredentialsKey::from_bytes(&key))
+                Ok(key)
             }
             // Another instance on the same data dir wrote one at the same moment: use it.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::load(None, data_dir),
             Err(e) => Err(format!("cannot write {}: {e}", path.display())),
         }
+    }
+
+    /// A new random key, and its base64 to keep.
+    pub fn generate() -> Result<(CredentialsKey, String), String> {
+        let mut key = [0u8; KEY_BYTES];
+        getrandom::fill(&mut key).map_err(|e| format!("the random source failed: {e}"))?;
+        Ok((CredentialsKey::from_bytes(&key), B64.encode(key)))
     }
 
     pub fn from_base64(text: &str) -> Result<CredentialsKey, String> {
@@ -100,6 +101,13 @@ impl CredentialsKey {
             "the sealed record does not open with this key for this user (another key, or a copied row)".to_string()
         })
     }
+}
+
+/// Writes a key file that must not exist yet, readable by its owner only.
+pub fn write_new_key_file(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(format!("{text}\n").as_bytes())?;
+    file.sync_all()
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod credentials;
 pub mod credentials_key;
+pub mod credentials_rotation;
 pub mod keys;
 pub mod limit;
 pub mod revocation;

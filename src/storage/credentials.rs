@@ -1,7 +1,7 @@
 //! Users' sealed provider credentials (one row per user).
 
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::schema::user_credentials;
 use super::{Storage, StorageError, run};
@@ -43,5 +43,37 @@ impl Storage {
     /// False if the user had none.
     pub async fn delete_credentials(&self, user_id: &str) -> Result<bool, StorageError> {
         run!(self, [user_id], |conn| diesel::delete(user_credentials::table.find(user_id)).execute(conn).await? > 0)
+    }
+
+    pub async fn list_credentials(&self) -> Result<Vec<CredentialsRow>, StorageError> {
+        run!(self, [], |conn| user_credentials::table.select(CredentialsRow::as_select()).load(conn).await?)
+    }
+
+    /// Replaces each `(user_id, old, new)` record in one transaction, only where it is still
+    /// `old`: false (and nothing changed) if any was changed or removed meanwhile.
+    pub async fn reseal_credentials(&self, changes: &[(String, String, String)]) -> Result<bool, StorageError> {
+        let changes = changes.to_vec();
+        run!(self, [changes], |conn| {
+            let done = conn
+                .transaction::<_, diesel::result::Error, _>(async move |conn| {
+                    for (user_id, old, new) in changes.iter() {
+                        let n = diesel::update(user_credentials::table.find(user_id))
+                            .filter(user_credentials::sealed.eq(old))
+                            .set(user_credentials::sealed.eq(new))
+                            .execute(conn)
+                            .await?;
+                        if n != 1 {
+                            return Err(diesel::result::Error::RollbackTransaction);
+                        }
+                    }
+                    Ok(())
+                })
+                .await;
+            match done {
+                Ok(()) => true,
+                Err(diesel::result::Error::RollbackTransaction) => false,
+                Err(e) => return Err(e.into()),
+            }
+        })
     }
 }

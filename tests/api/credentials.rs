@@ -7,9 +7,11 @@ use diesel::prelude::*;
 use diesel::sql_types::Text;
 use serde_json::json;
 
-use crate::helpers::{ADMIN_KEY, Backend, TestApp, spawn_app};
+use crate::helpers::{ADMIN_KEY, Backend, TestApp, spawn_app, spawn_app_with};
 use crate::on_both_backends;
 use crate::real_cli::{MockApi, spawn_real_app};
+use claude_agent_http::auth::credentials_key::CredentialsKey;
+use claude_agent_http::auth::credentials_rotation::rotate;
 use claude_agent_http::settings::{SandboxMode, StorageKind};
 
 on_both_backends!(
@@ -324,4 +326,56 @@ async fn with_the_sandbox_off_the_same_search_finds_bobs_key() {
     let (_, procs, files) = alice_looks_for_bobs_key(SandboxMode::Off).await;
     assert!(matches(&procs).is_some_and(|n| n > 0), "{procs}");
     assert!(!files.contains(BOB_KEY), "the files API stays in the session's directory: {files}");
+}
+
+#[actix_web::test]
+async fn rotating_the_key_reseals_the_credentials_which_still_reach_the_users_cli() {
+    let mock = MockApi::start();
+    let mut app = spawn_real_app(&mock, |_| {}).await;
+    let alice = app.create_user("alice").await;
+    app.put_credentials(&alice, "alice", json!({"anthropic_api_key": ALICE_KEY})).await;
+    let sealed_before = raw_rows(&app).await[0].sealed.clone();
+    let key_file = app.settings.data.dir.join("credentials.key");
+    let old_key = std::fs::read_to_string(&key_file).unwrap();
+    app.stop().await;
+
+    let done = rotate(&app.settings, None).await.unwrap();
+    assert!(done.contains("re-sealed 1 user"), "{done}");
+    let new_key = std::fs::read_to_string(&key_file).unwrap();
+    assert_ne!(new_key, old_key);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(!app.settings.data.dir.join("credentials.key.new").exists());
+    let sealed_after = raw_rows(&app).await[0].sealed.clone();
+    assert_ne!(sealed_after, sealed_before);
+    assert!(CredentialsKey::from_base64(&old_key).unwrap().open("alice", &sealed_after).is_err());
+
+    let app = app.restart().await;
+    let id = app.create_session(&alice, json!({})).await;
+    app.wait_active(&alice, &id).await;
+    assert_eq!(app.chat(&alice, &id, "after the rotation").await.status, StatusCode::OK);
+    let keys = mock.api_keys(&app.client).await;
+    assert!(!keys.is_empty() && keys.iter().all(|k| k == ALICE_KEY), "{keys:?}");
+}
+
+#[actix_web::test]
+async fn with_a_configured_key_the_rotation_takes_the_new_one_from_a_file() {
+    let (_, configured) = CredentialsKey::generate().unwrap();
+    let mut app = spawn_app_with(Backend::Sqlite, |s| s.auth.credentials_key = Some(configured)).await;
+    let alice = app.create_user("alice").await;
+    app.put_credentials(&alice, "alice", json!({"anthropic_api_key": ALICE_KEY})).await;
+    assert!(!app.settings.data.dir.join("credentials.key").exists(), "the configured key is used");
+    app.stop().await;
+    let refused = rotate(&app.settings, None).await.unwrap_err();
+    assert!(refused.contains("--new-key-file"), "{refused}");
+    let (new_key, text) = CredentialsKey::generate().unwrap();
+    let file = app.dir.path().join("new.key");
+    std::fs::write(&file, &text).unwrap();
+    let done = rotate(&app.settings, Some(&file)).await.unwrap();
+    assert!(done.contains("set auth.credentials_key"), "{done}");
+    let row = &raw_rows(&app).await[0];
+    assert_eq!(
+        new_key.open("alice", &row.sealed).unwrap(),
+        br#"{"ANTHROPIC_API_KEY":"sk-ant-alice-0123456789-secret"}"#
+    );
 }
