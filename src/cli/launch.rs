@@ -44,11 +44,12 @@ pub struct LaunchRequest {
 /// The variables a user's CLI gets in place of the service's secrets, read when one starts
 /// (so a change applies from the user's next CLI start). `None`: the service's apply.
 pub trait UserEnv: Send + Sync {
-    fn for_launch<'a>(
-        &'a self,
-        user_id: &'a str,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Option<BTreeMap<String, String>>, ApiError>> + 'a>>;
+    fn for_launch<'a>(&'a self, user_id: &'a str) -> UserEnvLookup<'a>;
 }
+
+/// What [`UserEnv::for_launch`] answers: the user's variables, if they have any.
+pub type UserEnvLookup<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<Option<BTreeMap<String, String>>, ApiError>> + 'a>>;
 
 /// A started CLI, and what its actor needs from the launch.
 pub struct Launched {

@@ -379,3 +379,23 @@ async fn with_a_configured_key_the_rotation_takes_the_new_one_from_a_file() {
         br#"{"ANTHROPIC_API_KEY":"sk-ant-alice-0123456789-secret"}"#
     );
 }
+
+/// A user's own gateway on another port than the service's: under Landlock (which grants the
+/// agents TCP ports one by one) their CLI reaches it, and the service's mock sees none of it.
+#[actix_web::test]
+async fn under_landlock_a_users_own_gateway_on_another_port_is_reached() {
+    let service_mock = MockApi::start();
+    let gateway = MockApi::start();
+    let app = spawn_real_app(&service_mock, |s| s.sandbox.mode = SandboxMode::Landlock).await;
+    let alice = app.create_user("alice").await;
+    let body = json!({"anthropic_api_key": ALICE_KEY, "anthropic_base_url": gateway.url});
+    assert_eq!(app.put_credentials(&alice, "alice", body).await.status, StatusCode::OK);
+    let id = app.create_session(&alice, json!({})).await;
+    app.wait_active(&alice, &id).await;
+    let res = app.chat(&alice, &id, "through my gateway").await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text);
+    assert_eq!(res.body["text"], "mock: through my gateway");
+    let keys = gateway.api_keys(&app.client).await;
+    assert!(!keys.is_empty() && keys.iter().all(|k| k == ALICE_KEY), "{keys:?}");
+    assert!(service_mock.api_keys(&app.client).await.is_empty());
+}
