@@ -380,22 +380,37 @@ async fn with_a_configured_key_the_rotation_takes_the_new_one_from_a_file() {
     );
 }
 
-/// A user's own gateway on another port than the service's: under Landlock (which grants the
-/// agents TCP ports one by one) their CLI reaches it, and the service's mock sees none of it.
+/// A user's own gateway on another port than the service's: Landlock grants the agents TCP
+/// ports one by one, and a user may not open one for their agent by naming it as their
+/// gateway (users cannot add MCP servers for the same reason). Listed by the admin in
+/// `sandbox.allowed_tcp_ports`, it is reached, and the service's mock sees none of it.
 #[actix_web::test]
-async fn under_landlock_a_users_own_gateway_on_another_port_is_reached() {
-    let service_mock = MockApi::start();
-    let gateway = MockApi::start();
-    let app = spawn_real_app(&service_mock, |s| s.sandbox.mode = SandboxMode::Landlock).await;
-    let alice = app.create_user("alice").await;
-    let body = json!({"anthropic_api_key": ALICE_KEY, "anthropic_base_url": gateway.url});
-    assert_eq!(app.put_credentials(&alice, "alice", body).await.status, StatusCode::OK);
-    let id = app.create_session(&alice, json!({})).await;
-    app.wait_active(&alice, &id).await;
-    let res = app.chat(&alice, &id, "through my gateway").await;
-    assert_eq!(res.status, StatusCode::OK, "{}", res.text);
-    assert_eq!(res.body["text"], "mock: through my gateway");
-    let keys = gateway.api_keys(&app.client).await;
-    assert!(!keys.is_empty() && keys.iter().all(|k| k == ALICE_KEY), "{keys:?}");
-    assert!(service_mock.api_keys(&app.client).await.is_empty());
+async fn under_landlock_a_users_own_gateway_needs_its_port_listed_by_the_admin() {
+    for listed in [false, true] {
+        let service_mock = MockApi::start();
+        let gateway = MockApi::start();
+        let port: u16 = gateway.url.rsplit(':').next().unwrap().parse().unwrap();
+        let app = spawn_real_app(&service_mock, move |s| {
+            s.sandbox.mode = SandboxMode::Landlock;
+            if listed {
+                s.sandbox.allowed_tcp_ports.push(port);
+            }
+        })
+        .await;
+        let alice = app.create_user("alice").await;
+        let body = json!({"anthropic_api_key": ALICE_KEY, "anthropic_base_url": gateway.url});
+        assert_eq!(app.put_credentials(&alice, "alice", body).await.status, StatusCode::OK);
+        let id = app.create_session(&alice, json!({})).await;
+        app.wait_active(&alice, &id).await;
+        let res = app.chat(&alice, &id, "through my gateway").await;
+        let keys = gateway.api_keys(&app.client).await;
+        assert!(service_mock.api_keys(&app.client).await.is_empty(), "never the service's endpoint");
+        if listed {
+            assert_eq!(res.body["text"], "mock: through my gateway", "{}", res.text);
+            assert!(!keys.is_empty() && keys.iter().all(|k| k == ALICE_KEY), "{keys:?}");
+        } else {
+            assert!(keys.is_empty(), "an unlisted port was reached: {keys:?}");
+            assert!(res.text.contains("EACCES"), "{}", res.text);
+        }
+    }
 }
