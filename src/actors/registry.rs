@@ -357,6 +357,7 @@ impl Registry {
         self.metrics.refused("memory_pressure");
         Refusal::Memory {
             used_mb: self.counted_bytes() / (1024 * 1024),
+            cli_mb: self.estimate.unmeasured() / (1024 * 1024),
             limit_mb: self.limits.memory_limit_bytes / (1024 * 1024),
             retry_after_secs: self.limits.check_interval.as_secs().max(1),
         }
@@ -665,7 +666,7 @@ impl Actor for Registry {
 pub enum Refusal {
     GlobalCap { max: u32 },
     UserCap { max: u32 },
-    Memory { used_mb: u64, limit_mb: u64, retry_after_secs: u64 },
+    Memory { used_mb: u64, cli_mb: u64, limit_mb: u64, retry_after_secs: u64 },
 }
 
 impl From<Refusal> for ApiError {
@@ -679,8 +680,11 @@ impl From<Refusal> for ApiError {
                 message: format!("You have the maximum of {max} live sessions; close one first"),
                 retry_after_secs: 10,
             },
-            Refusal::Memory { used_mb, limit_mb, retry_after_secs } => ApiError::MemoryPressure {
-                message: format!("Memory in use ({used_mb} MiB) is at the limit ({limit_mb} MiB)"),
+            Refusal::Memory { used_mb, cli_mb, limit_mb, retry_after_secs } => ApiError::MemoryPressure {
+                message: format!(
+                    "Memory in use ({used_mb} MiB) leaves no room for another CLI (~{cli_mb} MiB) under the \
+                     limit ({limit_mb} MiB), and no idle session can make room"
+                ),
                 retry_after_secs,
             },
         }
