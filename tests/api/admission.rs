@@ -184,6 +184,12 @@ async fn a_cli_a_message_waits_for_starts_before_a_create_queued_earlier() {
     assert_eq!(later.status, StatusCode::CREATED, "{}", later.text);
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
     let later = later.body["session_id"].as_str().unwrap().to_string();
+    // The create answers once the CLI is forked; its first act is writing the log line.
+    let logged = eventually(Duration::from_secs(5), || async {
+        std::fs::read_to_string(&log).unwrap_or_default().lines().count() >= 4
+    })
+    .await;
+    assert!(logged, "four CLI starts logged");
     let started: Vec<String> = std::fs::read_to_string(&log)
         .unwrap()
         .lines()
