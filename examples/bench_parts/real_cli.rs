@@ -61,6 +61,12 @@ fn start_service(mock: &Mock, extra: &[(&str, &str)]) -> Service {
         ("CLAUDE_AGENT_CLI__ENV", &cli_env),
         ("CLAUDE_AGENT_DEFAULTS__MODEL", "claude-sonnet-4-5"),
     ];
+    // `BENCH_MAX_CONCURRENT_STARTS` tries another cli.max_concurrent_starts (the service's
+    // own CLAUDE_AGENT_* environment is not passed on).
+    let starts = std::env::var("BENCH_MAX_CONCURRENT_STARTS").unwrap_or_default();
+    if !starts.is_empty() {
+        env.push(("CLAUDE_AGENT_CLI__MAX_CONCURRENT_STARTS", &starts));
+    }
     env.extend_from_slice(extra);
     Service::start(&env)
 }
