@@ -17,6 +17,12 @@
 //! `--only outage [--outage-secs 60] [--outage-sessions 20]`: PostgreSQL stopped under load on a
 //! private cluster (needs postgresql-common's `pg_createcluster`; see bench_parts/outage.rs).
 //!
+//! `--real-cli [--robin-rounds N]` runs instead the start-up and memory scenarios with the real CLI
+//! (`REAL_CLAUDE_PATH`, default `.cli/node_modules/.bin/claude` from scripts/install-cli)
+//! against examples/mock_anthropic.rs: bursts of 10 and 20 creates each followed by one
+//! message (create → first answer), and 50 sessions in round robin with memory room for 5
+//! CLIs (turns answered without a client retry; latency against one respawn + turn).
+//!
 //! The service runs as a child process (this binary re-run with `--serve`, the library's
 //! `Application` on settings from the environment), so its RSS is its own.
 
@@ -30,6 +36,8 @@ use serde_json::{Value, json};
 
 #[path = "bench_parts/outage.rs"]
 mod outage;
+#[path = "bench_parts/real_cli.rs"]
+mod real_cli;
 #[path = "bench_parts/scale.rs"]
 mod scale;
 
@@ -46,6 +54,11 @@ fn main() {
     let followers = value("--followers").and_then(|n| n.parse().ok()).unwrap_or(10_000);
     let rounds = value("--rounds").and_then(|n| n.parse().ok()).unwrap_or(2);
     let only = value("--only").map(String::as_str);
+    if args.iter().any(|a| a == "--real-cli") {
+        let rounds = value("--robin-rounds").and_then(|n| n.parse().ok()).unwrap_or(1);
+        actix_web::rt::System::new().block_on(real_cli::run(rounds));
+        return;
+    }
     actix_web::rt::System::new().block_on(async {
         if only == Some("outage") {
             let secs = value("--outage-secs").and_then(|n| n.parse().ok()).unwrap_or(60);

@@ -38,6 +38,11 @@ impl ProcessTable {
         found
     }
 
+    /// Whether `pid` was alive when the table was read.
+    pub fn has(&self, pid: u32) -> bool {
+        self.rss.contains_key(&pid)
+    }
+
     /// RSS of `root` and all its descendants.
     pub fn tree_rss(&self, root: u32) -> u64 {
         let own = self.rss.get(&root).copied().unwrap_or(0);

@@ -255,11 +255,30 @@ pub struct CliSettings {
     /// (linked there), read-only under the sandbox: what the seed's shared `~/.claude` gave.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shared_config_dir: Option<PathBuf>,
+    /// CLIs starting at once (fork until `initialize` answered); 0 = one per core.
+    pub max_concurrent_starts: usize,
+}
+
+impl CliSettings {
+    /// `max_concurrent_starts`, with 0 resolved to the number of cores.
+    pub fn concurrent_starts(&self) -> usize {
+        match self.max_concurrent_starts {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n => n,
+        }
+    }
 }
 
 impl Default for CliSettings {
     fn default() -> Self {
-        Self { path: "claude".into(), env: BTreeMap::new(), stop_grace: 5, max_rss_mb: 2048, shared_config_dir: None }
+        Self {
+            path: "claude".into(),
+            env: BTreeMap::new(),
+            stop_grace: 5,
+            max_rss_mb: 2048,
+            shared_config_dir: None,
+            max_concurrent_starts: 0,
+        }
     }
 }
 
@@ -349,11 +368,14 @@ impl Default for EventSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct MemorySettings {
     pub check_interval: u64,
+    /// RSS (MiB) a CLI is counted at while it starts, and at least once measured; 0 = the
+    /// mean measured RSS of the live CLIs.
+    pub cli_rss_mb: u64,
 }
 
 impl Default for MemorySettings {
     fn default() -> Self {
-        Self { check_interval: 5 }
+        Self { check_interval: 5, cli_rss_mb: 0 }
     }
 }
 

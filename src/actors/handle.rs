@@ -10,6 +10,7 @@ use actix::Addr;
 use serde_json::Value;
 
 use super::SessionEvent;
+use super::admission::Urgency;
 use super::registry::{GetStats, Launch, Lookup, Registry, RegistryStats, Retire, Shutdown};
 use super::session::{
     AnswerPermission, GetAgentInfo, Interrupt, ListPermissions, PendingPermission, SessionActor, StartTurn, StopReason,
@@ -44,14 +45,16 @@ impl RegistryHandle {
 
     /// The session's live actor, launching its CLI in `cwd` (opened and checked beneath the
     /// user's directory) if it has none.
-    /// `credentials` are read only if a CLI starts.
+    /// `credentials` are read only if a CLI starts; `urgency`: whether a message waits for this
+    /// CLI (it then starts before the others).
     pub async fn launch(
         &self,
         row: SessionRow,
         cwd: OwnedFd,
         credentials: Arc<dyn UserEnv>,
+        urgency: Urgency,
     ) -> Result<SessionHandle, ApiError> {
-        self.addr.send(Launch { row, cwd, credentials }).await?.map(SessionHandle::new)
+        self.addr.send(Launch { row, cwd, credentials, urgency }).await?.map(SessionHandle::new)
     }
 
     /// Stops these sessions' processes (without waiting).

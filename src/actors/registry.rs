@@ -2,6 +2,12 @@
 //! respawn) and every turn, and supervises all session actors. Each decision and its effect
 //! happen in one message, so two requests racing for the last slot cannot both win.
 //!
+//! Admitted launches wait in a queue for one of `cli.max_concurrent_starts` start permits
+//! (held until the CLI answers `initialize`), a launch a message waits for first. Memory is
+//! counted per CLI: what it measured at the last sample once ready, the mean of the measured
+//! ones while it starts; a launch that does not fit makes the least-recently-used idle
+//! sessions stop and waits (up to `api.queue_timeout`) until they are reaped.
+//!
 //! It also samples memory (the service plus every descendant process), evicts idle sessions
 //! after `api.idle_session_timeout`, evicts least-recently-used idle sessions under memory
 //! pressure (never one in a turn), and expires sessions past their TTL.
@@ -16,9 +22,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 use super::EventHub;
+use super::admission::{self, CliEstimate, Decision, Idle, Room, StartQueue, Urgency};
 use super::session::{SessionActor, SessionSetup, Stop, StopReason};
 use super::threads::SessionThreads;
 use crate::cli::launch::{self, LaunchRequest, Launched};
@@ -41,6 +48,8 @@ pub struct Limits {
     /// 0 = never evict for idleness.
     pub idle_timeout: Duration,
     pub max_rss_bytes: u64,
+    /// How long an admitted launch may wait for room and a start permit.
+    pub queue_timeout: Duration,
 }
 
 impl Limits {
@@ -54,13 +63,14 @@ impl Limits {
             ttl: Duration::from_secs(s.session.ttl),
             idle_timeout: Duration::from_secs(s.api.idle_session_timeout),
             max_rss_bytes: s.cli.max_rss_mb.saturating_mul(1024 * 1024),
+            queue_timeout: Duration::from_secs(s.api.queue_timeout),
         }
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// Admitted (it holds its quota slot) while its CLI is being prepared and forked.
+    /// Admitted (it holds its quota slot): queued for a start, or being prepared and forked.
     Launching,
     Live,
     /// Its process is being stopped; it holds no quota slot, and a new launch waits for it.
@@ -77,6 +87,18 @@ struct Entry {
     last_active: Instant,
     in_turn: bool,
     phase: Phase,
+    /// Waiting in the start queue (no process yet, no memory counted).
+    queued: bool,
+    /// The CLI answered `initialize` (its RSS is then what it measures).
+    ready: bool,
+    /// Tree RSS at the last sample taken after it was ready.
+    measured: Option<u64>,
+    /// Held from the fork until the CLI is ready (or gone).
+    start_permit: Option<OwnedSemaphorePermit>,
+    /// Launched for a message that has not reached it yet: not evictable until its turn
+    /// starts (or `api.queue_timeout` after it was ready).
+    awaited_until: Option<Instant>,
+    ready_at: Option<Instant>,
     /// When eviction last asked it to stop: the memory sample and the idle sweep can both
     /// run before its `Stopping` arrives, and must not ask (and log) twice.
     evict_asked: Option<Instant>,
@@ -88,6 +110,23 @@ struct Entry {
 }
 
 impl Entry {
+    /// Stopping, or asked to by an eviction within `interval` and no turn started since: its
+    /// memory is on its way out. (An actor that refused, e.g. for a turn about to start, is
+    /// counted as staying once `interval` passed.)
+    fn leaving(&self, now: Instant, interval: Duration) -> bool {
+        self.phase == Phase::Stopping
+            || self.evict_asked.is_some_and(|asked| asked >= self.last_active && now - asked < interval)
+    }
+
+    /// Live, ready, between turns and not awaited by a message: may be stopped to make room.
+    fn evictable(&self, now: Instant) -> bool {
+        self.phase == Phase::Live
+            && self.addr.is_some()
+            && self.ready
+            && !self.in_turn
+            && self.awaited_until.is_none_or(|until| now >= until)
+    }
+
     fn stop(&mut self, reason: StopReason) {
         match &self.addr {
             Some(addr) => addr.do_send(Stop { reason }),
@@ -119,6 +158,23 @@ pub struct Registry {
     processes: ProcessTable,
     sampling: bool,
     sweeping: bool,
+    /// `cli.max_concurrent_starts`: CLIs between fork and `initialize` answered.
+    starts: Arc<Semaphore>,
+    start_queue: StartQueue<PendingLaunch>,
+    estimate: CliEstimate,
+}
+
+/// A launch admitted and waiting for room and a start permit.
+struct PendingLaunch {
+    generation: u64,
+    row: SessionRow,
+    cwd: std::os::fd::OwnedFd,
+    /// The user's own provider credentials, read only when the CLI is prepared.
+    credentials: Arc<dyn crate::cli::launch::UserEnv>,
+    reply: oneshot::Sender<LaunchResult>,
+    timer: SpawnHandle,
+    /// It last waited for memory (rather than for a start permit).
+    short_of_memory: bool,
 }
 
 impl Registry {
@@ -138,7 +194,12 @@ impl Registry {
         // the first request on.
         let (memory, processes) = memory::sample();
         let slots = (limits.max_concurrent_turns as usize).min(Semaphore::MAX_PERMITS);
+        let starts = settings.cli.concurrent_starts().min(Semaphore::MAX_PERMITS);
+        let estimate = CliEstimate::new(settings.memory.cli_rss_mb.saturating_mul(1024 * 1024));
         Self {
+            starts: Arc::new(Semaphore::new(starts)),
+            start_queue: StartQueue::default(),
+            estimate,
             turn_slots: Arc::new(Semaphore::new(slots)),
             threads,
             next_generation: 0,
@@ -176,10 +237,9 @@ impl Registry {
         self.entries.get_mut(session_id).filter(|e| e.generation == generation)
     }
 
-    /// Admission of a session that has no live actor, then its launch. Admission and the
-    /// reservation of its slot happen in this one message, so two requests racing for the
-    /// last slot cannot both win; the launch's blocking work then runs off this thread, and
-    /// its end confirms the slot (the actor starts) or releases it.
+    /// Admission of a session that has no live actor: its quota slot is reserved in this one
+    /// message (two requests racing for the last slot cannot both win), then it waits in the
+    /// start queue for room and a start permit; the answer comes once its CLI is forked.
     fn launch_new(&mut self, msg: Launch, ctx: &mut Context<Self>) -> ResponseActFuture<Self, LaunchResult> {
         if let Err(refusal) = self.admit(&msg.row.user_id) {
             return Box::pin(fut::ready(Err(refusal.into())));
@@ -187,10 +247,11 @@ impl Registry {
         self.next_generation += 1;
         let generation = self.next_generation;
         let row = msg.row;
+        let session_id = row.session_id.clone();
         let (launched, _) = watch::channel(false);
         let (ended, _) = watch::channel(false);
         self.entries.insert(
-            row.session_id.clone(),
+            session_id.clone(),
             Entry {
                 user_id: row.user_id.clone(),
                 generation,
@@ -199,87 +260,253 @@ impl Registry {
                 last_active: Instant::now(),
                 in_turn: false,
                 phase: Phase::Launching,
+                queued: true,
+                ready: false,
+                measured: None,
+                start_permit: None,
+                awaited_until: None,
+                ready_at: None,
                 evict_asked: None,
                 stop_when_launched: None,
                 launched,
                 ended,
             },
         );
+        let (reply, answer) = oneshot::channel();
+        let id = session_id.clone();
+        let timer = ctx.run_later(self.limits.queue_timeout, move |act, ctx| act.queue_timed_out(&id, generation, ctx));
+        let pending = PendingLaunch {
+            generation,
+            row,
+            cwd: msg.cwd,
+            credentials: msg.credentials,
+            reply,
+            timer,
+            short_of_memory: false,
+        };
+        self.start_queue.push(session_id, msg.urgency, pending);
+        self.pump(ctx);
+        Box::pin(
+            async move { answer.await.unwrap_or_else(|_| Err(ApiError::Internal("the launch was dropped".into()))) }
+                .into_actor(self),
+        )
+    }
+
+    /// Starts queued launches while the next one fits in memory and a start permit is free;
+    /// makes room for it by evicting idle sessions when it does not fit. Called whenever room
+    /// or permits may have come free.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        while let Some(next) = self.start_queue.peek() {
+            let next_id = next.session_id.clone();
+            match self.memory_decision() {
+                Decision::Admit => {
+                    let Ok(permit) = self.starts.clone().try_acquire_owned() else { return };
+                    let Some(queued) = self.start_queue.pop() else { return };
+                    self.start(queued.session_id, queued.urgency, queued.item, permit, ctx);
+                }
+                Decision::Refuse => {
+                    if let Some(queued) = self.start_queue.pop() {
+                        let refusal = self.memory_refusal();
+                        self.drop_queued(&queued.session_id, queued.item, Err(refusal.into()), ctx);
+                    }
+                }
+                decision => {
+                    if let Some(q) = self.start_queue.get_mut(&next_id) {
+                        q.item.short_of_memory = true;
+                    }
+                    if let Decision::Evict(victims) = decision {
+                        let now = Instant::now();
+                        for id in victims {
+                            if let Some(e) = self.entries.get_mut(&id) {
+                                log::info!(
+                                    "session {id}: evicting (MemoryEviction) to make room for session {next_id}"
+                                );
+                                e.evict_asked = Some(now);
+                                e.stop(StopReason::MemoryEviction);
+                            }
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The memory picture of the next launch: every CLI that holds memory at what it measured
+    /// (or the estimate while it starts), against `api.memory_limit_mb`.
+    fn memory_decision(&self) -> Decision {
+        let now = Instant::now();
+        let (mut clis, mut freeing) = (0u64, 0u64);
+        let mut idle = Vec::new();
+        for (id, e) in self.entries.iter().filter(|(_, e)| !e.queued) {
+            let bytes = self.estimate.cost(e.measured);
+            clis = clis.saturating_add(bytes);
+            if e.leaving(now, self.limits.check_interval) {
+                freeing = freeing.saturating_add(bytes);
+            } else if e.evictable(now) {
+                idle.push(Idle { session_id: id.clone(), last_active: e.last_active, bytes });
+            }
+        }
+        let room = Room {
+            limit: self.limits.memory_limit_bytes,
+            service: self.memory.service_bytes,
+            clis,
+            freeing,
+            need: self.estimate.unmeasured(),
+        };
+        admission::decide(room, &idle)
+    }
+
+    /// Memory as counted for admission: the service and every CLI that holds memory.
+    fn counted_bytes(&self) -> u64 {
+        let clis: u64 = self.entries.values().filter(|e| !e.queued).map(|e| self.estimate.cost(e.measured)).sum();
+        self.memory.service_bytes.saturating_add(clis)
+    }
+
+    fn memory_refusal(&self) -> Refusal {
+        self.metrics.refused("memory_pressure");
+        Refusal::Memory {
+            used_mb: self.counted_bytes() / (1024 * 1024),
+            cli_mb: self.estimate.unmeasured() / (1024 * 1024),
+            limit_mb: self.limits.memory_limit_bytes / (1024 * 1024),
+            retry_after_secs: self.limits.check_interval.as_secs().max(1),
+        }
+    }
+
+    /// A queued launch that found neither room nor a start permit within `api.queue_timeout`.
+    fn queue_timed_out(&mut self, session_id: &str, generation: u64, ctx: &mut Context<Self>) {
+        if self.current(session_id, generation).is_none_or(|e| !e.queued) {
+            return;
+        }
+        let Some(queued) = self.start_queue.remove(session_id) else { return };
+        let err = if queued.item.short_of_memory {
+            self.memory_refusal().into()
+        } else {
+            self.metrics.refused("overloaded");
+            ApiError::Overloaded { retry_after_secs: 1 }
+        };
+        self.drop_queued(session_id, queued.item, Err(err), ctx);
+    }
+
+    /// Ends a queued launch without starting it: its slot is free, whoever waited looks again.
+    fn drop_queued(&mut self, session_id: &str, pending: PendingLaunch, answer: LaunchResult, ctx: &mut Context<Self>) {
+        ctx.cancel_future(pending.timer);
+        if self.current(session_id, pending.generation).is_some()
+            && let Some(entry) = self.entries.remove(session_id)
+        {
+            let _ = entry.launched.send(true);
+            let _ = entry.ended.send(true);
+        }
+        let _ = pending.reply.send(answer);
+    }
+
+    /// Prepares and forks a queued launch off this thread; its end confirms the slot (the
+    /// actor starts) or releases it.
+    fn start(
+        &mut self,
+        session_id: String,
+        urgency: Urgency,
+        pending: PendingLaunch,
+        permit: OwnedSemaphorePermit,
+        ctx: &mut Context<Self>,
+    ) {
+        let PendingLaunch { generation, row, cwd, credentials, reply, timer, .. } = pending;
+        ctx.cancel_future(timer);
+        let Some(entry) = self.current(&session_id, generation) else {
+            let _ = reply.send(Err(ApiError::Internal("the session's launch lost its place".into())));
+            return;
+        };
+        entry.queued = false;
+        entry.start_permit = Some(permit);
         let thread = self.threads.pick();
         let request = LaunchRequest {
             session_id: row.session_id.clone(),
             user_id: row.user_id.clone(),
             cli_session_id: row.cli_session_id.clone(),
             cwd: row.cwd.clone(),
-            cwd_handle: msg.cwd,
+            cwd_handle: cwd,
             options: row.options.clone(),
             settings: self.settings.clone(),
             users_root: self.users_root.clone(),
             sandbox: self.sandbox.clone(),
             groups: self.groups.clone(),
-            credentials: msg.credentials,
+            credentials,
         };
         let me = ctx.address();
         let started = launch::launch(request, thread.runtime.clone());
-        Box::pin(started.into_actor(self).map(move |result, act, _| {
-            let launched = match result {
-                Ok(launched) => launched,
-                Err(e) => {
-                    // Released: the slot is free again, and whoever waited looks again.
-                    if let Some(entry) = act.entries.remove(&row.session_id) {
-                        let _ = entry.launched.send(true);
-                        let _ = entry.ended.send(true);
-                    }
-                    return Err(e);
-                }
-            };
-            let Launched { child, tmp_dir, always_allowed } = launched;
-            let pid = child.pid;
-            let setup = SessionSetup {
-                session_id: row.session_id.clone(),
-                cli_session_id: row.cli_session_id.clone(),
-                user_id: row.user_id.clone(),
-                last_event_id: row.last_event_id,
-                total_cost_usd: row.total_cost_usd,
-                tmp_dir,
-                always_allowed,
-                generation,
-                turn_slots: act.turn_slots.clone(),
-            };
-            let (storage, settings, hub, metrics) =
-                (act.storage.clone(), act.settings.clone(), act.hub.clone(), act.metrics.clone());
-            let addr = SessionActor::start_in_arbiter(&thread.arbiter, move |_| {
-                SessionActor::new(setup, child, me, storage, settings, hub, metrics)
-            });
-            let Some(entry) = act.current(&row.session_id, generation) else {
-                // Cannot happen (only `Ended` of this generation removes it); never orphan a CLI.
-                addr.do_send(Stop { reason: StopReason::Closed });
-                return Err(ApiError::Internal("the session's launch lost its place".into()));
-            };
-            entry.addr = Some(addr.clone());
-            entry.pid = pid;
-            entry.last_active = Instant::now();
-            if entry.phase == Phase::Launching {
-                entry.phase = Phase::Live;
-            }
-            if let Some(reason) = entry.stop_when_launched.take() {
-                addr.do_send(Stop { reason });
-            }
-            let _ = entry.launched.send(true);
-            Ok(addr)
-        }))
+        ctx.spawn(started.into_actor(self).map(move |result, act, ctx| {
+            let answer = act.launched(row, generation, urgency, thread, me, result);
+            let _ = reply.send(answer);
+            act.pump(ctx);
+        }));
     }
 
-    /// Memory and quotas, counting sessions being launched.
-    fn admit(&self, user_id: &str) -> Result<(), Refusal> {
-        if self.memory.total_bytes() >= self.limits.memory_limit_bytes {
-            self.metrics.refused("memory_pressure");
-            return Err(Refusal::Memory {
-                used_mb: self.memory.total_mb(),
-                limit_mb: self.limits.memory_limit_bytes / (1024 * 1024),
-                retry_after_secs: self.limits.check_interval.as_secs().max(1),
-            });
+    /// The end of a launch's fork: the session actor starts on `thread`, or the slot is freed.
+    fn launched(
+        &mut self,
+        row: SessionRow,
+        generation: u64,
+        urgency: Urgency,
+        thread: super::threads::SessionThread,
+        me: Addr<Self>,
+        result: Result<Launched, ApiError>,
+    ) -> LaunchResult {
+        let launched = match result {
+            Ok(launched) => launched,
+            Err(e) => {
+                // Released: the slot is free again, and whoever waited looks again.
+                if self.current(&row.session_id, generation).is_some()
+                    && let Some(entry) = self.entries.remove(&row.session_id)
+                {
+                    let _ = entry.launched.send(true);
+                    let _ = entry.ended.send(true);
+                }
+                return Err(e);
+            }
+        };
+        let Launched { child, tmp_dir, always_allowed } = launched;
+        let pid = child.pid;
+        let setup = SessionSetup {
+            session_id: row.session_id.clone(),
+            cli_session_id: row.cli_session_id.clone(),
+            user_id: row.user_id.clone(),
+            last_event_id: row.last_event_id,
+            total_cost_usd: row.total_cost_usd,
+            tmp_dir,
+            always_allowed,
+            generation,
+            turn_slots: self.turn_slots.clone(),
+        };
+        let (storage, settings, hub, metrics) =
+            (self.storage.clone(), self.settings.clone(), self.hub.clone(), self.metrics.clone());
+        let addr = SessionActor::start_in_arbiter(&thread.arbiter, move |_| {
+            SessionActor::new(setup, child, me, storage, settings, hub, metrics)
+        });
+        let awaited_for = self.limits.queue_timeout;
+        let Some(entry) = self.current(&row.session_id, generation) else {
+            // Cannot happen (only `Ended` of this generation removes it); never orphan a CLI.
+            addr.do_send(Stop { reason: StopReason::Closed });
+            return Err(ApiError::Internal("the session's launch lost its place".into()));
+        };
+        entry.addr = Some(addr.clone());
+        entry.pid = pid;
+        entry.last_active = Instant::now();
+        if urgency == Urgency::Turn {
+            entry.awaited_until = Some(Instant::now() + awaited_for);
         }
+        if entry.phase == Phase::Launching {
+            entry.phase = Phase::Live;
+        }
+        if let Some(reason) = entry.stop_when_launched.take() {
+            addr.do_send(Stop { reason });
+        }
+        let _ = entry.launched.send(true);
+        Ok(addr)
+    }
+
+    /// Quotas, counting sessions queued or being launched. Memory is the start queue's
+    /// business: a launch short of it waits for room rather than being refused.
+    fn admit(&self, user_id: &str) -> Result<(), Refusal> {
         if self.live_count() as u32 >= self.limits.max_sessions {
             self.metrics.refused("quota_global");
             return Err(Refusal::GlobalCap { max: self.limits.max_sessions });
@@ -291,7 +518,14 @@ impl Registry {
         Ok(())
     }
 
-    fn retire(&mut self, session_id: &str, reason: StopReason) {
+    fn retire(&mut self, session_id: &str, reason: StopReason, ctx: &mut Context<Self>) {
+        if self.entries.get(session_id).is_some_and(|e| e.queued)
+            && let Some(queued) = self.start_queue.remove(session_id)
+        {
+            let gone = ApiError::CliFailed(format!("the session was stopped ({reason:?}) before its CLI started"));
+            self.drop_queued(session_id, queued.item, Err(gone), ctx);
+            return;
+        }
         if let Some(entry) = self.entries.get_mut(session_id) {
             entry.phase = Phase::Stopping;
             entry.stop(reason);
@@ -299,32 +533,44 @@ impl Registry {
     }
 
     /// Idle sessions past `api.idle_session_timeout`, and the least recently used idle ones
-    /// while memory is at the limit.
+    /// while memory as counted is at the limit (down to 90 % of it).
     fn evict(&mut self) {
         let now = Instant::now();
-        let mut idle: Vec<(&String, &Entry)> =
-            self.entries.iter().filter(|(_, e)| e.phase == Phase::Live && e.addr.is_some() && !e.in_turn).collect();
-        idle.sort_by_key(|(_, e)| e.last_active);
         let mut victims: Vec<(String, StopReason)> = Vec::new();
         if !self.limits.idle_timeout.is_zero() {
-            for (id, e) in &idle {
-                if now.duration_since(e.last_active) >= self.limits.idle_timeout {
-                    victims.push(((*id).clone(), StopReason::IdleEviction));
+            for (id, e) in &self.entries {
+                if e.evictable(now) && now.duration_since(e.last_active) >= self.limits.idle_timeout {
+                    victims.push((id.clone(), StopReason::IdleEviction));
                 }
             }
         }
-        let total = self.memory.total_bytes();
-        if total >= self.limits.memory_limit_bytes {
-            let target = self.limits.memory_limit_bytes / 10 * 9;
-            let mut expected = total;
-            for (id, e) in &idle {
-                if expected < target {
-                    break;
+        let counted = self.counted_bytes();
+        if counted >= self.limits.memory_limit_bytes {
+            let interval = self.limits.check_interval;
+            let leaving: u64 = self
+                .entries
+                .values()
+                .filter(|e| !e.queued && e.leaving(now, interval))
+                .map(|e| self.estimate.cost(e.measured))
+                .sum();
+            let excess = counted.saturating_sub(leaving).saturating_sub(self.limits.memory_limit_bytes / 10 * 9);
+            let idle: Vec<Idle> = self
+                .entries
+                .iter()
+                .filter(|(_, e)| e.evictable(now) && !e.leaving(now, interval))
+                .map(|(id, e)| Idle {
+                    session_id: id.clone(),
+                    last_active: e.last_active,
+                    bytes: self.estimate.cost(e.measured),
+                })
+                .collect();
+            // As many as it takes, or every idle one when even all of them do not cover it.
+            let chosen = admission::least_recently_used_covering(&idle, excess)
+                .unwrap_or_else(|| idle.iter().map(|i| i.session_id.clone()).collect());
+            for id in chosen {
+                if !victims.iter().any(|(v, _)| *v == id) {
+                    victims.push((id, StopReason::MemoryEviction));
                 }
-                if !victims.iter().any(|(v, _)| v == *id) {
-                    victims.push(((*id).clone(), StopReason::MemoryEviction));
-                }
-                expected = expected.saturating_sub(self.processes.tree_rss(e.pid));
             }
         }
         for (id, reason) in victims {
@@ -349,15 +595,28 @@ impl Registry {
             return;
         }
         self.sampling = true;
-        ctx.spawn(memory::sample_off_thread().into_actor(self).map(|sample, act, _| {
+        let taken = Instant::now();
+        ctx.spawn(memory::sample_off_thread().into_actor(self).map(move |sample, act, ctx| {
             act.sampling = false;
-            act.apply_sample(sample);
+            act.apply_sample(sample, taken);
+            act.pump(ctx);
         }));
     }
 
-    /// Restarts (after their turn) CLIs above `cli.max_rss_mb`, and evicts under pressure.
-    fn apply_sample(&mut self, (memory, processes): (MemorySample, ProcessTable)) {
+    /// Records what each ready CLI uses (and learns the estimate for starting ones from them),
+    /// restarts (after their turn) CLIs above `cli.max_rss_mb`, and evicts under pressure.
+    /// `taken`: when the sample was asked for; a CLI ready only since is not measured yet.
+    fn apply_sample(&mut self, (memory, processes): (MemorySample, ProcessTable), taken: Instant) {
         (self.memory, self.processes) = (memory, processes);
+        let mut measured = Vec::new();
+        for e in self.entries.values_mut() {
+            if e.ready && e.pid != 0 && e.ready_at.is_some_and(|at| at <= taken) && self.processes.has(e.pid) {
+                let rss = self.processes.tree_rss(e.pid);
+                e.measured = Some(rss);
+                measured.push(rss);
+            }
+        }
+        self.estimate.learn(&measured);
         for (id, e) in &self.entries {
             let rss = self.processes.tree_rss(e.pid);
             if e.phase == Phase::Live
@@ -379,12 +638,12 @@ impl Registry {
         let cutoff = crate::clock::now_ms() - self.limits.ttl.as_millis() as i64;
         let storage = self.storage.clone();
         let sweep = async move { storage.expire_sessions_inactive_since(cutoff).await };
-        ctx.spawn(sweep.into_actor(self).map(|result, act, _| {
+        ctx.spawn(sweep.into_actor(self).map(|result, act, ctx| {
             act.sweeping = false;
             match result {
                 Ok(expired) => {
                     for id in &expired {
-                        act.retire(id, StopReason::Expired);
+                        act.retire(id, StopReason::Expired, ctx);
                     }
                     if !expired.is_empty() {
                         log::info!("expired {} session(s) past session.ttl", expired.len());
@@ -418,7 +677,7 @@ impl Actor for Registry {
 pub enum Refusal {
     GlobalCap { max: u32 },
     UserCap { max: u32 },
-    Memory { used_mb: u64, limit_mb: u64, retry_after_secs: u64 },
+    Memory { used_mb: u64, cli_mb: u64, limit_mb: u64, retry_after_secs: u64 },
 }
 
 impl From<Refusal> for ApiError {
@@ -432,8 +691,11 @@ impl From<Refusal> for ApiError {
                 message: format!("You have the maximum of {max} live sessions; close one first"),
                 retry_after_secs: 10,
             },
-            Refusal::Memory { used_mb, limit_mb, retry_after_secs } => ApiError::MemoryPressure {
-                message: format!("Memory in use ({used_mb} MiB) is at the limit ({limit_mb} MiB)"),
+            Refusal::Memory { used_mb, cli_mb, limit_mb, retry_after_secs } => ApiError::MemoryPressure {
+                message: format!(
+                    "Memory in use ({used_mb} MiB) leaves no room for another CLI (~{cli_mb} MiB) under the \
+                     limit ({limit_mb} MiB), and no idle session can make room"
+                ),
                 retry_after_secs,
             },
         }
@@ -449,6 +711,8 @@ pub struct Launch {
     pub cwd: std::os::fd::OwnedFd,
     /// Read only if a CLI is started.
     pub credentials: Arc<dyn crate::cli::launch::UserEnv>,
+    /// Whether a message waits for this CLI (it then starts before those nobody waits for).
+    pub urgency: Urgency,
 }
 
 type LaunchResult = Result<Addr<SessionActor>, ApiError>;
@@ -467,6 +731,9 @@ impl Handler<Launch> for Registry {
             Some(entry) if entry.phase == Phase::Launching => {
                 // Another request is launching it: wait for that, then look again.
                 let mut launched = entry.launched.subscribe();
+                if msg.urgency == Urgency::Turn {
+                    self.start_queue.promote(&msg.row.session_id);
+                }
                 Box::pin(
                     async move {
                         let _ = launched.wait_for(|done| *done).await;
@@ -518,9 +785,9 @@ pub struct Retire {
 impl Handler<Retire> for Registry {
     type Result = ();
 
-    fn handle(&mut self, msg: Retire, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Retire, ctx: &mut Context<Self>) {
         for id in &msg.session_ids {
-            self.retire(id, msg.reason);
+            self.retire(id, msg.reason, ctx);
         }
     }
 }
@@ -540,9 +807,31 @@ pub struct Stopping {
 impl Handler<Stopping> for Registry {
     type Result = ();
 
-    fn handle(&mut self, msg: Stopping, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Stopping, ctx: &mut Context<Self>) {
         if let Some(e) = self.current(&msg.session_id, msg.generation) {
             e.phase = Phase::Stopping;
+            self.pump(ctx);
+        }
+    }
+}
+
+/// From a session actor: its CLI answered `initialize` (its start permit is free).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Ready {
+    pub session_id: String,
+    pub generation: u64,
+}
+
+impl Handler<Ready> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Ready, ctx: &mut Context<Self>) {
+        if let Some(e) = self.current(&msg.session_id, msg.generation) {
+            e.ready = true;
+            e.ready_at = Some(Instant::now());
+            e.start_permit = None;
+            self.pump(ctx);
         }
     }
 }
@@ -558,7 +847,7 @@ pub struct Ended {
 impl Handler<Ended> for Registry {
     type Result = ();
 
-    fn handle(&mut self, msg: Ended, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Ended, ctx: &mut Context<Self>) {
         if self.current(&msg.session_id, msg.generation).is_none() {
             return;
         }
@@ -568,6 +857,8 @@ impl Handler<Ended> for Registry {
             tokio::task::spawn_blocking(move || groups.remove(e.pid as i32));
             let _ = e.ended.send(true);
         }
+        // Its memory and its start permit (if it never got ready) are free.
+        self.pump(ctx);
     }
 }
 
@@ -583,10 +874,18 @@ pub struct Activity {
 impl Handler<Activity> for Registry {
     type Result = ();
 
-    fn handle(&mut self, msg: Activity, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Activity, ctx: &mut Context<Self>) {
         if let Some(e) = self.current(&msg.session_id, msg.generation) {
             e.last_active = Instant::now();
             e.in_turn = msg.in_turn;
+            if msg.in_turn {
+                e.awaited_until = None;
+            }
+            if !self.start_queue.is_empty() {
+                // Idle now, it may make room for a launch that waits; in a turn, it refused an
+                // eviction, and another may have to go instead.
+                self.pump(ctx);
+            }
         }
     }
 }
@@ -630,7 +929,11 @@ impl Handler<SetMemoryLimit> for Registry {
     /// Answers once a fresh sample has been acted on.
     fn handle(&mut self, msg: SetMemoryLimit, _: &mut Context<Self>) -> Self::Result {
         self.limits.memory_limit_bytes = msg.mb.saturating_mul(1024 * 1024);
-        Box::pin(memory::sample_off_thread().into_actor(self).map(|sample, act, _| act.apply_sample(sample)))
+        let taken = Instant::now();
+        Box::pin(memory::sample_off_thread().into_actor(self).map(move |sample, act, ctx| {
+            act.apply_sample(sample, taken);
+            act.pump(ctx);
+        }))
     }
 }
 
@@ -645,8 +948,13 @@ pub struct Shutdown {
 impl Handler<Shutdown> for Registry {
     type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, msg: Shutdown, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Shutdown, ctx: &mut Context<Self>) -> Self::Result {
         let reason = if msg.forced { StopReason::ForcedShutdown } else { StopReason::Shutdown };
+        let queued: Vec<_> = self.start_queue.drain().collect();
+        for q in queued {
+            let gone = ApiError::CliFailed("the service is shutting down".into());
+            self.drop_queued(&q.session_id, q.item, Err(gone), ctx);
+        }
         let waits: Vec<watch::Receiver<bool>> = self
             .entries
             .values_mut()

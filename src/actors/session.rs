@@ -15,7 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use super::EventHub;
 use super::event::{self, SessionEvent, TurnOutcome};
 use super::persist::{self, PersistJob};
-use super::registry::{Activity, Ended, Registry, Stopping};
+use super::registry::{Activity, Ended, Ready, Registry, Stopping};
 use crate::cli::process::{CliProcess, ExitInfo, MAX_LINE_BYTES, StdoutItem, stdout_messages};
 use crate::cli::protocol::{
     CliMessage, ContentBlock, Delta, IncomingControlRequest, OutgoingControlRequest, OutgoingControlResponse,
@@ -860,6 +860,7 @@ impl SessionActor {
             return;
         }
         self.ready = true;
+        self.registry.do_send(Ready { session_id: self.id.clone(), generation: self.generation });
         self.set_status(SessionStatus::Active);
         for waiter in self.ready_waiters.drain(..) {
             let _ = waiter.send(Ok(()));
@@ -996,6 +997,8 @@ impl Handler<StartTurn> for SessionActor {
             return Box::pin(fut::ready(Err(TurnRefused::Gone)));
         }
         self.reserved = true;
+        // In a turn from now for the registry: a session about to start one is not evicted.
+        self.registry.do_send(Activity { session_id: self.id.clone(), generation: self.generation, in_turn: true });
         let slot = self.turn_slots.clone().acquire_owned();
         // A CLI that is not ready yet keeps starting (bounded by INITIALIZE_TIMEOUT): each
         // request waits for it only within its own deadline, so a short timeout never kills a
@@ -1031,12 +1034,26 @@ impl Handler<StartTurn> for SessionActor {
         };
         Box::pin(wait.into_actor(self).map(move |waited, act, ctx| {
             act.reserved = false;
-            let permit = waited.map_err(TurnRefused::Api)?;
+            let idle_again = |act: &mut Self| {
+                act.registry.do_send(Activity {
+                    session_id: act.id.clone(),
+                    generation: act.generation,
+                    in_turn: false,
+                })
+            };
+            let permit = match waited {
+                Ok(permit) => permit,
+                Err(e) => {
+                    idle_again(act);
+                    return Err(TurnRefused::Api(e));
+                }
+            };
             if act.stopping.is_some() {
                 return Err(TurnRefused::Gone);
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
+                idle_again(act);
                 return Err(TurnRefused::Api(timed_out_while("waiting for the turn to start")));
             }
             let turn_id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
@@ -1062,7 +1079,6 @@ impl Handler<StartTurn> for SessionActor {
                 _permit: permit,
             });
             act.set_status(SessionStatus::Busy);
-            act.registry.do_send(Activity { session_id: act.id.clone(), generation: act.generation, in_turn: true });
             Ok(TurnStarted { turn_id: turn_id.to_string(), first_event_id: act.next_event_id, events })
         }))
     }

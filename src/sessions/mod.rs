@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 
 use crate::actors::{
     CLIENT_BUFFER, EventHub, PendingPermission, PermissionAnswer, RegistryHandle, SessionEvent, SessionHandle,
-    StopReason, TurnRefused, TurnStarted,
+    StopReason, TurnRefused, TurnStarted, Urgency,
 };
 use crate::auth::Caller;
 use crate::auth::credentials::UserCredentials;
@@ -225,7 +225,7 @@ impl SessionService {
         self.storage.insert_session(&row).await?;
         // The CLI starts now, in the background, so the first message finds it ready. A refused
         // or failed launch leaves no row behind.
-        if let Err(e) = self.launch(&row).await {
+        if let Err(e) = self.launch(&row, Urgency::Background).await {
             if let Err(purge) = self.storage.purge_session(&session_id).await {
                 log::error!("session {session_id}: launch failed ({e}) and its row could not be removed: {purge}");
             }
@@ -308,7 +308,7 @@ impl SessionService {
             }
             return Ok(current);
         };
-        if let Err(e) = self.launch(&reopened).await {
+        if let Err(e) = self.launch(&reopened, Urgency::Background).await {
             let back = self.storage.transition_session(&row.session_id, &[SessionStatus::Starting], previous, None);
             if let Err(undo) = back.await {
                 log::error!("session {}: could not restore its status after a refused resume: {undo}", row.session_id);
@@ -366,7 +366,7 @@ impl SessionService {
             .transition_session(&row.session_id, &SessionStatus::RESUMABLE, SessionStatus::Starting, None)
             .await?;
         // Dropping the wait is safe: the registry finishes the launch and keeps the actor.
-        tokio::time::timeout_at(deadline, self.launch(&row))
+        tokio::time::timeout_at(deadline, self.launch(&row, Urgency::Turn))
             .await
             .map_err(|_| ApiError::TurnTimeout("The turn's timeout passed while starting the CLI".into()))?
     }
@@ -505,7 +505,7 @@ impl SessionService {
     /// Starts the session's CLI, once its directory is verified: a directory replaced by a
     /// link leading out of the user's is `invalid_path` and no CLI starts; a missing one is
     /// made again beneath the user's handle.
-    async fn launch(&self, row: &SessionRow) -> Result<SessionHandle, ApiError> {
+    async fn launch(&self, row: &SessionRow, urgency: Urgency) -> Result<SessionHandle, ApiError> {
         let (users_root, user, subdir) = (self.users_root.clone(), row.user_id.clone(), row.subdir.clone());
         let auto_create = self.settings.user.auto_create_dir;
         // The CLI is started in this handle (fchdir), never at the path `row.cwd`: a directory
@@ -513,7 +513,7 @@ impl SessionService {
         let dir = workspace::blocking(move || workspace::create_session_dir(&users_root, &user, &subdir, auto_create))
             .await?;
         let cwd = std::os::fd::OwnedFd::from(dir.into_std_file());
-        self.registry.launch(row.clone(), cwd, self.credentials.clone()).await
+        self.registry.launch(row.clone(), cwd, self.credentials.clone(), urgency).await
     }
 
     /// Removes the session's transcript beneath the user's directory handle (a link planted at

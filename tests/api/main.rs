@@ -1,5 +1,6 @@
 //! Black-box tests of the HTTP API: each test starts the app on port 0 with a fresh database.
 
+mod admission;
 mod auth;
 mod browser;
 mod chat;

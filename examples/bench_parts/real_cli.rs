@@ -1,0 +1,216 @@
+//! `--real-cli`: the start-up and memory scenarios of the real CLI against mock_anthropic
+//! (see the top of bench.rs).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::{Api, Service, summary};
+
+fn cli_path() -> PathBuf {
+    let path = std::env::var("REAL_CLAUDE_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cli/node_modules/.bin/claude"));
+    assert!(path.exists(), "the real CLI is missing at {}: run scripts/install-cli", path.display());
+    path
+}
+
+/// examples/mock_anthropic.rs on a free port; killed on drop.
+struct Mock {
+    child: Child,
+    url: String,
+}
+
+impl Mock {
+    fn start() -> Mock {
+        let bin = super::fake_cli().with_file_name("mock_anthropic");
+        let mut child = Command::new(&bin)
+            .arg("0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("mock address");
+        let addr = line.trim().strip_prefix("listening on ").expect("mock prints its address").to_string();
+        Mock { child, url: format!("http://{addr}") }
+    }
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The service running the real CLI against `mock`, plus `extra` settings.
+fn start_service(mock: &Mock, extra: &[(&str, &str)]) -> Service {
+    let cli_env = format!(
+        "{{ANTHROPIC_BASE_URL = \"{}\", ANTHROPIC_API_KEY = \"bench-offline\", \
+         CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC = \"1\", DISABLE_TELEMETRY = \"1\", \
+         CLAUDE_CODE_MAX_RETRIES = \"0\", IS_SANDBOX = \"1\"}}",
+        mock.url
+    );
+    let path = cli_path().display().to_string();
+    let mut env: Vec<(&str, &str)> = vec![
+        ("CLAUDE_AGENT_CLI__PATH", &path),
+        ("CLAUDE_AGENT_CLI__ENV", &cli_env),
+        ("CLAUDE_AGENT_DEFAULTS__MODEL", "claude-sonnet-4-5"),
+    ];
+    // `BENCH_MAX_CONCURRENT_STARTS` tries another cli.max_concurrent_starts (the service's
+    // own CLAUDE_AGENT_* environment is not passed on).
+    let starts = std::env::var("BENCH_MAX_CONCURRENT_STARTS").unwrap_or_default();
+    if !starts.is_empty() {
+        env.push(("CLAUDE_AGENT_CLI__MAX_CONCURRENT_STARTS", &starts));
+    }
+    env.extend_from_slice(extra);
+    Service::start(&env)
+}
+
+/// POST with the status: (status, body, Retry-After seconds).
+async fn post(api: &Api, path: &str, body: Value) -> (u16, Value, Option<u64>) {
+    let mut res = api
+        .client
+        .post(format!("{}{path}", api.url))
+        .insert_header(("Authorization", format!("Bearer {}", api.key)))
+        .send_json(&body)
+        .await
+        .expect("request");
+    let retry = res.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let body = res.json::<Value>().limit(64 * 1024 * 1024).await.unwrap_or(Value::Null);
+    (res.status().as_u16(), body, retry)
+}
+
+/// Retries a 503 after its Retry-After (at most 5 s); returns the body and the tries it took.
+async fn until_ok(api: &Api, path: &str, body: Value) -> (Value, u32) {
+    for tries in 1..=60 {
+        let (status, answer, retry) = post(api, path, body.clone()).await;
+        if status == 200 || status == 201 {
+            return (answer, tries);
+        }
+        assert_eq!(status, 503, "{path}: {answer}");
+        actix_web::rt::time::sleep(Duration::from_secs(retry.unwrap_or(1).clamp(1, 5))).await;
+    }
+    panic!("{path}: still refused after 60 tries");
+}
+
+async fn create(api: &Api) -> (String, u32) {
+    let (body, tries) = until_ok(api, "/api/v1/sessions", json!({})).await;
+    (body["session_id"].as_str().expect("session id").to_string(), tries)
+}
+
+async fn chat(api: &Api, id: &str, text: &str) -> u32 {
+    let (body, tries) = until_ok(api, "/api/v1/chat", json!({"session_id": id, "message": text})).await;
+    assert!(body["text"].as_str().is_some_and(|t| t.starts_with("mock:")), "chat: {body}");
+    tries
+}
+
+/// RSS in KiB of `pid` alone and of everything under it.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let table = claude_agent_http::memory::ProcessTable::read();
+    let own = claude_agent_http::memory::rss_bytes(pid).unwrap_or(0);
+    (own / 1024, table.tree_rss(pid).saturating_sub(own) / 1024)
+}
+
+pub async fn run(rounds: usize) {
+    println!("claude-agent-http benchmark, real CLI {} against mock_anthropic", cli_path().display());
+    println!("machine: {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let mock = Mock::start();
+
+    // 1. Bursts: n clients at once, each creates a session and sends one message.
+    println!();
+    println!("burst of creates, each followed by one message (create sent → first answer):");
+    for n in [10, 20] {
+        let service = start_service(&mock, &[]);
+        let api = Api::new(&service, "burst").await;
+        let clients = (0..n).map(|_| {
+            let api = api.with_own_client();
+            async move {
+                let t = Instant::now();
+                let (id, _) = create(&api).await;
+                chat(&api, &id, "hello").await;
+                t.elapsed().as_secs_f64()
+            }
+        });
+        let latencies: Vec<f64> = futures_util::future::join_all(clients).await;
+        let max = latencies.iter().cloned().fold(0.0, f64::max);
+        let (p50, _) = summary(latencies);
+        println!("  {n:>2} creates:  p50 {p50:5.2} s   max {max:5.2} s");
+        drop(service);
+    }
+
+    // 2. One respawn + turn, and the RSS of a CLI, with memory to spare.
+    let service = start_service(&mock, &[("CLAUDE_AGENT_API__IDLE_SESSION_TIMEOUT", "1")]);
+    let api = Api::new(&service, "calibrate").await;
+    let (id, _) = create(&api).await;
+    chat(&api, &id, "hello").await;
+    let (service_kib, cli_kib) = rss_kib(service.child.id());
+    let mut respawn = Vec::new();
+    for _ in 0..3 {
+        super::wait_idle(&api, &id).await;
+        let t = Instant::now();
+        chat(&api, &id, "hello again").await;
+        respawn.push(t.elapsed().as_secs_f64());
+    }
+    let respawn = summary(respawn).0;
+    drop(service);
+
+    // 3. 50 sessions in round robin (one client, one turn at a time) with room for 5 CLIs.
+    let sessions = 50;
+    let limit_mb = ((service_kib + cli_kib * 11 / 2) / 1024).to_string();
+    let service = start_service(&mock, &[("CLAUDE_AGENT_API__MEMORY_LIMIT_MB", &limit_mb)]);
+    let api = Api::new(&service, "roundrobin").await;
+    let mut ids = Vec::new();
+    let mut create_first_try = 0;
+    let t = Instant::now();
+    for _ in 0..sessions {
+        let (id, tries) = create(&api).await;
+        create_first_try += u32::from(tries == 1);
+        ids.push(id);
+    }
+    let creating = t.elapsed().as_secs_f64();
+    let mut first_try = 0;
+    let mut turns = Vec::new();
+    let mut peak_clis = 0;
+    for _ in 0..rounds {
+        for id in &ids {
+            let t = Instant::now();
+            let tries = chat(&api, id, "hello").await;
+            turns.push(t.elapsed().as_secs_f64());
+            first_try += u32::from(tries == 1);
+            let table = claude_agent_http::memory::ProcessTable::read();
+            peak_clis = peak_clis.max(
+                table
+                    .descendants(service.child.id())
+                    .into_iter()
+                    .filter(|p| {
+                        std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                            .is_ok_and(|c| c.contains("--output-format=stream-json"))
+                    })
+                    .count(),
+            );
+        }
+    }
+    let n = turns.len();
+    let (p50, _) = summary(turns.clone());
+    let max = turns.iter().cloned().fold(0.0, f64::max);
+    println!();
+    println!(
+        "one CLI: service {:.0} MiB, CLI {:.0} MiB; one respawn + turn (median of 3) {respawn:.2} s",
+        service_kib as f64 / 1024.0,
+        cli_kib as f64 / 1024.0
+    );
+    println!("{sessions} sessions in round robin, api.memory_limit_mb = {limit_mb} (room for ~5 CLIs):");
+    println!("  creates answered without a client retry: {create_first_try}/{sessions} ({creating:.1} s for all)");
+    println!(
+        "  turns answered without a client retry:   {first_try}/{n} ({:.0} %)",
+        first_try as f64 * 100.0 / n as f64
+    );
+    println!("  turn (with retries) p50 {p50:5.2} s   max {max:5.2} s   p50 / (respawn + turn) {:.2}×", p50 / respawn);
+    println!("  most CLIs alive at once (sampled after each turn): {peak_clis}");
+    drop(service);
+}
