@@ -218,7 +218,12 @@ async fn the_console_runs_a_whole_session_for_a_user_the_admin_picks() {
         c.find(Locator::Id("interrupt")).await?.click().await?;
         wait_until(&c, &format!("{LAST_ANSWER}.querySelector('.meta')?.textContent.startsWith('interrupted')")).await;
 
-        // A reload in the middle of a turn resumes its stream from its start, once.
+        // A reload in the middle of a turn resumes its stream from its start, once: even while
+        // the page has not yet had the reply to its POST (held back here for 5 s, the race CI
+        // load once produced), though the turn's events already stream.
+        let hold = "const f = window.fetch; window.fetch = (u, o) => (o && o.method === 'POST' && String(u).endsWith('/messages')) \
+            ? f(u, o).then((r) => new Promise((ok) => setTimeout(() => ok(r), 5000))) : f(u, o);";
+        c.execute(hold, vec![]).await?;
         send(&c, "slow 30 100").await?;
         wait_until(&c, &format!("{LAST_ANSWER}.textContent.includes('w4 ')")).await;
         c.refresh().await?;
@@ -227,7 +232,11 @@ async fn the_console_runs_a_whole_session_for_a_user_the_admin_picks() {
         let expected: String = (0..30).map(|i| format!("w{i} ")).collect();
         assert_eq!(answer.as_str().unwrap().trim(), expected.trim(), "the whole turn, each word once");
         let asked = js(&c, "return [...document.querySelectorAll('.msg.user')].filter(m => m.textContent === 'slow 30 100').length");
-        assert_eq!(asked.await, json!(1));
+        let asked = asked.await;
+        if asked != json!(1) {
+            let dump = js(&c, "return document.getElementById('transcript').innerHTML + ' · ' + JSON.stringify(localStorage)");
+            panic!("the message shows {asked} times after the reload: {}", dump.await);
+        }
 
         // After another reload: the history (rendered and folded), the cost and the spend.
         c.refresh().await?;

@@ -223,14 +223,20 @@ async function selectSession(id) {
   // forgets it. (The session's status and last_event_id are written lazily during a turn.)
   let after = s.last_event_id;
   const pending = JSON.parse(localStorage.getItem(pendingKey(id)) || "null");
-  const running = pending && !history.some((m) => m.turn_id === pending.turn_id);
+  // A message sent just before the reload may not know its turn yet: it is stored when the
+  // history's last user message is that text.
+  const lastUser = history.filter((m) => m.role === "user").pop();
+  // One whose request never arrived (the reload cancelled it) is forgotten after a minute.
+  const running = pending && (pending.turn_id
+    ? !history.some((m) => m.turn_id === pending.turn_id)
+    : !(lastUser && lastUser.text === pending.text) && Date.now() - (pending.sent || 0) < 60000);
   if (running) {
     transcript.append(el("div", "msg user", pending.text));
     after = pending.after;
   } else {
     localStorage.removeItem(pendingKey(id));
   }
-  $("send").disabled = running || s.status === "busy";
+  $("send").disabled = (running && pending.turn_id) || s.status === "busy";
   transcript.scrollTop = transcript.scrollHeight;
   await loadSessions();
   await loadFiles("");
@@ -244,9 +250,13 @@ function follow(id, lastEventId) {
   const url = "/api/v1/sessions/" + id + "/events?last_event_id=" + lastEventId + "&access_token=" + encodeURIComponent(state.key);
   const source = new EventSource(url);
   state.source = source;
+  state.lastEventId = lastEventId;
   source.onopen = () => { $("status").textContent = "Connected to session " + id.slice(0, 8) + "."; };
   source.onerror = () => { $("status").textContent = "Connection lost; reconnecting…"; };
-  source.onmessage = (message) => render(JSON.parse(message.data));
+  source.onmessage = (message) => {
+    state.lastEventId = Number(message.lastEventId) || state.lastEventId;
+    render(JSON.parse(message.data));
+  };
 }
 
 function currentTurn() {
@@ -388,11 +398,15 @@ async function send() {
   $("transcript").append(el("div", "msg user", text));
   state.turn = null;
   stickToBottom();
+  // Remembered before the request: a reload during its round trip (its events may already be
+  // streaming) still shows the message and replays the turn from the last event seen here.
+  localStorage.setItem(pendingKey(id), JSON.stringify({ turn_id: null, after: state.lastEventId || 0, text, sent: Date.now() }));
   try {
     const turn = await api("POST", "/api/v1/sessions/" + id + "/messages", { message: text });
     localStorage.setItem(pendingKey(id), JSON.stringify({ turn_id: turn.turn_id, after: turn.first_event_id - 1, text }));
     $("message").value = "";
   } catch (e) {
+    localStorage.removeItem(pendingKey(id));
     $("transcript").append(el("div", "error-banner", e.message));
     $("send").disabled = false;
   }
