@@ -10,7 +10,7 @@ use actix::Addr;
 use serde_json::Value;
 
 use super::SessionEvent;
-use super::admission::Urgency;
+use super::registry::admission::Urgency;
 use super::registry::{GetStats, Launch, Lookup, Registry, RegistryStats, Retire, Shutdown};
 use super::session::{
     AnswerPermission, GetAgentInfo, Interrupt, ListPermissions, PendingPermission, SessionActor, StartTurn, StopReason,

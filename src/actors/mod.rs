@@ -1,7 +1,6 @@
 //! Actors: the registry that admits and supervises every live session, and one
 //! `SessionActor` per live session that owns its CLI process.
 
-pub mod admission;
 pub mod event;
 mod handle;
 pub mod hub;
@@ -12,7 +11,7 @@ pub mod threads;
 
 // What the layers above see: handles with async methods and plain data, never a message.
 // (The messages stay reachable at `registry::`/`session::` for start-up and tests.)
-pub use admission::Urgency;
+pub use registry::admission::Urgency;
 pub use event::{SessionEvent, TurnOutcome};
 pub use handle::{PermissionAnswer, RegistryHandle, SessionHandle};
 pub use hub::EventHub;

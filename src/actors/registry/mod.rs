@@ -25,7 +25,8 @@ use actix::prelude::*;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 use super::EventHub;
-use super::admission::{self, CliEstimate, Decision, Idle, Room, StartQueue, Urgency};
+pub mod admission;
+use admission::{CliEstimate, Decision, Idle, Room, StartQueue, Urgency};
 use super::session::{SessionActor, SessionSetup, Stop, StopReason};
 use super::threads::SessionThreads;
 use crate::cli::launch::{self, LaunchRequest, Launched};
