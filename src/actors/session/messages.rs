@@ -1,0 +1,270 @@
+//! What the handles send a session actor, and its answers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use super::permissions::PendingPermission;
+use super::{CLIENT_BUFFER, SessionActor, StopReason, Turn};
+use crate::actors::event::SessionEvent;
+use crate::actors::persist::PersistJob;
+use crate::actors::registry::Activity;
+use crate::cli::protocol::{UserInput, to_line};
+use crate::clock;
+use crate::domain::{AgentInfo, SessionStatus};
+use crate::error::ApiError;
+
+/// Reply to a turn request.
+#[derive(Debug)]
+pub struct TurnStarted {
+    pub turn_id: String,
+    pub first_event_id: i64,
+    pub events: mpsc::Receiver<Arc<SessionEvent>>,
+}
+
+/// Why a turn could not start.
+#[derive(Debug)]
+pub enum TurnRefused {
+    /// The actor is stopping: launch the session again.
+    Gone,
+    Api(ApiError),
+}
+
+/// Start a turn: `message` goes to the CLI once a turn slot is free and the CLI is ready.
+/// `deadline` (the request's start plus the turn's `timeout`) bounds every phase: the wait
+/// for a slot, for readiness, and the turn itself.
+#[derive(Message)]
+#[rtype(result = "Result<TurnStarted, TurnRefused>")]
+pub struct StartTurn {
+    pub message: String,
+    pub deadline: tokio::time::Instant,
+    pub queue_timeout: Duration,
+}
+
+fn timed_out_while(what: &str) -> ApiError {
+    ApiError::TurnTimeout(format!("The turn's timeout passed while {what}"))
+}
+
+impl Handler<StartTurn> for SessionActor {
+    type Result = ResponseActFuture<Self, Result<TurnStarted, TurnRefused>>;
+
+    fn handle(&mut self, msg: StartTurn, ctx: &mut Context<Self>) -> Self::Result {
+        // A CLI that failed to start says why. One that is stopping after it was ready (a
+        // protocol error, say) is `Gone`: the registry, on another thread, may not have seen
+        // its `Stopping` yet when it handed this actor out, and the caller launches anew.
+        if let Some(why) = &self.start_error
+            && !(self.ready && self.stopping.is_some())
+        {
+            return Box::pin(fut::ready(Err(TurnRefused::Api(ApiError::CliFailed(why.clone())))));
+        }
+        if self.stopping.is_some() || self.stop_after_turn.is_some_and(|r| !r.spares_a_turn()) {
+            return Box::pin(fut::ready(Err(TurnRefused::Gone)));
+        }
+        if self.turn.is_some() || self.reserved || self.committing.is_some() {
+            return Box::pin(fut::ready(Err(TurnRefused::Api(ApiError::SessionBusy))));
+        }
+        if let Some(grace) = self.draining.take() {
+            // The CLI is still in a timed-out turn. Waiting for it would spend this turn's
+            // timeout on the old one (up to INTERRUPT_GRACE, forever for a hung CLI): replace
+            // it instead; the caller launches it again with `--resume`.
+            ctx.cancel_future(grace);
+            log::info!("session {}: a new turn replaces the CLI still in a timed-out turn", self.id);
+            self.begin_stop(StopReason::Unresponsive, ctx);
+            return Box::pin(fut::ready(Err(TurnRefused::Gone)));
+        }
+        self.reserved = true;
+        // In a turn from now for the registry: a session about to start one is not evicted.
+        self.registry.do_send(Activity { session_id: self.id.clone(), generation: self.generation, in_turn: true });
+        let slot = self.turn_slots.clone().acquire_owned();
+        // A CLI that is not ready yet keeps starting (bounded by INITIALIZE_TIMEOUT): each
+        // request waits for it only within its own deadline, so a short timeout never kills a
+        // CLI that a later request could use.
+        let ready = if self.ready {
+            None
+        } else {
+            let (tx, rx) = oneshot::channel();
+            self.ready_waiters.retain(|w| !w.is_closed());
+            self.ready_waiters.push(tx);
+            Some(rx)
+        };
+        let deadline = msg.deadline;
+        let slot_deadline = deadline.min(tokio::time::Instant::now() + msg.queue_timeout);
+        let metrics = self.metrics.clone();
+        let wait = async move {
+            // FIFO: the slots go to waiters in the order they asked.
+            let permit = match tokio::time::timeout_at(slot_deadline, slot).await {
+                Ok(permit) => permit.map_err(|_| ApiError::Internal("the turn slots are closed".into()))?,
+                Err(_) if slot_deadline == deadline => return Err(timed_out_while("waiting for a turn slot")),
+                Err(_) => {
+                    metrics.refused("overloaded");
+                    return Err(ApiError::Overloaded { retry_after_secs: 1 });
+                }
+            };
+            if let Some(ready) = ready {
+                tokio::time::timeout_at(deadline, ready)
+                    .await
+                    .map_err(|_| timed_out_while("waiting for the CLI to become ready"))?
+                    .map_err(|_| ApiError::CliFailed("the CLI ended before it was ready".into()))??;
+            }
+            Ok::<_, ApiError>(permit)
+        };
+        Box::pin(wait.into_actor(self).map(move |waited, act, ctx| {
+            act.reserved = false;
+            let idle_again = |act: &mut Self| {
+                act.registry.do_send(Activity {
+                    session_id: act.id.clone(),
+                    generation: act.generation,
+                    in_turn: false,
+                })
+            };
+            let permit = match waited {
+                Ok(permit) => permit,
+                Err(e) => {
+                    idle_again(act);
+                    return Err(TurnRefused::Api(e));
+                }
+            };
+            if act.stopping.is_some() {
+                return Err(TurnRefused::Gone);
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                idle_again(act);
+                return Err(TurnRefused::Api(timed_out_while("waiting for the turn to start")));
+            }
+            let turn_id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
+            let (sink, events) = mpsc::channel(CLIENT_BUFFER);
+            act.write(to_line(&UserInput::new(&act.cli_session_id, &turn_id, &msg.message)));
+            let timeout_turn = turn_id.clone();
+            let deadline_timer = act.timer(ctx, left, move |act, ctx| {
+                if act.turn.as_ref().is_some_and(|t| t.id == timeout_turn) {
+                    act.time_out_turn(ctx);
+                }
+            });
+            act.turn = Some(Turn {
+                id: turn_id.clone(),
+                user_text: msg.message,
+                started_at: clock::now_ms(),
+                started: Instant::now(),
+                sink: Some(sink),
+                streamed_since_block: false,
+                assistant_text: String::new(),
+                tool_calls: Vec::new(),
+                interrupted: false,
+                timers: vec![deadline_timer],
+                _permit: permit,
+            });
+            act.set_status(SessionStatus::Busy);
+            Ok(TurnStarted { turn_id: turn_id.to_string(), first_event_id: act.next_event_id, events })
+        }))
+    }
+}
+
+/// Interrupt the running turn (`409 no_turn_running` if there is none).
+#[derive(Message)]
+#[rtype(result = "Result<String, ApiError>")]
+pub struct Interrupt;
+
+impl Handler<Interrupt> for SessionActor {
+    type Result = Result<String, ApiError>;
+
+    fn handle(&mut self, _: Interrupt, ctx: &mut Context<Self>) -> Self::Result {
+        let turn_id = self.turn.as_ref().map(|t| t.id.to_string()).ok_or(ApiError::NoTurnRunning)?;
+        self.interrupt(ctx);
+        Ok(turn_id)
+    }
+}
+
+/// Events of this session after `after` that are not yet confirmed stored (the follower's seam).
+#[derive(Message)]
+#[rtype(result = "Vec<Arc<SessionEvent>>")]
+pub struct UnstoredEvents {
+    pub after: i64,
+}
+
+impl Handler<UnstoredEvents> for SessionActor {
+    type Result = MessageResult<UnstoredEvents>;
+
+    fn handle(&mut self, msg: UnstoredEvents, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.unstored.iter().filter(|e| e.id > msg.after).cloned().collect())
+    }
+}
+
+/// The client's answer to a `permission_request`.
+#[derive(Message)]
+#[rtype(result = "Result<(), ApiError>")]
+pub struct AnswerPermission {
+    pub request_id: String,
+    pub allow: bool,
+    pub message: Option<String>,
+    pub updated_input: Option<Value>,
+    /// Allow this tool for the rest of the session without asking.
+    pub always: bool,
+}
+
+impl Handler<AnswerPermission> for SessionActor {
+    type Result = Result<(), ApiError>;
+
+    fn handle(&mut self, msg: AnswerPermission, ctx: &mut Context<Self>) -> Self::Result {
+        let pending = self
+            .take_permission(&msg.request_id, ctx)
+            .ok_or_else(|| ApiError::NotFound("No open permission request with this id".into()))?;
+        if msg.allow {
+            if msg.always
+                && self.always_allowed.insert(pending.tool_name.clone())
+                && self.persist.push(PersistJob::AllowTool(pending.tool_name.clone())).is_err()
+            {
+                log::warn!("session {}: storage is behind; always-allow kept for this process only", self.id);
+            }
+            self.answer_permission(&msg.request_id, Ok(msg.updated_input.unwrap_or(pending.tool_input)));
+        } else {
+            let why = msg.message.unwrap_or_else(|| "The user denied this tool use".into());
+            self.answer_permission(&msg.request_id, Err(why));
+        }
+        Ok(())
+    }
+}
+
+/// The open tool-approval requests of the session, by request id.
+#[derive(Message)]
+#[rtype(result = "Vec<(String, PendingPermission)>")]
+pub struct ListPermissions;
+
+impl Handler<ListPermissions> for SessionActor {
+    type Result = MessageResult<ListPermissions>;
+
+    fn handle(&mut self, _: ListPermissions, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.permissions.iter().map(|(id, p)| (id.clone(), p.clone())).collect())
+    }
+}
+
+/// What the CLI reported at the start of its last turn (tools, MCP servers, skills, model).
+#[derive(Message)]
+#[rtype(result = "Option<AgentInfo>")]
+pub struct GetAgentInfo;
+
+impl Handler<GetAgentInfo> for SessionActor {
+    type Result = MessageResult<GetAgentInfo>;
+
+    fn handle(&mut self, _: GetAgentInfo, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.agent_info.clone())
+    }
+}
+
+/// How many of the actor's own timers (turn deadline, interrupt grace, permission) are still
+/// pending, as actix holds them. For tests and diagnostics: none outlives what it times.
+#[doc(hidden)]
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct PendingTimers;
+
+impl Handler<PendingTimers> for SessionActor {
+    type Result = usize;
+
+    fn handle(&mut self, _: PendingTimers, _: &mut Context<Self>) -> usize {
+        Arc::strong_count(&self.timer_probe) - 1
+    }
+}

@@ -1,0 +1,234 @@
+//! A turn from the CLI's result to its stored record: the cost of the turn, the final frame
+//! once the turn's rows are committed, interrupts and timeouts.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+
+use super::{COMMIT_WAIT, INTERRUPT_GRACE, SessionActor, StopReason};
+use crate::actors::event::{self, SessionEvent, TurnOutcome};
+use crate::actors::persist::PersistJob;
+use crate::actors::registry::Activity;
+use crate::cli::protocol::ResultMessage;
+use crate::clock;
+use crate::domain::frames as events;
+use crate::domain::{ToolCall, TurnResult};
+use crate::error::ApiError;
+use crate::storage::TurnRecord;
+
+pub(super) struct Turn {
+    pub(super) id: Arc<str>,
+    pub(super) user_text: String,
+    pub(super) started_at: i64,
+    pub(super) started: Instant,
+    pub(super) sink: Option<mpsc::Sender<Arc<SessionEvent>>>,
+    /// Text streamed since the last complete assistant frame (deltas make it redundant).
+    pub(super) streamed_since_block: bool,
+    pub(super) assistant_text: String,
+    pub(super) tool_calls: Vec<ToolCall>,
+    /// The client asked for an interrupt.
+    pub(super) interrupted: bool,
+    /// The deadline timer and the interrupt's grace timer: cancelled when the turn ends, so
+    /// no timer outlives its turn (each pending one costs the actor on every wake-up).
+    pub(super) timers: Vec<SpawnHandle>,
+    /// The turn's slot: dropping it (with the turn) frees it for the next waiter.
+    pub(super) _permit: OwnedSemaphorePermit,
+}
+
+impl SessionActor {
+
+    pub(super) fn on_result(&mut self, result: ResultMessage, ctx: &mut Context<Self>) {
+        // Cost is cumulative per process; a resumed CLI may or may not start from the saved total.
+        let reported = result.total_cost_usd.unwrap_or(self.cost_seen);
+        let turn_cost = if reported >= self.cost_seen { reported - self.cost_seen } else { reported };
+        self.cost_seen = reported;
+        self.total_cost += turn_cost;
+        let Some(turn) = self.turn.as_ref() else {
+            if let Some(grace) = self.draining.take() {
+                // The timed-out turn has ended: the CLI is free for the next one.
+                ctx.cancel_future(grace);
+                log::debug!("session {}: the CLI ended its timed-out turn", self.id);
+            }
+            if !self.ready {
+                // A result before `initialize` was answered: the start failed (e.g. a bad resume).
+                let why = result.errors.join("; ");
+                self.start_error = Some(if why.is_empty() { "the CLI ended before it was ready".into() } else { why });
+            }
+            return;
+        };
+        let subtype = if turn.interrupted { "interrupted".to_string() } else { result.subtype.clone() };
+        let text = match result.result.clone() {
+            Some(t) if !t.is_empty() => t,
+            _ => turn.assistant_text.clone(),
+        };
+        let summary = TurnResult {
+            text,
+            subtype,
+            is_error: result.is_error,
+            cost_usd: turn_cost,
+            usage: result.usage.clone().into(),
+            num_turns: result.num_turns,
+            duration_ms: result.duration_ms,
+        };
+        // A CLI without credentials "answers" with its login prompt: that is a failed turn, the
+        // same for a sync chat and a stream, and it names the key to set.
+        if let Some(why) = crate::cli::auth_failure(summary.is_error, &summary.text) {
+            self.finish_turn(Some(summary), TurnOutcome::Failed(ApiError::CliFailed(why)), ctx);
+            return;
+        }
+        let tool_calls = turn.tool_calls.clone();
+        self.finish_turn(Some(summary.clone()), TurnOutcome::Done { result: summary, tool_calls }, ctx);
+    }
+
+    /// Ends the current turn: its last frame, the stored record, the slot back. The last frame
+    /// goes out only once the turn's rows (messages, counters, events) are committed, so a read
+    /// right after it sees the turn; if they cannot be, the client gets `storage_unavailable`.
+    pub(super) fn finish_turn(&mut self, summary: Option<TurnResult>, outcome: TurnOutcome, ctx: &mut Context<Self>) {
+        let json = match &outcome {
+            TurnOutcome::Done { result, .. } => events::done(result),
+            TurnOutcome::Failed(err) => event::error_frame(err),
+        };
+        let outcome_code = match &outcome {
+            TurnOutcome::Failed(err) => Some(err.code()),
+            TurnOutcome::Done { .. } => None,
+        };
+        let Some(mut turn) = self.turn.take() else { return };
+        let last = self.number(json, Some(outcome), &turn.id);
+        // The turn's last events are stored in the same transaction as the turn itself.
+        let (events, stored, _) = self.hand_events(Some(&last), ctx).expect("the last frame is a row");
+        for timer in &turn.timers {
+            ctx.cancel_future(*timer);
+        }
+        self.deny_pending("the turn ended", ctx);
+        let usage = summary.as_ref().map(|s| s.usage.clone()).unwrap_or_default();
+        self.metrics.turn_ended(
+            turn.started.elapsed().as_secs_f64(),
+            outcome_code,
+            usage.input_tokens,
+            usage.output_tokens,
+            summary.as_ref().map(|s| s.cost_usd).unwrap_or(0.0),
+        );
+        let record = TurnRecord {
+            events,
+            keep_events: self.replay_keep,
+            session_id: self.id.clone(),
+            turn_id: turn.id.to_string(),
+            started_at: turn.started_at,
+            finished_at: clock::now_ms(),
+            total_cost_usd: self.total_cost,
+            turn_cost_usd: summary.as_ref().map(|s| s.cost_usd).unwrap_or(0.0),
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            last_event_id: last.id,
+            user_text: std::mem::take(&mut turn.user_text),
+            assistant_text: summary.map(|s| s.text).unwrap_or(std::mem::take(&mut turn.assistant_text)),
+            tool_calls: serde_json::to_string(&turn.tool_calls).unwrap_or_else(|_| "[]".into()),
+        };
+        log::debug!("session {}: turn {} ended after {:?}", self.id, record.turn_id, turn.started.elapsed());
+        let (committed_tx, committed) = oneshot::channel();
+        // A refused push drops both senders: the wait below sees the turn as not stored.
+        let _ = self.persist.push(PersistJob::TurnFinished(Box::new(record), vec![committed_tx, stored]));
+        let (delivered, delivered_rx) = oneshot::channel();
+        self.committing = Some(delivered_rx);
+        let mut sink = turn.sink.take();
+        let turn_id = turn.id.clone();
+        let wait = async move { tokio::time::timeout(COMMIT_WAIT, committed).await };
+        ctx.spawn(wait.into_actor(self).map(move |result, act, ctx| {
+            match result {
+                Ok(Ok(Ok(_))) => act.deliver(&last, &mut sink),
+                failed => {
+                    let why = match failed {
+                        Ok(Ok(Err(e))) => e,
+                        Err(_) => format!("the turn was not stored within {COMMIT_WAIT:?}"),
+                        _ => "the writer's queue is full".into(),
+                    };
+                    log::warn!("session {}: turn {turn_id} not stored: {why}", act.id);
+                    let err = ApiError::StorageUnavailable(format!("the turn's result could not be stored: {why}"));
+                    let frame = act.number(event::error_frame(&err), Some(TurnOutcome::Failed(err)), &turn_id);
+                    act.deliver(&frame, &mut sink);
+                    act.unstored.push_back(frame);
+                    act.schedule_flush(ctx);
+                }
+            }
+            act.committing = None;
+            let _ = delivered.send(());
+        }));
+        drop(turn);
+        self.registry.do_send(Activity { session_id: self.id.clone(), generation: self.generation, in_turn: false });
+        if let Some(reason) = self.stop_after_turn.take() {
+            self.begin_stop(reason, ctx);
+        }
+    }
+
+    /// The client's interrupt: the turn ends with the CLI's `interrupted` result, or after
+    /// `INTERRUPT_GRACE` without one (and the CLI is killed).
+    pub(super) fn interrupt(&mut self, ctx: &mut Context<Self>) {
+        let Some(turn) = self.turn.as_mut() else { return };
+        if turn.interrupted {
+            return;
+        }
+        turn.interrupted = true;
+        let turn_id = turn.id.clone();
+        drop(self.control(json!({ "subtype": "interrupt" })));
+        // A CLI that does not obey is killed; the session becomes idle and resumes later.
+        let grace = self.timer(ctx, INTERRUPT_GRACE, move |act, ctx| {
+            if act.turn.as_ref().is_some_and(|t| t.id == turn_id) {
+                log::warn!("session {}: the CLI ignored an interrupt; stopping it", act.id);
+                act.end_interrupted_turn(ctx);
+                act.begin_stop(StopReason::Unresponsive, ctx);
+            }
+        });
+        if let Some(turn) = self.turn.as_mut() {
+            turn.timers.push(grace);
+        }
+    }
+
+    /// The turn's deadline passed: its client gets `turn_timeout` now, not after the CLI
+    /// obeys. The CLI is asked to interrupt and has `INTERRUPT_GRACE` to end the turn (its
+    /// late frames belong to no turn and are dropped) before it is stopped.
+    pub(super) fn time_out_turn(&mut self, ctx: &mut Context<Self>) {
+        log::info!("session {}: turn timed out; interrupting", self.id);
+        let err = ApiError::TurnTimeout("The turn took longer than its timeout and was interrupted".into());
+        self.abandon_turn(err, ctx);
+    }
+
+    /// Ends the turn with `err` now, and asks the CLI to interrupt it (as for a timeout).
+    pub(super) fn abandon_turn(&mut self, err: ApiError, ctx: &mut Context<Self>) {
+        self.finish_turn(None, TurnOutcome::Failed(err), ctx);
+        if self.stopping.is_some() {
+            return;
+        }
+        drop(self.control(json!({ "subtype": "interrupt" })));
+        let grace = self.timer(ctx, INTERRUPT_GRACE, |act, ctx| {
+            act.draining = None;
+            log::warn!("session {}: the CLI ignored the interrupt of a timed-out turn; stopping it", act.id);
+            act.begin_stop(StopReason::Unresponsive, ctx);
+        });
+        self.draining = Some(grace);
+    }
+
+    /// Ends an interrupted turn whose CLI will not send a result (killed, crashed, gone).
+    pub(super) fn end_interrupted_turn(&mut self, ctx: &mut Context<Self>) {
+        let Some(turn) = self.turn.as_ref() else { return };
+        let summary = TurnResult {
+            text: turn.assistant_text.clone(),
+            subtype: "interrupted".into(),
+            is_error: true,
+            cost_usd: 0.0,
+            usage: Default::default(),
+            num_turns: 0,
+            duration_ms: turn.started.elapsed().as_millis() as i64,
+        };
+        // A CLI without credentials "answers" with its login prompt: that is a failed turn, the
+        // same for a sync chat and a stream, and it names the key to set.
+        if let Some(why) = crate::cli::auth_failure(summary.is_error, &summary.text) {
+            self.finish_turn(Some(summary), TurnOutcome::Failed(ApiError::CliFailed(why)), ctx);
+            return;
+        }
+        let tool_calls = turn.tool_calls.clone();
+        self.finish_turn(Some(summary.clone()), TurnOutcome::Done { result: summary, tool_calls }, ctx);
+    }
+}
