@@ -143,10 +143,9 @@ impl SessionActor {
             let _ = removed.await;
         };
         ctx.spawn(wait.into_actor(self).map(|_, act, ctx| {
-            if act.unstored.is_empty() && act.ids_reserved {
+            if let Some((ours, to)) = act.log.release() {
                 // All stored: the next actor may continue right after the last id.
-                let release = PersistJob::ReleaseIds { ours: act.reserved_up_to, to: act.next_event_id - 1 };
-                let _ = act.persist.push(release);
+                let _ = act.persist.push(PersistJob::ReleaseIds { ours, to });
             }
             act.registry.do_send(Ended { session_id: act.id.clone(), generation: act.generation });
             ctx.stop();
@@ -155,7 +154,7 @@ impl SessionActor {
 
     /// Ready once the CLI answered `initialize` and the event ids are reserved.
     pub(super) fn on_ready(&mut self) {
-        if !(self.cli_ready && self.ids_reserved) || self.ready {
+        if !(self.cli_ready && self.log.is_reserved()) || self.ready {
             return;
         }
         self.ready = true;
@@ -187,10 +186,7 @@ impl Actor for SessionActor {
         let _ = self.persist.push(PersistJob::ReserveIds { block: ID_BLOCK, floor: floor_tx });
         ctx.spawn(floor.into_actor(self).map(|result, act, ctx| match result {
             Ok(Ok(floor)) => {
-                act.next_event_id = floor + 1;
-                act.handed_up_to = floor;
-                act.reserved_up_to = floor + ID_BLOCK;
-                act.ids_reserved = true;
+                act.log.reserved(floor);
                 act.on_ready();
             }
             failed => {

@@ -158,7 +158,7 @@ impl Handler<StartTurn> for SessionActor {
                 _permit: permit,
             });
             act.set_status(SessionStatus::Busy);
-            Ok(TurnStarted { turn_id: turn_id.to_string(), first_event_id: act.next_event_id, events })
+            Ok(TurnStarted { turn_id: turn_id.to_string(), first_event_id: act.log.next_id(), events })
         }))
     }
 }
@@ -189,7 +189,7 @@ impl Handler<UnstoredEvents> for SessionActor {
     type Result = MessageResult<UnstoredEvents>;
 
     fn handle(&mut self, msg: UnstoredEvents, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.unstored.iter().filter(|e| e.id > msg.after).cloned().collect())
+        MessageResult(self.log.unstored_after(msg.after))
     }
 }
 

@@ -7,7 +7,7 @@
 //! to its stored record), `event_log` (numbering, delivery and storage of events),
 //! `permissions` (tool approvals), `messages` (what the handles send).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +18,6 @@ use tokio::sync::{Semaphore, oneshot};
 
 use super::EventHub;
 use super::event::TurnOutcome;
-use super::event::SessionEvent;
 use super::persist::{self, PersistJob};
 use super::registry::Registry;
 use crate::cli::process::{CliProcess, MAX_LINE_BYTES, StdoutItem};
@@ -41,6 +40,7 @@ pub use messages::{
     UnstoredEvents,
 };
 pub use permissions::PendingPermission;
+use event_log::EventLog;
 use turn::Turn;
 
 /// How long the CLI may take to answer `initialize` (a request waits only its own timeout).
@@ -100,7 +100,6 @@ pub struct SessionActor {
     turn: Option<Turn>,
     controls: HashMap<String, oneshot::Sender<Result<Value, String>>>,
     control_seq: u64,
-    next_event_id: i64,
     /// The CLI's cumulative cost at its last result (starts at the stored total).
     cost_seen: f64,
     total_cost: f64,
@@ -124,18 +123,12 @@ pub struct SessionActor {
     timer_probe: Arc<()>,
     /// Tools the client chose to always allow in this session.
     always_allowed: std::collections::HashSet<String>,
-    /// Events not yet confirmed stored, oldest first (followers read them at the seam).
-    unstored: VecDeque<Arc<SessionEvent>>,
-    /// Highest event id handed to the writer.
-    handed_up_to: i64,
+    /// The events' ids, and those not yet stored.
+    log: EventLog,
     flush_scheduled: bool,
     replay_keep: i64,
     /// The CLI answered `initialize`; `ready` once the event ids are reserved as well.
     cli_ready: bool,
-    ids_reserved: bool,
-    /// The highest event id reserved in storage: no id above it is handed out.
-    reserved_up_to: i64,
-    extending_ids: bool,
     /// The last turn's end waits for its commit (no new turn starts meanwhile, so its
     /// final frame keeps its place in the numbering); resolves once its frame is delivered.
     committing: Option<oneshot::Receiver<()>>,
@@ -160,13 +153,9 @@ impl SessionActor {
             draining: None,
             timer_probe: Arc::new(()),
             always_allowed: setup.always_allowed.iter().cloned().collect(),
-            unstored: VecDeque::new(),
-            handed_up_to: setup.last_event_id,
+            log: EventLog::new(setup.last_event_id, ID_BLOCK),
             flush_scheduled: false,
             cli_ready: false,
-            ids_reserved: false,
-            reserved_up_to: setup.last_event_id,
-            extending_ids: false,
             committing: None,
             replay_keep: settings.events.replay as i64,
             persist: persist::start(storage, setup.session_id.clone()),
@@ -184,7 +173,6 @@ impl SessionActor {
             turn: None,
             controls: HashMap::new(),
             control_seq: 0,
-            next_event_id: setup.last_event_id + 1,
             cost_seen: setup.total_cost_usd,
             total_cost: setup.total_cost_usd,
             stopping: None,

@@ -149,7 +149,7 @@ impl SessionActor {
                     let err = ApiError::StorageUnavailable(format!("the turn's result could not be stored: {why}"));
                     let frame = act.number(event::error_frame(&err), Some(TurnOutcome::Failed(err)), &turn_id);
                     act.deliver(&frame, &mut sink);
-                    act.unstored.push_back(frame);
+                    act.log.keep(frame);
                     act.schedule_flush(ctx);
                 }
             }
