@@ -41,7 +41,7 @@ pub use messages::{
 };
 pub use permissions::PendingPermission;
 use event_log::EventLog;
-use turn::Turn;
+use turn::{CostMeter, Turn};
 
 /// How long the CLI may take to answer `initialize` (a request waits only its own timeout).
 const INITIALIZE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -100,9 +100,8 @@ pub struct SessionActor {
     turn: Option<Turn>,
     controls: HashMap<String, oneshot::Sender<Result<Value, String>>>,
     control_seq: u64,
-    /// The CLI's cumulative cost at its last result (starts at the stored total).
-    cost_seen: f64,
-    total_cost: f64,
+    /// What the session has spent (the stored total plus this process's turns).
+    cost: CostMeter,
     stopping: Option<StopReason>,
     /// A stop that waits for the running turn to end.
     stop_after_turn: Option<StopReason>,
@@ -173,8 +172,7 @@ impl SessionActor {
             turn: None,
             controls: HashMap::new(),
             control_seq: 0,
-            cost_seen: setup.total_cost_usd,
-            total_cost: setup.total_cost_usd,
+            cost: CostMeter::new(setup.total_cost_usd),
             stopping: None,
             stop_after_turn: None,
             start_error: None,

@@ -19,6 +19,38 @@ use crate::domain::{ToolCall, TurnResult};
 use crate::error::ApiError;
 use crate::storage::TurnRecord;
 
+/// What the session has spent. The CLI reports its cost as a running total per process, and
+/// a resumed CLI may or may not start that total from the session's saved one: a report at or
+/// above the last one adds the difference, one below it is a total that started again (from
+/// zero) and is this turn's cost alone.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct CostMeter {
+    /// The CLI's cumulative cost at its last result (starts at the stored total).
+    seen: f64,
+    total: f64,
+}
+
+impl CostMeter {
+    pub(super) fn new(saved_total: f64) -> Self {
+        Self { seen: saved_total, total: saved_total }
+    }
+
+    /// Records a result's cumulative `total_cost_usd` (none: nothing spent) and returns what
+    /// the turn cost.
+    pub(super) fn record(&mut self, reported: Option<f64>) -> f64 {
+        let reported = reported.unwrap_or(self.seen);
+        let turn_cost = if reported >= self.seen { reported - self.seen } else { reported };
+        self.seen = reported;
+        self.total += turn_cost;
+        turn_cost
+    }
+
+    /// The session's total: the stored one plus every turn recorded since.
+    pub(super) fn total(&self) -> f64 {
+        self.total
+    }
+}
+
 pub(super) struct Turn {
     pub(super) id: Arc<str>,
     pub(super) user_text: String,
@@ -41,11 +73,7 @@ pub(super) struct Turn {
 impl SessionActor {
 
     pub(super) fn on_result(&mut self, result: ResultMessage, ctx: &mut Context<Self>) {
-        // Cost is cumulative per process; a resumed CLI may or may not start from the saved total.
-        let reported = result.total_cost_usd.unwrap_or(self.cost_seen);
-        let turn_cost = if reported >= self.cost_seen { reported - self.cost_seen } else { reported };
-        self.cost_seen = reported;
-        self.total_cost += turn_cost;
+        let turn_cost = self.cost.record(result.total_cost_usd);
         let Some(turn) = self.turn.as_ref() else {
             if let Some(grace) = self.draining.take() {
                 // The timed-out turn has ended: the CLI is free for the next one.
@@ -118,7 +146,7 @@ impl SessionActor {
             turn_id: turn.id.to_string(),
             started_at: turn.started_at,
             finished_at: clock::now_ms(),
-            total_cost_usd: self.total_cost,
+            total_cost_usd: self.cost.total(),
             turn_cost_usd: summary.as_ref().map(|s| s.cost_usd).unwrap_or(0.0),
             input_tokens: usage.input_tokens,
             output_tokens: usage.output_tokens,
@@ -230,5 +258,49 @@ impl SessionActor {
         }
         let tool_calls = turn.tool_calls.clone();
         self.finish_turn(Some(summary.clone()), TurnOutcome::Done { result: summary, tool_calls }, ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Costs in these tests are exact in binary (multiples of 1/64), so equality is exact.
+    const C: f64 = 1.0 / 64.0;
+
+    #[test]
+    fn a_fresh_process_adds_the_difference_of_its_running_total() {
+        let mut cost = CostMeter::new(0.0);
+        assert_eq!(cost.record(Some(C)), C);
+        assert_eq!(cost.record(Some(3.0 * C)), 2.0 * C);
+        assert_eq!(cost.record(Some(6.0 * C)), 3.0 * C);
+        assert_eq!(cost.total(), 6.0 * C);
+    }
+
+    #[test]
+    fn a_respawned_cli_that_restores_the_saved_total_is_not_counted_twice() {
+        // The session had spent 10 C; the new process reports its total from there.
+        let mut cost = CostMeter::new(10.0 * C);
+        assert_eq!(cost.record(Some(11.0 * C)), C, "only this turn, not the saved 10 C again");
+        assert_eq!(cost.record(Some(13.0 * C)), 2.0 * C);
+        assert_eq!(cost.total(), 13.0 * C);
+    }
+
+    #[test]
+    fn a_respawned_cli_whose_total_starts_again_from_zero_adds_its_report() {
+        let mut cost = CostMeter::new(10.0 * C);
+        assert_eq!(cost.record(Some(2.0 * C)), 2.0 * C);
+        assert_eq!(cost.total(), 12.0 * C, "the saved total is kept");
+        assert_eq!(cost.record(Some(5.0 * C)), 3.0 * C, "then differences of the new running total");
+        assert_eq!(cost.total(), 15.0 * C);
+    }
+
+    #[test]
+    fn a_result_without_a_cost_costs_nothing_and_changes_nothing() {
+        let mut cost = CostMeter::new(4.0 * C);
+        assert_eq!(cost.record(Some(5.0 * C)), C);
+        assert_eq!(cost.record(None), 0.0);
+        assert_eq!(cost.record(Some(7.0 * C)), 2.0 * C, "still measured from the last reported total");
+        assert_eq!(cost.total(), 7.0 * C);
     }
 }
