@@ -5,7 +5,8 @@
 //!
 //! Split by idea: `lifecycle` (start, readiness, stop, exit), `turn` (a turn from its result
 //! to its stored record), `event_log` (numbering, delivery and storage of events),
-//! `permissions` (tool approvals), `messages` (what the handles send).
+//! `translate` (the CLI's content messages as frames), `permissions` (tool approvals),
+//! `messages` (what the handles send).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -21,9 +22,8 @@ use super::event::TurnOutcome;
 use super::persist::{self, PersistJob};
 use super::registry::Registry;
 use crate::cli::process::{CliProcess, MAX_LINE_BYTES, StdoutItem};
-use crate::cli::protocol::{CliMessage, ContentBlock, Delta, OutgoingControlRequest, OutgoingControlResponse, StreamEvent, to_line, tool_result_text};
-use crate::domain::frames as events;
-use crate::domain::{AgentInfo, SessionStatus, ToolCall};
+use crate::cli::protocol::{CliMessage, OutgoingControlRequest, OutgoingControlResponse, to_line};
+use crate::domain::{AgentInfo, SessionStatus};
 use crate::error::ApiError;
 use crate::settings::Settings;
 use crate::storage::Storage;
@@ -32,6 +32,7 @@ mod event_log;
 mod lifecycle;
 mod messages;
 mod permissions;
+mod translate;
 mod turn;
 
 pub use lifecycle::{Stop, StopReason};
@@ -243,62 +244,10 @@ impl SessionActor {
                 }
             }
             CliMessage::Unknown => {}
-            CliMessage::StreamEvent(e) => {
-                if e.parent_tool_use_id.is_none()
-                    && let StreamEvent::ContentBlockDelta { delta: Delta::Text { text } } = e.event
-                    && let Some(turn) = self.turn.as_mut()
-                {
-                    turn.streamed_since_block = true;
-                    self.emit(events::text_delta(&text), None, ctx);
-                }
-            }
-            CliMessage::Assistant(a) => {
-                if a.parent_tool_use_id.is_some() {
-                    return;
-                }
-                for block in a.message.content.blocks() {
-                    match block {
-                        ContentBlock::Text { text } => {
-                            let Some(turn) = self.turn.as_mut() else { return };
-                            turn.assistant_text.push_str(text);
-                            if !turn.streamed_since_block {
-                                self.emit(events::text_delta(text), None, ctx);
-                            }
-                        }
-                        ContentBlock::ToolUse { id, name, input } => {
-                            let Some(turn) = self.turn.as_mut() else { return };
-                            turn.tool_calls.push(ToolCall {
-                                id: id.clone(),
-                                tool: name.clone(),
-                                input: input.clone(),
-                                output: Value::Null,
-                                is_error: false,
-                            });
-                            self.emit(events::tool_use(id, name, input), None, ctx);
-                        }
-                        _ => {}
-                    }
-                }
-                if let Some(turn) = self.turn.as_mut() {
-                    turn.streamed_since_block = false;
-                }
-            }
-            CliMessage::User(u) => {
-                if u.is_replay || u.parent_tool_use_id.is_some() {
-                    return;
-                }
-                for block in u.message.content.blocks() {
-                    if let ContentBlock::ToolResult { tool_use_id, content, is_error } = block {
-                        let Some(turn) = self.turn.as_mut() else { return };
-                        let output = tool_result_text(content);
-                        let is_error = is_error.unwrap_or(false);
-                        let name = turn.tool_calls.iter_mut().find(|c| &c.id == tool_use_id).map(|call| {
-                            call.output = output.clone();
-                            call.is_error = is_error;
-                            call.tool.clone()
-                        });
-                        self.emit(events::tool_result(tool_use_id, name.as_deref(), &output, is_error), None, ctx);
-                    }
+            content @ (CliMessage::StreamEvent(_) | CliMessage::Assistant(_) | CliMessage::User(_)) => {
+                let Some(turn) = self.turn.as_mut() else { return };
+                for frame in translate::frames(&content, &mut turn.transcript) {
+                    self.emit(frame, None, ctx);
                 }
             }
             CliMessage::Result(result) => self.on_result(result, ctx),

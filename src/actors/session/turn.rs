@@ -8,6 +8,7 @@ use actix::prelude::*;
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
+use super::translate::Transcript;
 use super::{COMMIT_WAIT, INTERRUPT_GRACE, SessionActor, StopReason};
 use crate::actors::event::{self, SessionEvent, TurnOutcome};
 use crate::actors::persist::PersistJob;
@@ -15,7 +16,7 @@ use crate::actors::registry::Activity;
 use crate::cli::protocol::ResultMessage;
 use crate::clock;
 use crate::domain::frames as events;
-use crate::domain::{ToolCall, TurnResult};
+use crate::domain::TurnResult;
 use crate::error::ApiError;
 use crate::storage::TurnRecord;
 
@@ -57,10 +58,8 @@ pub(super) struct Turn {
     pub(super) started_at: i64,
     pub(super) started: Instant,
     pub(super) sink: Option<mpsc::Sender<Arc<SessionEvent>>>,
-    /// Text streamed since the last complete assistant frame (deltas make it redundant).
-    pub(super) streamed_since_block: bool,
-    pub(super) assistant_text: String,
-    pub(super) tool_calls: Vec<ToolCall>,
+    /// The text and tool calls the CLI sent so far.
+    pub(super) transcript: Transcript,
     /// The client asked for an interrupt.
     pub(super) interrupted: bool,
     /// The deadline timer and the interrupt's grace timer: cancelled when the turn ends, so
@@ -90,7 +89,7 @@ impl SessionActor {
         let subtype = if turn.interrupted { "interrupted".to_string() } else { result.subtype.clone() };
         let text = match result.result.clone() {
             Some(t) if !t.is_empty() => t,
-            _ => turn.assistant_text.clone(),
+            _ => turn.transcript.assistant_text.clone(),
         };
         let summary = TurnResult {
             text,
@@ -107,7 +106,7 @@ impl SessionActor {
             self.finish_turn(Some(summary), TurnOutcome::Failed(ApiError::CliFailed(why)), ctx);
             return;
         }
-        let tool_calls = turn.tool_calls.clone();
+        let tool_calls = turn.transcript.tool_calls.clone();
         self.finish_turn(Some(summary.clone()), TurnOutcome::Done { result: summary, tool_calls }, ctx);
     }
 
@@ -152,8 +151,8 @@ impl SessionActor {
             output_tokens: usage.output_tokens,
             last_event_id: last.id,
             user_text: std::mem::take(&mut turn.user_text),
-            assistant_text: summary.map(|s| s.text).unwrap_or(std::mem::take(&mut turn.assistant_text)),
-            tool_calls: serde_json::to_string(&turn.tool_calls).unwrap_or_else(|_| "[]".into()),
+            assistant_text: summary.map(|s| s.text).unwrap_or(std::mem::take(&mut turn.transcript.assistant_text)),
+            tool_calls: serde_json::to_string(&turn.transcript.tool_calls).unwrap_or_else(|_| "[]".into()),
         };
         log::debug!("session {}: turn {} ended after {:?}", self.id, record.turn_id, turn.started.elapsed());
         let (committed_tx, committed) = oneshot::channel();
@@ -242,7 +241,7 @@ impl SessionActor {
     pub(super) fn end_interrupted_turn(&mut self, ctx: &mut Context<Self>) {
         let Some(turn) = self.turn.as_ref() else { return };
         let summary = TurnResult {
-            text: turn.assistant_text.clone(),
+            text: turn.transcript.assistant_text.clone(),
             subtype: "interrupted".into(),
             is_error: true,
             cost_usd: 0.0,
@@ -256,7 +255,7 @@ impl SessionActor {
             self.finish_turn(Some(summary), TurnOutcome::Failed(ApiError::CliFailed(why)), ctx);
             return;
         }
-        let tool_calls = turn.tool_calls.clone();
+        let tool_calls = turn.transcript.tool_calls.clone();
         self.finish_turn(Some(summary.clone()), TurnOutcome::Done { result: summary, tool_calls }, ctx);
     }
 }
