@@ -207,21 +207,17 @@ impl Handler<AnswerPermission> for SessionActor {
     type Result = Result<(), ApiError>;
 
     fn handle(&mut self, msg: AnswerPermission, ctx: &mut Context<Self>) -> Self::Result {
-        let pending = self
-            .take_permission(&msg.request_id, ctx)
+        let answered = self
+            .permissions
+            .answer(&msg.request_id, msg.allow, msg.always, msg.message, msg.updated_input)
             .ok_or_else(|| ApiError::NotFound("No open permission request with this id".into()))?;
-        if msg.allow {
-            if msg.always
-                && self.always_allowed.insert(pending.tool_name.clone())
-                && self.persist.push(PersistJob::AllowTool(pending.tool_name.clone())).is_err()
-            {
-                log::warn!("session {}: storage is behind; always-allow kept for this process only", self.id);
-            }
-            self.answer_permission(&msg.request_id, Ok(msg.updated_input.unwrap_or(pending.tool_input)));
-        } else {
-            let why = msg.message.unwrap_or_else(|| "The user denied this tool use".into());
-            self.answer_permission(&msg.request_id, Err(why));
+        ctx.cancel_future(answered.timer);
+        if let Some(tool) = answered.newly_always_allowed
+            && self.persist.push(PersistJob::AllowTool(tool)).is_err()
+        {
+            log::warn!("session {}: storage is behind; always-allow kept for this process only", self.id);
         }
+        self.answer_permission(&msg.request_id, answered.decision);
         Ok(())
     }
 }
@@ -235,7 +231,7 @@ impl Handler<ListPermissions> for SessionActor {
     type Result = MessageResult<ListPermissions>;
 
     fn handle(&mut self, _: ListPermissions, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.permissions.iter().map(|(id, p)| (id.clone(), p.clone())).collect())
+        MessageResult(self.permissions.list())
     }
 }
 

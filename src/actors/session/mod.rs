@@ -41,6 +41,7 @@ pub use messages::{
     UnstoredEvents,
 };
 pub use permissions::PendingPermission;
+use permissions::PermissionBroker;
 use event_log::EventLog;
 use turn::{CostMeter, Turn};
 
@@ -112,17 +113,15 @@ pub struct SessionActor {
     metrics: Arc<crate::metrics::Metrics>,
     /// What the CLI reported at the start of its last turn.
     agent_info: Option<AgentInfo>,
-    /// Open `can_use_tool` requests by request id, and the timer that denies each one.
-    permissions: HashMap<String, PendingPermission>,
-    permission_timers: HashMap<String, SpawnHandle>,
+    /// Open `can_use_tool` requests, each with the timer that denies it, and the tools the
+    /// session always allows.
+    permissions: PermissionBroker<SpawnHandle>,
     /// The CLI is still in a turn that timed out (its client already has its 504): the grace
     /// timer after which it is stopped. A new turn does not wait for it (see `StartTurn`).
     draining: Option<SpawnHandle>,
     /// Every timer's closure holds a clone: the count of clones is the number of timers actix
     /// still holds (it drops fired and cancelled ones). See [`PendingTimers`].
     timer_probe: Arc<()>,
-    /// Tools the client chose to always allow in this session.
-    always_allowed: std::collections::HashSet<String>,
     /// The events' ids, and those not yet stored.
     log: EventLog,
     flush_scheduled: bool,
@@ -148,11 +147,9 @@ impl SessionActor {
             metrics,
             agent_info: None,
             hub,
-            permissions: HashMap::new(),
-            permission_timers: HashMap::new(),
+            permissions: PermissionBroker::new(setup.always_allowed.iter().cloned()),
             draining: None,
             timer_probe: Arc::new(()),
-            always_allowed: setup.always_allowed.iter().cloned().collect(),
             log: EventLog::new(setup.last_event_id, ID_BLOCK),
             flush_scheduled: false,
             cli_ready: false,
