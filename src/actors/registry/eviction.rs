@@ -12,7 +12,6 @@ use crate::actors::session::{Stop, StopReason};
 use crate::memory::{self, MemorySample, ProcessTable};
 
 impl Registry {
-
     /// Idle sessions past `api.idle_session_timeout`, and the least recently used idle ones
     /// while memory as counted is at the limit (down to 90 % of it): see [`victims`].
     pub(super) fn evict(&mut self) {

@@ -264,7 +264,6 @@ impl Registry {
             entry.stop(reason);
         }
     }
-
 }
 
 impl Actor for Registry {

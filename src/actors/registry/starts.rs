@@ -31,7 +31,6 @@ pub(super) struct PendingLaunch {
 }
 
 impl Registry {
-
     /// Admission of a session that has no live actor: its quota slot is reserved in this one
     /// message (two requests racing for the last slot cannot both win), then it waits in the
     /// start queue for room and a start permit; the answer comes once its CLI is forked.
@@ -184,7 +183,13 @@ impl Registry {
     }
 
     /// Ends a queued launch without starting it: its slot is free, whoever waited looks again.
-    pub(super) fn drop_queued(&mut self, session_id: &str, pending: PendingLaunch, answer: LaunchResult, ctx: &mut Context<Self>) {
+    pub(super) fn drop_queued(
+        &mut self,
+        session_id: &str,
+        pending: PendingLaunch,
+        answer: LaunchResult,
+        ctx: &mut Context<Self>,
+    ) {
         ctx.cancel_future(pending.timer);
         if self.current(session_id, pending.generation).is_some()
             && let Some(entry) = self.entries.remove(session_id)
@@ -298,5 +303,4 @@ impl Registry {
         let _ = entry.launched.send(true);
         Ok(addr)
     }
-
 }

@@ -86,7 +86,12 @@ impl EventLog {
     }
 
     /// Gives the next event id to an event of turn `turn_id`.
-    pub(super) fn number(&mut self, json: String, outcome: Option<TurnOutcome>, turn_id: &Arc<str>) -> Arc<SessionEvent> {
+    pub(super) fn number(
+        &mut self,
+        json: String,
+        outcome: Option<TurnOutcome>,
+        turn_id: &Arc<str>,
+    ) -> Arc<SessionEvent> {
         let event = Arc::new(SessionEvent { id: self.next_id, turn_id: turn_id.clone(), json: json.into(), outcome });
         self.next_id += 1;
         event
@@ -167,7 +172,12 @@ impl EventLog {
 
 impl SessionActor {
     /// Gives the next event id to an event of turn `turn_id`.
-    pub(super) fn number(&mut self, json: String, outcome: Option<TurnOutcome>, turn_id: &Arc<str>) -> Arc<SessionEvent> {
+    pub(super) fn number(
+        &mut self,
+        json: String,
+        outcome: Option<TurnOutcome>,
+        turn_id: &Arc<str>,
+    ) -> Arc<SessionEvent> {
         self.log.number(json, outcome, turn_id)
     }
 
@@ -396,9 +406,13 @@ mod tests {
     #[test]
     fn stored_events_leave_memory_and_a_failed_batch_is_handed_again_with_what_followed() {
         let mut log = log(0, 100);
-        (0..3).for_each(|_| drop(emit(&mut log)));
+        for _ in 0..3 {
+            emit(&mut log);
+        }
         let a = log.take_batch(None).unwrap();
-        (0..2).for_each(|_| drop(emit(&mut log)));
+        for _ in 0..2 {
+            emit(&mut log);
+        }
         let b = log.take_batch(None).unwrap();
         assert_eq!((a.first, a.up_to, b.first, b.up_to), (1, 3, 4, 5));
         log.not_stored(a.first);

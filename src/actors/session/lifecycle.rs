@@ -57,7 +57,6 @@ impl StopReason {
 }
 
 impl SessionActor {
-
     /// Starts stopping the process: stdin closed (the CLI's cue to finish and exit), then the
     /// supervisor's ladder (grace, SIGTERM, grace, SIGKILL of the group).
     pub(super) fn begin_stop(&mut self, reason: StopReason, ctx: &mut Context<Self>) {

@@ -35,6 +35,7 @@ mod permissions;
 mod translate;
 mod turn;
 
+use event_log::EventLog;
 pub use lifecycle::{Stop, StopReason};
 pub use messages::{
     AnswerPermission, GetAgentInfo, Interrupt, ListPermissions, PendingTimers, StartTurn, TurnRefused, TurnStarted,
@@ -42,7 +43,6 @@ pub use messages::{
 };
 pub use permissions::PendingPermission;
 use permissions::PermissionBroker;
-use event_log::EventLog;
 use turn::{CostMeter, Turn};
 
 /// How long the CLI may take to answer `initialize` (a request waits only its own timeout).

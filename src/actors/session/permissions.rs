@@ -261,9 +261,6 @@ mod tests {
     #[test]
     fn the_cli_gets_allow_with_the_input_or_deny_without_an_interrupt() {
         assert_eq!(response(Ok(json!({"a": 1}))), json!({"behavior": "allow", "updatedInput": {"a": 1}}));
-        assert_eq!(
-            response(Err("no".into())),
-            json!({"behavior": "deny", "message": "no", "interrupt": false})
-        );
+        assert_eq!(response(Err("no".into())), json!({"behavior": "deny", "message": "no", "interrupt": false}));
     }
 }

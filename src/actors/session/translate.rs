@@ -92,7 +92,9 @@ mod tests {
     }
 
     fn delta(text: &str) -> CliMessage {
-        cli(json!({"type": "stream_event", "event": {"type": "content_block_delta", "delta": {"type": "text_delta", "text": text}}}))
+        cli(
+            json!({"type": "stream_event", "event": {"type": "content_block_delta", "delta": {"type": "text_delta", "text": text}}}),
+        )
     }
 
     fn assistant(content: Value) -> CliMessage {
@@ -156,10 +158,18 @@ mod tests {
             cli(line)
         };
         let messages = [
-            sub(json!({"type": "stream_event", "event": {"type": "content_block_delta", "delta": {"type": "text_delta", "text": "x"}}})),
-            sub(json!({"type": "assistant", "message": {"content": [{"type": "text", "text": "x"}, {"type": "tool_use", "id": "s", "name": "Read"}]}})),
-            sub(json!({"type": "user", "message": {"content": [{"type": "tool_result", "tool_use_id": "s", "content": "x"}]}})),
-            cli(json!({"type": "user", "isReplay": true, "message": {"content": [{"type": "tool_result", "tool_use_id": "s", "content": "x"}]}})),
+            sub(
+                json!({"type": "stream_event", "event": {"type": "content_block_delta", "delta": {"type": "text_delta", "text": "x"}}}),
+            ),
+            sub(
+                json!({"type": "assistant", "message": {"content": [{"type": "text", "text": "x"}, {"type": "tool_use", "id": "s", "name": "Read"}]}}),
+            ),
+            sub(
+                json!({"type": "user", "message": {"content": [{"type": "tool_result", "tool_use_id": "s", "content": "x"}]}}),
+            ),
+            cli(
+                json!({"type": "user", "isReplay": true, "message": {"content": [{"type": "tool_result", "tool_use_id": "s", "content": "x"}]}}),
+            ),
         ];
         for m in &messages {
             assert!(frames(m, &mut t).is_empty(), "{m:?}");

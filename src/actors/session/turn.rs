@@ -15,8 +15,8 @@ use crate::actors::persist::PersistJob;
 use crate::actors::registry::Activity;
 use crate::cli::protocol::ResultMessage;
 use crate::clock;
-use crate::domain::frames as events;
 use crate::domain::TurnResult;
+use crate::domain::frames as events;
 use crate::error::ApiError;
 use crate::storage::TurnRecord;
 
@@ -70,7 +70,6 @@ pub(super) struct Turn {
 }
 
 impl SessionActor {
-
     pub(super) fn on_result(&mut self, result: ResultMessage, ctx: &mut Context<Self>) {
         let turn_cost = self.cost.record(result.total_cost_usd);
         let Some(turn) = self.turn.as_ref() else {
