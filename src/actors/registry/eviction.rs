@@ -212,7 +212,7 @@ mod tests {
     fn a_session_in_a_turn_is_never_evicted_however_old_or_however_short_memory_is() {
         let now = Instant::now() + 3 * MINUTE;
         let busy = Candidate { evictable: false, ..idle("busy", now, 170, 500) };
-        assert!(victims(&[busy.clone()], now, MINUTE, at(2_000, 1_000)).is_empty());
+        assert!(victims(std::slice::from_ref(&busy), now, MINUTE, at(2_000, 1_000)).is_empty());
         let chosen = victims(&[busy, idle("idle", now, 10, 100)], now, Duration::ZERO, at(1_000, 1_000));
         assert_eq!(ids(&chosen), vec![("idle", StopReason::MemoryEviction)], "the idle one goes instead");
     }
