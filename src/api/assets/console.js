@@ -406,7 +406,9 @@ async function send() {
     localStorage.setItem(pendingKey(id), JSON.stringify({ turn_id: turn.turn_id, after: turn.first_event_id - 1, text }));
     $("message").value = "";
   } catch (e) {
-    localStorage.removeItem(pendingKey(id));
+    // Refused by the service: no turn. A network error may be this page unloading (a reload
+    // aborts the request, which may have arrived): the reloaded page decides.
+    if (!(e instanceof TypeError || e.name === "AbortError")) localStorage.removeItem(pendingKey(id));
     $("transcript").append(el("div", "error-banner", e.message));
     $("send").disabled = false;
   }
