@@ -186,3 +186,25 @@ async fn each_cli_starts_with_what_the_budgets_leave_or_the_sessions_option_if_s
     app.wait_active(&bob, &bobs).await;
     assert_eq!(started_with(&log, &bobs), None, "no limit, no flag");
 }
+
+/// The real CLI against the mock: a turn started with little budget left is stopped by the
+/// CLI itself, and the next one is refused before the CLI (or the model) is asked.
+#[actix_web::test]
+async fn with_the_real_cli_a_turn_with_little_budget_left_ends_as_error_max_budget_usd() {
+    let mock = crate::real_cli::MockApi::start();
+    let app = crate::real_cli::spawn_real_app(&mock, |_| {}).await;
+    let alice = app.create_user("alice").await;
+    // One mock answer costs $0.000141 at Sonnet 4.5's prices; a tool call takes two.
+    assert_eq!(app.put_budget(ADMIN_KEY, "alice", json!({"daily_usd": 0.0002})).await.status, StatusCode::OK);
+    let session = app.create_session(&alice, json!({})).await;
+    app.wait_active(&alice, &session).await;
+    let stopped = app.chat(&alice, &session, "bash echo hi").await;
+    assert_eq!(stopped.status, StatusCode::OK, "{}", stopped.text);
+    assert_eq!(stopped.body["subtype"], "error_max_budget_usd", "{}", stopped.text);
+
+    let asked = mock.requests(&app.client).await.len();
+    let refused = app.chat(&alice, &session, "hello").await;
+    refused.assert_error(402, "budget_exceeded");
+    assert!(refused.body["error"]["budget"]["spent_usd"].as_f64().unwrap() >= 0.0002, "{}", refused.text);
+    assert_eq!(mock.requests(&app.client).await.len(), asked, "the model was not asked");
+}
