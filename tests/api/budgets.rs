@@ -113,10 +113,12 @@ async fn a_user_over_the_daily_limit_gets_402_before_the_cli_is_asked(backend: B
     let bobs = app.create_session(&bob, json!({})).await;
     chat_ok(&app, &bob, &bobs, "hello").await;
 
-    // Raised by the admin: Alice's next session chats again.
+    // Raised by the admin: Alice chats again, also in the session whose CLI had used up the
+    // budget it started with (it was restarted with what is left now).
     assert_eq!(app.put_budget(ADMIN_KEY, "alice", json!({"daily_usd": 5.0})).await.status, StatusCode::OK);
     let fresh = app.create_session(&alice, json!({})).await;
     assert_eq!(chat_ok(&app, &alice, &fresh, "hello").await["subtype"], "success");
+    assert_eq!(chat_ok(&app, &alice, &session, "hello").await["subtype"], "success");
 }
 
 async fn the_per_session_limit_counts_the_sessions_total_and_the_default_applies_to_everyone(backend: Backend) {
@@ -142,7 +144,7 @@ async fn the_per_session_limit_counts_the_sessions_total_and_the_default_applies
     assert_eq!(chat_ok(&app, &alice, &other, "hello").await["subtype"], "success");
     // The user's own limit beats the default.
     assert_eq!(app.put_budget(ADMIN_KEY, "alice", json!({"per_session_usd": 10})).await.status, StatusCode::OK);
-    chat_ok(&app, &alice, &session, "hello").await;
+    assert_eq!(chat_ok(&app, &alice, &session, "hello").await["subtype"], "success");
 }
 
 /// The `--max-budget-usd` of each CLI (by its `--session-id`), from the fake CLI's log.
