@@ -72,6 +72,22 @@ impl Storage {
         })
     }
 
+    /// What each user spent on turns finished at or after `since` (those who spent only).
+    pub async fn spent_by_user_since(&self, since: i64) -> Result<Vec<(String, f64)>, StorageError> {
+        let rows = run!(self, [since], |conn| turn_usage::table
+            .filter(turn_usage::finished_at.ge(*since))
+            .group_by(turn_usage::user_id)
+            .select((turn_usage::user_id, diesel::dsl::sum(turn_usage::cost_usd)))
+            .load::<(String, Option<f64>)>(conn)
+            .await?)?;
+        Ok(rows.into_iter().map(|(user, sum)| (user, sum.unwrap_or(0.0))).collect())
+    }
+
+    /// Every user's own limits.
+    pub async fn list_budgets(&self) -> Result<Vec<BudgetRow>, StorageError> {
+        run!(self, [], |conn| user_budgets::table.select(BudgetRow::as_select()).load(conn).await?)
+    }
+
     /// The session's total cost (what its per-session limit counts), `None` if it is gone.
     pub async fn session_cost(&self, session_id: &str) -> Result<Option<f64>, StorageError> {
         run!(self, [session_id], |conn| sessions::table

@@ -210,3 +210,24 @@ async fn with_the_real_cli_a_turn_with_little_budget_left_ends_as_error_max_budg
     assert!(refused.body["error"]["budget"]["spent_usd"].as_f64().unwrap() >= 0.0002, "{}", refused.text);
     assert_eq!(mock.requests(&app.client).await.len(), asked, "the model was not asked");
 }
+
+/// `/metrics`: each user's spend today and this month, their own limits and the defaults.
+#[actix_web::test]
+async fn metrics_show_each_users_spend_and_limits() {
+    let app = spawn_app_with(Backend::Sqlite, |s| s.budgets.monthly_usd = Some(100.0)).await;
+    let alice = app.create_user("alice").await;
+    app.create_user("bob").await;
+    assert_eq!(app.put_budget(ADMIN_KEY, "alice", json!({"daily_usd": 2.0})).await.status, StatusCode::OK);
+    let session = app.create_session(&alice, json!({})).await;
+    chat_ok(&app, &alice, &session, "cost 0.25").await;
+    let text = app.request(awc::http::Method::GET, "/metrics", None, None).await.text;
+    let value = |series: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(series)).unwrap_or_else(|| panic!("no {series} in {text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value(r#"claude_agent_user_spent_usd{user_id="alice",period="day"}"#), 0.25);
+    assert_eq!(value(r#"claude_agent_user_spent_usd{user_id="alice",period="month"}"#), 0.25);
+    assert_eq!(value(r#"claude_agent_user_budget_usd{user_id="alice",limit="daily"}"#), 2.0);
+    assert_eq!(value(r#"claude_agent_default_budget_usd{limit="monthly"}"#), 100.0);
+    assert!(!text.contains(r#"user_id="bob""#), "no series for a user who neither spent nor has limits");
+}
