@@ -24,6 +24,10 @@
 //! | `put PATH TEXT`    | a grandchild `sh -c` writes TEXT to PATH: answers `put ok` or `put failed: <error>` |
 //! | `stamp`            | answers `stamp:<ns since epoch>` taken just before writing the first delta |
 //! | `markdown`         | answers `MARKDOWN` (a heading, bold, a list, a Rust code block) in small deltas |
+//! | `cost USD`         | answers `cost USD`; the turn costs USD (others cost 0.001) |
+//!
+//! With `--max-budget-usd=X`, a turn after which this process has spent X or more ends with
+//! a result of subtype `error_max_budget_usd` (the real CLI checks its cumulative cost too).
 //!
 //! With `--permission-prompt-tool=stdio`, `tool`, `write` and `link` first ask with a
 //! `can_use_tool` control request and obey the answer (an allow's `updatedInput` is used).
@@ -50,6 +54,11 @@ struct Session {
     queued: Vec<Value>,
     ask_permissions: bool,
     asked: u64,
+    /// What this turn costs, when the message chose it (`cost USD`).
+    turn_cost: Option<f64>,
+    /// `--max-budget-usd`, and what this process has spent (the CLI's budget is per process).
+    max_budget_usd: Option<f64>,
+    process_cost: f64,
 }
 
 /// The host's answer to a `can_use_tool`.
@@ -102,6 +111,9 @@ fn main() {
         queued: Vec::new(),
         ask_permissions,
         asked: 0,
+        turn_cost: None,
+        max_budget_usd: flag("max-budget-usd").and_then(|x| x.parse().ok()),
+        process_cost: 0.0,
     };
     if resume {
         match std::fs::read_to_string(&session.history_file) {
@@ -284,7 +296,11 @@ fn tool_result(session: &Session, id: &str, content: &str, is_error: bool) {
 }
 
 fn finish(session: &mut Session, user_text: &str, uuid: &str, subtype: &str, text: &str, started: Instant, turns: i64) {
-    session.total_cost += COST_PER_TURN;
+    let cost = session.turn_cost.take().unwrap_or(COST_PER_TURN);
+    session.total_cost += cost;
+    session.process_cost += cost;
+    let over_budget = session.max_budget_usd.is_some_and(|max| session.process_cost >= max);
+    let subtype = if over_budget && subtype == "success" { "error_max_budget_usd" } else { subtype };
     session.history.push(user_text.to_string());
     if let Some(dir) = session.history_file.parent() {
         let _ = std::fs::create_dir_all(dir);
@@ -478,6 +494,12 @@ fn turn(session: &mut Session, text: &str, uuid: &str, rx: &Receiver<Input>) {
             delta(session, &answer);
             assistant(session, json!([{"type":"text","text":answer}]));
             finish(session, text, uuid, "success", &answer, started, 1);
+        }
+        "cost" => {
+            session.turn_cost = words.get(1).and_then(|w| w.parse::<f64>().ok());
+            delta(session, text);
+            assistant(session, json!([{"type":"text","text":text}]));
+            finish(session, text, uuid, "success", text, started, 1);
         }
         "markdown" => answer_in_pieces(session, text, uuid, started, MARKDOWN),
         _ => echo(session, text, uuid, started),

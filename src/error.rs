@@ -112,6 +112,7 @@ pub enum ErrorCode {
     NoTurnRunning,
     SessionExpired,
     CredentialsRequired,
+    BudgetExceeded,
     PayloadTooLarge,
     UnsupportedMediaType,
     ValidationError,
@@ -143,6 +144,7 @@ impl ErrorCode {
             NoTurnRunning => "no_turn_running",
             SessionExpired => "session_expired",
             CredentialsRequired => "credentials_required",
+            BudgetExceeded => "budget_exceeded",
             PayloadTooLarge => "payload_too_large",
             UnsupportedMediaType => "unsupported_media_type",
             ValidationError => "validation_error",
@@ -178,6 +180,8 @@ pub enum ApiError {
     SessionExpired,
     /// `auth.require_user_credentials` and the user has none of their own.
     CredentialsRequired,
+    /// The user is at or over one of their spending limits.
+    BudgetExceeded(OverBudget),
     PayloadTooLarge(String),
     UnsupportedMediaType(String),
     Validation(Vec<FieldError>),
@@ -221,6 +225,7 @@ impl ApiError {
             NoTurnRunning => (StatusCode::CONFLICT, ErrorCode::NoTurnRunning),
             SessionExpired => (StatusCode::GONE, ErrorCode::SessionExpired),
             CredentialsRequired => (StatusCode::CONFLICT, ErrorCode::CredentialsRequired),
+            ApiError::BudgetExceeded(_) => (StatusCode::PAYMENT_REQUIRED, ErrorCode::BudgetExceeded),
             PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge),
             UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, ErrorCode::UnsupportedMediaType),
             Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ValidationError),
@@ -249,6 +254,7 @@ impl ApiError {
             | ApiError::Overloaded { retry_after_secs }
             | ApiError::RateLimited { retry_after_secs } => Some((*retry_after_secs).max(1)),
             ApiError::StorageUnavailable(_) => Some(5),
+            ApiError::BudgetExceeded(b) => b.retry_after_secs,
             _ => None,
         }
     }
@@ -266,6 +272,18 @@ impl ApiError {
             SessionClosed => "Session is closed; resume it first".into(),
             NoTurnRunning => "No turn is running in this session".into(),
             SessionExpired => "Session has expired".into(),
+            ApiError::BudgetExceeded(b) => {
+                let resets = match &b.resets_at {
+                    Some(at) => format!("it resets at {at}"),
+                    None => "it does not reset: start another session".into(),
+                };
+                format!(
+                    "The {} budget is used up: ${:.4} spent of ${:.4}; {resets}",
+                    b.limit.replace('_', "-"),
+                    b.spent_usd,
+                    b.limit_usd
+                )
+            }
             CredentialsRequired => {
                 "This service needs your own model credentials: PUT /api/v1/users/{user_id}/credentials first".into()
             }
@@ -301,6 +319,20 @@ impl fmt::Display for ApiError {
     }
 }
 
+/// Which spending limit refused a turn (`error.budget` of 402 `budget_exceeded`).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct OverBudget {
+    /// `daily`, `monthly` or `per_session`.
+    pub limit: &'static str,
+    pub limit_usd: f64,
+    /// Spent in the limit's period (today, this month, or by the session).
+    pub spent_usd: f64,
+    /// RFC 3339, UTC: when the period ends (null for `per_session`).
+    pub resets_at: Option<String>,
+    #[serde(skip)]
+    pub retry_after_secs: Option<u64>,
+}
+
 /// The body of every error response.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorResponse {
@@ -317,6 +349,9 @@ pub struct ErrorDetail {
     /// Only on 422 `validation_error`: every invalid field.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fields: Option<Vec<FieldError>>,
+    /// Only on 402 `budget_exceeded`: which limit, what was spent, when it resets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<OverBudget>,
 }
 
 impl ResponseError for ApiError {
@@ -334,7 +369,11 @@ impl ResponseError for ApiError {
             ApiError::Validation(f) => (Some(f.clone()), Detail::Fields(f.iter().map(FieldError::fastapi).collect())),
             _ => (None, Detail::Message(message.clone())),
         };
-        let body = ErrorResponse { error: ErrorDetail { code, message, fields }, detail };
+        let budget = match self {
+            ApiError::BudgetExceeded(b) => Some(b.clone()),
+            _ => None,
+        };
+        let body = ErrorResponse { error: ErrorDetail { code, message, fields, budget }, detail };
         let mut response = HttpResponse::build(status);
         if let Some(secs) = self.retry_after_secs() {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from(secs)));
@@ -393,6 +432,13 @@ mod tests {
             ApiError::NoTurnRunning,
             ApiError::SessionExpired,
             ApiError::CredentialsRequired,
+            ApiError::BudgetExceeded(OverBudget {
+                limit: "daily",
+                limit_usd: 1.0,
+                spent_usd: 1.0,
+                resets_at: None,
+                retry_after_secs: None,
+            }),
             ApiError::PayloadTooLarge(String::new()),
             ApiError::UnsupportedMediaType(String::new()),
             ApiError::Validation(Vec::new()),

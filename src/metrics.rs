@@ -35,6 +35,25 @@ pub struct ProcessLabel {
     pub process: String,
 }
 
+/// A user's spend in a period (`day`, `month`: UTC).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UserPeriodLabels {
+    pub user_id: String,
+    pub period: String,
+}
+
+/// A spending limit (`daily`, `monthly`, `per_session`), a user's own.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UserLimitLabels {
+    pub user_id: String,
+    pub limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    pub limit: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub method: String,
@@ -82,6 +101,9 @@ pub struct Metrics {
     pub sse_clients: Gauge,
     pub event_followers: Gauge,
     pub http_requests: Family<HttpLabels, Counter>,
+    pub user_spent_usd: Family<UserPeriodLabels, Gauge<f64, AtomicU64>>,
+    pub user_budget_usd: Family<UserLimitLabels, Gauge<f64, AtomicU64>>,
+    pub default_budget_usd: Family<LimitLabel, Gauge<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -102,6 +124,9 @@ impl Default for Metrics {
             sse_clients: Gauge::default(),
             event_followers: Gauge::default(),
             http_requests: Family::default(),
+            user_spent_usd: Family::default(),
+            user_budget_usd: Family::default(),
+            default_budget_usd: Family::default(),
         };
         let r = &mut m.registry;
         r.register("sessions", "Sessions by status", m.sessions.clone());
@@ -121,6 +146,18 @@ impl Default for Metrics {
             m.event_followers.clone(),
         );
         r.register("http_requests", "HTTP requests by method, route template and status", m.http_requests.clone());
+        // Bounded by the users: one series per user who spent this month or has own limits.
+        r.register(
+            "user_spent_usd",
+            "What each user spent this UTC day and month (users who spent)",
+            m.user_spent_usd.clone(),
+        );
+        r.register("user_budget_usd", "Users' own spending limits", m.user_budget_usd.clone());
+        r.register(
+            "default_budget_usd",
+            "The spending limits of users without their own ([budgets])",
+            m.default_budget_usd.clone(),
+        );
         m
     }
 }

@@ -39,6 +39,7 @@ pub struct Settings {
     pub runtime: RuntimeSettings,
     pub data: DataSettings,
     pub metrics: MetricsSettings,
+    pub budgets: BudgetSettings,
     /// The settings file these came from (set by [`Settings::load`]); hidden from the agents.
     #[serde(skip)]
     pub file: Option<PathBuf>,
@@ -404,6 +405,19 @@ pub struct MetricsSettings {
     pub token: Option<String>,
 }
 
+/// The spending limits of a user who has none of their own (`PUT /users/{id}/budget`), in
+/// USD; unset: no limit. Days and months are UTC.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetSettings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daily_usd: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub monthly_usd: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_session_usd: Option<f64>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataSettings {
@@ -671,6 +685,18 @@ impl Settings {
         {
             return Err(err("invalid setting `defaults.max_budget_usd`: must be greater than 0"));
         }
+        let budgets = [
+            ("budgets.daily_usd", self.budgets.daily_usd),
+            ("budgets.monthly_usd", self.budgets.monthly_usd),
+            ("budgets.per_session_usd", self.budgets.per_session_usd),
+        ];
+        for (key, value) in budgets {
+            if let Some(usd) = value
+                && !(usd.is_finite() && usd >= 0.0)
+            {
+                return Err(err(format!("invalid setting `{key}`: must be a number of USD, 0 or more")));
+            }
+        }
         Ok(())
     }
 
@@ -861,6 +887,22 @@ mod tests {
         assert_eq!(s.api.max_sessions, 7);
         assert_eq!(s.api.cors_origins, vec!["http://a", "http://b"]);
         assert_eq!(s.defaults.model.as_deref(), Some("claude-x"));
+    }
+
+    #[test]
+    fn budget_defaults_come_from_the_file_and_the_environment() {
+        let s = Settings::from_sources(
+            Some("[budgets]\nmonthly_usd = 100.0\n"),
+            None,
+            &env(&[("CLAUDE_AGENT_BUDGETS__DAILY_USD", "5"), ("CLAUDE_AGENT_BUDGETS__PER_SESSION_USD", "0.5")]),
+        )
+        .unwrap();
+        assert_eq!(
+            (s.budgets.daily_usd, s.budgets.monthly_usd, s.budgets.per_session_usd),
+            (Some(5.0), Some(100.0), Some(0.5))
+        );
+        let e = Settings::from_sources(Some("[budgets]\ndaily_usd = -1.0\n"), None, &[]).unwrap_err();
+        assert!(e.0.contains("budgets.daily_usd"), "{e}");
     }
 
     #[test]

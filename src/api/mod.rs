@@ -1,6 +1,7 @@
 //! HTTP handlers, grouped by resource; each module has one `configure`.
 
 mod assets;
+mod budgets;
 mod chat;
 mod credentials;
 pub mod extract;
@@ -11,6 +12,7 @@ mod permissions;
 pub(crate) mod service;
 mod sessions;
 pub mod sse;
+mod usage;
 pub(crate) mod users;
 
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -28,7 +30,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(files::configure)
             .configure(permissions::configure)
             .configure(users::configure)
-            .configure(credentials::configure),
+            .configure(credentials::configure)
+            .configure(budgets::configure)
+            .configure(usage::configure),
     )
     .configure(service::configure)
     .configure(assets::configure)

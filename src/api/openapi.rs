@@ -18,7 +18,7 @@ use utoipa::{IntoResponses, Modify, OpenApi};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use super::sse::SseEvent;
-use super::{chat, credentials, files, permissions, resource, service, sessions, users};
+use super::{budgets, chat, credentials, files, permissions, resource, service, sessions, usage, users};
 use crate::domain::frames::Frame as StreamFrame;
 use crate::error::ErrorResponse;
 
@@ -55,6 +55,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         users::create_user, users::list_users, users::delete_user, users::create_key,
         users::revoke_key, users::get_me,
         credentials::put_credentials, credentials::get_credentials, credentials::delete_credentials,
+        budgets::put_budget, budgets::get_budget, usage::get_usage, usage::get_my_usage,
         service::get_health, service::get_metrics, service::get_root, get_openapi,
     ),
     components(schemas(ErrorResponse, StreamFrame, SseEvent)),
@@ -236,6 +237,7 @@ pub struct TurnErrors;
 impl IntoResponses for TurnErrors {
     fn responses() -> BTreeMap<String, RefOr<Response>> {
         [
+            (402, "`budget_exceeded`: the user is at or over a spending limit (`error.budget` says which)"),
             (404, "`session_not_found`"),
             (409, "`session_closed`: resume it first"),
             (410, "`session_expired`"),

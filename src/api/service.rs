@@ -143,7 +143,51 @@ pub(super) async fn get_metrics(state: web::Data<AppState>, req: HttpRequest) ->
         m.rss_bytes.get_or_create(&ProcessLabel { process: "service".into() }).set(stats.memory.service_bytes as i64);
         m.rss_bytes.get_or_create(&ProcessLabel { process: "children".into() }).set(stats.memory.children_bytes as i64);
     }
+    budget_gauges(&state).await?;
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(m.encode()))
+}
+
+/// Per-user spend (today, this month) and limits, read at scrape: series of users who no
+/// longer spend or lost their limits go (the families are rebuilt).
+async fn budget_gauges(state: &AppState) -> Result<(), ApiError> {
+    use crate::metrics::{LimitLabel, UserLimitLabels, UserPeriodLabels};
+    let m = &state.metrics;
+    let ((day_start, _), (month_start, _)) = crate::sessions::budgets::periods(crate::clock::now_ms());
+    let today = state.storage.spent_by_user_since(day_start).await?;
+    let month = state.storage.spent_by_user_since(month_start).await?;
+    let budgets = state.storage.list_budgets().await?;
+    m.user_spent_usd.clear();
+    m.user_budget_usd.clear();
+    m.default_budget_usd.clear();
+    let spent = |user_id: &str, period: &str, usd: f64| {
+        m.user_spent_usd.get_or_create(&UserPeriodLabels { user_id: user_id.into(), period: period.into() }).set(usd);
+    };
+    for (user_id, usd) in &month {
+        spent(user_id, "month", *usd);
+        // One who spent this month but not today shows 0 for today.
+        spent(user_id, "day", 0.0);
+    }
+    for (user_id, usd) in &today {
+        spent(user_id, "day", *usd);
+    }
+    for row in &budgets {
+        for (limit, usd) in
+            [("daily", row.daily_usd), ("monthly", row.monthly_usd), ("per_session", row.per_session_usd)]
+        {
+            if let Some(usd) = usd {
+                m.user_budget_usd
+                    .get_or_create(&UserLimitLabels { user_id: row.user_id.clone(), limit: limit.into() })
+                    .set(usd);
+            }
+        }
+    }
+    let d = &state.settings.budgets;
+    for (limit, usd) in [("daily", d.daily_usd), ("monthly", d.monthly_usd), ("per_session", d.per_session_usd)] {
+        if let Some(usd) = usd {
+            m.default_budget_usd.get_or_create(&LimitLabel { limit: limit.into() }).set(usd);
+        }
+    }
+    Ok(())
 }
 
 /// The seed's answer to `GET /`.

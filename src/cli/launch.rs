@@ -45,7 +45,16 @@ pub struct LaunchRequest {
 /// (so a change applies from the user's next CLI start). `None`: the service's apply.
 pub trait UserEnv: Send + Sync {
     fn for_launch<'a>(&'a self, user_id: &'a str) -> UserEnvLookup<'a>;
+
+    /// What the user may still spend in this session (their budgets), read at the same
+    /// launch: the CLI's `--max-budget-usd` is the smaller of it and the session's option.
+    fn budget_left<'a>(&'a self, _user_id: &'a str, _session_id: &'a str) -> BudgetLookup<'a> {
+        Box::pin(async { Ok(None) })
+    }
 }
+
+/// What [`UserEnv::budget_left`] answers: USD, or `None` without a limit.
+pub type BudgetLookup<'a> = std::pin::Pin<Box<dyn Future<Output = Result<Option<f64>, ApiError>> + 'a>>;
 
 /// What [`UserEnv::for_launch`] answers: the user's variables, if they have any.
 pub type UserEnvLookup<'a> =
@@ -77,7 +86,8 @@ pub async fn launch(request: LaunchRequest, runtime: tokio::runtime::Handle) -> 
     let groups = request.groups.clone();
     let session_id = request.session_id.clone();
     let own = request.credentials.for_launch(&request.user_id).await?;
-    let prepared = tokio::task::spawn_blocking(move || prepare(request, own))
+    let left = request.credentials.budget_left(&request.user_id, &request.session_id).await?;
+    let prepared = tokio::task::spawn_blocking(move || prepare(request, own, left))
         .await
         .map_err(|e| ApiError::Internal(format!("the launch preparation failed: {e}")))??;
     let forked = on_launcher_thread(move || {
@@ -103,7 +113,11 @@ pub async fn launch(request: LaunchRequest, runtime: tokio::runtime::Handle) -> 
 
 /// The blocking part of the recipe: locate the program, make the directories, write the
 /// secret files, look for a transcript to resume, build the confinement.
-fn prepare(request: LaunchRequest, own: Option<BTreeMap<String, String>>) -> Result<Prepared, ApiError> {
+fn prepare(
+    request: LaunchRequest,
+    own: Option<BTreeMap<String, String>>,
+    budget_left: Option<f64>,
+) -> Result<Prepared, ApiError> {
     let settings = &request.settings;
     let program = crate::cli::locate(&settings.cli.path).ok_or_else(|| {
         ApiError::CliFailed(format!("the claude CLI was not found at `{}` (cli.path)", settings.cli.path))
@@ -122,7 +136,8 @@ fn prepare(request: LaunchRequest, own: Option<BTreeMap<String, String>>) -> Res
             "the session's stored options are unreadable ({e}); it is not started with the service defaults"
         ))
     })?;
-    let options = AgentOptions::resolve(settings, &overrides);
+    let mut options = AgentOptions::resolve(settings, &overrides);
+    options.max_budget_usd = smaller_budget(options.max_budget_usd, budget_left);
     let mode = if transcript_path(&config_dir, &request.cwd, &request.cli_session_id).is_some() {
         StartMode::Resume
     } else {
@@ -162,6 +177,15 @@ fn prepare(request: LaunchRequest, own: Option<BTreeMap<String, String>>) -> Res
         always_allowed: options.allowed_tools.clone(),
         mode,
     })
+}
+
+/// The CLI's `--max-budget-usd`: the session's option or what the user's budgets leave,
+/// whichever is smaller.
+fn smaller_budget(option: Option<f64>, left: Option<f64>) -> Option<f64> {
+    match (option, left) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Links `shared`'s `skills` and `plugins` into a user's config dir, where the CLI looks for
@@ -266,6 +290,15 @@ mod tests {
 
     /// The fork's thread must outlive the call: a child of a thread that exits is killed by
     /// its parent-death signal. Two launches run on the same long-lived thread.
+    #[test]
+    fn the_smaller_budget_wins() {
+        assert_eq!(smaller_budget(Some(5.0), Some(1.5)), Some(1.5));
+        assert_eq!(smaller_budget(Some(0.5), Some(1.5)), Some(0.5));
+        assert_eq!(smaller_budget(None, Some(1.5)), Some(1.5));
+        assert_eq!(smaller_budget(Some(2.0), None), Some(2.0));
+        assert_eq!(smaller_budget(None, None), None);
+    }
+
     #[test]
     fn jobs_run_on_one_long_lived_thread_and_survive_a_panic() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -1,9 +1,11 @@
 //! Session logic behind the REST handlers: validation, working directories, admission by the
 //! registry, and the stored row. Handlers stay thin; the runtime plugs its actors in here.
 
+pub mod budgets;
 mod credentials;
 pub mod files;
 pub mod options;
+pub mod usage;
 pub mod workspace;
 
 use std::path::PathBuf;
@@ -27,6 +29,7 @@ use crate::domain::{AgentInfo, SessionStatus, Usage};
 use crate::error::ApiError;
 use crate::settings::Settings;
 use crate::storage::{SessionFilter, SessionRow, Storage};
+use budgets::Budgets;
 use credentials::LaunchCredentials;
 
 const MAX_METADATA_BYTES: usize = 16 * 1024;
@@ -153,6 +156,7 @@ pub struct SessionService {
     users_root: PathBuf,
     /// Users' own provider credentials, given to a CLI when one starts.
     credentials: Arc<dyn UserEnv>,
+    budgets: Budgets,
 }
 
 impl SessionService {
@@ -164,8 +168,14 @@ impl SessionService {
         users_root: PathBuf,
         credentials: UserCredentials,
     ) -> Self {
-        let credentials = Arc::new(LaunchCredentials(credentials));
-        Self { settings, storage, registry, hub, users_root, credentials }
+        let budgets = Budgets::new(settings.clone(), storage.clone());
+        let credentials = Arc::new(LaunchCredentials { credentials, budgets: budgets.clone() });
+        Self { settings, storage, registry, hub, users_root, credentials, budgets }
+    }
+
+    /// Users' spending limits and what they spent.
+    pub fn budgets(&self) -> &Budgets {
+        &self.budgets
     }
 
     /// Canonical `user.base_dir`.
@@ -359,6 +369,8 @@ impl SessionService {
             SessionStatus::Expired => return Err(ApiError::SessionExpired),
             _ => {}
         }
+        // Before the CLI is asked anything, so a user over a limit spends nothing more.
+        self.budgets.check(&row.user_id, row.total_cost_usd).await?;
         if let Some(actor) = self.registry.lookup(&row.session_id).await? {
             return Ok(actor);
         }

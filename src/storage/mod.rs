@@ -2,6 +2,7 @@
 //! settings. Every query is written once; [`with_conn!`] instantiates it per backend.
 
 mod blocking;
+mod budgets;
 mod credentials;
 mod migrations;
 pub mod models;
@@ -23,6 +24,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use crate::error::ApiError;
 use crate::settings::{SessionSettings, StorageKind};
 
+pub use budgets::{BudgetRow, UsageRow};
 pub use credentials::CredentialsRow;
 pub use models::*;
 pub use sessions::{MessageRow, SessionFilter, TurnRecord};

@@ -72,4 +72,36 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(users, api_keys, sessions, messages, events, user_credentials);
+diesel::table! {
+    user_budgets (user_id) {
+        user_id -> Text,
+        daily_usd -> Nullable<Double>,
+        monthly_usd -> Nullable<Double>,
+        per_session_usd -> Nullable<Double>,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    turn_usage (id) {
+        id -> BigInt,
+        user_id -> Text,
+        session_id -> Text,
+        turn_id -> Text,
+        finished_at -> BigInt,
+        cost_usd -> Double,
+        input_tokens -> BigInt,
+        output_tokens -> BigInt,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(
+    users,
+    api_keys,
+    sessions,
+    messages,
+    events,
+    user_credentials,
+    user_budgets,
+    turn_usage
+);

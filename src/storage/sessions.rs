@@ -4,7 +4,7 @@ use diesel::prelude::*;
 use diesel_async::AsyncConnection;
 use diesel_async::RunQueryDsl;
 
-use super::schema::{events, messages, sessions};
+use super::schema::{events, messages, sessions, turn_usage};
 use super::{EventRow, NewMessage, SessionRow, Storage, StorageError, run};
 use crate::domain::SessionStatus;
 
@@ -177,6 +177,23 @@ impl Storage {
                     ))
                     .execute(conn)
                     .await?;
+                // What budgets and usage reports count, committed with the turn or not at all.
+                let owner: Option<String> =
+                    sessions::table.find(&r.session_id).select(sessions::user_id).first(conn).await.optional()?;
+                if let Some(user_id) = owner {
+                    diesel::insert_into(turn_usage::table)
+                        .values((
+                            turn_usage::user_id.eq(user_id),
+                            turn_usage::session_id.eq(&r.session_id),
+                            turn_usage::turn_id.eq(&r.turn_id),
+                            turn_usage::finished_at.eq(r.finished_at),
+                            turn_usage::cost_usd.eq(r.turn_cost_usd),
+                            turn_usage::input_tokens.eq(r.input_tokens),
+                            turn_usage::output_tokens.eq(r.output_tokens),
+                        ))
+                        .execute(conn)
+                        .await?;
+                }
                 diesel::update(sessions::table.find(&r.session_id))
                     .filter(sessions::status.eq(SessionStatus::Busy))
                     .set(sessions::status.eq(SessionStatus::Active))

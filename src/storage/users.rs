@@ -4,7 +4,7 @@ use diesel::prelude::*;
 use diesel_async::AsyncConnection;
 use diesel_async::RunQueryDsl;
 
-use super::schema::{api_keys, events, messages, sessions, user_credentials, users};
+use super::schema::{api_keys, events, messages, sessions, user_budgets, user_credentials, users};
 use super::{ApiKeyRow, Storage, StorageError, UserRow, run};
 
 impl Storage {
@@ -45,6 +45,7 @@ impl Storage {
                 }
                 diesel::delete(api_keys::table.filter(api_keys::user_id.eq(user_id))).execute(conn).await?;
                 diesel::delete(user_credentials::table.find(user_id)).execute(conn).await?;
+                diesel::delete(user_budgets::table.find(user_id)).execute(conn).await?;
                 let owned = sessions::table
                     .filter(sessions::user_id.eq(user_id))
                     .select(sessions::session_id)

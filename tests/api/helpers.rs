@@ -298,6 +298,30 @@ impl TestApp {
         self.request(Method::DELETE, &format!("/api/v1/users/{user_id}/credentials"), Some(key), None).await
     }
 
+    pub async fn put_budget(&self, key: &str, user_id: &str, body: Value) -> TestResponse {
+        self.request(Method::PUT, &format!("/api/v1/users/{user_id}/budget"), Some(key), Some(body)).await
+    }
+
+    pub async fn get_budget(&self, key: &str, user_id: &str) -> TestResponse {
+        self.request(Method::GET, &format!("/api/v1/users/{user_id}/budget"), Some(key), None).await
+    }
+
+    /// `GET /api/v1/usage{query}`, as CSV when `csv`.
+    pub async fn get_usage(&self, key: &str, query: &str, csv: bool) -> TestResponse {
+        let mut req = self
+            .client
+            .get(format!("{}/api/v1/usage{query}", self.address))
+            .insert_header(("Authorization", format!("Bearer {key}")));
+        if csv {
+            req = req.insert_header(("Accept", "text/csv"));
+        }
+        read(req.send().await.expect("answered")).await
+    }
+
+    pub async fn get_my_usage(&self, key: &str) -> TestResponse {
+        self.request(Method::GET, "/api/v1/me/usage", Some(key), None).await
+    }
+
     pub async fn get_me(&self, key: &str) -> TestResponse {
         self.request(Method::GET, "/api/v1/me", Some(key), None).await
     }

@@ -3,6 +3,7 @@
 mod admission;
 mod auth;
 mod browser;
+mod budgets;
 mod chat;
 mod confinement;
 mod consistency;
@@ -24,4 +25,5 @@ mod shutdown;
 mod startup;
 mod timeouts;
 mod traps;
+mod usage;
 mod users;

@@ -427,6 +427,27 @@ async fn every_operation_answers_as_the_openapi_document_says() {
     expect(&api.call(Method::DELETE, &file, user, Empty).await, 204);
     expect(&api.call(Method::DELETE, &file, user, Empty).await, 404);
 
+    // Budgets: the admin sets them, the user reads their own; at a limit a turn is 402.
+    let budget = "/api/v1/users/alice/budget";
+    expect(&api.call(Method::PUT, budget, user, Json(json!({"daily_usd": 1.0}))).await, 403);
+    expect(&api.call(Method::PUT, budget, admin, Json(json!({"daily_usd": -1.0}))).await, 422);
+    expect(&api.call(Method::PUT, "/api/v1/users/nobody/budget", admin, Json(json!({"daily_usd": 1.0}))).await, 404);
+    expect(&api.call(Method::PUT, budget, admin, Json(json!({"daily_usd": 0.0}))).await, 200);
+    assert_eq!(expect(&api.call(Method::GET, budget, user, Empty).await, 200)["daily_usd"], 0.0);
+    expect(&api.call(Method::GET, "/api/v1/users/bob/budget", user, Empty).await, 403);
+    expect(&api.call(Method::GET, "/api/v1/users/nobody/budget", admin, Empty).await, 404);
+    let refused = api.call(Method::POST, "/api/v1/chat", user, Json(json!({"session_id": id, "message": "x"}))).await;
+    assert_eq!(expect(&refused, 402)["error"]["budget"]["limit"], "daily");
+    expect(&api.call(Method::PUT, budget, admin, Json(json!({}))).await, 200);
+    let by_session = expect(&api.call(Method::GET, "/api/v1/usage?group_by=session", user, Empty).await, 200);
+    assert_eq!(by_session[0]["session_id"], id.as_str());
+    let csv = api.call_headers(Method::GET, "/api/v1/usage", admin, Empty, &[("Accept", "text/csv".into())]).await;
+    assert!(csv.content_type.starts_with("text/csv"), "{}", csv.content_type);
+    expect(&api.call(Method::GET, "/api/v1/usage?user_id=bob", user, Empty).await, 403);
+    expect(&api.call(Method::GET, "/api/v1/usage?group_by=week", admin, Empty).await, 422);
+    expect(&api.call(Method::GET, "/api/v1/me/usage", user, Empty).await, 200);
+    expect(&api.call(Method::GET, "/api/v1/me/usage", admin, Empty).await, 403);
+
     // Close, resume, purge; then the user goes.
     expect(&api.call(Method::DELETE, &format!("{s}?purge=maybe"), user, Empty).await, 422);
     expect(&api.call(Method::DELETE, &s, user, Empty).await, 204);

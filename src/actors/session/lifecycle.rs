@@ -26,6 +26,9 @@ pub enum StopReason {
     MemoryEviction,
     /// Above `cli.max_rss_mb`: restarted once its turn is over.
     TooLarge,
+    /// Its CLI stopped a turn at `--max-budget-usd`, which it keeps for life: restarted (at
+    /// the next turn) with what the budgets leave then.
+    BudgetSpent,
     Shutdown,
     /// A second signal during shutdown: no grace.
     ForcedShutdown,
@@ -43,9 +46,8 @@ impl StopReason {
         use StopReason::*;
         match self {
             Closed | Purged | Expired | UserDeleted => None,
-            IdleEviction | MemoryEviction | TooLarge | Shutdown | ForcedShutdown | Unresponsive | ProtocolError => {
-                Some(SessionStatus::Idle)
-            }
+            IdleEviction | MemoryEviction | TooLarge | BudgetSpent | Shutdown | ForcedShutdown | Unresponsive
+            | ProtocolError => Some(SessionStatus::Idle),
             StartFailed => Some(SessionStatus::Failed),
         }
     }

@@ -86,6 +86,9 @@ impl SessionActor {
             return;
         };
         let subtype = if turn.interrupted { "interrupted".to_string() } else { result.subtype.clone() };
+        if subtype == "error_max_budget_usd" {
+            self.stop_after_turn.get_or_insert(StopReason::BudgetSpent);
+        }
         let text = match result.result.clone() {
             Some(t) if !t.is_empty() => t,
             _ => turn.transcript.assistant_text.clone(),

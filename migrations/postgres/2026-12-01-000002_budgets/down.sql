@@ -1,0 +1,2 @@
+DROP TABLE turn_usage;
+DROP TABLE user_budgets;
