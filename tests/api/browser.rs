@@ -238,7 +238,11 @@ async fn the_console_runs_a_whole_session_for_a_user_the_admin_picks() {
             panic!("the message shows {asked} times after the reload: {}", dump.await);
         }
 
-        // After another reload: the history (rendered and folded), the cost and the spend.
+        // After another reload: the history (rendered and folded), the cost, the spend and the
+        // budget (the admin set a daily limit meanwhile).
+        let budget = json!({"daily_usd": 5.0});
+        let res = app.request(awc::http::Method::PUT, "/api/v1/users/alice/budget", Some(ADMIN_KEY), Some(budget)).await;
+        assert_eq!(res.status, 200, "{}", res.text);
         c.refresh().await?;
         wait_for_text(&c, "#transcript .md h2", "Plan").await;
         wait_until(&c, "document.querySelector('#transcript .md pre code.hljs .hljs-keyword')").await;
@@ -253,6 +257,7 @@ async fn the_console_runs_a_whole_session_for_a_user_the_admin_picks() {
             .iter().map(|s| s["total_cost_usd"].as_f64().unwrap()).sum();
         assert!(spent > 0.0);
         wait_for_text(&c, "#spend", &format!("Spend of alice: ${spent:.4} over 1 session")).await;
+        wait_for_text(&c, "#budget", &format!("Today ${spent:.4} of $5.0000 · this month ${spent:.4} (no limit)")).await;
 
         // Everything the page loaded came from the service.
         let loaded = js(&c, "return performance.getEntriesByType('resource').map(e => e.name)").await;

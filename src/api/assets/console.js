@@ -152,10 +152,26 @@ async function loadSessions() {
     item.onclick = () => selectSession(s.session_id);
     list.append(item);
   }
-  // The API has no per-user usage endpoint: the user's spend is the sum over their sessions.
+  // The sessions' own totals; the budget below counts every turn (purged sessions too).
   const whose = state.me.role === "user" ? state.me.user_id : state.user;
   const spent = sessions.reduce((sum, s) => sum + s.total_cost_usd, 0);
   $("spend").textContent = whose ? "Spend of " + whose + ": " + money(spent) + " over " + sessions.length + (sessions.length === 1 ? " session" : " sessions") : "";
+  showBudget(whose);
+}
+
+/// The user's spend today and this month against their limits (`GET /users/{id}/budget`).
+async function showBudget(whose) {
+  const line = $("budget");
+  if (!whose || state.me.role === "open") { line.textContent = ""; return; }
+  try {
+    const b = await api("GET", "/api/v1/users/" + encodeURIComponent(whose) + "/budget");
+    const of = (spent, limit) => money(spent) + (limit == null ? " (no limit)" : " of " + money(limit));
+    line.textContent = "Today " + of(b.spent_today_usd, b.daily_usd) + " · this month " + of(b.spent_this_month_usd, b.monthly_usd);
+    line.classList.toggle("over", (b.daily_usd != null && b.spent_today_usd >= b.daily_usd) ||
+      (b.monthly_usd != null && b.spent_this_month_usd >= b.monthly_usd));
+  } catch (_) {
+    line.textContent = "";
+  }
 }
 
 function sessionOptions() {
