@@ -258,6 +258,12 @@ async fn the_console_runs_a_whole_session_for_a_user_the_admin_picks() {
         assert!(spent > 0.0);
         wait_for_text(&c, "#spend", &format!("Spend of alice: ${spent:.4} over 1 session")).await;
         wait_for_text(&c, "#budget", &format!("Today ${spent:.4} of $5.0000 · this month ${spent:.4} (no limit)")).await;
+        // The admin's table by user: alice's row carries her turns and cost.
+        let row = "return [...document.querySelectorAll('#usage-table tbody tr')].map(r => r.textContent).join('|')";
+        wait_until(&c, "document.querySelector('#usage-table tbody tr')").await;
+        let table = js(&c, row).await;
+        let table = table.as_str().unwrap_or_default();
+        assert!(table.starts_with("alice") && table.contains(&format!("${spent:.4}")), "{table}");
 
         // Everything the page loaded came from the service.
         let loaded = js(&c, "return performance.getEntriesByType('resource').map(e => e.name)").await;

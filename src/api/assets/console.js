@@ -157,6 +157,26 @@ async function loadSessions() {
   const spent = sessions.reduce((sum, s) => sum + s.total_cost_usd, 0);
   $("spend").textContent = whose ? "Spend of " + whose + ": " + money(spent) + " over " + sessions.length + (sessions.length === 1 ? " session" : " sessions") : "";
   showBudget(whose);
+  if (state.me.role === "admin") showUsageByUser();
+}
+
+/// The admin's table: this month's turns, tokens and cost by user (`GET /usage?group_by=user`).
+async function showUsageByUser() {
+  const table = $("usage-table");
+  try {
+    const rows = await api("GET", "/api/v1/usage?group_by=user");
+    const body = table.querySelector("tbody");
+    body.replaceChildren(...rows.map((r) => {
+      const tr = el("tr", "");
+      for (const cell of [r.user_id, String(r.turns), r.input_tokens + "/" + r.output_tokens, money(r.cost_usd)]) {
+        tr.append(el("td", "", cell));
+      }
+      return tr;
+    }));
+    table.hidden = rows.length === 0;
+  } catch (_) {
+    table.hidden = true;
+  }
 }
 
 /// The user's spend today and this month against their limits (`GET /users/{id}/budget`).
