@@ -269,12 +269,18 @@ fn cors(origins: &[String]) -> Cors {
 
 /// `auth.mode = "none"` serves only loopback unless explicitly allowed.
 fn check_exposure(settings: &Settings) -> Result<(), StartupError> {
-    if settings.auth.mode != AuthMode::None || settings.auth.allow_unauthenticated_remote {
+    if settings.auth.mode != AuthMode::None {
         return Ok(());
     }
     let host = settings.api.host.trim_start_matches('[').trim_end_matches(']');
     let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
     if loopback {
+        Ok(())
+    } else if settings.auth.allow_unauthenticated_remote {
+        log::warn!(
+            "serving without authentication on {host} (auth.allow_unauthenticated_remote): anyone who reaches \
+             the port acts as any user"
+        );
         Ok(())
     } else {
         Err(StartupError(format!(

@@ -98,6 +98,33 @@ fn unauthenticated_mode_refuses_a_public_address() {
     );
     assert_eq!(code, 1);
     assert!(lines[0].contains("auth.mode"), "{lines:?}");
+
+    // Allowed explicitly (as import-seed-config does for a seed that listened on 0.0.0.0): it
+    // serves, and says what that means in its log.
+    let mut child = service(dir.path())
+        .env("CLAUDE_AGENT_AUTH__MODE", "none")
+        .env("CLAUDE_AGENT_API__HOST", "0.0.0.0")
+        .env("CLAUDE_AGENT_API__PORT", "0")
+        .env("CLAUDE_AGENT_AUTH__ALLOW_UNAUTHENTICATED_REMOTE", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok) {
+        let listening = line.contains("listening on 0.0.0.0:");
+        seen.push(line);
+        if listening {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.iter().any(|l| l.contains("listening on 0.0.0.0:")), "it serves: {seen:?}");
+    assert!(
+        seen.iter().any(|l| l.contains("WARN") && l.contains("without authentication") && l.contains("any user")),
+        "{seen:?}"
+    );
 }
 
 /// The README's run command on a fresh folder: SQLite and the admin key file appear, the
