@@ -353,6 +353,20 @@ impl Drop for Direct {
     }
 }
 
+/// `per_session` sync turns on each session, every session with a client of its own, all at once.
+async fn chat_on_each(api: &Api, ids: &[String], per_session: usize) {
+    let clients = ids.iter().map(|id| {
+        let api = api.with_own_client();
+        let id = id.clone();
+        async move {
+            for _ in 0..per_session {
+                api.chat(&id, "bench").await;
+            }
+        }
+    });
+    futures_util::future::join_all(clients).await;
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -451,16 +465,7 @@ async fn run(turns: usize) {
     let per_session = 20;
     let cpu_before = service.cpu_ms();
     let started = Instant::now();
-    let clients = ids.iter().map(|id| {
-        let api = api.with_own_client();
-        let id = id.clone();
-        async move {
-            for _ in 0..per_session {
-                api.chat(&id, "bench").await;
-            }
-        }
-    });
-    futures_util::future::join_all(clients).await;
+    chat_on_each(&api, &ids, per_session).await;
     let elapsed = started.elapsed().as_secs_f64();
     println!();
     println!(

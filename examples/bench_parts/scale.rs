@@ -17,16 +17,7 @@ async fn across(service: &Service, api: &Api, sessions: usize, turns: usize) -> 
     let per_session = turns.div_ceil(sessions);
     let cpu_before = service.cpu_ms();
     let started = Instant::now();
-    let clients = ids.iter().map(|id| {
-        let api = api.with_own_client();
-        let id = id.clone();
-        async move {
-            for _ in 0..per_session {
-                api.chat(&id, "bench").await;
-            }
-        }
-    });
-    futures_util::future::join_all(clients).await;
+    chat_on_each(api, &ids, per_session).await;
     let elapsed = started.elapsed().as_secs_f64();
     let done = (per_session * sessions) as f64;
     let cpu_per_turn = (service.cpu_ms() - cpu_before) / done;

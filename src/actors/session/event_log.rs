@@ -171,16 +171,6 @@ impl EventLog {
 }
 
 impl SessionActor {
-    /// Gives the next event id to an event of turn `turn_id`.
-    pub(super) fn number(
-        &mut self,
-        json: String,
-        outcome: Option<TurnOutcome>,
-        turn_id: &Arc<str>,
-    ) -> Arc<SessionEvent> {
-        self.log.number(json, outcome, turn_id)
-    }
-
     /// Hands an event to the turn's client (if `sink`) and to followers. A client that cannot
     /// keep up is dropped rather than slowing the turn.
     pub(super) fn deliver(&self, event: &Arc<SessionEvent>, sink: &mut Option<mpsc::Sender<Arc<SessionEvent>>>) {
@@ -204,7 +194,7 @@ impl SessionActor {
             self.abandon_turn(err, ctx);
             return;
         }
-        let event = self.number(json, outcome, &turn_id);
+        let event = self.log.number(json, outcome, &turn_id);
         let mut sink = self.turn.as_mut().and_then(|t| t.sink.take());
         self.deliver(&event, &mut sink);
         if let Some(turn) = self.turn.as_mut() {

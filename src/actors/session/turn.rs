@@ -125,7 +125,7 @@ impl SessionActor {
             TurnOutcome::Done { .. } => None,
         };
         let Some(mut turn) = self.turn.take() else { return };
-        let last = self.number(json, Some(outcome), &turn.id);
+        let last = self.log.number(json, Some(outcome), &turn.id);
         // The turn's last events are stored in the same transaction as the turn itself.
         let (events, stored, _) = self.hand_events(Some(&last), ctx).expect("the last frame is a row");
         for timer in &turn.timers {
@@ -176,7 +176,7 @@ impl SessionActor {
                     };
                     log::warn!("session {}: turn {turn_id} not stored: {why}", act.id);
                     let err = ApiError::StorageUnavailable(format!("the turn's result could not be stored: {why}"));
-                    let frame = act.number(event::error_frame(&err), Some(TurnOutcome::Failed(err)), &turn_id);
+                    let frame = act.log.number(event::error_frame(&err), Some(TurnOutcome::Failed(err)), &turn_id);
                     act.deliver(&frame, &mut sink);
                     act.log.keep(frame);
                     act.schedule_flush(ctx);
