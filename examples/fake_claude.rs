@@ -200,6 +200,10 @@ fn handle(session: &mut Session, v: Value, rx: &Receiver<Input>) {
                     );
                 }
                 Some("interrupt") => control_success(request_id, json!({"still_queued": []})),
+                // Like the real CLI: the running total this process reports from (restored on resume).
+                Some("get_usage") => {
+                    control_success(request_id, json!({"session": {"total_cost_usd": session.total_cost}}))
+                }
                 Some(other) => emit(&json!({"type":"control_response","response":{"subtype":"error",
                     "request_id":request_id,"error":format!("Unsupported control request subtype: {other}")}})),
                 None => {}
