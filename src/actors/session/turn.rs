@@ -77,6 +77,9 @@ pub(super) struct Turn {
     pub(super) timers: Vec<SpawnHandle>,
     /// The turn's slot: dropping it (with the turn) frees it for the next waiter.
     pub(super) _permit: OwnedSemaphorePermit,
+    /// What the turn holds of its user's budget: dropped once the turn's record (with its
+    /// cost) is committed, or the commit is given up on.
+    pub(super) budget_hold: Option<Box<dyn Send>>,
 }
 
 impl SessionActor {
@@ -174,8 +177,10 @@ impl SessionActor {
         self.committing = Some(delivered_rx);
         let mut sink = turn.sink.take();
         let turn_id = turn.id.clone();
+        let budget_hold = turn.budget_hold.take();
         let wait = async move { tokio::time::timeout(COMMIT_WAIT, committed).await };
         ctx.spawn(wait.into_actor(self).map(move |result, act, ctx| {
+            drop(budget_hold);
             match result {
                 Ok(Ok(Ok(_))) => act.deliver(&last, &mut sink),
                 failed => {
