@@ -107,6 +107,9 @@ const DAY_MS: i64 = 86_400_000;
 /// CLI may refuse to start with; a user with nothing left gets 402 before a turn anyway.
 const MIN_CLI_BUDGET_USD: f64 = 0.0001;
 
+/// How many times a reservation reads the ledger again after a release of the same user's.
+const MAX_REREADS: u32 = 3;
+
 /// The UTC day and month `now` (epoch ms) is in, as `[start, end)` pairs.
 pub fn periods(now: i64) -> ((i64, i64), (i64, i64)) {
     let day_start = now - now.rem_euclid(DAY_MS);
@@ -175,6 +178,7 @@ impl Budgets {
     ) -> Result<Reserved, ApiError> {
         let mut cli_left = Some(cli_left);
         let mut asked = None;
+        let mut rereads = 0;
         loop {
             let released =
                 self.holds.lock().unwrap_or_else(|p| p.into_inner()).by_user.get(user_id).map(|u| u.released);
@@ -190,8 +194,11 @@ impl Budgets {
             holds.next_id += 1;
             let id = holds.next_id;
             let user = holds.by_user.entry(user_id.to_string()).or_default();
-            if released.unwrap_or(0) != user.released {
-                continue; // a turn ended meanwhile: its cost may be in neither
+            // A turn ended meanwhile: its cost may be in neither (read again, a few times: a
+            // user whose turns keep ending is counted with the last reading).
+            if released.unwrap_or(0) != user.released && rereads < MAX_REREADS {
+                rereads += 1;
+                continue;
             }
             let held = user.by_others(session_id);
             let unheld = shared - held;
