@@ -12,6 +12,7 @@
 //! | `slow N [MS]`      | N words, one every MS ms (default 100); interruptible |
 //! | `sleep MS`         | answers after MS ms |
 //! | `tool`             | a Bash tool_use, its tool_result, then text |
+//! | `tool again MS`    | `tool`, whose `can_use_tool` is sent again with the same request id after MS ms |
 //! | `write NAME TEXT`  | a Write tool_use that really writes NAME in the cwd |
 //! | `link NAME TARGET` | a Bash tool_use that makes NAME a symlink to TARGET (an agent's own link) |
 //! | `crash`            | a delta, then exits with code 3 mid-turn |
@@ -54,6 +55,8 @@ struct Session {
     queued: Vec<Value>,
     ask_permissions: bool,
     asked: u64,
+    /// The next `can_use_tool` is sent again, with its id, after this many ms (`tool again MS`).
+    ask_again_ms: Option<u64>,
     /// What this turn costs, when the message chose it (`cost USD`).
     turn_cost: Option<f64>,
     /// `--max-budget-usd`, and what this process has spent (the CLI's budget is per process).
@@ -111,6 +114,7 @@ fn main() {
         queued: Vec::new(),
         ask_permissions,
         asked: 0,
+        ask_again_ms: None,
         turn_cost: None,
         max_budget_usd: flag("max-budget-usd").and_then(|x| x.parse().ok()),
         process_cost: 0.0,
@@ -196,6 +200,10 @@ fn handle(session: &mut Session, v: Value, rx: &Receiver<Input>) {
                     );
                 }
                 Some("interrupt") => control_success(request_id, json!({"still_queued": []})),
+                // Like the real CLI: the running total this process reports from (restored on resume).
+                Some("get_usage") => {
+                    control_success(request_id, json!({"session": {"total_cost_usd": session.total_cost}}))
+                }
                 Some(other) => emit(&json!({"type":"control_response","response":{"subtype":"error",
                     "request_id":request_id,"error":format!("Unsupported control request subtype: {other}")}})),
                 None => {}
@@ -253,8 +261,13 @@ fn ask(session: &mut Session, rx: &Receiver<Input>, tool: &str, input: &Value, t
     }
     session.asked += 1;
     let request_id = format!("perm-{}-{}", std::process::id(), session.asked);
-    emit(&json!({"type":"control_request","request_id":request_id,"request":{"subtype":"can_use_tool",
-        "tool_name":tool,"input":input,"tool_use_id":tool_use_id}}));
+    let request = json!({"type":"control_request","request_id":request_id,"request":{"subtype":"can_use_tool",
+        "tool_name":tool,"input":input,"tool_use_id":tool_use_id}});
+    emit(&request);
+    if let Some(ms) = session.ask_again_ms.take() {
+        std::thread::sleep(Duration::from_millis(ms));
+        emit(&request);
+    }
     loop {
         let Ok(Input::Line(v)) = rx.recv() else { std::process::exit(0) };
         if v["type"] == "control_response" && v["response"]["request_id"] == request_id.as_str() {
@@ -360,6 +373,9 @@ fn turn(session: &mut Session, text: &str, uuid: &str, rx: &Receiver<Input>) {
             finish(session, text, uuid, "success", answer, started, 1);
         }
         "tool" => {
+            if words.get(1) == Some(&"again") {
+                session.ask_again_ms = Some(arg(2).unwrap_or(1000));
+            }
             let input = json!({"command":"echo hi","description":"Print hi"});
             assistant(session, json!([{"type":"tool_use","id":"toolu_fake1","name":"Bash","input":input}]));
             let answer = match ask(session, rx, "Bash", &input, "toolu_fake1") {

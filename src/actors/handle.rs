@@ -13,8 +13,8 @@ use super::SessionEvent;
 use super::registry::admission::Urgency;
 use super::registry::{GetStats, Launch, Lookup, Registry, RegistryStats, Retire, Shutdown};
 use super::session::{
-    AnswerPermission, GetAgentInfo, Interrupt, ListPermissions, PendingPermission, SessionActor, StartTurn, StopReason,
-    TurnRefused, TurnStarted, UnstoredEvents,
+    AnswerPermission, BudgetLeft, GetAgentInfo, Interrupt, ListPermissions, PendingPermission, SessionActor, StartTurn,
+    StopReason, TurnBudget, TurnRefused, TurnStarted, UnstoredEvents,
 };
 use crate::cli::launch::UserEnv;
 use crate::domain::AgentInfo;
@@ -110,11 +110,17 @@ impl SessionHandle {
         message: String,
         deadline: tokio::time::Instant,
         queue_timeout: Duration,
+        budget: Option<TurnBudget>,
     ) -> Result<TurnStarted, TurnRefused> {
-        match self.addr.send(StartTurn { message, deadline, queue_timeout }).await {
+        match self.addr.send(StartTurn { message, deadline, queue_timeout, budget }).await {
             Ok(answer) => answer,
             Err(_) => Err(TurnRefused::Gone),
         }
+    }
+
+    /// What the CLI may still spend in its life (`None`: it has no budget, or it is gone).
+    pub async fn budget_left(&self) -> Option<f64> {
+        self.addr.send(BudgetLeft).await.ok().flatten()
     }
 
     /// The events after `after` not yet stored (none once the actor stopped: it stored them).

@@ -65,6 +65,8 @@ pub struct Launched {
     pub child: CliProcess,
     pub tmp_dir: PathBuf,
     pub always_allowed: Vec<String>,
+    /// The CLI's `--max-budget-usd` (what it may spend in its life), if it has one.
+    pub max_budget_usd: Option<f64>,
 }
 
 /// Everything computed before the fork.
@@ -77,6 +79,7 @@ struct Prepared {
     confinement: Option<Confinement>,
     tmp_dir: PathBuf,
     always_allowed: Vec<String>,
+    max_budget_usd: Option<f64>,
     mode: StartMode,
 }
 
@@ -106,7 +109,12 @@ pub async fn launch(request: LaunchRequest, runtime: tokio::runtime::Handle) -> 
         // Recorded before the actor exists, so its `Ended` (which removes it) always comes after.
         groups.add(child.pid as i32, &prepared.tmp_dir, crate::clock::now_ms());
         log::info!("session {session_id}: started the CLI (pid {}, {:?})", child.pid, prepared.mode);
-        Ok(Launched { child, tmp_dir: prepared.tmp_dir, always_allowed: prepared.always_allowed })
+        Ok(Launched {
+            child,
+            tmp_dir: prepared.tmp_dir,
+            always_allowed: prepared.always_allowed,
+            max_budget_usd: prepared.max_budget_usd,
+        })
     });
     forked.await.map_err(|_| ApiError::Internal("the CLI launcher thread failed".into()))?
 }
@@ -175,6 +183,7 @@ fn prepare(
         confinement,
         tmp_dir,
         always_allowed: options.allowed_tools.clone(),
+        max_budget_usd: options.max_budget_usd,
         mode,
     })
 }

@@ -19,7 +19,7 @@ use utoipa::ToSchema;
 
 use crate::actors::{
     CLIENT_BUFFER, EventHub, PendingPermission, PermissionAnswer, RegistryHandle, SessionEvent, SessionHandle,
-    StopReason, TurnRefused, TurnStarted, Urgency,
+    StopReason, TurnBudget, TurnRefused, TurnStarted, Urgency,
 };
 use crate::auth::Caller;
 use crate::auth::credentials::UserCredentials;
@@ -29,7 +29,7 @@ use crate::domain::{AgentInfo, SessionStatus, Usage};
 use crate::error::ApiError;
 use crate::settings::Settings;
 use crate::storage::{SessionFilter, SessionRow, Storage};
-use budgets::Budgets;
+use budgets::{Budgets, Reserved};
 use credentials::LaunchCredentials;
 
 const MAX_METADATA_BYTES: usize = 16 * 1024;
@@ -342,10 +342,14 @@ impl SessionService {
         let deadline = tokio::time::Instant::now() + timeout;
         let queue_timeout = Duration::from_secs(self.settings.api.queue_timeout);
         for _ in 0..3 {
-            let actor = self.live_actor(caller, session_id, deadline).await?;
+            let (actor, reserved) = self.live_actor(caller, session_id, deadline).await?;
+            let budget = match reserved {
+                Reserved::Unbounded => None,
+                Reserved::Held(hold) => Some(TurnBudget { usd: hold.usd, hold: Box::new(hold) }),
+            };
             // The actor bounds this by `deadline` itself: dropping the send could leave a turn
             // started that nobody reads.
-            match actor.start_turn(message.clone(), deadline, queue_timeout).await {
+            match actor.start_turn(message.clone(), deadline, queue_timeout, budget).await {
                 Ok(started) => return Ok(started),
                 Err(TurnRefused::Api(e)) => return Err(e),
                 // The actor is stopping or just stopped: look again, the registry relaunches.
@@ -355,32 +359,41 @@ impl SessionService {
         Err(ApiError::CliFailed("the CLI keeps exiting before it is ready; see the service log".into()))
     }
 
-    /// The session's live actor, launched (resumed) if it has none. The launch may wait for
-    /// the session's previous process to be reaped: that wait ends at `deadline`.
+    /// The session's live actor, launched (resumed) if it has none, and what the turn may
+    /// spend (see [`Budgets::reserve`]). The launch may wait for the session's previous
+    /// process to be reaped: that wait ends at `deadline`.
     async fn live_actor(
         &self,
         caller: &Caller,
         session_id: &str,
         deadline: tokio::time::Instant,
-    ) -> Result<SessionHandle, ApiError> {
+    ) -> Result<(SessionHandle, Reserved), ApiError> {
         let row = self.get(caller, session_id).await?;
         match row.status {
             SessionStatus::Closed => return Err(ApiError::SessionClosed),
             SessionStatus::Expired => return Err(ApiError::SessionExpired),
             _ => {}
         }
+        let actor = self.registry.lookup(&row.session_id).await?;
         // Before the CLI is asked anything, so a user over a limit spends nothing more.
-        self.budgets.check(&row.user_id, row.total_cost_usd).await?;
-        if let Some(actor) = self.registry.lookup(&row.session_id).await? {
-            return Ok(actor);
+        let cli_left = async {
+            match &actor {
+                Some(actor) => Some(actor.budget_left().await),
+                None => None,
+            }
+        };
+        let reserved = self.budgets.reserve(&row.user_id, &row.session_id, row.total_cost_usd, cli_left).await?;
+        if let Some(actor) = actor {
+            return Ok((actor, reserved));
         }
         self.storage
             .transition_session(&row.session_id, &SessionStatus::RESUMABLE, SessionStatus::Starting, None)
             .await?;
         // Dropping the wait is safe: the registry finishes the launch and keeps the actor.
-        tokio::time::timeout_at(deadline, self.launch(&row, Urgency::Turn))
+        let actor = tokio::time::timeout_at(deadline, self.launch(&row, Urgency::Turn))
             .await
-            .map_err(|_| ApiError::TurnTimeout("The turn's timeout passed while starting the CLI".into()))?
+            .map_err(|_| ApiError::TurnTimeout("The turn's timeout passed while starting the CLI".into()))??;
+        Ok((actor, reserved))
     }
 
     /// The stored conversation: the `limit` latest messages before message id `before`, oldest first.

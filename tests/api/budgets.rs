@@ -79,9 +79,13 @@ async fn a_user_over_the_daily_limit_gets_402_before_the_cli_is_asked(backend: B
     assert_eq!(app.put_budget(ADMIN_KEY, "alice", json!({"daily_usd": 1.0})).await.status, StatusCode::OK);
     let session = app.create_session(&alice, json!({})).await;
     app.wait_active(&alice, &session).await;
-    assert_eq!(chat_ok(&app, &alice, &session, "cost 0.6").await["subtype"], "success");
-    // The CLI started with --max-budget-usd=1: the turn that reaches it says so.
-    let stopped = chat_ok(&app, &alice, &session, "cost 0.6").await;
+    assert_eq!(chat_ok(&app, &alice, &session, "cost 0.3").await["subtype"], "success");
+    // The CLI started with --max-budget-usd=0.5 (half of what the day leaves, the other half
+    // for turns of her other sessions): the turn that reaches it says so.
+    let stopped = chat_ok(&app, &alice, &session, "cost 0.3").await;
+    assert_eq!(stopped["subtype"], "error_max_budget_usd", "{stopped}");
+    // Restarted with half of the 0.4 left; the CLI's granularity is a whole turn here.
+    let stopped = chat_ok(&app, &alice, &session, "cost 0.5").await;
     assert_eq!(stopped["subtype"], "error_max_budget_usd", "{stopped}");
 
     let refused = app.chat(&alice, &session, "hello").await;
@@ -89,7 +93,7 @@ async fn a_user_over_the_daily_limit_gets_402_before_the_cli_is_asked(backend: B
     let budget = &refused.body["error"]["budget"];
     assert_eq!(budget["limit"], "daily", "{}", refused.text);
     assert_usd(&budget["limit_usd"], 1.0);
-    assert_usd(&budget["spent_usd"], 1.2);
+    assert_usd(&budget["spent_usd"], 1.1);
     let resets = budget["resets_at"].as_str().expect("a daily limit resets");
     assert_python_time(resets);
     assert_eq!(resets, app.get_budget(&alice, "alice").await.body["day_resets_at"], "the next UTC midnight");
@@ -102,7 +106,7 @@ async fn a_user_over_the_daily_limit_gets_402_before_the_cli_is_asked(backend: B
 
     // The CLI was not asked: no turn was stored.
     let row = app.get_session(&alice, &session).await;
-    assert_eq!(row.body["message_count"], 2, "{}", row.text);
+    assert_eq!(row.body["message_count"], 3, "{}", row.text);
     let stream = app.chat_stream(&alice, json!({"session_id": session, "message": "hello"})).await;
     assert_eq!(stream.status.as_u16(), 402, "{}", stream.text);
     let started = app.post_message(&alice, &session, "hello").await;
@@ -159,6 +163,62 @@ fn started_with(log: &std::path::Path, session: &str) -> Option<f64> {
     args.iter().find_map(|a| a.as_str()?.strip_prefix("--max-budget-usd=")?.parse().ok())
 }
 
+/// The `--max-budget-usd` of every CLI started for `session` (`--session-id` or `--resume`),
+/// in order.
+fn budgets_of(log: &std::path::Path, session: &str) -> Vec<Option<f64>> {
+    let text = std::fs::read_to_string(log).expect("the CLI log");
+    let ours = [format!("--session-id={session}"), format!("--resume={session}")];
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["args"].as_array().unwrap().iter().any(|a| ours.iter().any(|o| a == o.as_str())))
+        .map(|l| {
+            let args = l["args"].as_array().unwrap().clone();
+            args.iter().find_map(|a| a.as_str()?.strip_prefix("--max-budget-usd=")?.parse().ok())
+        })
+        .collect()
+}
+
+/// Two sessions of a user with $1 left start turns at the same moment: their CLIs together may
+/// spend no more than the $1 (each CLI's `--max-budget-usd` is what its turn holds), and a
+/// third turn while they run finds nothing unheld: 402, to retry once they end.
+#[actix_web::test]
+async fn concurrent_turns_of_one_user_together_stay_within_what_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("argv.log");
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.cli.env.insert("FAKE_CLAUDE_ARGV_LOG".into(), log.display().to_string());
+        s.sandbox.mode = claude_agent_http::settings::SandboxMode::Off;
+    })
+    .await;
+    let alice = app.create_user("alice").await;
+    assert_eq!(app.put_budget(ADMIN_KEY, "alice", json!({"daily_usd": 1.0})).await.status, StatusCode::OK);
+    let (a, b, c) = (
+        app.create_session(&alice, json!({})).await,
+        app.create_session(&alice, json!({})).await,
+        app.create_session(&alice, json!({})).await,
+    );
+    for id in [&a, &b, &c] {
+        app.wait_active(&alice, id).await;
+    }
+    let (ra, rb, ()) = tokio::join!(app.chat(&alice, &a, "sleep 1500"), app.chat(&alice, &b, "sleep 1500"), async {
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        let third = app.chat(&alice, &c, "hello").await;
+        third.assert_error(402, "budget_exceeded");
+        assert_eq!(third.header("retry-after"), Some("1"), "{:?}", third.headers);
+        assert_usd(&third.body["error"]["budget"]["spent_usd"], 1.0);
+    });
+    for res in [&ra, &rb] {
+        assert_eq!(res.status, StatusCode::OK, "{}", res.text);
+        assert_eq!(res.body["subtype"], "success", "{}", res.text);
+    }
+    // The budget of the CLI each turn ran in (the last one started for its session).
+    let ran_with: Vec<f64> =
+        [&a, &b].iter().map(|id| budgets_of(&log, id).last().copied().flatten().expect("a budget")).collect();
+    assert!(ran_with.iter().sum::<f64>() <= 1.0 + 1e-9, "together within the $1 left: {ran_with:?}");
+    // Once they ended, what they held is free again.
+    assert_eq!(chat_ok(&app, &alice, &c, "hello").await["subtype"], "success");
+}
+
 #[actix_web::test]
 async fn each_cli_starts_with_what_the_budgets_leave_or_the_sessions_option_if_smaller() {
     let dir = tempfile::tempdir().unwrap();
@@ -171,7 +231,7 @@ async fn each_cli_starts_with_what_the_budgets_leave_or_the_sessions_option_if_s
     .await;
     let alice = app.create_user("alice").await;
     let bob = app.create_user("bob").await;
-    let limits = json!({"monthly_usd": 2.0, "per_session_usd": 1.5});
+    let limits = json!({"monthly_usd": 3.5, "per_session_usd": 1.5});
     assert_eq!(app.put_budget(ADMIN_KEY, "alice", limits).await.status, StatusCode::OK);
 
     let first = app.create_session(&alice, json!({"options": {"max_budget_usd": 5}})).await;
@@ -180,7 +240,7 @@ async fn each_cli_starts_with_what_the_budgets_leave_or_the_sessions_option_if_s
     chat_ok(&app, &alice, &first, "cost 0.75").await;
     let second = app.create_session(&alice, json!({})).await;
     app.wait_active(&alice, &second).await;
-    assert_eq!(started_with(&log, &second), Some(1.25), "what the month leaves");
+    assert_eq!(started_with(&log, &second), Some(1.375), "half of what the month leaves");
     let third = app.create_session(&alice, json!({"options": {"max_budget_usd": 0.5}})).await;
     app.wait_active(&alice, &third).await;
     assert_eq!(started_with(&log, &third), Some(0.5), "the session's option, smaller");
@@ -203,6 +263,10 @@ async fn with_the_real_cli_a_turn_with_little_budget_left_ends_as_error_max_budg
     let stopped = app.chat(&alice, &session, "bash echo hi").await;
     assert_eq!(stopped.status, StatusCode::OK, "{}", stopped.text);
     assert_eq!(stopped.body["subtype"], "error_max_budget_usd", "{}", stopped.text);
+
+    // The restarted CLI gets half of the less than one call left: its one call passes it.
+    let last = app.chat(&alice, &session, "hello").await;
+    assert_eq!(last.status, StatusCode::OK, "{}", last.text);
 
     let asked = mock.requests(&app.client).await.len();
     let refused = app.chat(&alice, &session, "hello").await;

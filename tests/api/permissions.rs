@@ -118,3 +118,25 @@ async fn an_unanswered_request_is_denied_after_the_timeout_and_close_denies() {
     answer(&app, &key, &id, rid, json!({"behavior": "allow"})).await.assert_error(404, "not_found");
     assert!(!app.users_dir().join("alice/closed.txt").exists());
 }
+
+/// A request id the CLI asks again replaces the open request with its own timeout: the first
+/// one's timer, had it been left running, would deny the second before its time.
+#[actix_web::test]
+async fn a_request_asked_again_under_its_id_gets_its_own_full_timeout() {
+    let (app, key, id, mut follower) = approval_app(Backend::Sqlite, 2).await;
+    // The CLI asks at t=0 and again, with the same id, at t=1.2 s; the first timer would fire at t=2 s.
+    app.post_message(&key, &id, "tool again 1200").await;
+    let first = next_request(&mut follower).await;
+    let again = next_request(&mut follower).await;
+    let rid = first["request_id"].as_str().unwrap().to_string();
+    assert_eq!(again["request_id"], rid.as_str());
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await; // t ≈ 2.5 s
+    let open = app.request(Method::GET, &format!("/api/v1/sessions/{id}/permissions"), Some(&key), None).await;
+    let listed: Vec<&str> = open.body.as_array().unwrap().iter().filter_map(|p| p["request_id"].as_str()).collect();
+    assert_eq!(listed, vec![rid.as_str()], "still open: its own timeout has not passed");
+    let res = answer(&app, &key, &id, &rid, json!({"behavior": "allow"})).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text);
+    let frames = follower.until_turn_end().await;
+    let result = frames.iter().find(|(_, f)| f["type"] == "tool_result").expect("tool_result").1.clone();
+    assert_eq!(result["is_error"], false, "allowed, not denied by the first request's timer: {result}");
+}

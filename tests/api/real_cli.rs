@@ -267,3 +267,54 @@ async fn a_users_skill_is_listed_for_that_user_only_and_project_skills_for_their
         .await
         .assert_error(404, "session_not_found");
 }
+
+/// What the session spent is what the model was asked for, whatever the CLI's running total
+/// does across processes: 2.1.330 restores, on `--resume`, the total its transcript saved at
+/// its last clean exit, so after a kill it restarts from 0 (here below the session's total,
+/// then above it within one turn) and after a clean stop from what that process had reached.
+/// Each mock answer costs 12 input and 7 output tokens at Sonnet 4.5's $3 and $15 per million.
+#[actix_web::test]
+async fn the_real_clis_costs_add_up_across_a_kill_and_a_resume() {
+    const PER_CALL: f64 = (12.0 * 3.0 + 7.0 * 15.0) / 1e6;
+    let mock = MockApi::start();
+    let app = spawn_real_app(&mock, |s| s.api.idle_session_timeout = 3).await;
+    let key = app.create_user("alice").await;
+    let id = app.create_session(&key, json!({})).await;
+    let chat = async |message: &str| {
+        let res = app.chat(&key, &id, message).await;
+        assert_eq!(res.status, StatusCode::OK, "{}", res.text);
+        res.body["cost_usd"].as_f64().unwrap()
+    };
+    let mut turn_costs = vec![chat("alpha").await, chat("beta").await];
+    // Killed: the CLI saves no total, its successor starts from 0 below the session's 2 calls.
+    for pid in app.cli_pids().await {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    let idle =
+        eventually(Duration::from_secs(20), || async { app.get_session(&key, &id).await.body["status"] == "idle" })
+            .await;
+    assert!(idle, "the killed CLI's session is idle");
+    turn_costs.push(chat("write note.txt two calls").await); // a Write tool call: two model calls
+    // Stopped cleanly (idle): the next CLI restores what this one reached (2 calls), below
+    // the session's 4.
+    let stopped =
+        eventually(Duration::from_secs(20), || async { app.get_session(&key, &id).await.body["status"] == "idle" })
+            .await;
+    assert!(stopped, "the idle CLI was stopped");
+    turn_costs.push(chat("gamma").await);
+
+    let calls: Vec<Value> =
+        mock.requests(&app.client).await.into_iter().filter(|r| r.get("messages").is_some()).collect();
+    assert!(calls.iter().all(|r| r["model"] == "claude-sonnet-4-5"), "priced as Sonnet 4.5");
+    assert_eq!(calls.len(), 5, "alpha, beta, two for the write, gamma");
+    let expected = calls.len() as f64 * PER_CALL;
+    let near = |got: f64, what: &str| assert!((got - expected).abs() < 1e-9, "{what}: {got} != {expected}");
+    near(turn_costs.iter().sum(), &format!("the turns' costs {turn_costs:?}"));
+    for (cost, calls) in turn_costs.iter().zip([1.0, 1.0, 2.0, 1.0]) {
+        assert!((cost - calls * PER_CALL).abs() < 1e-9, "each turn costs its calls: {turn_costs:?}");
+    }
+    near(app.get_session(&key, &id).await.body["total_cost_usd"].as_f64().unwrap(), "the session's total");
+    let usage = app.get_usage(&key, "?group_by=session", false).await;
+    assert_eq!(usage.status, StatusCode::OK, "{}", usage.text);
+    near(usage.body[0]["cost_usd"].as_f64().unwrap(), "the usage ledger");
+}

@@ -264,7 +264,7 @@ impl Registry {
                 return Err(e);
             }
         };
-        let Launched { child, tmp_dir, always_allowed } = launched;
+        let Launched { child, tmp_dir, always_allowed, max_budget_usd } = launched;
         let pid = child.pid;
         let setup = SessionSetup {
             session_id: row.session_id.clone(),
@@ -274,6 +274,7 @@ impl Registry {
             total_cost_usd: row.total_cost_usd,
             tmp_dir,
             always_allowed,
+            max_budget_usd,
             generation,
             turn_slots: self.turn_slots.clone(),
         };

@@ -15,6 +15,9 @@ use crate::cli::process::{ExitInfo, MAX_LINE_BYTES, stdout_messages};
 use crate::domain::SessionStatus;
 use crate::error::ApiError;
 
+/// How long the CLI may take to say what it has spent at its start (`get_usage`).
+const USAGE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Why a session's process is stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
@@ -153,6 +156,28 @@ impl SessionActor {
         }));
     }
 
+    /// Asks the CLI what this process has spent already (a resumed CLI restores a total of
+    /// its own, see [`super::turn::CostMeter`]), then counts it as ready: no turn's result can
+    /// come before the answer. A CLI that does not answer `get_usage` is ready all the same.
+    fn learn_starting_cost(&mut self, ctx: &mut Context<Self>) {
+        let answer = self.control(json!({ "subtype": "get_usage" }));
+        ctx.spawn(async move { tokio::time::timeout(USAGE_TIMEOUT, answer).await }.into_actor(self).map(
+            |result, act, _| {
+                match result {
+                    Ok(Ok(Ok(usage))) => match usage.pointer("/session/total_cost_usd").and_then(Value::as_f64) {
+                        Some(total) => act.cost.starts_at(total),
+                        None => log::warn!("session {}: get_usage without session.total_cost_usd: {usage}", act.id),
+                    },
+                    Ok(Ok(Err(e))) => log::debug!("session {}: the CLI does not tell its cost: {e}", act.id),
+                    Ok(Err(_)) => return, // the process ended first; on_exit reports it
+                    Err(_) => log::warn!("session {}: no answer to get_usage within {USAGE_TIMEOUT:?}", act.id),
+                }
+                act.cli_ready = true;
+                act.on_ready();
+            },
+        ));
+    }
+
     /// Ready once the CLI answered `initialize` and the event ids are reserved.
     pub(super) fn on_ready(&mut self) {
         if !(self.cli_ready && self.log.is_reserved()) || self.ready {
@@ -203,8 +228,7 @@ impl Actor for SessionActor {
                 Ok(Ok(Ok(info))) => {
                     let version = info.get("claude_code_version").and_then(Value::as_str).unwrap_or("?");
                     log::debug!("session {}: CLI {version} ready", act.id);
-                    act.cli_ready = true;
-                    act.on_ready();
+                    act.learn_starting_cost(ctx);
                 }
                 Ok(Ok(Err(e))) => {
                     act.start_error = Some(format!("initialize failed: {e}"));

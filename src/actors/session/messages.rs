@@ -42,6 +42,34 @@ pub struct StartTurn {
     pub message: String,
     pub deadline: tokio::time::Instant,
     pub queue_timeout: Duration,
+    /// What the turn may spend, when its user's limits bound it.
+    pub budget: Option<TurnBudget>,
+}
+
+/// What a turn may spend of its user's budget, and the hold on it (kept with the turn).
+pub struct TurnBudget {
+    pub usd: f64,
+    pub hold: Box<dyn Send>,
+}
+
+/// What the CLI may still spend in its life (its `--max-budget-usd` less what it spent);
+/// `None` when it has no budget.
+#[derive(Message)]
+#[rtype(result = "Option<f64>")]
+pub struct BudgetLeft;
+
+impl Handler<BudgetLeft> for SessionActor {
+    type Result = Option<f64>;
+
+    fn handle(&mut self, _: BudgetLeft, _: &mut Context<Self>) -> Option<f64> {
+        self.budget_left()
+    }
+}
+
+impl SessionActor {
+    fn budget_left(&self) -> Option<f64> {
+        self.budget_cap.map(|cap| (cap - (self.cost.total() - self.cost_at_start)).max(0.0))
+    }
 }
 
 fn timed_out_while(what: &str) -> ApiError {
@@ -65,6 +93,15 @@ impl Handler<StartTurn> for SessionActor {
         }
         if self.turn.is_some() || self.reserved || self.committing.is_some() {
             return Box::pin(fut::ready(Err(TurnRefused::Api(ApiError::SessionBusy))));
+        }
+        if let Some(budget) = &msg.budget
+            && self.budget_left().is_none_or(|left| left > budget.usd + 1e-9)
+        {
+            // This CLI may spend more than the turn may (its budget was set when the user's
+            // other sessions had spent or held less): started again with the turn's.
+            log::info!("session {}: the CLI's budget is above the turn's ${}; restarting it", self.id, budget.usd);
+            self.begin_stop(StopReason::BudgetSpent, ctx);
+            return Box::pin(fut::ready(Err(TurnRefused::Gone)));
         }
         if let Some(grace) = self.draining.take() {
             // The CLI is still in a timed-out turn. Waiting for it would spend this turn's
@@ -154,6 +191,7 @@ impl Handler<StartTurn> for SessionActor {
                 interrupted: false,
                 timers: vec![deadline_timer],
                 _permit: permit,
+                budget_hold: msg.budget.map(|b| b.hold),
             });
             act.set_status(SessionStatus::Busy);
             Ok(TurnStarted { turn_id: turn_id.to_string(), first_event_id: act.log.next_id(), events })

@@ -38,8 +38,8 @@ mod turn;
 use event_log::EventLog;
 pub use lifecycle::{Stop, StopReason};
 pub use messages::{
-    AnswerPermission, GetAgentInfo, Interrupt, ListPermissions, PendingTimers, StartTurn, TurnRefused, TurnStarted,
-    UnstoredEvents,
+    AnswerPermission, BudgetLeft, GetAgentInfo, Interrupt, ListPermissions, PendingTimers, StartTurn, TurnBudget,
+    TurnRefused, TurnStarted, UnstoredEvents,
 };
 pub use permissions::PendingPermission;
 use permissions::PermissionBroker;
@@ -79,6 +79,8 @@ pub struct SessionSetup {
     /// Tools answered "allow" without asking the client (the session's allowed tools,
     /// including those the client chose to always allow).
     pub always_allowed: Vec<String>,
+    /// The CLI's `--max-budget-usd`, if it has one.
+    pub max_budget_usd: Option<f64>,
     /// Which launch of the session this actor is (its reports to the registry carry it).
     pub generation: u64,
     /// `api.max_concurrent_requests` turn slots, shared by every session.
@@ -104,6 +106,10 @@ pub struct SessionActor {
     control_seq: u64,
     /// What the session has spent (the stored total plus this process's turns).
     cost: CostMeter,
+    /// The CLI's `--max-budget-usd`, and the session's total when it started: what it may
+    /// still spend is the first less what the total grew by since.
+    budget_cap: Option<f64>,
+    cost_at_start: f64,
     stopping: Option<StopReason>,
     /// A stop that waits for the running turn to end.
     stop_after_turn: Option<StopReason>,
@@ -171,6 +177,8 @@ impl SessionActor {
             controls: HashMap::new(),
             control_seq: 0,
             cost: CostMeter::new(setup.total_cost_usd),
+            budget_cap: setup.max_budget_usd,
+            cost_at_start: setup.total_cost_usd,
             stopping: None,
             stop_after_turn: None,
             start_error: None,

@@ -43,6 +43,17 @@ pub(super) enum Route {
     Ask,
 }
 
+/// What became of a request handed to [`PermissionBroker::open`].
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Opened<T> {
+    /// Open until the client answers or its timer fires.
+    Asked,
+    /// Open, in place of an open request with the same id: this is that one's timer, to cancel.
+    Replaced(T),
+    /// Not open: no turn is running. Its timer is handed back, to cancel; deny it now.
+    Refused(T),
+}
+
 /// A client's answer to an open request.
 #[derive(Debug)]
 pub(super) struct Answered<T> {
@@ -69,9 +80,25 @@ impl<T> PermissionBroker<T> {
         }
     }
 
-    /// A request the client was asked, with the timer that denies it.
-    pub(super) fn open(&mut self, request_id: String, request: PendingPermission, timer: T) {
-        self.open.insert(request_id, (request, timer));
+    /// A request the client was asked, with the timer that denies it, if a turn still runs
+    /// once it is recorded: one that came (or whose turn ended) after the turn's end was
+    /// denied with every open request, so it is refused here, to be denied at once. A request
+    /// id asked again replaces the open request, whose timer is handed back to cancel (else it
+    /// would deny the new one).
+    pub(super) fn open(
+        &mut self,
+        request_id: String,
+        request: PendingPermission,
+        timer: T,
+        turn_running: bool,
+    ) -> Opened<T> {
+        if !turn_running {
+            return Opened::Refused(timer);
+        }
+        match self.open.insert(request_id, (request, timer)) {
+            Some((_, replaced)) => Opened::Replaced(replaced),
+            None => Opened::Asked,
+        }
     }
 
     /// Removes an open request (the CLI cancelled it), with its timer.
@@ -146,7 +173,18 @@ impl SessionActor {
                 act.answer_permission(&request_id, Err("nobody answered the permission request in time".into()));
             }
         });
-        self.permissions.open(req.request_id, pending, timer);
+        // Recording the request may have ended the turn (its events could not be stored).
+        match self.permissions.open(req.request_id.clone(), pending, timer, self.turn.is_some()) {
+            Opened::Asked => {}
+            Opened::Replaced(old) => {
+                log::debug!("session {}: permission request {} asked again", self.id, req.request_id);
+                ctx.cancel_future(old);
+            }
+            Opened::Refused(timer) => {
+                ctx.cancel_future(timer);
+                self.answer_permission(&req.request_id, Err("the turn ended".into()));
+            }
+        }
     }
 
     /// Removes an open permission request and cancels its timer.
@@ -197,8 +235,8 @@ mod tests {
     #[test]
     fn an_allow_uses_the_clients_input_if_given_else_the_clis() {
         let mut b = broker();
-        b.open("r1".into(), asked("Bash", json!({"command": "ls"})), 1);
-        b.open("r2".into(), asked("Bash", json!({"command": "ls"})), 2);
+        assert_eq!(b.open("r1".into(), asked("Bash", json!({"command": "ls"})), 1, true), Opened::Asked);
+        assert_eq!(b.open("r2".into(), asked("Bash", json!({"command": "ls"})), 2, true), Opened::Asked);
         let a = b.answer("r1", true, false, None, Some(json!({"command": "pwd"}))).unwrap();
         assert_eq!((a.decision, a.newly_always_allowed, a.timer), (Ok(json!({"command": "pwd"})), None, 1));
         let a = b.answer("r2", true, false, None, None).unwrap();
@@ -209,8 +247,8 @@ mod tests {
     #[test]
     fn a_deny_carries_the_clients_message_or_a_default() {
         let mut b = broker();
-        b.open("r1".into(), asked("Bash", Value::Null), 1);
-        b.open("r2".into(), asked("Bash", Value::Null), 2);
+        assert_eq!(b.open("r1".into(), asked("Bash", Value::Null), 1, true), Opened::Asked);
+        assert_eq!(b.open("r2".into(), asked("Bash", Value::Null), 2, true), Opened::Asked);
         assert_eq!(b.answer("r1", false, true, Some("no".into()), None).unwrap().decision, Err("no".into()));
         let a = b.answer("r2", false, true, None, None).unwrap();
         assert_eq!(a.decision, Err("The user denied this tool use".into()));
@@ -221,8 +259,8 @@ mod tests {
     #[test]
     fn always_allow_answers_the_next_request_at_once_and_is_stored_once() {
         let mut b = broker();
-        b.open("r1".into(), asked("Bash", Value::Null), 1);
-        b.open("r2".into(), asked("Bash", Value::Null), 2);
+        assert_eq!(b.open("r1".into(), asked("Bash", Value::Null), 1, true), Opened::Asked);
+        assert_eq!(b.open("r2".into(), asked("Bash", Value::Null), 2, true), Opened::Asked);
         assert_eq!(b.answer("r1", true, true, None, None).unwrap().newly_always_allowed, Some("Bash".into()));
         assert_eq!(b.route("Bash", true), Route::Allow);
         let again = b.answer("r2", true, true, None, None).unwrap();
@@ -232,12 +270,12 @@ mod tests {
     #[test]
     fn a_request_is_answered_once_whoever_comes_first() {
         let mut b = broker();
-        b.open("r1".into(), asked("Bash", Value::Null), 7);
+        assert_eq!(b.open("r1".into(), asked("Bash", Value::Null), 7, true), Opened::Asked);
         assert_eq!(b.list().len(), 1);
         assert_eq!(b.answer("r1", true, false, None, None).unwrap().timer, 7, "its timer is handed back to cancel");
         assert!(!b.expire("r1"), "a timer that fires after the answer denies nothing");
         assert!(b.answer("r1", false, false, None, None).is_none(), "a second answer finds nothing");
-        b.open("r2".into(), asked("Bash", Value::Null), 8);
+        assert_eq!(b.open("r2".into(), asked("Bash", Value::Null), 8, true), Opened::Asked);
         assert!(b.expire("r2"), "nobody answered: the timer denies it");
         assert!(b.answer("r2", true, false, None, None).is_none(), "an answer after the timeout finds nothing");
         assert!(b.take("r2").is_none());
@@ -247,15 +285,39 @@ mod tests {
     #[test]
     fn the_turns_end_closes_every_open_request_with_its_timer() {
         let mut b = broker();
-        b.open("r1".into(), asked("Bash", Value::Null), 1);
-        b.open("r2".into(), asked("Edit", Value::Null), 2);
+        assert_eq!(b.open("r1".into(), asked("Bash", Value::Null), 1, true), Opened::Asked);
+        assert_eq!(b.open("r2".into(), asked("Edit", Value::Null), 2, true), Opened::Asked);
         let (cancelled, _) = b.take("r2").unwrap();
         assert_eq!(cancelled.tool_name, "Edit");
-        b.open("r3".into(), asked("Write", Value::Null), 3);
+        assert_eq!(b.open("r3".into(), asked("Write", Value::Null), 3, true), Opened::Asked);
         let mut drained = b.drain();
         drained.sort();
         assert_eq!(drained, vec![("r1".to_string(), 1), ("r3".to_string(), 3)]);
         assert!(b.list().is_empty() && !b.expire("r1"));
+    }
+
+    #[test]
+    fn a_request_recorded_once_the_turn_has_ended_is_refused_and_not_listed() {
+        let mut b = broker();
+        assert_eq!(b.open("r1".into(), asked("Bash", Value::Null), 1, true), Opened::Asked);
+        assert_eq!(b.drain(), vec![("r1".to_string(), 1)], "the turn ends: r1 is denied");
+        // r2 came while the turn was ending (its permission_request ended the turn, say).
+        assert_eq!(b.open("r2".into(), asked("Bash", Value::Null), 2, false), Opened::Refused(2));
+        assert!(b.list().is_empty(), "nothing is pending once no turn runs");
+        assert!(!b.expire("r2"), "its timer (cancelled) would find nothing either");
+        assert!(b.answer("r2", true, false, None, None).is_none(), "nor would a client's answer");
+    }
+
+    #[test]
+    fn a_request_id_asked_again_replaces_the_open_one_and_hands_back_its_timer() {
+        let mut b = broker();
+        assert_eq!(b.open("r1".into(), asked("Bash", json!({"command": "ls"})), 1, true), Opened::Asked);
+        assert_eq!(b.open("r1".into(), asked("Bash", json!({"command": "pwd"})), 2, true), Opened::Replaced(1));
+        let listed = b.list();
+        assert_eq!(listed.len(), 1, "one request per id");
+        assert_eq!(listed[0].1.tool_input, json!({"command": "pwd"}), "the later request is the open one");
+        let a = b.answer("r1", true, false, None, None).unwrap();
+        assert_eq!((a.decision, a.timer), (Ok(json!({"command": "pwd"})), 2), "with the later request's timer");
     }
 
     #[test]

@@ -20,13 +20,18 @@ use crate::domain::frames as events;
 use crate::error::ApiError;
 use crate::storage::TurnRecord;
 
-/// What the session has spent. The CLI reports its cost as a running total per process, and
-/// a resumed CLI may or may not start that total from the session's saved one: a report at or
-/// above the last one adds the difference, one below it is a total that started again (from
-/// zero) and is this turn's cost alone.
+/// What the session has spent. The CLI reports its cost as a running total per process
+/// (`total_cost_usd`), which a resumed CLI does not start from zero: the pinned 2.1.330
+/// restores the total it saved in the transcript at its last clean exit (none after a crash
+/// or a kill, an older one when the last process was killed), so neither zero nor the
+/// session's saved total is a safe guess. The actor asks the started CLI for its total
+/// (`get_usage`) before its first turn ([`CostMeter::starts_at`]): each turn's cost is then
+/// the difference of this process's reports. Without that answer (a CLI that does not know
+/// `get_usage`), a report at or above the last one adds the difference and one below it is a
+/// total that started again (from zero) and is this turn's cost alone.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) struct CostMeter {
-    /// The CLI's cumulative cost at its last result (starts at the stored total).
+    /// The CLI's cumulative cost at its last result (or as it reported it at its start).
     seen: f64,
     total: f64,
 }
@@ -34,6 +39,11 @@ pub(super) struct CostMeter {
 impl CostMeter {
     pub(super) fn new(saved_total: f64) -> Self {
         Self { seen: saved_total, total: saved_total }
+    }
+
+    /// This process's running total before its first turn, as the CLI reported it.
+    pub(super) fn starts_at(&mut self, cli_total: f64) {
+        self.seen = cli_total;
     }
 
     /// Records a result's cumulative `total_cost_usd` (none: nothing spent) and returns what
@@ -67,6 +77,9 @@ pub(super) struct Turn {
     pub(super) timers: Vec<SpawnHandle>,
     /// The turn's slot: dropping it (with the turn) frees it for the next waiter.
     pub(super) _permit: OwnedSemaphorePermit,
+    /// What the turn holds of its user's budget: dropped once the turn's record (with its
+    /// cost) is committed, or the commit is given up on.
+    pub(super) budget_hold: Option<Box<dyn Send>>,
 }
 
 impl SessionActor {
@@ -164,8 +177,10 @@ impl SessionActor {
         self.committing = Some(delivered_rx);
         let mut sink = turn.sink.take();
         let turn_id = turn.id.clone();
+        let budget_hold = turn.budget_hold.take();
         let wait = async move { tokio::time::timeout(COMMIT_WAIT, committed).await };
         ctx.spawn(wait.into_actor(self).map(move |result, act, ctx| {
+            drop(budget_hold);
             match result {
                 Ok(Ok(Ok(_))) => act.deliver(&last, &mut sink),
                 failed => {
@@ -294,6 +309,29 @@ mod tests {
         assert_eq!(cost.total(), 12.0 * C, "the saved total is kept");
         assert_eq!(cost.record(Some(5.0 * C)), 3.0 * C, "then differences of the new running total");
         assert_eq!(cost.total(), 15.0 * C);
+    }
+
+    #[test]
+    fn a_resumed_cli_whose_total_restarted_below_the_saved_one_is_measured_from_its_own_start() {
+        // The 2.1.330 case after a crash: the session had spent 10 C, the CLI's transcript holds
+        // no total (it never exited cleanly), so the resumed process starts from 0, and its
+        // first turn costs 12 C: all 12 C are this turn's, not the 2 C above the saved total.
+        let mut cost = CostMeter::new(10.0 * C);
+        cost.starts_at(0.0);
+        assert_eq!(cost.record(Some(12.0 * C)), 12.0 * C);
+        assert_eq!(cost.total(), 22.0 * C);
+        // An older saved total (the last clean exit was at 4 C, then 6 C more before a kill):
+        // the resumed process starts at 4 C, and a turn of 1 C reports 5 C, below the saved 10 C.
+        let mut cost = CostMeter::new(10.0 * C);
+        cost.starts_at(4.0 * C);
+        assert_eq!(cost.record(Some(5.0 * C)), C, "not the whole 5 C");
+        assert_eq!(cost.record(Some(8.0 * C)), 3.0 * C);
+        assert_eq!(cost.total(), 14.0 * C);
+        // A clean exit: the CLI restores the saved total itself, nothing counts twice.
+        let mut cost = CostMeter::new(10.0 * C);
+        cost.starts_at(10.0 * C);
+        assert_eq!(cost.record(Some(11.0 * C)), C);
+        assert_eq!(cost.total(), 11.0 * C);
     }
 
     #[test]
