@@ -26,6 +26,7 @@ on_both_backends!(
     a_delivery_survives_a_restart_between_the_event_and_its_delivery,
     hooks_are_their_owners_and_internal_targets_are_refused,
     an_expired_session_is_announced,
+    rotating_the_credentials_key_reseals_webhook_secrets,
 );
 
 const ALL_EVENTS: [&str; 7] = [
@@ -217,12 +218,16 @@ async fn each_event_arrives_once_signed_and_without_text_unless_asked(backend: B
     assert_eq!(res.status.as_u16(), 200, "{}", res.text);
     wait("/alice", "budget.reached", 1).await;
     assert_eq!(app.chat(&alice, &id, "cost 0.75").await.status.as_u16(), 402);
+    // Raised and reached again the same day: not announced again (once per limit and period).
+    app.put_budget(ADMIN_KEY, "alice", json!({"daily_usd": 1.0})).await;
+    assert_eq!(app.chat(&alice, &id, "cost 0.5").await.status.as_u16(), 200);
+    wait("/alice", "turn.completed", 4).await;
     app.put_budget(ADMIN_KEY, "alice", json!({})).await;
 
     // Closing.
     assert_eq!(app.delete_session(&alice, &id, "").await.status.as_u16(), 204);
     wait("/alice", "session.closed", 1).await;
-    wait("/admin", "turn.completed", 3).await;
+    wait("/admin", "turn.completed", 4).await;
     // Anything sent twice would have arrived by now.
     actix_web::rt::time::sleep(Duration::from_millis(700)).await;
 
@@ -244,7 +249,7 @@ async fn each_event_arrives_once_signed_and_without_text_unless_asked(backend: B
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), mine.len(), "each event once (distinct webhook-ids): {mine:?}");
-    assert_eq!(count["turn.completed"], 3, "{count:?}");
+    assert_eq!(count["turn.completed"], 4, "{count:?}");
     assert_eq!(count["turn.failed"], 1, "{count:?}");
     assert_eq!(count["permission.requested"], 1, "{count:?}");
     assert_eq!(count["budget.reached"], 1, "{count:?}");
@@ -267,7 +272,7 @@ async fn each_event_arrives_once_signed_and_without_text_unless_asked(backend: B
 
     // The admin's hook for everyone, with text: the conversation is there.
     let admin = inbox.on("/admin");
-    assert_eq!(admin.len(), 3, "{admin:?}");
+    assert_eq!(admin.len(), 4, "{admin:?}");
     for got in &admin {
         assert_signed(&admin_secret, got);
     }
@@ -465,4 +470,32 @@ async fn an_expired_session_is_announced(backend: Backend) {
     assert_signed(&secret, &got[0]);
     assert_eq!(got[0].json()["data"]["session_id"], id.as_str());
     eprintln!("example payload session.expired: {}", got[0].body);
+}
+
+async fn rotating_the_credentials_key_reseals_webhook_secrets(backend: Backend) {
+    let inbox = Inbox::default();
+    let listener = loopback();
+    let port = listener.local_addr().unwrap().port();
+    let _receiver = receiver(listener, inbox.clone());
+    let mut app = webhook_app(backend, |_| {}).await;
+    let alice = app.create_user("alice").await;
+    let url = format!("http://127.0.0.1:{port}/h");
+    let (hook_id, secret) = hook(&app, &alice, json!({"url": url, "events": ["turn.completed"]})).await;
+    let sealed_before = app.app_state.storage.get_webhook(&hook_id).await.unwrap().unwrap().sealed_secret;
+    app.stop().await;
+
+    let done = claude_agent_http::auth::credentials_rotation::rotate(&app.settings, None).await.unwrap();
+    assert!(done.contains("1 webhook secret"), "{done}");
+    let app = app.restart().await;
+    let sealed_after = app.app_state.storage.get_webhook(&hook_id).await.unwrap().unwrap().sealed_secret;
+    assert_ne!(sealed_after, sealed_before, "re-sealed under the new key");
+    let id = app.create_session(&alice, json!({})).await;
+    assert_eq!(app.chat(&alice, &id, "after the rotation").await.status.as_u16(), 200);
+    let ok = eventually(Duration::from_secs(20), || {
+        let inbox = inbox.clone();
+        async move { !inbox.all().is_empty() }
+    })
+    .await;
+    assert_arrives(ok, "a delivery after the rotation", &inbox);
+    assert_signed(&secret, &inbox.all()[0]);
 }
