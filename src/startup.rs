@@ -175,8 +175,12 @@ impl Application {
 
         let server = build_server(listener, state.clone())?;
         // Delivers what the outbox holds: this run's events and those a previous run left.
-        let webhook_worker =
-            crate::webhooks::DeliveryWorker::start(state.storage.clone(), credentials_key, settings.webhooks.clone());
+        let webhook_worker = crate::webhooks::DeliveryWorker::start(
+            state.storage.clone(),
+            credentials_key,
+            settings.webhooks.clone(),
+            state.metrics.clone(),
+        );
         crate::cli::warn_when_it_cannot_answer(&settings);
         log::info!(
             "claude-agent-http {} listening on {}:{port} ({} storage)",

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use super::{sign, target};
 use crate::auth::credentials_key::CredentialsKey;
 use crate::clock;
+use crate::metrics::Metrics;
 use crate::settings::WebhookSettings;
 use crate::storage::{DeliveryRow, Storage, WebhookRow};
 
@@ -47,12 +48,18 @@ struct Ctx {
     storage: Storage,
     key: CredentialsKey,
     settings: Arc<WebhookSettings>,
+    metrics: Arc<Metrics>,
 }
 
 impl DeliveryWorker {
-    pub fn start(storage: Storage, key: CredentialsKey, settings: WebhookSettings) -> DeliveryWorker {
+    pub fn start(
+        storage: Storage,
+        key: CredentialsKey,
+        settings: WebhookSettings,
+        metrics: Arc<Metrics>,
+    ) -> DeliveryWorker {
         let (stop, stopped) = watch::channel(false);
-        let ctx = Ctx { storage, key, settings: Arc::new(settings) };
+        let ctx = Ctx { storage, key, settings: Arc::new(settings), metrics };
         let task = actix_web::rt::spawn(run(ctx, stopped));
         DeliveryWorker { stop, task: Some(task) }
     }
@@ -131,6 +138,11 @@ async fn attempt(ctx: &Ctx, d: DeliveryRow, hook: WebhookRow) {
             (false, code, Some(why), next)
         }
     };
+    ctx.metrics.webhook_attempt(match (delivered, next) {
+        (true, _) => "delivered",
+        (false, Some(_)) => "retried",
+        (false, None) => "failed",
+    });
     if let Err(e) = ctx.storage.record_attempt(d.id, delivered, code, error, next, now).await {
         // The lease runs out and the row is tried again: at least once, never lost.
         log::warn!("webhook {}: cannot record the attempt of {}: {e}", hook.webhook_id, d.message_id);

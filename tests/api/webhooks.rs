@@ -27,6 +27,7 @@ on_both_backends!(
     hooks_are_their_owners_and_internal_targets_are_refused,
     an_expired_session_is_announced,
     rotating_the_credentials_key_reseals_webhook_secrets,
+    the_target_is_checked_again_at_each_delivery,
 );
 
 const ALL_EVENTS: [&str; 7] = [
@@ -325,6 +326,9 @@ async fn a_delivery_answered_500_twice_is_retried_until_delivered(backend: Backe
     assert_eq!(d["message_id"], got[0].id.as_str(), "{d}");
     assert_eq!(d["event_type"], "turn.completed", "{d}");
     assert!(d["delivered_at"].is_string() && d["next_attempt_at"].is_null(), "{d}");
+    let metrics = app.request(awc::http::Method::GET, "/metrics", None, None).await.text;
+    assert!(metrics.contains(r#"claude_agent_webhook_attempts_total{outcome="retried"} 2"#), "{metrics}");
+    assert!(metrics.contains(r#"claude_agent_webhook_attempts_total{outcome="delivered"} 1"#), "{metrics}");
 }
 
 async fn a_delivery_survives_a_restart_between_the_event_and_its_delivery(backend: Backend) {
@@ -498,4 +502,33 @@ async fn rotating_the_credentials_key_reseals_webhook_secrets(backend: Backend) 
     .await;
     assert_arrives(ok, "a delivery after the rotation", &inbox);
     assert_signed(&secret, &inbox.all()[0]);
+}
+
+async fn the_target_is_checked_again_at_each_delivery(backend: Backend) {
+    let inbox = Inbox::default();
+    let listener = loopback();
+    let port = listener.local_addr().unwrap().port();
+    let _receiver = receiver(listener, inbox.clone());
+    let mut app = webhook_app(backend, |_| {}).await;
+    let alice = app.create_user("alice").await;
+    let url = format!("http://127.0.0.1:{port}/h");
+    let (hook_id, _) = hook(&app, &alice, json!({"url": url, "events": ["turn.completed"]})).await;
+    // The admin takes loopback off the allowlist: the hook created before is not sent to.
+    app.settings.webhooks.allowed_hosts.clear();
+    let app = app.restart().await;
+    let id = app.create_session(&alice, json!({})).await;
+    assert_eq!(app.chat(&alice, &id, "hi").await.status.as_u16(), 200);
+    let refused = eventually(Duration::from_secs(20), || {
+        let (app, alice, hook_id) = (&app, &alice, &hook_id);
+        async move {
+            let d = app.get_deliveries(alice, hook_id).await.body[0].clone();
+            d["attempts"].as_i64().unwrap_or(0) >= 1
+                && d["last_error"].as_str().is_some_and(|e| e.contains("target refused"))
+        }
+    })
+    .await;
+    let log = app.get_deliveries(&alice, &hook_id).await;
+    assert!(refused, "the attempt is refused: {}", log.text);
+    assert_eq!(log.body[0]["status"], "pending", "refused attempts are retried (the allowlist may come back)");
+    assert!(inbox.all().is_empty(), "nothing reached the receiver: {:?}", inbox.all());
 }
