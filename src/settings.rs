@@ -434,11 +434,20 @@ pub struct WebhookSettings {
     pub retry_base_ms: u64,
     /// Seconds between looks at the outbox when nothing rings (new rows wake it at once).
     pub poll_interval: u64,
+    /// Days a delivered or failed delivery stays in the log (0: forever).
+    pub log_retention_days: u64,
 }
 
 impl Default for WebhookSettings {
     fn default() -> Self {
-        Self { allowed_hosts: Vec::new(), timeout: 10, max_retry_hours: 24, retry_base_ms: 5000, poll_interval: 5 }
+        Self {
+            allowed_hosts: Vec::new(),
+            timeout: 10,
+            max_retry_hours: 24,
+            retry_base_ms: 5000,
+            poll_interval: 5,
+            log_retention_days: 7,
+        }
     }
 }
 

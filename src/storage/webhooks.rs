@@ -377,6 +377,25 @@ impl Storage {
         Ok(first)
     }
 
+    /// Removes delivered and failed deliveries of events before `before` (epoch ms), and the
+    /// `budget.reached` marks older than `marks_before` (their periods are over). How many
+    /// deliveries went.
+    pub async fn prune_deliveries(&self, before: i64, marks_before: i64) -> Result<usize, StorageError> {
+        run!(self, [before, marks_before], |conn| {
+            let n = diesel::delete(
+                webhook_deliveries::table
+                    .filter(webhook_deliveries::status.ne(PENDING))
+                    .filter(webhook_deliveries::created_at.lt(*before)),
+            )
+            .execute(conn)
+            .await?;
+            diesel::delete(webhook_budget_marks::table.filter(webhook_budget_marks::created_at.lt(*marks_before)))
+                .execute(conn)
+                .await?;
+            n
+        })
+    }
+
     /// Whether any hook subscribes to `event` for `user_id` (theirs or every user's).
     pub async fn webhook_subscribed(&self, user_id: &str, event: WebhookEvent) -> Result<bool, StorageError> {
         run!(self, [user_id, event], |conn| {

@@ -28,6 +28,11 @@ const BACKOFF: [u64; 7] = [1, 6, 24, 72, 144, 288, 720];
 const MAX_BACKOFF_MS: u64 = 3_600_000;
 /// The least a round waits when a due row is leased by another instance.
 const MIN_WAIT: Duration = Duration::from_millis(100);
+/// How often the delivery log is pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+const DAY_MS: i64 = 86_400_000;
+/// `budget.reached` marks outlive the longest period (a month) and then some.
+const MARKS_KEPT_DAYS: i64 = 62;
 /// At most this much of an error is kept in the delivery log.
 const MAX_ERROR_CHARS: usize = 300;
 
@@ -76,9 +81,14 @@ impl DeliveryWorker {
 async fn run(ctx: Ctx, mut stopped: watch::Receiver<bool>) {
     let bell = ctx.storage.outbox_bell();
     let poll = Duration::from_secs(ctx.settings.poll_interval.max(1));
+    let mut pruned: Option<tokio::time::Instant> = None;
     loop {
         if *stopped.borrow() {
             break;
+        }
+        if pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+            pruned = Some(tokio::time::Instant::now());
+            prune(&ctx).await;
         }
         let batch = match ctx.storage.claim_deliveries(clock::now_ms(), LEASE_MS, BATCH).await {
             Ok(batch) => batch,
@@ -101,6 +111,19 @@ async fn run(ctx: Ctx, mut stopped: watch::Receiver<bool>) {
             () = tokio::time::sleep(wait) => {}
             _ = stopped.changed() => break,
         }
+    }
+}
+
+/// Drops what the delivery log keeps no longer (`webhooks.log_retention_days`), and the
+/// `budget.reached` marks of periods long over.
+async fn prune(ctx: &Ctx) {
+    let now = clock::now_ms();
+    let days = ctx.settings.log_retention_days;
+    let before = if days == 0 { i64::MIN } else { now - days as i64 * DAY_MS };
+    match ctx.storage.prune_deliveries(before, now - MARKS_KEPT_DAYS * DAY_MS).await {
+        Ok(0) => {}
+        Ok(n) => log::info!("webhooks: removed {n} delivery log entries older than {days} days"),
+        Err(e) => log::warn!("webhooks: cannot prune the delivery log: {e}"),
     }
 }
 

@@ -326,6 +326,12 @@ async fn a_delivery_answered_500_twice_is_retried_until_delivered(backend: Backe
     assert_eq!(d["message_id"], got[0].id.as_str(), "{d}");
     assert_eq!(d["event_type"], "turn.completed", "{d}");
     assert!(d["delivered_at"].is_string() && d["next_attempt_at"].is_null(), "{d}");
+    // The log's retention: a delivered row goes once it is old enough.
+    let storage = &app.app_state.storage;
+    let now = claude_agent_http::clock::now_ms();
+    assert_eq!(storage.prune_deliveries(now - 60_000, 0).await.unwrap(), 0, "a fresh row stays");
+    assert_eq!(storage.prune_deliveries(now + 60_000, 0).await.unwrap(), 1);
+    assert_eq!(app.get_deliveries(&alice, &hook_id).await.body, json!([]));
     let metrics = app.request(awc::http::Method::GET, "/metrics", None, None).await.text;
     assert!(metrics.contains(r#"claude_agent_webhook_attempts_total{outcome="retried"} 2"#), "{metrics}");
     assert!(metrics.contains(r#"claude_agent_webhook_attempts_total{outcome="delivered"} 1"#), "{metrics}");
@@ -349,6 +355,8 @@ async fn a_delivery_survives_a_restart_between_the_event_and_its_delivery(backen
     })
     .await;
     assert!(failed, "the first attempt fails while the receiver is down");
+    let now = claude_agent_http::clock::now_ms();
+    assert_eq!(app.app_state.storage.prune_deliveries(now + 60_000, 0).await.unwrap(), 0, "pending rows stay");
     let log = app.get_deliveries(&alice, &hook_id).await;
     let message_id = log.body[0]["message_id"].as_str().unwrap().to_string();
     eprintln!("delivery log while the receiver is down: {}", log.text);
