@@ -298,12 +298,17 @@ async fn a_delivery_answered_500_twice_is_retried_until_delivered(backend: Backe
         hook(&app, &alice, json!({"url": format!("http://127.0.0.1:{port}/h"), "events": ["turn.completed"]})).await;
     let id = app.create_session(&alice, json!({})).await;
     assert_eq!(app.chat(&alice, &id, "hi").await.status.as_u16(), 200);
+    let answered = Instant::now();
 
     let ok = eventually(Duration::from_secs(20), || {
         let inbox = inbox.clone();
         async move { inbox.all().len() >= 3 }
     })
     .await;
+    eprintln!(
+        "the turn's answer → its first webhook attempt: {:?}",
+        inbox.all()[0].at.saturating_duration_since(answered)
+    );
     assert_arrives(ok, "three attempts", &inbox);
     actix_web::rt::time::sleep(Duration::from_millis(500)).await;
     let got = inbox.all();
