@@ -38,6 +38,10 @@ pub enum PersistJob {
     /// its owner's ids, and `text` goes only to hooks with `include_text`.
     Webhook {
         event: WebhookEvent,
+        /// The `webhook-id`, chosen once so a retried job cannot send the event twice under two ids.
+        message_id: String,
+        /// When it happened (epoch ms).
+        at: i64,
         data: serde_json::Map<String, serde_json::Value>,
         text: serde_json::Map<String, serde_json::Value>,
     },
@@ -148,15 +152,15 @@ async fn run(storage: &Storage, session_id: &str, budgets: &BudgetSettings, job:
                 owner = o;
                 0
             }),
-            PersistJob::Webhook { event, data, text } => {
-                let (event, data, text, session) = (*event, data.clone(), text.clone(), session_id.to_string());
+            PersistJob::Webhook { event, message_id, at, data, text } => {
+                let (event, id, at) = (*event, message_id.clone(), crate::clock::rfc3339(*at));
+                let (data, text, session) = (data.clone(), text.clone(), session_id.to_string());
                 storage
                     .enqueue_session_webhook_event(session_id, move |user_id| {
                         let mut data = data;
                         data.insert("session_id".into(), session.into());
                         data.insert("user_id".into(), user_id.into());
-                        let now = crate::clock::rfc3339(crate::clock::now_ms());
-                        OutboxEvent::new(event, crate::storage::message_id(), now, data, text)
+                        OutboxEvent::new(event, id, at, data, text)
                     })
                     .await
                     .map(|_| 0)

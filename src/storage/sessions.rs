@@ -419,8 +419,9 @@ impl Storage {
 }
 
 impl Storage {
-    /// Moves a session to `to` if its status is one of `from`: one statement, nothing read
-    /// back (the session actor's status changes, off the request path).
+    /// Moves a session to `to` if its status is one of `from`, nothing read back (the session
+    /// actor's status changes, off the request path): one statement, or for a status a webhook
+    /// event stands for (idle) a transaction that adds its deliveries.
     pub async fn set_status_if(
         &self,
         session_id: &str,

@@ -220,7 +220,8 @@ impl SessionActor {
         let mut text = serde_json::Map::new();
         text.insert("tool_input".into(), input.clone());
         let event = crate::domain::webhooks::WebhookEvent::PermissionRequested;
-        if self.persist.push(PersistJob::Webhook { event, data, text }).is_err() {
+        let (message_id, at) = (crate::storage::message_id(), crate::clock::now_ms());
+        if self.persist.push(PersistJob::Webhook { event, message_id, at, data, text }).is_err() {
             log::warn!("session {}: storage is behind; webhook event {} dropped", self.id, event.as_str());
         }
     }
