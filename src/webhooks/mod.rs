@@ -170,7 +170,7 @@ impl Webhooks {
         if self.storage.list_webhooks(owner.as_deref()).await?.iter().filter(|h| h.user_id == owner).count()
             >= MAX_HOOKS_PER_OWNER
         {
-            return Err(ApiError::validation("url", format!("at most {MAX_HOOKS_PER_OWNER} webhooks per owner")));
+            return Err(ApiError::validation("body", format!("at most {MAX_HOOKS_PER_OWNER} webhooks per owner")));
         }
         let webhook_id = format!("wh_{}", uuid::Uuid::new_v4().simple());
         let sealed_secret = self.key.seal(&secret_aad(&webhook_id), secret.as_bytes()).map_err(ApiError::Internal)?;

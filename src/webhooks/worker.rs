@@ -178,11 +178,12 @@ async fn send(ctx: &Ctx, d: &DeliveryRow, hook: &WebhookRow) -> Result<i64, (Opt
     let secret = ctx.key.open(&super::secret_aad(&hook.webhook_id), &hook.sealed_secret).map_err(fail)?;
     let secret = String::from_utf8(secret).map_err(|_| fail("the stored secret is not text".into()))?;
     let key = sign::secret_key(&secret).map_err(fail)?;
-    // Checked at every attempt, and the connection goes to the addresses checked.
-    let target = target::check(&hook.url, &ctx.settings.allowed_hosts)
-        .await
-        .map_err(|refused| fail(format!("target refused: {refused}")))?;
     let timeout = Duration::from_secs(ctx.settings.timeout.max(1));
+    // Checked at every attempt, and the connection goes to the addresses checked.
+    let target = tokio::time::timeout(timeout, target::check(&hook.url, &ctx.settings.allowed_hosts))
+        .await
+        .map_err(|_| fail("resolving the host timed out".into()))?
+        .map_err(|refused| fail(format!("target refused: {refused}")))?;
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()

@@ -456,6 +456,16 @@ async fn hooks_are_their_owners_and_internal_targets_are_refused(backend: Backen
     assert_eq!(app.list_webhooks(ADMIN_KEY, "?user_id=alice").await.body.as_array().unwrap().len(), 1);
     assert_eq!(app.get_deliveries(&alice, &hook_id).await.body, json!([]));
 
+    // At most 20 hooks per owner.
+    for n in 1..20 {
+        let more =
+            app.post_webhook(&bob, json!({"url": format!("https://1.2.3.4/{n}"), "events": ["turn.failed"]})).await;
+        assert_eq!(more.status.as_u16(), 201, "{}", more.text);
+    }
+    app.post_webhook(&bob, json!({"url": "https://1.2.3.4/21", "events": ["turn.failed"]}))
+        .await
+        .assert_error(422, "validation_error");
+
     assert_eq!(app.delete_webhook(&alice, &hook_id).await.status.as_u16(), 204);
     app.get_webhook(&alice, &hook_id).await.assert_error(404, "not_found");
     assert_eq!(app.delete_webhook(ADMIN_KEY, &admins_id).await.status.as_u16(), 204);
