@@ -452,8 +452,18 @@ async fn hooks_are_their_owners_and_internal_targets_are_refused(backend: Backen
     let listed = app.list_webhooks(&bob, "").await;
     assert_eq!(listed.body.as_array().unwrap().len(), 1, "bob sees his own only: {}", listed.text);
     app.list_webhooks(&bob, "?user_id=alice").await.assert_error(403, "forbidden");
-    assert_eq!(app.list_webhooks(ADMIN_KEY, "").await.body.as_array().unwrap().len(), 3);
-    assert_eq!(app.list_webhooks(ADMIN_KEY, "?user_id=alice").await.body.as_array().unwrap().len(), 1);
+    // The admin's hook for one user is that user's: they see it (and may delete it).
+    let for_alice = app
+        .post_webhook(ADMIN_KEY, json!({"url": "https://1.2.3.4/a", "events": ["turn.failed"], "user_id": "alice"}))
+        .await;
+    assert_eq!(for_alice.status.as_u16(), 201, "{}", for_alice.text);
+    assert_eq!(for_alice.body["user_id"], "alice");
+    let for_alice_id = for_alice.body["webhook_id"].as_str().unwrap();
+    assert_eq!(app.get_webhook(&alice, for_alice_id).await.status.as_u16(), 200);
+    app.get_webhook(&bob, for_alice_id).await.assert_error(404, "not_found");
+    assert_eq!(app.list_webhooks(&alice, "").await.body.as_array().unwrap().len(), 2);
+    assert_eq!(app.list_webhooks(ADMIN_KEY, "").await.body.as_array().unwrap().len(), 4);
+    assert_eq!(app.list_webhooks(ADMIN_KEY, "?user_id=alice").await.body.as_array().unwrap().len(), 2);
     assert_eq!(app.get_deliveries(&alice, &hook_id).await.body, json!([]));
 
     // At most 20 hooks per owner.
@@ -469,6 +479,10 @@ async fn hooks_are_their_owners_and_internal_targets_are_refused(backend: Backen
     assert_eq!(app.delete_webhook(&alice, &hook_id).await.status.as_u16(), 204);
     app.get_webhook(&alice, &hook_id).await.assert_error(404, "not_found");
     assert_eq!(app.delete_webhook(ADMIN_KEY, &admins_id).await.status.as_u16(), 204);
+    // A deleted user's hooks go with them.
+    assert_eq!(app.list_webhooks(ADMIN_KEY, "?user_id=bob").await.body.as_array().unwrap().len(), 20);
+    assert_eq!(app.delete_user(ADMIN_KEY, "bob").await.status.as_u16(), 204);
+    assert_eq!(app.list_webhooks(ADMIN_KEY, "?user_id=bob").await.body, json!([]));
 }
 
 async fn an_expired_session_is_announced(backend: Backend) {
