@@ -23,6 +23,23 @@ pub fn rfc3339(ms: i64) -> String {
     s
 }
 
+const DAY_MS: i64 = 86_400_000;
+
+/// The UTC day and month `now` (epoch ms) is in, as `[start, end)` pairs (what budgets count).
+pub fn utc_periods(now: i64) -> ((i64, i64), (i64, i64)) {
+    let day_start = now - now.rem_euclid(DAY_MS);
+    let date = time::OffsetDateTime::from_unix_timestamp(day_start / 1000).map(|t| t.date()).unwrap_or(time::Date::MIN);
+    let first = |year: i32, month: time::Month| {
+        time::Date::from_calendar_date(year, month, 1)
+            .map(|d| d.midnight().assume_utc().unix_timestamp() * 1000)
+            .unwrap_or(day_start)
+    };
+    let month_start = first(date.year(), date.month());
+    let next_year = if date.month() == time::Month::December { date.year() + 1 } else { date.year() };
+    let month_end = first(next_year, date.month().next());
+    ((day_start, day_start + DAY_MS), (month_start, month_end))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

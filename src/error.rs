@@ -113,6 +113,8 @@ pub enum ErrorCode {
     SessionExpired,
     CredentialsRequired,
     BudgetExceeded,
+    UnknownWebhookEvent,
+    WebhookTargetRefused,
     PayloadTooLarge,
     UnsupportedMediaType,
     ValidationError,
@@ -133,6 +135,8 @@ impl ErrorCode {
         match self {
             InvalidRequest => "invalid_request",
             InvalidPath => "invalid_path",
+            UnknownWebhookEvent => "unknown_webhook_event",
+            WebhookTargetRefused => "webhook_target_refused",
             Unauthorized => "unauthorized",
             Forbidden => "forbidden",
             SessionNotFound => "session_not_found",
@@ -182,6 +186,10 @@ pub enum ApiError {
     CredentialsRequired,
     /// The user is at or over one of their spending limits.
     BudgetExceeded(OverBudget),
+    /// A webhook subscribed to an event there is none of (the name).
+    UnknownWebhookEvent(String),
+    /// A webhook URL that is not http(s) or reaches an internal address (why).
+    WebhookTargetRefused(String),
     PayloadTooLarge(String),
     UnsupportedMediaType(String),
     Validation(Vec<FieldError>),
@@ -226,6 +234,8 @@ impl ApiError {
             SessionExpired => (StatusCode::GONE, ErrorCode::SessionExpired),
             CredentialsRequired => (StatusCode::CONFLICT, ErrorCode::CredentialsRequired),
             ApiError::BudgetExceeded(_) => (StatusCode::PAYMENT_REQUIRED, ErrorCode::BudgetExceeded),
+            UnknownWebhookEvent(_) => (StatusCode::BAD_REQUEST, ErrorCode::UnknownWebhookEvent),
+            WebhookTargetRefused(_) => (StatusCode::BAD_REQUEST, ErrorCode::WebhookTargetRefused),
             PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge),
             UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, ErrorCode::UnsupportedMediaType),
             Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ValidationError),
@@ -272,6 +282,11 @@ impl ApiError {
             SessionClosed => "Session is closed; resume it first".into(),
             NoTurnRunning => "No turn is running in this session".into(),
             SessionExpired => "Session has expired".into(),
+            UnknownWebhookEvent(name) => format!(
+                "Unknown webhook event `{name}` (known: turn.completed, turn.failed, permission.requested, \
+                 session.idle, session.closed, session.expired, budget.reached)"
+            ),
+            WebhookTargetRefused(why) => format!("Webhook target refused: {why}"),
             ApiError::BudgetExceeded(b) => {
                 let resets = match &b.resets_at {
                     Some(at) => format!("it resets at {at}"),
@@ -439,6 +454,8 @@ mod tests {
                 resets_at: None,
                 retry_after_secs: None,
             }),
+            ApiError::UnknownWebhookEvent(String::new()),
+            ApiError::WebhookTargetRefused(String::new()),
             ApiError::PayloadTooLarge(String::new()),
             ApiError::UnsupportedMediaType(String::new()),
             ApiError::Validation(Vec::new()),

@@ -20,6 +20,7 @@ pub mod settings;
 pub mod startup;
 pub mod state;
 pub mod storage;
+pub mod webhooks;
 
 pub use settings::Settings;
 pub use startup::Application;

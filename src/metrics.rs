@@ -54,6 +54,13 @@ pub struct LimitLabel {
     pub limit: String,
 }
 
+/// How a webhook delivery attempt went: `delivered`, `retried` (failed, tried again later) or
+/// `failed` (failed for good).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub method: String,
@@ -104,6 +111,7 @@ pub struct Metrics {
     pub user_spent_usd: Family<UserPeriodLabels, Gauge<f64, AtomicU64>>,
     pub user_budget_usd: Family<UserLimitLabels, Gauge<f64, AtomicU64>>,
     pub default_budget_usd: Family<LimitLabel, Gauge<f64, AtomicU64>>,
+    pub webhook_attempts: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -127,6 +135,7 @@ impl Default for Metrics {
             user_spent_usd: Family::default(),
             user_budget_usd: Family::default(),
             default_budget_usd: Family::default(),
+            webhook_attempts: Family::default(),
         };
         let r = &mut m.registry;
         r.register("sessions", "Sessions by status", m.sessions.clone());
@@ -158,11 +167,20 @@ impl Default for Metrics {
             "The spending limits of users without their own ([budgets])",
             m.default_budget_usd.clone(),
         );
+        r.register(
+            "webhook_attempts",
+            "Webhook delivery attempts by outcome (delivered, retried, failed)",
+            m.webhook_attempts.clone(),
+        );
         m
     }
 }
 
 impl Metrics {
+    pub fn webhook_attempt(&self, outcome: &str) {
+        self.webhook_attempts.get_or_create(&OutcomeLabel { outcome: outcome.into() }).inc();
+    }
+
     pub fn refused(&self, reason: &str) {
         self.refusals.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
     }

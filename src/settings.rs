@@ -40,6 +40,7 @@ pub struct Settings {
     pub data: DataSettings,
     pub metrics: MetricsSettings,
     pub budgets: BudgetSettings,
+    pub webhooks: WebhookSettings,
     /// The settings file these came from (set by [`Settings::load`]); hidden from the agents.
     #[serde(skip)]
     pub file: Option<PathBuf>,
@@ -416,6 +417,38 @@ pub struct BudgetSettings {
     pub monthly_usd: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub per_session_usd: Option<f64>,
+}
+
+/// Webhook deliveries (`/api/v1/webhooks`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSettings {
+    /// Hosts (`name` or `name:port`, IP literals too) a webhook may target even though they
+    /// resolve to loopback, private, link-local or other internal addresses.
+    pub allowed_hosts: Vec<String>,
+    /// Seconds one delivery attempt may take (connect, send, answer).
+    pub timeout: u64,
+    /// Hours a delivery is retried before it is marked failed.
+    pub max_retry_hours: u64,
+    /// The first retry's delay in milliseconds; later ones grow (×6, ×24, ×72, … up to an hour).
+    pub retry_base_ms: u64,
+    /// Seconds between looks at the outbox when nothing rings (new rows wake it at once).
+    pub poll_interval: u64,
+    /// Days a delivered or failed delivery stays in the log (0: forever).
+    pub log_retention_days: u64,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            allowed_hosts: Vec::new(),
+            timeout: 10,
+            max_retry_hours: 24,
+            retry_base_ms: 5000,
+            poll_interval: 5,
+            log_retention_days: 7,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

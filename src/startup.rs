@@ -37,6 +37,7 @@ pub struct Application {
     port: u16,
     server: Server,
     state: web::Data<AppState>,
+    webhook_worker: crate::webhooks::DeliveryWorker,
 }
 
 impl Application {
@@ -85,9 +86,10 @@ impl Application {
         .map_err(StartupError)?;
         let credentials = crate::auth::credentials::UserCredentials::new(
             storage.clone(),
-            credentials_key,
+            credentials_key.clone(),
             settings.auth.require_user_credentials,
         );
+        let webhooks = crate::webhooks::Webhooks::new(storage.clone(), credentials_key.clone(), settings.clone());
         let hub = Arc::new(crate::actors::EventHub::default());
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let groups = Arc::new(crate::cli::orphans::GroupRecord::new(&settings.data.dir));
@@ -158,6 +160,7 @@ impl Application {
                 trusted_proxies: trusted_proxies.into(),
             },
             revocations: Default::default(),
+            webhooks,
             credentials,
             settings: settings.clone(),
             storage,
@@ -171,6 +174,13 @@ impl Application {
         });
 
         let server = build_server(listener, state.clone())?;
+        // Delivers what the outbox holds: this run's events and those a previous run left.
+        let webhook_worker = crate::webhooks::DeliveryWorker::start(
+            state.storage.clone(),
+            credentials_key,
+            settings.webhooks.clone(),
+            state.metrics.clone(),
+        );
         crate::cli::warn_when_it_cannot_answer(&settings);
         log::info!(
             "claude-agent-http {} listening on {}:{port} ({} storage)",
@@ -178,7 +188,7 @@ impl Application {
             settings.api.host,
             settings.session.storage.as_str()
         );
-        Ok(Application { port, server, state })
+        Ok(Application { port, server, state, webhook_worker })
     }
 
     pub fn port(&self) -> u16 {
@@ -196,7 +206,7 @@ impl Application {
 
     /// Serves until the server is stopped (SIGTERM/SIGINT or a handle), then stops every
     /// session's CLI and waits until all are reaped.
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+    pub async fn run_until_stopped(mut self) -> std::io::Result<()> {
         notify_systemd(&self.state);
         let served = self.server.await;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
@@ -213,6 +223,9 @@ impl Application {
                 let _ = registry.shutdown(true).await;
             }
         }
+        // After the sessions' last status changes are stored: what is left in the outbox
+        // waits for the next run.
+        self.webhook_worker.stop().await;
         served
     }
 }

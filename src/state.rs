@@ -20,6 +20,8 @@ pub struct AppState {
     pub registry: RegistryHandle,
     pub sessions: SessionService,
     pub authenticator: Authenticator,
+    /// Webhook subscriptions (their deliveries are the worker's).
+    pub webhooks: crate::webhooks::Webhooks,
     /// Users' own provider credentials, sealed in storage.
     pub credentials: crate::auth::credentials::UserCredentials,
     /// Ends open streams when their key is revoked or their user deleted.

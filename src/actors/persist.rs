@@ -12,6 +12,8 @@ use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
 
 use crate::domain::SessionStatus;
+use crate::domain::webhooks::{OutboxEvent, WebhookEvent};
+use crate::settings::BudgetSettings;
 use crate::storage::{EventRow, Storage, StorageError, TurnRecord};
 
 /// Whether a job was stored: the last event id it holds, or why it was given up on.
@@ -32,6 +34,17 @@ pub enum PersistJob {
     ExtendIds { up_to: i64, done: Vec<oneshot::Sender<Stored>> },
     /// Give the unused part of reservation `ours` back (every id up to `to` is stored).
     ReleaseIds { ours: i64, to: i64 },
+    /// A webhook event of the session (`permission.requested`): `data` gets the session's and
+    /// its owner's ids, and `text` goes only to hooks with `include_text`.
+    Webhook {
+        event: WebhookEvent,
+        /// The `webhook-id`, chosen once so a retried job cannot send the event twice under two ids.
+        message_id: String,
+        /// When it happened (epoch ms).
+        at: i64,
+        data: serde_json::Map<String, serde_json::Value>,
+        text: serde_json::Map<String, serde_json::Value>,
+    },
 }
 
 /// Jobs waiting at most (after merging): a queue this long means the database is away.
@@ -104,8 +117,9 @@ fn enqueue(jobs: &mut VecDeque<PersistJob>, job: PersistJob, cap: usize) -> Resu
     }
 }
 
-/// Starts the writer task of one session.
-pub fn start(storage: Storage, session_id: String) -> Writer {
+/// Starts the writer task of one session. `budgets` are the `[budgets]` defaults, for
+/// `budget.reached` after a turn.
+pub fn start(storage: Storage, session_id: String, budgets: BudgetSettings) -> Writer {
     let shared = Arc::new(Shared {
         jobs: Mutex::new(VecDeque::new()),
         wake: Notify::new(),
@@ -116,7 +130,7 @@ pub fn start(storage: Storage, session_id: String) -> Writer {
         loop {
             let next = task.jobs.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
             match next {
-                Some(job) => run(&storage, &session_id, job).await,
+                Some(job) => run(&storage, &session_id, &budgets, job).await,
                 None if task.closed.load(std::sync::atomic::Ordering::Acquire) => break,
                 // A push between the check and here leaves a permit: no wake-up is lost.
                 None => task.wake.notified().await,
@@ -127,13 +141,30 @@ pub fn start(storage: Storage, session_id: String) -> Writer {
 }
 
 /// Runs one job with retries and answers its senders.
-async fn run(storage: &Storage, session_id: &str, job: PersistJob) {
+async fn run(storage: &Storage, session_id: &str, budgets: &BudgetSettings, job: PersistJob) {
     let started = tokio::time::Instant::now();
     let mut delay = Duration::from_millis(100);
+    let mut owner = None;
     let result = loop {
         let result = match &job {
             PersistJob::Status { to, from } => storage.set_status_if(session_id, from, *to).await.map(|_| 0),
-            PersistJob::TurnFinished(record, _) => storage.finish_turn(record).await.map(|_| 0),
+            PersistJob::TurnFinished(record, _) => storage.finish_turn(record).await.map(|o| {
+                owner = o;
+                0
+            }),
+            PersistJob::Webhook { event, message_id, at, data, text } => {
+                let (event, id, at) = (*event, message_id.clone(), crate::clock::rfc3339(*at));
+                let (data, text, session) = (data.clone(), text.clone(), session_id.to_string());
+                storage
+                    .enqueue_session_webhook_event(session_id, move |user_id| {
+                        let mut data = data;
+                        data.insert("session_id".into(), session.into());
+                        data.insert("user_id".into(), user_id.into());
+                        OutboxEvent::new(event, id, at, data, text)
+                    })
+                    .await
+                    .map(|_| 0)
+            }
             PersistJob::Events { rows, keep, .. } => storage.insert_events(rows, *keep).await.map(|_| 0),
             PersistJob::AllowTool(tool) => storage.allow_tool(session_id, tool).await.map(|_| 0),
             PersistJob::ReserveIds { block, .. } => storage.reserve_event_ids(session_id, *block).await,
@@ -160,12 +191,23 @@ async fn run(storage: &Storage, session_id: &str, job: PersistJob) {
     };
     match job {
         PersistJob::Events { rows, stored, .. } => answer(stored, rows.last().map_or(0, |r| r.event_id)),
-        PersistJob::TurnFinished(record, stored) => answer(stored, record.events.last().map_or(0, |r| r.event_id)),
+        PersistJob::TurnFinished(record, stored) => {
+            answer(stored, record.events.last().map_or(0, |r| r.event_id));
+            // After the turn is stored (its cost counted), off the turn's path.
+            if let Some(user_id) = owner.filter(|_| record.turn_cost_usd > 0.0)
+                && let Err(e) = crate::webhooks::budget::after_turn(storage, budgets, &user_id, session_id).await
+            {
+                log::warn!("session {session_id}: budget.reached not checked: {e}");
+            }
+        }
         PersistJob::ExtendIds { up_to, done } => answer(done, up_to),
         PersistJob::ReserveIds { floor, .. } => {
             let _ = floor.send(result);
         }
-        PersistJob::Status { .. } | PersistJob::AllowTool(_) | PersistJob::ReleaseIds { .. } => {}
+        PersistJob::Status { .. }
+        | PersistJob::AllowTool(_)
+        | PersistJob::ReleaseIds { .. }
+        | PersistJob::Webhook { .. } => {}
     }
 }
 
@@ -178,6 +220,7 @@ impl PersistJob {
             PersistJob::AllowTool(tool) => format!("always-allow of {tool}"),
             PersistJob::ReserveIds { .. } | PersistJob::ExtendIds { .. } => "event id reservation".into(),
             PersistJob::ReleaseIds { .. } => "event id release".into(),
+            PersistJob::Webhook { event, .. } => format!("webhook event {}", event.as_str()),
         }
     }
 }

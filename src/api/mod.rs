@@ -14,6 +14,7 @@ mod sessions;
 pub mod sse;
 mod usage;
 pub(crate) mod users;
+mod webhooks;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
@@ -32,7 +33,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(users::configure)
             .configure(credentials::configure)
             .configure(budgets::configure)
-            .configure(usage::configure),
+            .configure(usage::configure)
+            .configure(webhooks::configure),
     )
     .configure(service::configure)
     .configure(assets::configure)

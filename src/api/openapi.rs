@@ -18,7 +18,7 @@ use utoipa::{IntoResponses, Modify, OpenApi};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use super::sse::SseEvent;
-use super::{budgets, chat, credentials, files, permissions, resource, service, sessions, usage, users};
+use super::{budgets, chat, credentials, files, permissions, resource, service, sessions, usage, users, webhooks};
 use crate::domain::frames::Frame as StreamFrame;
 use crate::error::ErrorResponse;
 
@@ -56,6 +56,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         users::revoke_key, users::get_me,
         credentials::put_credentials, credentials::get_credentials, credentials::delete_credentials,
         budgets::put_budget, budgets::get_budget, usage::get_usage, usage::get_my_usage,
+        webhooks::create_webhook, webhooks::list_webhooks, webhooks::get_webhook, webhooks::delete_webhook,
+        webhooks::list_deliveries,
         service::get_health, service::get_metrics, service::get_root, get_openapi,
     ),
     components(schemas(ErrorResponse, StreamFrame, SseEvent)),
@@ -67,6 +69,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         (name = "files", description = "The session's working directory"),
         (name = "permissions", description = "Tool approval for sessions not in `bypassPermissions`"),
         (name = "users", description = "Users and their API keys"),
+        (name = "webhooks", description = "Signed webhooks (Standard Webhooks) for sessions' events, and their delivery logs"),
         (name = "service", description = "Health, metrics, this document"),
     ),
 )]

@@ -19,6 +19,12 @@ const NONCE_BYTES: usize = 24;
 /// Names the format of a sealed record, so another scheme can be told apart later.
 const VERSION: &str = "v1:";
 
+/// What a webhook's sealed signing secret is bound to (the associated data, as a user id is
+/// for credentials): a record copied to another hook's row does not open.
+pub fn webhook_secret_aad(webhook_id: &str) -> String {
+    format!("webhook:{webhook_id}")
+}
+
 /// The sealing key. Its `Debug` never shows the key.
 #[derive(Clone)]
 pub struct CredentialsKey(Arc<XChaCha20Poly1305>);

@@ -1,5 +1,5 @@
-//! `claude-agent-http rotate-credentials-key`: re-seals every user's credentials under a new
-//! key, in one transaction, with the service stopped (a running instance keeps the old key in
+//! `claude-agent-http rotate-credentials-key`: re-seals every user's credentials and every
+//! webhook's signing secret under a new key, in one transaction, with the service stopped (a running instance keeps the old key in
 //! memory and could not open what is sealed under the new one).
 //!
 //! With the key in `<data.dir>/credentials.key`, the new key is written beside it as
@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use super::credentials_key::{CREDENTIALS_KEY_FILE, CredentialsKey, write_new_key_file};
+use super::credentials_key::{CREDENTIALS_KEY_FILE, CredentialsKey, webhook_secret_aad, write_new_key_file};
 use crate::settings::Settings;
 use crate::storage::Storage;
 
@@ -38,6 +38,14 @@ pub async fn rotate(settings: &Settings, new_key_file: Option<&Path>) -> Result<
         let sealed = new.seal(&row.user_id, &plain)?;
         changes.push((row.user_id, row.sealed, sealed));
     }
+    // Webhook secrets are sealed under the same key (bound to `webhook:<id>`).
+    let hooks = storage.list_webhook_secrets().await.map_err(|e| e.to_string())?;
+    let mut hook_changes = Vec::with_capacity(hooks.len());
+    for (webhook_id, sealed) in hooks {
+        let aad = webhook_secret_aad(&webhook_id);
+        let plain = old.open(&aad, &sealed).map_err(|e| format!("webhook {webhook_id}: {e}"))?;
+        hook_changes.push((webhook_id, sealed, new.seal(&aad, &plain)?));
+    }
     let key_file = settings.data.dir.join(CREDENTIALS_KEY_FILE);
     let pending = settings.data.dir.join(format!("{CREDENTIALS_KEY_FILE}.new"));
     // The new key is on disk before any row depends on it.
@@ -50,7 +58,7 @@ pub async fn rotate(settings: &Settings, new_key_file: Option<&Path>) -> Result<
             )
         })?;
     }
-    let failure = match storage.reseal_credentials(&changes).await {
+    let failure = match storage.reseal_credentials(&changes, &hook_changes).await {
         Ok(true) => None,
         Ok(false) => Some("credentials were changed meanwhile; stop the service and run again".to_string()),
         Err(e) => Some(e.to_string()),
@@ -62,17 +70,21 @@ pub async fn rotate(settings: &Settings, new_key_file: Option<&Path>) -> Result<
         return Err(format!("nothing changed: {why}"));
     }
     let n = changes.len();
+    let h = hook_changes.len();
     if configured.is_some() {
         return Ok(format!(
-            "re-sealed {n} user(s)' credentials; set auth.credentials_key to the new key before starting the service"
+            "re-sealed {n} user(s)' credentials and {h} webhook secret(s); set auth.credentials_key to the new key before starting the service"
         ));
     }
     std::fs::rename(&pending, &key_file).map_err(|e| {
         format!(
-            "re-sealed {n} user(s)' credentials, but {} is not renamed to {} ({e}): rename it by hand",
+            "re-sealed {n} user(s)' credentials and {h} webhook secret(s), but {} is not renamed to {} ({e}): rename it by hand",
             pending.display(),
             key_file.display()
         )
     })?;
-    Ok(format!("re-sealed {n} user(s)' credentials; the new key is in {}", key_file.display()))
+    Ok(format!(
+        "re-sealed {n} user(s)' credentials and {h} webhook secret(s); the new key is in {}",
+        key_file.display()
+    ))
 }

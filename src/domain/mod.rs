@@ -7,6 +7,7 @@ pub mod frames;
 pub mod ids;
 pub mod options;
 pub mod status;
+pub mod webhooks;
 
 pub use agent::{AgentInfo, Usage};
 pub use frames::{ToolCall, TurnResult};

@@ -101,8 +101,6 @@ pub enum Reserved {
     Held(BudgetHold),
 }
 
-const DAY_MS: i64 = 86_400_000;
-
 /// The least `--max-budget-usd` a CLI gets: a budget of 0 is not a positive amount, which the
 /// CLI may refuse to start with; a user with nothing left gets 402 before a turn anyway.
 const MIN_CLI_BUDGET_USD: f64 = 0.0001;
@@ -111,19 +109,7 @@ const MIN_CLI_BUDGET_USD: f64 = 0.0001;
 const MAX_REREADS: u32 = 3;
 
 /// The UTC day and month `now` (epoch ms) is in, as `[start, end)` pairs.
-pub fn periods(now: i64) -> ((i64, i64), (i64, i64)) {
-    let day_start = now - now.rem_euclid(DAY_MS);
-    let date = time::OffsetDateTime::from_unix_timestamp(day_start / 1000).map(|t| t.date()).unwrap_or(time::Date::MIN);
-    let first = |year: i32, month: time::Month| {
-        time::Date::from_calendar_date(year, month, 1)
-            .map(|d| d.midnight().assume_utc().unix_timestamp() * 1000)
-            .unwrap_or(day_start)
-    };
-    let month_start = first(date.year(), date.month());
-    let next_year = if date.month() == time::Month::December { date.year() + 1 } else { date.year() };
-    let month_end = first(next_year, date.month().next());
-    ((day_start, day_start + DAY_MS), (month_start, month_end))
-}
+pub use crate::clock::utc_periods as periods;
 
 impl Budgets {
     pub fn new(settings: Arc<Settings>, storage: Storage) -> Self {

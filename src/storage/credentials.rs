@@ -3,7 +3,7 @@
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
-use super::schema::user_credentials;
+use super::schema::{user_credentials, webhooks};
 use super::{Storage, StorageError, run};
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, AsChangeset)]
@@ -49,17 +49,33 @@ impl Storage {
         run!(self, [], |conn| user_credentials::table.select(CredentialsRow::as_select()).load(conn).await?)
     }
 
-    /// Replaces each `(user_id, old, new)` record in one transaction, only where it is still
-    /// `old`: false (and nothing changed) if any was changed or removed meanwhile.
-    pub async fn reseal_credentials(&self, changes: &[(String, String, String)]) -> Result<bool, StorageError> {
+    /// Replaces each `(user_id, old, new)` credentials record and each `(webhook_id, old, new)`
+    /// webhook secret in one transaction, only where it is still `old`: false (and nothing
+    /// changed) if any was changed or removed meanwhile.
+    pub async fn reseal_credentials(
+        &self,
+        changes: &[(String, String, String)],
+        webhook_secrets: &[(String, String, String)],
+    ) -> Result<bool, StorageError> {
         let changes = changes.to_vec();
-        run!(self, [changes], |conn| {
+        let webhook_secrets = webhook_secrets.to_vec();
+        run!(self, [changes, webhook_secrets], |conn| {
             let done = conn
                 .transaction::<_, diesel::result::Error, _>(async move |conn| {
                     for (user_id, old, new) in changes.iter() {
                         let n = diesel::update(user_credentials::table.find(user_id))
                             .filter(user_credentials::sealed.eq(old))
                             .set(user_credentials::sealed.eq(new))
+                            .execute(conn)
+                            .await?;
+                        if n != 1 {
+                            return Err(diesel::result::Error::RollbackTransaction);
+                        }
+                    }
+                    for (webhook_id, old, new) in webhook_secrets.iter() {
+                        let n = diesel::update(webhooks::table.find(webhook_id))
+                            .filter(webhooks::sealed_secret.eq(old))
+                            .set(webhooks::sealed_secret.eq(new))
                             .execute(conn)
                             .await?;
                         if n != 1 {

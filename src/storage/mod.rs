@@ -9,6 +9,7 @@ pub mod models;
 pub mod schema;
 mod sessions;
 mod users;
+mod webhooks;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ pub use budgets::{BudgetRow, UsageRow};
 pub use credentials::CredentialsRow;
 pub use models::*;
 pub use sessions::{MessageRow, SessionFilter, TurnRecord};
+pub use webhooks::{DELIVERED, DeliveryRow, FAILED, PENDING, WebhookRow, message_id};
 
 pub type SqliteConn = SyncConnectionWrapper<SqliteConnection, blocking::DetachedBlocking>;
 
@@ -108,6 +110,8 @@ pub struct Storage {
     kind: StorageKind,
     /// `memory` keeps one connection open so the shared in-memory database lives as long as we do.
     _keepalive: Option<Arc<std::sync::Mutex<SqliteConn>>>,
+    /// Rung after a commit that added webhook deliveries (the worker waits on it).
+    outbox_bell: Arc<tokio::sync::Notify>,
 }
 
 /// Runs `$body` with `$conn` bound to a pooled connection of whichever backend is configured.
@@ -188,7 +192,12 @@ impl Storage {
                 SqliteConn::establish(&url).await?.batch_execute("PRAGMA journal_mode=WAL;").await?;
                 migrations::run_sqlite(&url).await?;
                 let pool = sqlite_pool(&url, settings.pool_size)?;
-                let storage = Storage { backend: Backend::Sqlite(pool), kind: StorageKind::Sqlite, _keepalive: None };
+                let storage = Storage {
+                    backend: Backend::Sqlite(pool),
+                    kind: StorageKind::Sqlite,
+                    _keepalive: None,
+                    outbox_bell: Default::default(),
+                };
                 storage.ping().await?;
                 Ok(storage)
             }
@@ -203,6 +212,7 @@ impl Storage {
                     backend: Backend::Sqlite(pool),
                     kind: StorageKind::Memory,
                     _keepalive: Some(Arc::new(std::sync::Mutex::new(keepalive))),
+                    outbox_bell: Default::default(),
                 };
                 storage.ping().await?;
                 Ok(storage)
@@ -219,7 +229,12 @@ impl Storage {
                     .recycle_timeout(Some(POOL_TIMEOUT))
                     .build()
                     .map_err(|e| StorageError::Unavailable(e.to_string()))?;
-                let storage = Storage { backend: Backend::Pg(pool), kind: StorageKind::Postgresql, _keepalive: None };
+                let storage = Storage {
+                    backend: Backend::Pg(pool),
+                    kind: StorageKind::Postgresql,
+                    _keepalive: None,
+                    outbox_bell: Default::default(),
+                };
                 storage.ping().await?;
                 Ok(storage)
             }

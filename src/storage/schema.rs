@@ -95,6 +95,45 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    webhooks (webhook_id) {
+        webhook_id -> Text,
+        user_id -> Nullable<Text>,
+        url -> Text,
+        events -> Text,
+        sealed_secret -> Text,
+        include_text -> Bool,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    webhook_deliveries (id) {
+        id -> BigInt,
+        webhook_id -> Text,
+        message_id -> Text,
+        event_type -> Text,
+        payload -> Text,
+        created_at -> BigInt,
+        status -> Text,
+        attempts -> BigInt,
+        next_attempt_at -> Nullable<BigInt>,
+        claimed_until -> Nullable<BigInt>,
+        last_status_code -> Nullable<BigInt>,
+        last_error -> Nullable<Text>,
+        delivered_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    webhook_budget_marks (user_id, budget_limit, period_start) {
+        user_id -> Text,
+        budget_limit -> Text,
+        period_start -> Text,
+        created_at -> BigInt,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     users,
     api_keys,
@@ -103,5 +142,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     events,
     user_credentials,
     user_budgets,
-    turn_usage
+    turn_usage,
+    webhooks,
+    webhook_deliveries,
+    webhook_budget_marks
 );

@@ -5,8 +5,10 @@ use diesel_async::AsyncConnection;
 use diesel_async::RunQueryDsl;
 
 use super::schema::{events, messages, sessions, turn_usage};
+use super::webhooks::{Outbox, turn_event};
 use super::{EventRow, NewMessage, SessionRow, Storage, StorageError, run};
 use crate::domain::SessionStatus;
+use crate::domain::webhooks::WebhookEvent;
 
 /// Which sessions a listing returns (newest first).
 #[derive(Debug, Clone, Default)]
@@ -59,7 +61,7 @@ impl Storage {
         touch: Option<i64>,
     ) -> Result<Option<SessionRow>, StorageError> {
         let from = from.to_vec();
-        run!(self, [session_id, from, to, touch], |conn| {
+        let changed = run!(self, [session_id, from, to, touch], |conn| {
             conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
                 let target =
                     sessions::table.filter(sessions::session_id.eq(session_id)).filter(sessions::status.eq_any(from));
@@ -73,12 +75,19 @@ impl Storage {
                     None => diesel::update(target).set(sessions::status.eq(to)).execute(conn).await?,
                 };
                 if n == 0 {
-                    return Ok(None);
+                    return Ok((None, 0));
                 }
-                sessions::table.find(session_id).select(SessionRow::as_select()).first(conn).await.optional()
+                // The webhook deliveries of this change commit with it or not at all.
+                let added = conn.insert_status_deliveries(session_id, *to, crate::clock::now_ms()).await?;
+                let row =
+                    sessions::table.find(session_id).select(SessionRow::as_select()).first(conn).await.optional()?;
+                Ok((row, added))
             })
             .await?
-        })
+        });
+        let (row, added) = changed?;
+        self.ring_if(added);
+        Ok(row)
     }
 
     /// Deletes a session with its history and events. False if it did not exist.
@@ -108,7 +117,7 @@ impl Storage {
     /// Marks every open session inactive since before `cutoff` (epoch ms) as expired and
     /// returns their ids.
     pub async fn expire_sessions_inactive_since(&self, cutoff: i64) -> Result<Vec<String>, StorageError> {
-        run!(self, [cutoff], |conn| {
+        let (stale, added) = run!(self, [cutoff], |conn| {
             conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
                 let stale = sessions::table
                     .filter(sessions::status.eq_any(SessionStatus::OPEN))
@@ -116,16 +125,23 @@ impl Storage {
                     .select(sessions::session_id)
                     .load::<String>(conn)
                     .await?;
+                let mut added = 0;
                 if !stale.is_empty() {
                     diesel::update(sessions::table.filter(sessions::session_id.eq_any(&stale)))
                         .set(sessions::status.eq(SessionStatus::Expired))
                         .execute(conn)
                         .await?;
+                    let now = crate::clock::now_ms();
+                    for id in &stale {
+                        added += conn.insert_status_deliveries(id, SessionStatus::Expired, now).await?;
+                    }
                 }
-                Ok(stale)
+                Ok((stale, added))
             })
             .await?
-        })
+        })?;
+        self.ring_if(added);
+        Ok(stale)
     }
 }
 
@@ -155,6 +171,10 @@ pub struct TurnRecord {
     pub assistant_text: String,
     /// JSON array of tool calls.
     pub tool_calls: String,
+    /// The error code of a failed turn (its webhook event is `turn.failed`).
+    pub error_code: Option<String>,
+    /// The result's subtype (`success`, `error_max_budget_usd`, `interrupted`, ...).
+    pub subtype: Option<String>,
     /// The turn's events not yet stored, and how many events the session keeps.
     pub events: Vec<EventRow>,
     pub keep_events: i64,
@@ -162,9 +182,10 @@ pub struct TurnRecord {
 
 impl Storage {
     /// Counts the turn on the session row (message_count, last_active_at, cost, usage, last
-    /// event id, busy → active) and stores its two messages, atomically.
-    pub async fn finish_turn(&self, r: &TurnRecord) -> Result<(), StorageError> {
-        run!(self, [r], |conn| {
+    /// event id, busy → active), stores its two messages and its webhook deliveries, atomically.
+    /// Returns the session's owner (`None` if the session is gone).
+    pub async fn finish_turn(&self, r: &TurnRecord) -> Result<Option<String>, StorageError> {
+        let (owner, added) = run!(self, [r], |conn| {
             conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
                 diesel::update(sessions::table.find(&r.session_id))
                     .set((
@@ -180,7 +201,9 @@ impl Storage {
                 // What budgets and usage reports count, committed with the turn or not at all.
                 let owner: Option<String> =
                     sessions::table.find(&r.session_id).select(sessions::user_id).first(conn).await.optional()?;
-                if let Some(user_id) = owner {
+                let mut added = 0;
+                if let Some(user_id) = &owner {
+                    added = conn.insert_deliveries(user_id, &turn_event(r, user_id), r.finished_at).await?;
                     diesel::insert_into(turn_usage::table)
                         .values((
                             turn_usage::user_id.eq(user_id),
@@ -229,10 +252,12 @@ impl Storage {
                     .execute(conn)
                     .await?;
                 }
-                Ok(())
+                Ok((owner, added))
             })
-            .await?;
-        })
+            .await?
+        })?;
+        self.ring_if(added);
+        Ok(owner)
     }
 }
 
@@ -394,8 +419,9 @@ impl Storage {
 }
 
 impl Storage {
-    /// Moves a session to `to` if its status is one of `from`: one statement, nothing read
-    /// back (the session actor's status changes, off the request path).
+    /// Moves a session to `to` if its status is one of `from`, nothing read back (the session
+    /// actor's status changes, off the request path): one statement, or for a status a webhook
+    /// event stands for (idle) a transaction that adds its deliveries.
     pub async fn set_status_if(
         &self,
         session_id: &str,
@@ -403,14 +429,26 @@ impl Storage {
         to: SessionStatus,
     ) -> Result<(), StorageError> {
         let from = from.to_vec();
-        run!(self, [session_id, from, to], |conn| {
-            diesel::update(
-                sessions::table.filter(sessions::session_id.eq(session_id)).filter(sessions::status.eq_any(from)),
-            )
-            .set(sessions::status.eq(to))
-            .execute(conn)
-            .await?;
-        })
+        let added = run!(self, [session_id, from, to], |conn| {
+            let target =
+                sessions::table.filter(sessions::session_id.eq(session_id)).filter(sessions::status.eq_any(from));
+            if WebhookEvent::of_status(*to).is_none() {
+                // busy and active, on every turn: one statement.
+                diesel::update(target).set(sessions::status.eq(to)).execute(conn).await?;
+                0
+            } else {
+                conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
+                    let n = diesel::update(target).set(sessions::status.eq(to)).execute(conn).await?;
+                    if n == 0 {
+                        return Ok(0);
+                    }
+                    conn.insert_status_deliveries(session_id, *to, crate::clock::now_ms()).await
+                })
+                .await?
+            }
+        })?;
+        self.ring_if(added);
+        Ok(())
     }
 }
 

@@ -4,7 +4,9 @@ use diesel::prelude::*;
 use diesel_async::AsyncConnection;
 use diesel_async::RunQueryDsl;
 
-use super::schema::{api_keys, events, messages, sessions, user_budgets, user_credentials, users};
+use super::schema::{
+    api_keys, events, messages, sessions, user_budgets, user_credentials, users, webhook_deliveries, webhooks,
+};
 use super::{ApiKeyRow, Storage, StorageError, UserRow, run};
 
 impl Storage {
@@ -46,6 +48,11 @@ impl Storage {
                 diesel::delete(api_keys::table.filter(api_keys::user_id.eq(user_id))).execute(conn).await?;
                 diesel::delete(user_credentials::table.find(user_id)).execute(conn).await?;
                 diesel::delete(user_budgets::table.find(user_id)).execute(conn).await?;
+                let hooks = webhooks::table.filter(webhooks::user_id.eq(user_id)).select(webhooks::webhook_id);
+                diesel::delete(webhook_deliveries::table.filter(webhook_deliveries::webhook_id.eq_any(hooks)))
+                    .execute(conn)
+                    .await?;
+                diesel::delete(webhooks::table.filter(webhooks::user_id.eq(user_id))).execute(conn).await?;
                 let owned = sessions::table
                     .filter(sessions::user_id.eq(user_id))
                     .select(sessions::session_id)

@@ -326,6 +326,28 @@ impl TestApp {
         self.request(Method::GET, "/api/v1/me", Some(key), None).await
     }
 
+    // ---- webhooks
+
+    pub async fn post_webhook(&self, key: &str, body: Value) -> TestResponse {
+        self.request(Method::POST, "/api/v1/webhooks", Some(key), Some(body)).await
+    }
+
+    pub async fn list_webhooks(&self, key: &str, query: &str) -> TestResponse {
+        self.request(Method::GET, &format!("/api/v1/webhooks{query}"), Some(key), None).await
+    }
+
+    pub async fn get_webhook(&self, key: &str, id: &str) -> TestResponse {
+        self.request(Method::GET, &format!("/api/v1/webhooks/{id}"), Some(key), None).await
+    }
+
+    pub async fn delete_webhook(&self, key: &str, id: &str) -> TestResponse {
+        self.request(Method::DELETE, &format!("/api/v1/webhooks/{id}"), Some(key), None).await
+    }
+
+    pub async fn get_deliveries(&self, key: &str, id: &str) -> TestResponse {
+        self.request(Method::GET, &format!("/api/v1/webhooks/{id}/deliveries"), Some(key), None).await
+    }
+
     // ---- sessions
 
     pub async fn post_session(&self, key: &str, body: Value) -> TestResponse {

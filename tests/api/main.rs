@@ -27,3 +27,4 @@ mod timeouts;
 mod traps;
 mod usage;
 mod users;
+mod webhooks;

@@ -448,6 +448,28 @@ async fn every_operation_answers_as_the_openapi_document_says() {
     expect(&api.call(Method::GET, "/api/v1/me/usage", user, Empty).await, 200);
     expect(&api.call(Method::GET, "/api/v1/me/usage", admin, Empty).await, 403);
 
+    // Webhooks (a public target, never contacted: it subscribes to nothing that happens here).
+    let hooks = "/api/v1/webhooks";
+    let body = json!({"url": "https://1.2.3.4/h", "events": ["budget.reached"]});
+    let hook = expect(&api.call(Method::POST, hooks, user, Json(body)).await, 201);
+    let h = format!("{hooks}/{}", hook["webhook_id"].as_str().unwrap());
+    let refused = json!({"url": "http://127.0.0.1/h", "events": ["turn.completed"]});
+    expect(&api.call(Method::POST, hooks, user, Json(refused)).await, 400);
+    expect(&api.call(Method::POST, hooks, user, Json(json!({"url": "https://1.2.3.4/h", "events": []}))).await, 422);
+    let foreign = json!({"url": "https://1.2.3.4/h", "events": ["turn.failed"], "user_id": "bob"});
+    expect(&api.call(Method::POST, hooks, user, Json(foreign)).await, 403);
+    let nobody = json!({"url": "https://1.2.3.4/h", "events": ["turn.failed"], "user_id": "nobody"});
+    expect(&api.call(Method::POST, hooks, admin, Json(nobody)).await, 404);
+    expect(&api.call(Method::GET, hooks, user, Empty).await, 200);
+    expect(&api.call(Method::GET, &format!("{hooks}?user_id=bob"), user, Empty).await, 403);
+    expect(&api.call(Method::GET, &h, user, Empty).await, 200);
+    expect(&api.call(Method::GET, &format!("{hooks}/wh_none"), user, Empty).await, 404);
+    expect(&api.call(Method::GET, &format!("{h}/deliveries"), user, Empty).await, 200);
+    expect(&api.call(Method::GET, &format!("{h}/deliveries?limit=0"), user, Empty).await, 422);
+    expect(&api.call(Method::GET, &format!("{hooks}/wh_none/deliveries"), user, Empty).await, 404);
+    expect(&api.call(Method::DELETE, &h, user, Empty).await, 204);
+    expect(&api.call(Method::DELETE, &h, user, Empty).await, 404);
+
     // Close, resume, purge; then the user goes.
     expect(&api.call(Method::DELETE, &format!("{s}?purge=maybe"), user, Empty).await, 422);
     expect(&api.call(Method::DELETE, &s, user, Empty).await, 204);

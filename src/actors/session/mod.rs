@@ -161,7 +161,7 @@ impl SessionActor {
             cli_ready: false,
             committing: None,
             replay_keep: settings.events.replay as i64,
-            persist: persist::start(storage, setup.session_id.clone()),
+            persist: persist::start(storage, setup.session_id.clone(), settings.budgets.clone()),
             id: setup.session_id,
             cli_session_id: setup.cli_session_id,
             generation: setup.generation,
@@ -215,6 +215,22 @@ impl SessionActor {
     fn set_status(&self, to: SessionStatus) {
         if self.persist.push(PersistJob::Status { to, from: &SessionStatus::LIVE }).is_err() {
             log::warn!("session {}: storage is behind; status {} not recorded", self.id, to.as_str());
+        }
+    }
+
+    /// Queues `permission.requested` on the writer (the tool's input counts as the
+    /// conversation's text: only hooks with `include_text` get it).
+    fn webhook_permission_requested(&self, request_id: &str, tool_name: &str, input: &Value) {
+        let mut data = serde_json::Map::new();
+        data.insert("turn_id".into(), self.turn.as_ref().map(|t| t.id.to_string()).into());
+        data.insert("request_id".into(), request_id.into());
+        data.insert("tool_name".into(), tool_name.into());
+        let mut text = serde_json::Map::new();
+        text.insert("tool_input".into(), input.clone());
+        let event = crate::domain::webhooks::WebhookEvent::PermissionRequested;
+        let (message_id, at) = (crate::storage::message_id(), crate::clock::now_ms());
+        if self.persist.push(PersistJob::Webhook { event, message_id, at, data, text }).is_err() {
+            log::warn!("session {}: storage is behind; webhook event {} dropped", self.id, event.as_str());
         }
     }
 

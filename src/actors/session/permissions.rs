@@ -166,6 +166,7 @@ impl SessionActor {
             Route::Ask => {}
         }
         self.emit(events::permission_request(&req.request_id, &tool_name, &input), None, ctx);
+        self.webhook_permission_requested(&req.request_id, &tool_name, &input);
         let request_id = req.request_id.clone();
         let pending = PendingPermission { tool_name, tool_input: input, asked_at: clock::rfc3339(clock::now_ms()) };
         let timer = self.timer(ctx, Duration::from_secs(self.settings.permissions.timeout), move |act, _| {

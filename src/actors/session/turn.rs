@@ -165,6 +165,8 @@ impl SessionActor {
             input_tokens: usage.input_tokens,
             output_tokens: usage.output_tokens,
             last_event_id: last.id,
+            error_code: outcome_code.map(str::to_string),
+            subtype: summary.as_ref().map(|s| s.subtype.clone()),
             user_text: std::mem::take(&mut turn.user_text),
             assistant_text: summary.map(|s| s.text).unwrap_or(std::mem::take(&mut turn.transcript.assistant_text)),
             tool_calls: serde_json::to_string(&turn.transcript.tool_calls).unwrap_or_else(|_| "[]".into()),

@@ -1,0 +1,3 @@
+DROP TABLE webhook_budget_marks;
+DROP TABLE webhook_deliveries;
+DROP TABLE webhooks;
