@@ -14,6 +14,8 @@
 //! runs that scenario alone).
 //! `--only scale`: turns/s across 10 and 1,000 sessions, and one session after 300 and 6,000
 //! turns (bench_parts/scale.rs; part of the default run).
+//! `--only cpu [--turns N]`: the service's CPU per warm sync turn on one session, alone (for a
+//! profiler: `BENCH_SERVICE_WRAPPER="valgrind --tool=callgrind"` runs the service under it).
 //! `--only outage [--outage-secs 60] [--outage-sessions 20]`: PostgreSQL stopped under load on a
 //! private cluster (needs postgresql-common's `pg_createcluster`; see bench_parts/outage.rs).
 //!
@@ -70,6 +72,10 @@ fn main() {
             scale::run().await;
             return;
         }
+        if only == Some("cpu") {
+            scale::cpu_per_turn(turns.unwrap_or(300)).await;
+            return;
+        }
         if only != Some("followers") {
             run(turns.unwrap_or(300)).await;
             scale::run().await;
@@ -120,7 +126,17 @@ impl Service {
     fn start(extra_env: &[(&str, &str)]) -> Service {
         let dir = tempfile::tempdir().expect("temp dir");
         let me = std::env::current_exe().expect("own path");
-        let mut cmd = Command::new(me);
+        // `BENCH_SERVICE_WRAPPER="valgrind --tool=callgrind"` runs the service under a profiler.
+        let wrapper = std::env::var("BENCH_SERVICE_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut cmd = match words.next() {
+            Some(program) => {
+                let mut cmd = Command::new(program);
+                cmd.args(words).arg(me);
+                cmd
+            }
+            None => Command::new(me),
+        };
         cmd.arg("--serve").current_dir(dir.path());
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("CLAUDE_AGENT_")) {
             cmd.env_remove(k);
@@ -604,11 +620,14 @@ async fn followers_come_and_go(n: usize, rounds: usize) {
             threads(pid)
         );
     };
+    // The gauge is read throughout (every 50 ms while followers leave): the base is taken
+    // after its first read, so the first scrape's own memory is not counted as the followers'.
+    let before = gauge("claude_agent_event_followers").await;
     actix_web::rt::time::sleep(Duration::from_millis(500)).await;
     let base = service.rss_kib();
     println!();
     println!("{n} /events followers connect, then leave (service RSS, CLI processes excluded):");
-    report("before:", gauge("claude_agent_event_followers").await, base);
+    report("before:", before, base);
 
     let open = |i: usize| {
         let (addr, key, id) = (addr.clone(), api.key.clone(), ids[i % ids.len()].clone());

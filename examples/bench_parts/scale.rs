@@ -78,3 +78,26 @@ pub async fn run() {
     window(5_700).await;
     drop(service);
 }
+
+/// The service's CPU per warm sync turn on one session (`--only cpu`).
+pub async fn cpu_per_turn(turns: usize) {
+    let service = Service::start(&[]);
+    let api = Api::new(&service, "cpu").await;
+    let id = api.create_session().await;
+    api.wait_active(&id).await;
+    for _ in 0..20 {
+        api.chat(&id, "warm up").await;
+    }
+    let cpu_before = service.cpu_ms();
+    let started = Instant::now();
+    for _ in 0..turns {
+        api.chat(&id, "bench").await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "{turns} sync turns on one session: {:.0} turns/s, service CPU {:.3} ms/turn",
+        turns as f64 / elapsed,
+        (service.cpu_ms() - cpu_before) / turns as f64
+    );
+    drop(service);
+}

@@ -124,9 +124,14 @@ impl Budgets {
     /// [`Self::standing`]; without `always`, what was spent is only read when a daily or
     /// monthly limit needs it, so the default configuration adds one query to a turn.
     async fn standing_counted(&self, user_id: &str, always: bool) -> Result<Standing, ApiError> {
+        let own = self.storage.get_budget(user_id).await?;
+        self.standing_with(user_id, own, always).await
+    }
+
+    /// [`Self::standing_counted`] with the user's own row already read.
+    async fn standing_with(&self, user_id: &str, own: Option<BudgetRow>, always: bool) -> Result<Standing, ApiError> {
         let now = clock::now_ms();
         let ((day_start, day_end), (month_start, month_end)) = periods(now);
-        let own = self.storage.get_budget(user_id).await?;
         let d = &self.settings.budgets;
         let limits = Limits {
             daily_usd: own.as_ref().and_then(|o| o.daily_usd).or(d.daily_usd),
@@ -160,15 +165,21 @@ impl Budgets {
         user_id: &str,
         session_id: &str,
         session_cost: f64,
+        own: Option<BudgetRow>,
         cli_left: impl Future<Output = Option<Option<f64>>>,
     ) -> Result<Reserved, ApiError> {
         let mut cli_left = Some(cli_left);
         let mut asked = None;
         let mut rereads = 0;
+        // The user's own row as the caller read it (with the session); read again on a reread.
+        let mut own = Some(own);
         loop {
             let released =
                 self.holds.lock().unwrap_or_else(|p| p.into_inner()).by_user.get(user_id).map(|u| u.released);
-            let s = self.standing_counted(user_id, false).await?;
+            let s = match own.take() {
+                Some(own) => self.standing_with(user_id, own, false).await?,
+                None => self.standing_counted(user_id, false).await?,
+            };
             refuse_at_a_limit(&s, session_cost)?;
             let shared = shared_left(&s);
             let Some(shared) = shared else { return Ok(Reserved::Unbounded) };

@@ -248,6 +248,11 @@ impl SessionService {
     /// A session past its TTL is expired on the spot rather than at the next sweep.
     pub async fn get(&self, caller: &Caller, session_id: &str) -> Result<SessionRow, ApiError> {
         let row = self.storage.get_session(session_id).await?.ok_or(ApiError::SessionNotFound)?;
+        self.checked(caller, row).await
+    }
+
+    /// A stored session as `caller` may see it: 404 if not theirs, expired once past its TTL.
+    async fn checked(&self, caller: &Caller, row: SessionRow) -> Result<SessionRow, ApiError> {
         if !caller.may_access(&row.user_id) {
             return Err(ApiError::SessionNotFound);
         }
@@ -368,7 +373,10 @@ impl SessionService {
         session_id: &str,
         deadline: tokio::time::Instant,
     ) -> Result<(SessionHandle, Reserved), ApiError> {
-        let row = self.get(caller, session_id).await?;
+        // The session and its owner's budget row in one storage operation (one hop per turn less).
+        let (row, own_budget) =
+            self.storage.get_session_and_budget(session_id).await?.ok_or(ApiError::SessionNotFound)?;
+        let row = self.checked(caller, row).await?;
         match row.status {
             SessionStatus::Closed => return Err(ApiError::SessionClosed),
             SessionStatus::Expired => return Err(ApiError::SessionExpired),
@@ -382,7 +390,8 @@ impl SessionService {
                 None => None,
             }
         };
-        let reserved = self.budgets.reserve(&row.user_id, &row.session_id, row.total_cost_usd, cli_left).await?;
+        let reserved =
+            self.budgets.reserve(&row.user_id, &row.session_id, row.total_cost_usd, own_budget, cli_left).await?;
         if let Some(actor) = actor {
             return Ok((actor, reserved));
         }

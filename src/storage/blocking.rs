@@ -1,19 +1,27 @@
-//! How SQLite queries leave the async runtime.
+//! How SQLite queries leave the async runtime: a whole operation at a time.
 //!
-//! diesel-async's default strategy waits for a cancelled query with `block_in_place`, which
-//! panics on actix's current-thread runtimes: a request dropped mid-query (a client that hangs
-//! up, a sibling extractor that fails) would take its worker down. This strategy detaches the
-//! blocking task instead; the connection stays behind its mutex until the task ends, and a
-//! connection left inside a transaction is discarded by the pool's `is_broken` check.
+//! diesel-async's `SyncConnectionWrapper` hands every statement (and `BEGIN`/`COMMIT`) to a
+//! blocking thread and back: a finished turn's transaction made a dozen thread hops, and those
+//! context switches were most of the service's CPU per turn. Instead, a SQLite operation (see
+//! `to_completion`) runs from its start to its end on one blocking thread, driven there with
+//! `Handle::block_on`, and its statements run inline ([`Inline`]): one hop there and one back
+//! per operation, whatever its number of statements. (A multi-thread runtime of its own cost
+//! more: its idle workers searching for work made three times the context switches.) Such an
+//! operation never yields between two statements (every statement's future is ready at once),
+//! so nothing else waits on its thread meanwhile. An operation takes a blocking thread only
+//! once it holds one of the storage's permits (one per pooled connection), so a burst of
+//! requests queues on the callers' threads instead of starting a thread each.
 
 use std::error::Error;
 
 use diesel_async::sync_connection_wrapper::SpawnBlocking;
-use futures_util::future::{BoxFuture, FutureExt, TryFutureExt};
+use futures_util::future::{BoxFuture, FutureExt};
 
-pub struct DetachedBlocking;
+/// Runs a SQLite statement right where it is asked for: only ever on a thread that may block
+/// (a blocking thread running the operation, the migration harness).
+pub struct Inline;
 
-impl SpawnBlocking for DetachedBlocking {
+impl SpawnBlocking for Inline {
     fn spawn_blocking<'a, R>(
         &mut self,
         task: impl FnOnce() -> R + Send + 'static,
@@ -21,10 +29,10 @@ impl SpawnBlocking for DetachedBlocking {
     where
         R: Send + 'static,
     {
-        tokio::task::spawn_blocking(task).map_err(Box::from).boxed()
+        futures_util::future::ready(Ok(task())).boxed()
     }
 
     fn get_runtime() -> Self {
-        DetachedBlocking
+        Inline
     }
 }

@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
 use super::schema::{sessions, turn_usage, user_budgets};
-use super::{Storage, StorageError, run};
+use super::{SessionRow, Storage, StorageError, run};
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = user_budgets, treat_none_as_null = true)]
@@ -48,9 +48,32 @@ impl Storage {
         run!(self, [user_id], |conn| user_budgets::table
             .find(user_id)
             .select(BudgetRow::as_select())
-            .first(conn)
+            .get_result(conn)
             .await
             .optional()?)
+    }
+
+    /// A session and its owner's budget row, in one operation (what a turn reads first).
+    pub async fn get_session_and_budget(
+        &self,
+        session_id: &str,
+    ) -> Result<Option<(SessionRow, Option<BudgetRow>)>, StorageError> {
+        run!(self, [session_id], |conn| {
+            let session: Option<SessionRow> =
+                sessions::table.find(session_id).select(SessionRow::as_select()).get_result(conn).await.optional()?;
+            match session {
+                Some(row) => {
+                    let budget = user_budgets::table
+                        .find(&row.user_id)
+                        .select(BudgetRow::as_select())
+                        .get_result(conn)
+                        .await
+                        .optional()?;
+                    Some((row, budget))
+                }
+                None => None,
+            }
+        })
     }
 
     /// What the user spent on turns finished at or after each of `since` (epoch ms), in one
@@ -64,7 +87,7 @@ impl Storage {
                     .filter(turn_usage::user_id.eq(user_id))
                     .filter(turn_usage::finished_at.ge(*from))
                     .select(diesel::dsl::sum(turn_usage::cost_usd))
-                    .first(conn)
+                    .get_result(conn)
                     .await?;
                 spent.push(sum.unwrap_or(0.0));
             }
@@ -93,7 +116,7 @@ impl Storage {
         run!(self, [session_id], |conn| sessions::table
             .find(session_id)
             .select(sessions::total_cost_usd)
-            .first(conn)
+            .get_result(conn)
             .await
             .optional()?)
     }

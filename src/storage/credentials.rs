@@ -35,7 +35,7 @@ impl Storage {
         run!(self, [user_id], |conn| user_credentials::table
             .find(user_id)
             .select(CredentialsRow::as_select())
-            .first(conn)
+            .get_result(conn)
             .await
             .optional()?)
     }

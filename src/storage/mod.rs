@@ -1,5 +1,10 @@
 //! Storage: one type over SQLite and PostgreSQL (diesel-async), the backend chosen from the
 //! settings. Every query is written once; [`with_conn!`] instantiates it per backend.
+//!
+//! One row is read by its key with `get_result`, not `first`: `first` binds `LIMIT ?`, and
+//! SQLite (3.4x+) re-prepares a statement whose `LIMIT` parameter is bound again, so every
+//! use of a cached statement paid a full parse and plan (a quarter of the service's
+//! instructions per turn).
 
 mod blocking;
 mod budgets;
@@ -31,7 +36,7 @@ pub use models::*;
 pub use sessions::{MessageRow, SessionFilter, TurnRecord};
 pub use webhooks::{DELIVERED, DeliveryRow, FAILED, PENDING, WebhookRow, message_id};
 
-pub type SqliteConn = SyncConnectionWrapper<SqliteConnection, blocking::DetachedBlocking>;
+pub type SqliteConn = SyncConnectionWrapper<SqliteConnection, blocking::Inline>;
 
 /// How long a request waits for a connection before the storage counts as unavailable.
 const POOL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -99,7 +104,9 @@ impl From<ConnectionError> for StorageError {
 
 #[derive(Clone)]
 enum Backend {
-    Sqlite(Pool<SqliteConn>),
+    /// Operations run on blocking threads, one at a time each (see `blocking`), at most as
+    /// many at once as the pool has connections (the semaphore's permits).
+    Sqlite(Pool<SqliteConn>, Arc<tokio::sync::Semaphore>),
     Pg(Pool<AsyncPgConnection>),
 }
 
@@ -119,7 +126,7 @@ pub struct Storage {
 macro_rules! with_conn {
     ($storage:expr, |$conn:ident| $body:expr) => {
         match &$storage.backend {
-            $crate::storage::Backend::Sqlite(pool) => {
+            $crate::storage::Backend::Sqlite(pool, _) => {
                 let mut pooled = pool.get().await?;
                 let $conn = &mut *pooled;
                 $body
@@ -139,8 +146,9 @@ pub(crate) use with_conn;
 macro_rules! run {
     ($storage:expr, [$($arg:ident),*], |$conn:ident| $body:expr) => {{
         let storage = $storage.clone();
+        let runner = storage.runner();
         $( let $arg = $arg.to_owned(); )*
-        $crate::storage::to_completion(async move {
+        $crate::storage::to_completion(runner, async move {
             $( #[allow(unused_variables)] let $arg = &$arg; )*
             Ok($crate::storage::with_conn!(storage, |$conn| $body))
         })
@@ -149,13 +157,42 @@ macro_rules! run {
 }
 pub(crate) use run;
 
+/// Where a storage operation runs: SQLite's on a blocking thread, PostgreSQL's on the
+/// caller's runtime (its I/O is asynchronous).
+pub(crate) enum Runner {
+    /// On a blocking thread, once one of these permits is free: an operation waiting for a
+    /// connection waits here, on the caller's thread, not on a blocking thread of its own (a
+    /// burst of requests would start hundreds of threads that all wait for the pool).
+    Blocking(Arc<tokio::sync::Semaphore>),
+    Local,
+}
+
 /// Runs a storage operation in a task of its own, so it always runs to its end: a request
 /// that goes away mid-query (a client hanging up, a sibling extractor failing) can neither
 /// leave a write half-done nor hand a connection still in use back to the pool.
-pub(crate) async fn to_completion<T: 'static>(
-    operation: impl std::future::Future<Output = Result<T, StorageError>> + 'static,
+pub(crate) async fn to_completion<T: Send + 'static>(
+    runner: Runner,
+    operation: impl std::future::Future<Output = Result<T, StorageError>> + Send + 'static,
 ) -> Result<T, StorageError> {
-    actix_web::rt::spawn(operation).await.map_err(|e| StorageError::Query(format!("storage task failed: {e}")))?
+    let failed = |e: tokio::task::JoinError| StorageError::Query(format!("storage task failed: {e}"));
+    match runner {
+        Runner::Blocking(slots) => {
+            // A task of its own from here too: once asked for, the operation runs.
+            let queued = async move {
+                let slot = slots.acquire_owned().await.map_err(|e| StorageError::Unavailable(e.to_string()))?;
+                // The caller's runtime keeps driving its timers (the pool's wait) meanwhile.
+                let runtime = tokio::runtime::Handle::current();
+                let run = move || {
+                    let result = runtime.block_on(operation);
+                    drop(slot);
+                    result
+                };
+                tokio::task::spawn_blocking(run).await.map_err(failed)?
+            };
+            actix_web::rt::spawn(queued).await.map_err(failed)?
+        }
+        Runner::Local => actix_web::rt::spawn(operation).await.map_err(failed)?,
+    }
 }
 
 /// The database file exists with mode 0600 before SQLite opens it; SQLite gives its WAL and
@@ -189,11 +226,16 @@ impl Storage {
                 let url = sqlite_url(path)?;
                 // WAL is a property of the file: set once here, before any pooled connection,
                 // because switching it takes an exclusive lock that concurrent connections would race for.
-                SqliteConn::establish(&url).await?.batch_execute("PRAGMA journal_mode=WAL;").await?;
+                let wal = url.clone();
+                to_completion(Runner::Blocking(slots(1)), async move {
+                    SqliteConn::establish(&wal).await?.batch_execute("PRAGMA journal_mode=WAL;").await?;
+                    Ok(())
+                })
+                .await?;
                 migrations::run_sqlite(&url).await?;
                 let pool = sqlite_pool(&url, settings.pool_size)?;
                 let storage = Storage {
-                    backend: Backend::Sqlite(pool),
+                    backend: Backend::Sqlite(pool, slots(settings.pool_size)),
                     kind: StorageKind::Sqlite,
                     _keepalive: None,
                     outbox_bell: Default::default(),
@@ -204,12 +246,15 @@ impl Storage {
             StorageKind::Memory => {
                 // A named shared-cache in-memory database: every connection of the pool sees it.
                 let url = format!("file:claude-agent-http-{}?mode=memory&cache=shared", uuid::Uuid::new_v4());
-                let keepalive = SqliteConn::establish(&url).await?;
+                let first = url.clone();
+                let keepalive =
+                    to_completion(Runner::Blocking(slots(1)), async move { Ok(SqliteConn::establish(&first).await?) })
+                        .await?;
                 migrations::run_sqlite(&url).await?;
                 // One connection: shared-cache mode locks per table, so concurrency buys nothing.
                 let pool = sqlite_pool(&url, 1)?;
                 let storage = Storage {
-                    backend: Backend::Sqlite(pool),
+                    backend: Backend::Sqlite(pool, slots(1)),
                     kind: StorageKind::Memory,
                     _keepalive: Some(Arc::new(std::sync::Mutex::new(keepalive))),
                     outbox_bell: Default::default(),
@@ -245,10 +290,18 @@ impl Storage {
         self.kind
     }
 
+    /// Where this storage's operations run.
+    pub(crate) fn runner(&self) -> Runner {
+        match &self.backend {
+            Backend::Sqlite(_, slots) => Runner::Blocking(slots.clone()),
+            Backend::Pg(_) => Runner::Local,
+        }
+    }
+
     /// A trivial round trip: is the database there?
     pub async fn ping(&self) -> Result<(), StorageError> {
         let this = self.clone();
-        to_completion(async move {
+        to_completion(self.runner(), async move {
             with_conn!(this, |conn| conn.batch_execute("SELECT 1").await?);
             Ok(())
         })
@@ -260,6 +313,11 @@ fn sqlite_url(path: &Path) -> Result<String, StorageError> {
     path.to_str()
         .map(str::to_owned)
         .ok_or_else(|| StorageError::Unavailable(format!("sqlite path is not UTF-8: {}", path.display())))
+}
+
+/// One permit per pooled connection (see [`Runner::Blocking`]).
+fn slots(connections: usize) -> Arc<tokio::sync::Semaphore> {
+    Arc::new(tokio::sync::Semaphore::new(connections.max(1)))
 }
 
 fn sqlite_pool(url: &str, size: usize) -> Result<Pool<SqliteConn>, StorageError> {

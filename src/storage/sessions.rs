@@ -28,7 +28,7 @@ impl Storage {
 
     pub async fn get_session(&self, session_id: &str) -> Result<Option<SessionRow>, StorageError> {
         run!(self, [session_id], |conn| {
-            sessions::table.find(session_id).select(SessionRow::as_select()).first(conn).await.optional()?
+            sessions::table.find(session_id).select(SessionRow::as_select()).get_result(conn).await.optional()?
         })
     }
 
@@ -79,8 +79,12 @@ impl Storage {
                 }
                 // The webhook deliveries of this change commit with it or not at all.
                 let added = conn.insert_status_deliveries(session_id, *to, crate::clock::now_ms()).await?;
-                let row =
-                    sessions::table.find(session_id).select(SessionRow::as_select()).first(conn).await.optional()?;
+                let row = sessions::table
+                    .find(session_id)
+                    .select(SessionRow::as_select())
+                    .get_result(conn)
+                    .await
+                    .optional()?;
                 Ok((row, added))
             })
             .await?
@@ -187,6 +191,12 @@ impl Storage {
     pub async fn finish_turn(&self, r: &TurnRecord) -> Result<Option<String>, StorageError> {
         let (owner, added) = run!(self, [r], |conn| {
             conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
+                // busy → active in the same statement (diesel prepares every UPDATE anew).
+                let active_if_busy = diesel::dsl::case_when(
+                    sessions::status.eq(SessionStatus::Busy),
+                    SessionStatus::Active.into_sql::<diesel::sql_types::Text>(),
+                )
+                .otherwise(sessions::status);
                 diesel::update(sessions::table.find(&r.session_id))
                     .set((
                         sessions::message_count.eq(sessions::message_count + 1),
@@ -195,12 +205,13 @@ impl Storage {
                         sessions::input_tokens.eq(sessions::input_tokens + r.input_tokens),
                         sessions::output_tokens.eq(sessions::output_tokens + r.output_tokens),
                         sessions::last_event_id.eq(r.last_event_id),
+                        sessions::status.eq(active_if_busy),
                     ))
                     .execute(conn)
                     .await?;
                 // What budgets and usage reports count, committed with the turn or not at all.
                 let owner: Option<String> =
-                    sessions::table.find(&r.session_id).select(sessions::user_id).first(conn).await.optional()?;
+                    sessions::table.find(&r.session_id).select(sessions::user_id).get_result(conn).await.optional()?;
                 let mut added = 0;
                 if let Some(user_id) = &owner {
                     added = conn.insert_deliveries(user_id, &turn_event(r, user_id), r.finished_at).await?;
@@ -217,11 +228,6 @@ impl Storage {
                         .execute(conn)
                         .await?;
                 }
-                diesel::update(sessions::table.find(&r.session_id))
-                    .filter(sessions::status.eq(SessionStatus::Busy))
-                    .set(sessions::status.eq(SessionStatus::Active))
-                    .execute(conn)
-                    .await?;
                 let user = NewMessage {
                     session_id: &r.session_id,
                     turn_id: &r.turn_id,
@@ -380,7 +386,7 @@ impl Storage {
         run!(self, [session_id, tool], |conn| {
             conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
                 let options: Option<String> =
-                    sessions::table.find(session_id).select(sessions::options).first(conn).await.optional()?;
+                    sessions::table.find(session_id).select(sessions::options).get_result(conn).await.optional()?;
                 let Some(options) = options else { return Ok(()) };
                 // Corrupted options stay as they are: rewriting them as `{allowed_tools}` would
                 // turn a launch that fails closed into one on the defaults.
@@ -463,7 +469,7 @@ impl Storage {
                 let (last, reserved): (i64, i64) = sessions::table
                     .find(session_id)
                     .select((sessions::last_event_id, sessions::event_id_reserved))
-                    .first(conn)
+                    .get_result(conn)
                     .await?;
                 let floor = last.max(reserved);
                 diesel::update(sessions::table.find(session_id))

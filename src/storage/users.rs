@@ -30,7 +30,7 @@ impl Storage {
         run!(self, [user_id], |conn| users::table
             .find(user_id)
             .select(UserRow::as_select())
-            .first(conn)
+            .get_result(conn)
             .await
             .optional()?)
     }
@@ -80,7 +80,7 @@ impl Storage {
         run!(self, [key_id], |conn| api_keys::table
             .find(key_id)
             .select(ApiKeyRow::as_select())
-            .first(conn)
+            .get_result(conn)
             .await
             .optional()?)
     }

@@ -118,7 +118,7 @@ macro_rules! outbox_for {
             ) -> QueryResult<usize> {
                 let Some(event) = WebhookEvent::of_status(to) else { return Ok(0) };
                 let owner: Option<String> =
-                    sessions::table.find(session_id).select(sessions::user_id).first(self).await.optional()?;
+                    sessions::table.find(session_id).select(sessions::user_id).get_result(self).await.optional()?;
                 match owner {
                     Some(user_id) => {
                         let e = status_event(event, session_id, &user_id, now);
@@ -197,7 +197,7 @@ impl Storage {
         run!(self, [webhook_id], |conn| webhooks::table
             .find(webhook_id)
             .select(WebhookRow::as_select())
-            .first(conn)
+            .get_result(conn)
             .await
             .optional()?)
     }
@@ -244,7 +244,7 @@ impl Storage {
         let owner: Option<String> = run!(self, [session_id], |conn| sessions::table
             .find(session_id)
             .select(sessions::user_id)
-            .first(conn)
+            .get_result(conn)
             .await
             .optional()?)?;
         match owner {
