@@ -151,6 +151,7 @@ impl Application {
         let failed_auth = Arc::new(crate::auth::limit::FailedAuthLimiter::from_settings(&settings));
         failed_auth.start_housekeeping();
         crate::api::users::remove_leftover_user_dirs(sessions.users_root());
+        let revocations = crate::auth::revocation::Revocations::default();
         let state = web::Data::new(AppState {
             authenticator: Authenticator {
                 storage: storage.clone(),
@@ -158,8 +159,9 @@ impl Application {
                 admin,
                 failed_auth,
                 trusted_proxies: trusted_proxies.into(),
+                keys: revocations.key_cache(),
             },
-            revocations: Default::default(),
+            revocations,
             webhooks,
             credentials,
             settings: settings.clone(),

@@ -92,9 +92,26 @@ pub struct PermissionAnswer {
     pub always: bool,
 }
 
+/// A session actor's handle that does not keep the actor alive (for caches).
+#[derive(Clone)]
+pub struct WeakSessionHandle {
+    addr: actix::WeakAddr<SessionActor>,
+}
+
+impl WeakSessionHandle {
+    /// The handle, while its actor runs.
+    pub fn upgrade(&self) -> Option<SessionHandle> {
+        self.addr.upgrade().filter(|a| a.connected()).map(SessionHandle::new)
+    }
+}
+
 impl SessionHandle {
     fn new(addr: Addr<SessionActor>) -> Self {
         Self { addr }
+    }
+
+    pub fn downgrade(&self) -> WeakSessionHandle {
+        WeakSessionHandle { addr: self.addr.downgrade() }
     }
 
     /// The actor itself, for tests.
@@ -104,15 +121,16 @@ impl SessionHandle {
 
     /// Starts a turn; `Gone` if the actor is stopping or stopped (launch the session again).
     /// The actor bounds the turn by `deadline` itself, so a dropped call cannot leave a turn
-    /// started that nobody reads.
+    /// started that nobody reads. With `outcome_only` the returned events hold the last one only.
     pub async fn start_turn(
         &self,
         message: String,
         deadline: tokio::time::Instant,
         queue_timeout: Duration,
         budget: Option<TurnBudget>,
+        outcome_only: bool,
     ) -> Result<TurnStarted, TurnRefused> {
-        match self.addr.send(StartTurn { message, deadline, queue_timeout, budget }).await {
+        match self.addr.send(StartTurn { message, deadline, queue_timeout, budget, outcome_only }).await {
             Ok(answer) => answer,
             Err(_) => Err(TurnRefused::Gone),
         }

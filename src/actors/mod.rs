@@ -12,7 +12,7 @@ pub mod threads;
 // What the layers above see: handles with async methods and plain data, never a message.
 // (The messages stay reachable at `registry::`/`session::` for start-up and tests.)
 pub use event::{SessionEvent, TurnOutcome};
-pub use handle::{PermissionAnswer, RegistryHandle, SessionHandle};
+pub use handle::{PermissionAnswer, RegistryHandle, SessionHandle, WeakSessionHandle};
 pub use hub::EventHub;
 pub use registry::admission::Urgency;
 pub use registry::{Registry, RegistryStats};

@@ -114,7 +114,7 @@ pub(super) async fn post_chat(
     JsonBody(req): JsonBody<ChatRequest>,
 ) -> ApiResult {
     let timeout = req.validate(&caller)?;
-    let mut turn = state.sessions.start_turn(&caller, &req.session_id, req.message, timeout).await?;
+    let mut turn = state.sessions.start_sync_turn(&caller, &req.session_id, req.message, timeout).await?;
     while let Some(event) = turn.events.recv().await {
         match &event.outcome {
             Some(TurnOutcome::Done { result, tool_calls }) => {

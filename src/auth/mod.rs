@@ -4,6 +4,7 @@ pub mod admin;
 pub mod credentials;
 pub mod credentials_key;
 pub mod credentials_rotation;
+pub mod key_cache;
 pub mod keys;
 pub mod limit;
 pub mod revocation;
@@ -12,6 +13,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix_web::dev::Payload;
 use actix_web::http::header;
@@ -21,6 +23,7 @@ use crate::error::ApiError;
 use crate::settings::AuthMode;
 use crate::storage::Storage;
 pub use admin::AdminKey;
+use key_cache::KeyCache;
 use limit::FailedAuthLimiter;
 
 /// The authenticated caller of a request.
@@ -92,6 +95,8 @@ pub struct Authenticator {
     pub failed_auth: Arc<FailedAuthLimiter>,
     /// `api.trusted_proxies`, parsed.
     pub trusted_proxies: Arc<[ipnet::IpNet]>,
+    /// Keys verified a moment ago; the one [`revocation::Revocations`] drops revoked keys from.
+    pub keys: Arc<KeyCache>,
 }
 
 impl Authenticator {
@@ -141,15 +146,23 @@ impl Authenticator {
             return Ok(Caller::Admin);
         }
         let key_id = keys::key_id_of(presented).ok_or_else(invalid)?;
+        let now = Instant::now();
+        if let Some((key_hash, caller)) = self.keys.get(key_id, now) {
+            // The stored hash never changes: a wrong secret is refused as storage would refuse it.
+            return if keys::hashes_match(&hash, &key_hash) { Ok(caller) } else { Err(invalid()) };
+        }
+        let ticket = self.keys.ticket();
         let row = self.storage.find_key(key_id).await?.ok_or_else(invalid)?;
         if row.revoked_at.is_some() || !keys::hashes_match(&hash, &row.key_hash) {
             return Err(invalid());
         }
-        match (row.is_admin, row.user_id) {
-            (true, _) if matches!(self.admin, AdminKey::Stored) => Ok(Caller::Admin),
-            (false, Some(user_id)) => Ok(Caller::User { user_id, key_id: row.key_id }),
-            _ => Err(invalid()),
-        }
+        let caller = match (row.is_admin, row.user_id) {
+            (true, _) if matches!(self.admin, AdminKey::Stored) => Caller::Admin,
+            (false, Some(user_id)) => Caller::User { user_id, key_id: row.key_id },
+            _ => return Err(invalid()),
+        };
+        self.keys.insert(ticket, key_id, &row.key_hash, caller.clone(), now);
+        Ok(caller)
     }
 }
 

@@ -7,13 +7,16 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use futures_util::future::LocalBoxFuture;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::Caller;
+use super::key_cache::KeyCache;
 use crate::error::ApiError;
 use crate::storage::Storage;
 
@@ -30,19 +33,29 @@ pub enum Revoked {
 /// The in-process notifier (one per application, in `AppState`).
 pub struct Revocations {
     announced: broadcast::Sender<Revoked>,
+    /// The authenticator's cache of verified keys (see [`Revocations::key_cache`]).
+    keys: Arc<KeyCache>,
 }
 
 impl Default for Revocations {
     fn default() -> Self {
-        Self { announced: broadcast::channel(BACKLOG).0 }
+        Self { announced: broadcast::channel(BACKLOG).0, keys: Default::default() }
     }
 }
 
 impl Revocations {
-    /// Tells every open stream; called once the revocation is committed to storage.
+    /// Tells every open stream, and the key cache; called once the revocation is committed
+    /// to storage.
     pub fn announce(&self, revoked: Revoked) {
+        self.keys.revoke(&revoked);
         // No receiver (no stream open) is not an error.
         let _ = self.announced.send(revoked);
+    }
+
+    /// The cache the authenticator keeps verified keys in, which [`Revocations::announce`]
+    /// drops revoked ones from.
+    pub fn key_cache(&self) -> Arc<KeyCache> {
+        self.keys.clone()
     }
 
     /// What ends a stream opened by `caller`. It listens first and then checks the key in
@@ -54,7 +67,10 @@ impl Revocations {
             return Ok(RevocationWatch::never());
         };
         let mut announced = self.announced.subscribe();
-        if !key_still_valid(storage, user_id, key_id).await? {
+        // A key the cache holds was not revoked here since it was read (that would have
+        // dropped it); any other is read from storage.
+        let cached = self.keys.get(key_id, Instant::now()).is_some_and(|(_, c)| &c == caller);
+        if !cached && !key_still_valid(storage, user_id, key_id).await? {
             return Err(ApiError::Unauthorized("Invalid or revoked API key".into()));
         }
         let (user_id, key_id, storage) = (user_id.clone(), key_id.clone(), storage.clone());

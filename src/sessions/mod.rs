@@ -4,6 +4,7 @@
 pub mod budgets;
 mod credentials;
 pub mod files;
+mod live;
 pub mod options;
 pub mod usage;
 pub mod workspace;
@@ -31,6 +32,7 @@ use crate::settings::Settings;
 use crate::storage::{SessionFilter, SessionRow, Storage};
 use budgets::{Budgets, Reserved};
 use credentials::LaunchCredentials;
+use live::RecentActors;
 
 const MAX_METADATA_BYTES: usize = 16 * 1024;
 pub const DEFAULT_LIST_LIMIT: i64 = 100;
@@ -157,6 +159,8 @@ pub struct SessionService {
     /// Users' own provider credentials, given to a CLI when one starts.
     credentials: Arc<dyn UserEnv>,
     budgets: Budgets,
+    /// The actors of recent turns: a warm session's turn skips the registry.
+    recent: RecentActors,
 }
 
 impl SessionService {
@@ -170,7 +174,7 @@ impl SessionService {
     ) -> Self {
         let budgets = Budgets::new(settings.clone(), storage.clone());
         let credentials = Arc::new(LaunchCredentials { credentials, budgets: budgets.clone() });
-        Self { settings, storage, registry, hub, users_root, credentials, budgets }
+        Self { settings, storage, registry, hub, users_root, credentials, budgets, recent: Default::default() }
     }
 
     /// Users' spending limits and what they spent.
@@ -344,6 +348,29 @@ impl SessionService {
         message: String,
         timeout: Duration,
     ) -> Result<TurnStarted, ApiError> {
+        self.start_turn_with(caller, session_id, message, timeout, false).await
+    }
+
+    /// [`SessionService::start_turn`] for a client that waits for the whole answer: its events
+    /// hold the turn's last one only (the one with the outcome), so it is not woken for each.
+    pub async fn start_sync_turn(
+        &self,
+        caller: &Caller,
+        session_id: &str,
+        message: String,
+        timeout: Duration,
+    ) -> Result<TurnStarted, ApiError> {
+        self.start_turn_with(caller, session_id, message, timeout, true).await
+    }
+
+    async fn start_turn_with(
+        &self,
+        caller: &Caller,
+        session_id: &str,
+        message: String,
+        timeout: Duration,
+        outcome_only: bool,
+    ) -> Result<TurnStarted, ApiError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let queue_timeout = Duration::from_secs(self.settings.api.queue_timeout);
         for _ in 0..3 {
@@ -354,11 +381,11 @@ impl SessionService {
             };
             // The actor bounds this by `deadline` itself: dropping the send could leave a turn
             // started that nobody reads.
-            match actor.start_turn(message.clone(), deadline, queue_timeout, budget).await {
+            match actor.start_turn(message.clone(), deadline, queue_timeout, budget, outcome_only).await {
                 Ok(started) => return Ok(started),
                 Err(TurnRefused::Api(e)) => return Err(e),
                 // The actor is stopping or just stopped: look again, the registry relaunches.
-                Err(TurnRefused::Gone) => {}
+                Err(TurnRefused::Gone) => self.recent.forget(session_id),
             }
         }
         Err(ApiError::CliFailed("the CLI keeps exiting before it is ready; see the service log".into()))
@@ -382,7 +409,10 @@ impl SessionService {
             SessionStatus::Expired => return Err(ApiError::SessionExpired),
             _ => {}
         }
-        let actor = self.registry.lookup(&row.session_id).await?;
+        let (actor, recent) = match self.recent.get(&row.session_id) {
+            Some(actor) => (Some(actor), true),
+            None => (self.registry.lookup(&row.session_id).await?, false),
+        };
         // Before the CLI is asked anything, so a user over a limit spends nothing more.
         let cli_left = async {
             match &actor {
@@ -393,6 +423,9 @@ impl SessionService {
         let reserved =
             self.budgets.reserve(&row.user_id, &row.session_id, row.total_cost_usd, own_budget, cli_left).await?;
         if let Some(actor) = actor {
+            if !recent {
+                self.recent.record(&row.session_id, &actor);
+            }
             return Ok((actor, reserved));
         }
         self.storage
@@ -402,6 +435,7 @@ impl SessionService {
         let actor = tokio::time::timeout_at(deadline, self.launch(&row, Urgency::Turn))
             .await
             .map_err(|_| ApiError::TurnTimeout("The turn's timeout passed while starting the CLI".into()))??;
+        self.recent.record(&row.session_id, &actor);
         Ok((actor, reserved))
     }
 

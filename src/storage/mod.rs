@@ -337,6 +337,9 @@ fn sqlite_pool(url: &str, size: usize) -> Result<Pool<SqliteConn>, StorageError>
     let manager = AsyncDieselConnectionManager::<SqliteConn>::new_with_config(url, config);
     Pool::builder(manager)
         .max_size(size)
+        // The connection used last first: its page cache and prepared statements are warm (one
+        // that another connection wrote behind reads its pages again from the WAL).
+        .queue_mode(deadpool::managed::QueueMode::Lifo)
         .runtime(deadpool::Runtime::Tokio1)
         .wait_timeout(Some(POOL_TIMEOUT))
         .create_timeout(Some(POOL_TIMEOUT))

@@ -5,7 +5,7 @@ use diesel_async::AsyncConnection;
 use diesel_async::RunQueryDsl;
 
 use super::schema::{events, messages, sessions, turn_usage};
-use super::webhooks::{Outbox, turn_event};
+use super::webhooks::{Outbox, turn_event, turn_event_type};
 use super::{EventRow, NewMessage, SessionRow, Storage, StorageError, run};
 use crate::domain::SessionStatus;
 use crate::domain::webhooks::WebhookEvent;
@@ -214,7 +214,10 @@ impl Storage {
                     sessions::table.find(&r.session_id).select(sessions::user_id).get_result(conn).await.optional()?;
                 let mut added = 0;
                 if let Some(user_id) = &owner {
-                    added = conn.insert_deliveries(user_id, &turn_event(r, user_id), r.finished_at).await?;
+                    // The event is built only for a user some hook may want it for.
+                    if conn.subscribed(user_id, turn_event_type(r)).await? {
+                        added = conn.insert_deliveries(user_id, &turn_event(r, user_id), r.finished_at).await?;
+                    }
                     diesel::insert_into(turn_usage::table)
                         .values((
                             turn_usage::user_id.eq(user_id),
@@ -438,8 +441,15 @@ impl Storage {
         let added = run!(self, [session_id, from, to], |conn| {
             let target =
                 sessions::table.filter(sessions::session_id.eq(session_id)).filter(sessions::status.eq_any(from));
-            if WebhookEvent::of_status(*to).is_none() {
-                // busy and active, on every turn: one statement.
+            if let (None, [a, b, c]) = (WebhookEvent::of_status(*to), from.as_slice()) {
+                // busy and active, on every turn: one statement, of a fixed shape (an `IN` list
+                // is a statement SQLite would prepare again on every run).
+                let target = sessions::table
+                    .filter(sessions::session_id.eq(session_id))
+                    .filter(sessions::status.eq(*a).or(sessions::status.eq(*b)).or(sessions::status.eq(*c)));
+                diesel::update(target).set(sessions::status.eq(to)).execute(conn).await?;
+                0
+            } else if WebhookEvent::of_status(*to).is_none() {
                 diesel::update(target).set(sessions::status.eq(to)).execute(conn).await?;
                 0
             } else {

@@ -72,6 +72,11 @@ pub struct DeliveryRow {
 pub(super) trait Outbox {
     async fn insert_deliveries(&mut self, user_id: &str, event: &OutboxEvent, now: i64) -> QueryResult<usize>;
 
+    /// Whether any subscription may take `event` of `user_id`: a cached SELECT, so a turn of a
+    /// user nobody subscribed for builds no payload and runs no INSERT … SELECT (its `LIKE`
+    /// on a bound pattern makes SQLite prepare that statement again on every run).
+    async fn subscribed(&mut self, user_id: &str, event: WebhookEvent) -> QueryResult<bool>;
+
     /// The deliveries of the session's move to `to` (none for a status no event stands for).
     async fn insert_status_deliveries(&mut self, session_id: &str, to: SessionStatus, now: i64) -> QueryResult<usize>;
 }
@@ -80,6 +85,9 @@ macro_rules! outbox_for {
     ($conn:ty) => {
         impl Outbox for $conn {
             async fn insert_deliveries(&mut self, user_id: &str, event: &OutboxEvent, now: i64) -> QueryResult<usize> {
+                if !self.subscribed(user_id, event.event).await? {
+                    return Ok(0);
+                }
                 let matching = webhooks::table
                     .filter(webhooks::events.like(format!("%,{},%", event.event.as_str())))
                     .filter(webhooks::user_id.is_null().or(webhooks::user_id.eq(user_id)))
@@ -110,6 +118,15 @@ macro_rules! outbox_for {
                     .await
             }
 
+            async fn subscribed(&mut self, user_id: &str, event: WebhookEvent) -> QueryResult<bool> {
+                let lists: Vec<String> = webhooks::table
+                    .filter(webhooks::user_id.is_null().or(webhooks::user_id.eq(user_id)))
+                    .select(webhooks::events)
+                    .load(self)
+                    .await?;
+                Ok(lists.iter().any(|list| may_list(list, event)))
+            }
+
             async fn insert_status_deliveries(
                 &mut self,
                 session_id: &str,
@@ -133,6 +150,20 @@ macro_rules! outbox_for {
 outbox_for!(diesel_async::AsyncPgConnection);
 outbox_for!(super::SqliteConn);
 
+/// Whether a stored `events` list may name `event`. Case-insensitive, as SQLite's `LIKE`
+/// is: this only rules hooks out, the INSERT … SELECT still decides which match.
+fn may_list(list: &str, event: WebhookEvent) -> bool {
+    let name = event.as_str().as_bytes();
+    list.as_bytes()
+        .windows(name.len() + 2)
+        .any(|w| w[0] == b',' && w[w.len() - 1] == b',' && w[1..w.len() - 1].eq_ignore_ascii_case(name))
+}
+
+/// `turn.completed`, or `turn.failed` when the turn ended with an error code.
+pub(super) fn turn_event_type(r: &TurnRecord) -> WebhookEvent {
+    if r.error_code.is_some() { WebhookEvent::TurnFailed } else { WebhookEvent::TurnCompleted }
+}
+
 /// A new `webhook-id`.
 pub fn message_id() -> String {
     format!("msg_{}", uuid::Uuid::new_v4().simple())
@@ -147,7 +178,7 @@ fn object(value: Value) -> Map<String, Value> {
 
 /// `turn.completed` (or `turn.failed` when the turn ended with an error code) of a record.
 pub(super) fn turn_event(r: &TurnRecord, user_id: &str) -> OutboxEvent {
-    let event = if r.error_code.is_some() { WebhookEvent::TurnFailed } else { WebhookEvent::TurnCompleted };
+    let event = turn_event_type(r);
     let mut data = object(json!({
         "session_id": r.session_id,
         "user_id": user_id,
@@ -452,5 +483,15 @@ mod tests {
             created_at: 0,
         };
         assert_eq!(row.event_names(), ["session.idle", "turn.completed"]);
+    }
+
+    #[test]
+    fn a_list_may_name_an_event_only_whole_and_between_commas() {
+        assert!(may_list(",session.idle,turn.completed,", WebhookEvent::TurnCompleted));
+        assert!(may_list(",TURN.COMPLETED,", WebhookEvent::TurnCompleted), "LIKE ignores ASCII case");
+        assert!(!may_list(",session.idle,", WebhookEvent::TurnCompleted));
+        assert!(!may_list(",turn.completed.x,", WebhookEvent::TurnCompleted));
+        assert!(!may_list("turn.completed", WebhookEvent::TurnCompleted), "not fenced");
+        assert!(!may_list("", WebhookEvent::TurnFailed));
     }
 }

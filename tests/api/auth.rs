@@ -51,6 +51,8 @@ async fn a_revoked_key_is_401_and_other_keys_keep_working(backend: Backend) {
     let second_key = second.body["api_key"].as_str().unwrap().to_string();
     let users = app.list_users(ADMIN_KEY).await;
     let first_id = users.body[0]["keys"][0]["key_id"].as_str().unwrap().to_string();
+    // Used just before: the authenticator has it cached, and the revocation must reach that too.
+    assert_eq!(app.list_sessions(&first, "").await.status, StatusCode::OK);
 
     assert_eq!(app.delete_key(ADMIN_KEY, "alice", &first_id).await.status, StatusCode::NO_CONTENT);
     app.list_sessions(&first, "").await.assert_error(401, "unauthorized");

@@ -195,9 +195,10 @@ impl SessionActor {
             return;
         }
         let event = self.log.number(json, outcome, &turn_id);
-        let mut sink = self.turn.as_mut().and_then(|t| t.sink.take());
+        let for_client = event.outcome.is_some() || self.turn.as_ref().is_some_and(|t| !t.outcome_only);
+        let mut sink = self.turn.as_mut().filter(|_| for_client).and_then(|t| t.sink.take());
         self.deliver(&event, &mut sink);
-        if let Some(turn) = self.turn.as_mut() {
+        if let Some(turn) = self.turn.as_mut().filter(|_| for_client) {
             turn.sink = sink;
         }
         self.log.keep(event);

@@ -44,6 +44,8 @@ pub struct StartTurn {
     pub queue_timeout: Duration,
     /// What the turn may spend, when its user's limits bound it.
     pub budget: Option<TurnBudget>,
+    /// The client wants the turn's last event only (a sync chat): it is not woken for the others.
+    pub outcome_only: bool,
 }
 
 /// What a turn may spend of its user's budget, and the hold on it (kept with the turn).
@@ -187,6 +189,7 @@ impl Handler<StartTurn> for SessionActor {
                 started_at: clock::now_ms(),
                 started: Instant::now(),
                 sink: Some(sink),
+                outcome_only: msg.outcome_only,
                 transcript: Default::default(),
                 interrupted: false,
                 timers: vec![deadline_timer],

@@ -68,6 +68,8 @@ pub(super) struct Turn {
     pub(super) started_at: i64,
     pub(super) started: Instant,
     pub(super) sink: Option<mpsc::Sender<Arc<SessionEvent>>>,
+    /// The client reads the last event only: the others go to followers and storage alone.
+    pub(super) outcome_only: bool,
     /// The text and tool calls the CLI sent so far.
     pub(super) transcript: Transcript,
     /// The client asked for an interrupt.
