@@ -24,6 +24,8 @@
 //! against examples/mock_anthropic.rs: bursts of 10 and 20 creates each followed by one
 //! message (create → first answer), and 50 sessions in round robin with memory room for 5
 //! CLIs (turns answered without a client retry; latency against one respawn + turn).
+//! `--real-cli --only cli-floor [--floor 10x2,20x4]`: the floor those are read against, the
+//! real CLI started directly (no service) on the service's recipe, N at K at a time.
 //!
 //! The service runs as a child process (this binary re-run with `--serve`, the library's
 //! `Application` on settings from the environment), so its RSS is its own.
@@ -57,6 +59,18 @@ fn main() {
     let rounds = value("--rounds").and_then(|n| n.parse().ok()).unwrap_or(2);
     let only = value("--only").map(String::as_str);
     if args.iter().any(|a| a == "--real-cli") {
+        if only == Some("cli-floor") {
+            let specs: Vec<(usize, usize)> = match value("--floor") {
+                Some(list) => list
+                    .split(',')
+                    .filter_map(|s| s.split_once('x'))
+                    .filter_map(|(n, k)| Some((n.parse().ok()?, k.parse().ok()?)))
+                    .collect(),
+                None => vec![(1, 1), (1, 1), (1, 1), (10, 1), (10, 2), (10, 3), (10, 4), (20, 2), (20, 4)],
+            };
+            real_cli::floor(&specs);
+            return;
+        }
         let rounds = value("--robin-rounds").and_then(|n| n.parse().ok()).unwrap_or(1);
         actix_web::rt::System::new().block_on(real_cli::run(rounds));
         return;

@@ -259,6 +259,11 @@ pub struct CliSettings {
     pub shared_config_dir: Option<PathBuf>,
     /// CLIs starting at once (fork until `initialize` answered); 0 = one per core.
     pub max_concurrent_starts: usize,
+    /// A CLI that finds a message waiting when it is ready keeps its start permit through
+    /// that first turn, for at most this many ms (0 = released at ready): the CLI's first turn
+    /// is still start-up work on the CPU, and the client waiting for it is served before the
+    /// next start competes for the cores.
+    pub start_holds_first_turn_ms: u64,
 }
 
 impl CliSettings {
@@ -280,6 +285,7 @@ impl Default for CliSettings {
             max_rss_mb: 2048,
             shared_config_dir: None,
             max_concurrent_starts: 0,
+            start_holds_first_turn_ms: 500,
         }
     }
 }

@@ -47,14 +47,25 @@ impl Drop for Mock {
     }
 }
 
+/// What the bench gives the CLIs in `cli.env` (the service's and the floor's alike).
+fn bench_cli_env(mock: &Mock) -> Vec<(String, String)> {
+    [
+        ("ANTHROPIC_BASE_URL", mock.url.as_str()),
+        ("ANTHROPIC_API_KEY", "bench-offline"),
+        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+        ("DISABLE_TELEMETRY", "1"),
+        ("CLAUDE_CODE_MAX_RETRIES", "0"),
+        ("IS_SANDBOX", "1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
 /// The service running the real CLI against `mock`, plus `extra` settings.
 fn start_service(mock: &Mock, extra: &[(&str, &str)]) -> Service {
-    let cli_env = format!(
-        "{{ANTHROPIC_BASE_URL = \"{}\", ANTHROPIC_API_KEY = \"bench-offline\", \
-         CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC = \"1\", DISABLE_TELEMETRY = \"1\", \
-         CLAUDE_CODE_MAX_RETRIES = \"0\", IS_SANDBOX = \"1\"}}",
-        mock.url
-    );
+    let pairs: Vec<String> = bench_cli_env(mock).iter().map(|(k, v)| format!("{k} = \"{v}\"")).collect();
+    let cli_env = format!("{{{}}}", pairs.join(", "));
     let path = cli_path().display().to_string();
     let mut env: Vec<(&str, &str)> = vec![
         ("CLAUDE_AGENT_CLI__PATH", &path),
@@ -66,6 +77,11 @@ fn start_service(mock: &Mock, extra: &[(&str, &str)]) -> Service {
     let starts = std::env::var("BENCH_MAX_CONCURRENT_STARTS").unwrap_or_default();
     if !starts.is_empty() {
         env.push(("CLAUDE_AGENT_CLI__MAX_CONCURRENT_STARTS", &starts));
+    }
+    // `BENCH_START_HOLD_MS` tries another cli.start_holds_first_turn_ms (0: released at ready).
+    let hold = std::env::var("BENCH_START_HOLD_MS").unwrap_or_default();
+    if !hold.is_empty() {
+        env.push(("CLAUDE_AGENT_CLI__START_HOLDS_FIRST_TURN_MS", &hold));
     }
     env.extend_from_slice(extra);
     Service::start(&env)
@@ -213,4 +229,128 @@ pub async fn run(rounds: usize) {
     println!("  turn (with retries) p50 {p50:5.2} s   max {max:5.2} s   p50 / (respawn + turn) {:.2}×", p50 / respawn);
     println!("  most CLIs alive at once (sampled after each turn): {peak_clis}");
     drop(service);
+}
+
+/// `--real-cli --only cli-floor [--floor N,K ...]`: the real CLI started directly, without the
+/// service, on the service's own recipe (`build_args`/`build_env` on the default settings,
+/// the bench's `cli.env`, a fresh config dir per CLI): spawn → `initialize` answered → the
+/// first turn answered (ready: `initialize` and then `get_usage` answered, as the service
+/// counts it). N CLIs started K at a time (default 1×1, then 10 and 20 at 1–4 at a
+/// time): what the machine can do at best, against which the bursts above are read.
+/// `BENCH_FLOOR_ENV="K=V,K=V"` adds variables (to try the CLI's knobs).
+pub fn floor(specs: &[(usize, usize)]) {
+    println!("the real CLI alone (no service), {} against mock_anthropic", cli_path().display());
+    println!("machine: {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let mock = Mock::start();
+    let mut env = bench_cli_env(&mock);
+    for pair in std::env::var("BENCH_FLOOR_ENV").unwrap_or_default().split(',').filter(|p| !p.is_empty()) {
+        if let Some((k, v)) = pair.split_once('=') {
+            env.push((k.to_string(), v.to_string()));
+        }
+    }
+    let extra: std::collections::BTreeMap<String, String> = env.into_iter().collect();
+    println!("N CLIs, K at a time: all answered; spawn → ready; ready → first answer; answers from the start; CPU");
+    for &(n, k) in specs {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cpu_before = children_cpu_secs();
+        let start = Instant::now();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let stamps = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for _ in 0..k.min(n) {
+                scope.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        if i >= n {
+                            break;
+                        }
+                        let s = one_cli(&dir.path().join(i.to_string()), &extra, start);
+                        stamps.lock().expect("stamps").push(s);
+                    }
+                });
+            }
+        });
+        let all = start.elapsed().as_secs_f64();
+        let cpu = children_cpu_secs() - cpu_before;
+        let stamps = stamps.into_inner().expect("stamps");
+        let ready: Vec<f64> = stamps.iter().map(|s| s.1 - s.0).collect();
+        let turn: Vec<f64> = stamps.iter().map(|s| s.2 - s.1).collect();
+        let answered: Vec<f64> = stamps.iter().map(|s| s.2).collect();
+        let ready_max = ready.iter().cloned().fold(0.0, f64::max);
+        let answered_max = answered.iter().cloned().fold(0.0, f64::max);
+        println!(
+            "  {n:>2} × {k}: {all:5.2} s   ready p50 {:.2} max {ready_max:.2} s   turn p50 {:.3} s   \
+             answered p50 {:.2} max {answered_max:.2} s   CPU {:.2} s per CLI",
+            summary(ready).0,
+            summary(turn).0,
+            summary(answered).0,
+            cpu / n as f64
+        );
+    }
+}
+
+/// One CLI in `dir`: (spawned, ready, answered) in seconds since `start`.
+fn one_cli(
+    dir: &std::path::Path,
+    extra: &std::collections::BTreeMap<String, String>,
+    start: Instant,
+) -> (f64, f64, f64) {
+    use claude_agent_http::cli::command::{AgentOptions, SecretFiles, StartMode, build_args, build_env};
+    use std::io::Write;
+    let (config, tmp, cwd) = (dir.join("user/.claude"), dir.join("tmp"), dir.join("user/work"));
+    for d in [&config, &tmp, &cwd] {
+        std::fs::create_dir_all(d).expect("dirs");
+    }
+    let mut settings = claude_agent_http::Settings::default();
+    settings.defaults.model = Some("claude-sonnet-4-5".into());
+    let options = AgentOptions::resolve(&settings, &serde_json::Map::new());
+    let id = uuid::Uuid::new_v4().to_string();
+    let args = build_args(&options, &settings.plugins, &id, StartMode::New, &SecretFiles::default());
+    let env = build_env(std::env::vars(), extra, None, &config, &tmp);
+    let at = |t: Instant| t.duration_since(start).as_secs_f64();
+    let spawned = Instant::now();
+    let mut child = Command::new(cli_path())
+        .args(&args)
+        .env_clear()
+        .envs(env)
+        .current_dir(&cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the CLI");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut wait_for = |kind: &str| {
+        for line in lines.by_ref() {
+            let line = line.expect("stdout");
+            if serde_json::from_str::<Value>(&line).is_ok_and(|m| m["type"] == kind) {
+                return Instant::now();
+            }
+        }
+        panic!("the CLI ended before a {kind} line");
+    };
+    let init =
+        json!({"type": "control_request", "request_id": "init", "request": {"subtype": "initialize", "hooks": null}});
+    writeln!(stdin, "{init}").expect("write");
+    wait_for("control_response");
+    // As the service does: its CLI counts as ready once it also answered `get_usage`.
+    let usage = json!({"type": "control_request", "request_id": "usage", "request": {"subtype": "get_usage"}});
+    writeln!(stdin, "{usage}").expect("write");
+    let ready = wait_for("control_response");
+    let user = json!({"type": "user", "message": {"role": "user", "content": "hello"}, "parent_tool_use_id": null, "session_id": id});
+    writeln!(stdin, "{user}").expect("write");
+    let answered = wait_for("result");
+    drop(stdin);
+    let _ = child.wait();
+    (at(spawned), at(ready), at(answered))
+}
+
+/// User + system CPU of the reaped children so far.
+fn children_cpu_secs() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }

@@ -3,7 +3,7 @@
 //! The registry owns the state and acts on these answers.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// How soon a client needs the CLI being launched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -86,6 +86,36 @@ impl<T> StartQueue<T> {
     }
 }
 
+/// How long a ready CLI may wait for its first message before its start permit goes: a
+/// message that waited for it reaches it at once (the turn starts within a millisecond).
+pub const FIRST_MESSAGE_GRACE: Duration = Duration::from_millis(25);
+
+/// Where a starting CLI stands, for its start permit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartStage {
+    /// Forked, `initialize` not answered yet.
+    Starting,
+    /// Ready this long ago, no turn started yet.
+    Ready(Duration),
+    /// In its first turn, ready this long ago.
+    FirstTurn(Duration),
+    /// Its first turn ended (or the CLI is gone).
+    Done,
+}
+
+/// Whether a CLI keeps its start permit: until it is ready, then through a first turn that
+/// starts within [`FIRST_MESSAGE_GRACE`] of it (a message waited), for at most `hold` after
+/// ready. `hold` zero: released at ready.
+pub fn holds_start_permit(stage: StartStage, hold: Duration) -> bool {
+    match stage {
+        StartStage::Starting => true,
+        StartStage::Ready(_) | StartStage::FirstTurn(_) if hold.is_zero() => false,
+        StartStage::Ready(since) => since < FIRST_MESSAGE_GRACE.min(hold),
+        StartStage::FirstTurn(since) => since < hold,
+        StartStage::Done => false,
+    }
+}
+
 /// The RSS one CLI is counted at before it is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CliEstimate {
@@ -142,6 +172,10 @@ pub struct Room {
     pub clis: u64,
     /// The part of `clis` already on its way out (stopping, or asked to).
     pub freeing: u64,
+    /// The part of `freeing` whose stop has begun (stdin closed, the exit under way): a new
+    /// CLI may start beside it, since it takes hundreds of ms to grow to its RSS while the
+    /// one stopping is gone in tens (at worst after `cli.stop_grace` twice, then SIGKILL).
+    pub exiting: u64,
     /// What the new CLI will count.
     pub need: u64,
 }
@@ -149,9 +183,9 @@ pub struct Room {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Admit,
-    /// Stop these (least recently used first), then look again once they are gone.
+    /// Stop these (least recently used first), then look again once their stop has begun.
     Evict(Vec<String>),
-    /// Room comes only once stopping CLIs are reaped or turns end: look again then.
+    /// Room comes only once CLIs asked to stop begin to, or turns end: look again then.
     Wait,
     /// Not even the service alone leaves room: no eviction can help.
     Refuse,
@@ -165,7 +199,9 @@ pub fn decide(room: Room, idle: &[Idle]) -> Decision {
         return Decision::Refuse;
     }
     let projected = room.service.saturating_add(room.clis).saturating_add(room.need);
-    if projected <= limit {
+    // A CLI already exiting makes room for the start that waits for it: the start overlaps
+    // its reap instead of queueing behind it.
+    if projected.saturating_sub(room.exiting.min(room.freeing)) <= limit {
         return Decision::Admit;
     }
     let short = (projected - limit).saturating_sub(room.freeing);
@@ -210,7 +246,14 @@ mod tests {
     }
 
     fn room(limit: u64, service: u64, clis: u64, freeing: u64, need: u64) -> Room {
-        Room { limit: limit * MB, service: service * MB, clis: clis * MB, freeing: freeing * MB, need: need * MB }
+        Room {
+            limit: limit * MB,
+            service: service * MB,
+            clis: clis * MB,
+            freeing: freeing * MB,
+            exiting: 0,
+            need: need * MB,
+        }
     }
 
     #[test]
@@ -237,6 +280,24 @@ mod tests {
     }
 
     #[test]
+    fn the_start_permit_is_held_until_ready_then_through_a_first_turn_a_message_waited_for() {
+        let hold = Duration::from_millis(500);
+        let ms = Duration::from_millis;
+        assert!(holds_start_permit(StartStage::Starting, hold));
+        assert!(holds_start_permit(StartStage::Starting, Duration::ZERO), "never before ready");
+        // Ready, a message on its way within the grace: kept; no message: released.
+        assert!(holds_start_permit(StartStage::Ready(ms(1)), hold));
+        assert!(!holds_start_permit(StartStage::Ready(FIRST_MESSAGE_GRACE), hold));
+        // Its first turn: kept until it ends, at most `hold` after ready.
+        assert!(holds_start_permit(StartStage::FirstTurn(ms(499)), hold));
+        assert!(!holds_start_permit(StartStage::FirstTurn(ms(500)), hold), "a long turn (the model) lets go");
+        assert!(!holds_start_permit(StartStage::Done, hold));
+        // 0: released at ready, whatever follows.
+        assert!(!holds_start_permit(StartStage::Ready(ms(0)), Duration::ZERO));
+        assert!(!holds_start_permit(StartStage::FirstTurn(ms(0)), Duration::ZERO));
+    }
+
+    #[test]
     fn a_launch_that_fits_is_admitted() {
         assert_eq!(decide(room(1000, 100, 600, 0, 200), &[]), Decision::Admit);
         assert_eq!(decide(room(1000, 100, 700, 0, 200), &[]), Decision::Admit, "exactly at the limit");
@@ -256,6 +317,23 @@ mod tests {
         let idle = [idle("a", 10, 200)];
         assert_eq!(decide(room(1000, 100, 900, 200, 200), &idle), Decision::Wait);
         assert_eq!(decide(room(1000, 100, 900, 100, 200), &idle), Decision::Evict(vec!["a".into()]));
+    }
+
+    #[test]
+    fn a_start_overlaps_the_reap_of_a_cli_already_exiting_but_not_of_one_only_asked_to() {
+        let idle = [idle("a", 10, 200)];
+        // 200 short, 200 whose stop has begun: start now, beside the exit.
+        let exiting = Room { exiting: 200 * MB, ..room(1000, 100, 900, 200, 200) };
+        assert_eq!(decide(exiting, &idle), Decision::Admit);
+        // Only 100 of it exiting (the other 100 asked, not begun): wait for it to begin.
+        let half = Room { exiting: 100 * MB, ..room(1000, 100, 900, 200, 200) };
+        assert_eq!(decide(half, &idle), Decision::Wait);
+        // Exiting memory counts only as far as it is on its way out at all.
+        let inconsistent = Room { exiting: 300 * MB, ..room(1000, 100, 900, 0, 200) };
+        assert_eq!(decide(inconsistent, &idle), Decision::Evict(vec!["a".into()]));
+        // However much is exiting, the service alone above the limit is refused.
+        let refused = Room { exiting: 900 * MB, ..room(1, 50, 900, 900, 200) };
+        assert_eq!(decide(refused, &idle), Decision::Refuse);
     }
 
     #[test]

@@ -152,8 +152,10 @@ pub(super) fn victims(
             }
         }
     }
-    if pressure.counted >= pressure.limit {
-        let leaving: u64 = candidates.iter().filter(|c| c.holds_memory && c.leaving).map(|c| c.bytes).sum();
+    let leaving: u64 = candidates.iter().filter(|c| c.holds_memory && c.leaving).map(|c| c.bytes).sum();
+    // What is already on its way out does not call for more: a start that overlaps the reap
+    // of the CLI it replaces (see `admission::decide`) is at the limit only until that reap.
+    if pressure.counted.saturating_sub(leaving) >= pressure.limit {
         let excess = pressure.counted.saturating_sub(leaving).saturating_sub(pressure.limit / 10 * 9);
         let idle: Vec<Idle> = candidates
             .iter()
@@ -243,6 +245,21 @@ mod tests {
         let queued = Candidate { holds_memory: false, evictable: false, leaving: true, ..idle("queued", now, 0, 500) };
         let chosen = victims(&[queued, idle("a", now, 10, 100)], now, Duration::ZERO, at(1_000, 1_000));
         assert_eq!(ids(&chosen), vec![("a", StopReason::MemoryEviction)]);
+    }
+
+    #[test]
+    fn a_start_beside_a_cli_still_exiting_evicts_no_one_more() {
+        let now = Instant::now() + 3 * MINUTE;
+        // 1150 counted against 1000, of which 200 are a CLI whose stop has begun: 950 stay,
+        // under the limit (the 90 % target alone would still ask for 50 more).
+        let exiting = Candidate { evictable: false, leaving: true, ..idle("exiting", now, 90, 200) };
+        let sessions = [exiting, idle("a", now, 10, 100), idle("b", now, 50, 100)];
+        assert!(victims(&sessions, now, Duration::ZERO, at(1_150, 1_000)).is_empty());
+        // Without it leaving, the same picture is pressure.
+        let staying = Candidate { leaving: false, ..sessions[0].clone() };
+        let chosen =
+            victims(&[staying, sessions[1].clone(), sessions[2].clone()], now, Duration::ZERO, at(1_100, 1_000));
+        assert!(!chosen.is_empty());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::watch;
 
-use super::admission::Urgency;
+use super::admission::{self, Urgency};
 use super::{Entry, Phase, Registry};
 use crate::actors::session::{SessionActor, StopReason};
 use crate::error::ApiError;
@@ -139,12 +139,20 @@ impl Handler<Ready> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Ready, ctx: &mut Context<Self>) {
-        if let Some(e) = self.current(&msg.session_id, msg.generation) {
-            e.ready = true;
-            e.ready_at = Some(Instant::now());
-            e.start_permit = None;
-            self.pump(ctx);
+        let Some(e) = self.current(&msg.session_id, msg.generation) else { return };
+        e.ready = true;
+        e.ready_at = Some(Instant::now());
+        let hold = self.limits.start_hold;
+        if !hold.is_zero() {
+            // Looked at again when a first message had its time to arrive, and at the hold's end.
+            for after in [admission::FIRST_MESSAGE_GRACE.min(hold), hold] {
+                let (id, generation) = (msg.session_id.clone(), msg.generation);
+                ctx.run_later(after, move |act, ctx| act.review_start_permit(&id, generation, ctx));
+            }
         }
+        self.review_start_permit(&msg.session_id, msg.generation, ctx);
+        // Ready, it may be evicted to make room for a launch that waits.
+        self.pump(ctx);
     }
 }
 
@@ -192,7 +200,10 @@ impl Handler<Activity> for Registry {
             e.in_turn = msg.in_turn;
             if msg.in_turn {
                 e.awaited_until = None;
+            } else {
+                e.turned = true;
             }
+            self.review_start_permit(&msg.session_id, msg.generation, ctx);
             if !self.start_queue.is_empty() {
                 // Idle now, it may make room for a launch that waits; in a turn, it refused an
                 // eviction, and another may have to go instead.

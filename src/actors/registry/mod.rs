@@ -3,10 +3,12 @@
 //! happen in one message, so two requests racing for the last slot cannot both win.
 //!
 //! Admitted launches wait in a queue for one of `cli.max_concurrent_starts` start permits
-//! (held until the CLI answers `initialize`), a launch a message waits for first. Memory is
-//! counted per CLI: what it measured at the last sample once ready, the mean of the measured
-//! ones while it starts; a launch that does not fit makes the least-recently-used idle
-//! sessions stop and waits (up to `api.queue_timeout`) until they are reaped.
+//! (held until the CLI is ready, and through a first turn a message waited for, up to
+//! `cli.start_holds_first_turn_ms`), a launch a message waits for first. Memory is counted
+//! per CLI: what it measured at the last sample once ready, the mean of the measured ones
+//! while it starts; a launch that does not fit makes the least-recently-used idle sessions
+//! stop and waits (up to `api.queue_timeout`) until their stop has begun: it starts beside
+//! their exit rather than after their reap.
 //!
 //! It also samples memory (the service plus every descendant process), evicts idle sessions
 //! after `api.idle_session_timeout`, evicts least-recently-used idle sessions under memory
@@ -42,7 +44,7 @@ mod eviction;
 mod messages;
 mod starts;
 
-use admission::{CliEstimate, StartQueue};
+use admission::{CliEstimate, StartQueue, StartStage};
 pub use messages::{
     Activity, Ended, GetStats, Launch, Lookup, Ready, RegistryStats, Retire, SetMemoryLimit, Shutdown, Stopping,
 };
@@ -63,6 +65,8 @@ pub struct Limits {
     pub max_rss_bytes: u64,
     /// How long an admitted launch may wait for room and a start permit.
     pub queue_timeout: Duration,
+    /// `cli.start_holds_first_turn_ms`.
+    pub start_hold: Duration,
 }
 
 impl Limits {
@@ -77,6 +81,7 @@ impl Limits {
             idle_timeout: Duration::from_secs(s.api.idle_session_timeout),
             max_rss_bytes: s.cli.max_rss_mb.saturating_mul(1024 * 1024),
             queue_timeout: Duration::from_secs(s.api.queue_timeout),
+            start_hold: Duration::from_millis(s.cli.start_holds_first_turn_ms),
         }
     }
 }
@@ -106,8 +111,11 @@ struct Entry {
     ready: bool,
     /// Tree RSS at the last sample taken after it was ready.
     measured: Option<u64>,
-    /// Held from the fork until the CLI is ready (or gone).
+    /// Held from the fork until the CLI is ready, then through a first turn a message waited
+    /// for (see [`admission::holds_start_permit`]), or until it is gone.
     start_permit: Option<OwnedSemaphorePermit>,
+    /// A turn of this CLI has ended.
+    turned: bool,
     /// Launched for a message that has not reached it yet: not evictable until its turn
     /// starts (or `api.queue_timeout` after it was ready).
     awaited_until: Option<Instant>,
@@ -138,6 +146,15 @@ impl Entry {
             && self.ready
             && !self.in_turn
             && self.awaited_until.is_none_or(|until| now >= until)
+    }
+
+    fn start_stage(&self, now: Instant) -> StartStage {
+        match self.ready_at {
+            _ if self.turned => StartStage::Done,
+            Some(at) if self.in_turn => StartStage::FirstTurn(now.saturating_duration_since(at)),
+            Some(at) => StartStage::Ready(now.saturating_duration_since(at)),
+            None => StartStage::Starting,
+        }
     }
 
     fn stop(&mut self, reason: StopReason) {
@@ -249,6 +266,18 @@ impl Registry {
             return Err(Refusal::UserCap { max: self.limits.max_sessions_per_user });
         }
         Ok(())
+    }
+
+    /// Releases this launch's start permit once its stage no longer holds it, and lets the
+    /// next launch start. Called at ready, when a turn starts or ends, and on timers after
+    /// ready (the grace for a first message, the hold's end).
+    fn review_start_permit(&mut self, session_id: &str, generation: u64, ctx: &mut Context<Self>) {
+        let hold = self.limits.start_hold;
+        let Some(e) = self.current(session_id, generation) else { return };
+        if e.start_permit.is_some() && !admission::holds_start_permit(e.start_stage(Instant::now()), hold) {
+            e.start_permit = None;
+            self.pump(ctx);
+        }
     }
 
     fn retire(&mut self, session_id: &str, reason: StopReason, ctx: &mut Context<Self>) {

@@ -58,6 +58,7 @@ impl Registry {
                 ready: false,
                 measured: None,
                 start_permit: None,
+                turned: false,
                 awaited_until: None,
                 ready_at: None,
                 evict_asked: None,
@@ -130,13 +131,16 @@ impl Registry {
     /// (or the estimate while it starts), against `api.memory_limit_mb`.
     pub(super) fn memory_decision(&self) -> Decision {
         let now = Instant::now();
-        let (mut clis, mut freeing) = (0u64, 0u64);
+        let (mut clis, mut freeing, mut exiting) = (0u64, 0u64, 0u64);
         let mut idle = Vec::new();
         for (id, e) in self.entries.iter().filter(|(_, e)| !e.queued) {
             let bytes = self.estimate.cost(e.measured);
             clis = clis.saturating_add(bytes);
             if e.leaving(now, self.limits.check_interval) {
                 freeing = freeing.saturating_add(bytes);
+                if e.phase == Phase::Stopping {
+                    exiting = exiting.saturating_add(bytes);
+                }
             } else if e.evictable(now) {
                 idle.push(Idle { session_id: id.clone(), last_active: e.last_active, bytes });
             }
@@ -146,6 +150,7 @@ impl Registry {
             service: self.memory.service_bytes,
             clis,
             freeing,
+            exiting,
             need: self.estimate.unmeasured(),
         };
         admission::decide(room, &idle)
