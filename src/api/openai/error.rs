@@ -186,6 +186,18 @@ mod tests {
         assert_eq!((o.status.as_u16(), o.param.as_deref()), (400, Some("messages")));
         let resp = OpenAiError::from(ApiError::SessionBusy).error_response();
         assert!(resp.headers().contains_key(header::RETRY_AFTER));
+        // A spent budget: OpenAI's spending-limit answer, which its clients must not retry.
+        let spent = crate::error::OverBudget {
+            limit: "daily",
+            limit_usd: 1.0,
+            spent_usd: 1.0,
+            resets_at: None,
+            retry_after_secs: None,
+        };
+        let o = OpenAiError::from(ApiError::BudgetExceeded(spent));
+        assert_eq!((o.status.as_u16(), o.kind, o.code.as_str()), (429, "insufficient_quota", "budget_exceeded"));
+        assert_eq!(o.error_response().headers().get("x-should-retry").unwrap(), "false");
+        assert!(OpenAiError::from(ApiError::SessionBusy).error_response().headers().get("x-should-retry").is_none());
         let body = serde_json::to_value(OpenAiError::model_not_found("gpt-4").body()).unwrap();
         assert_eq!(body["error"]["code"], "model_not_found");
         assert_eq!(body["error"]["param"], "model");
