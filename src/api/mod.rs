@@ -7,6 +7,7 @@ mod credentials;
 pub mod extract;
 mod files;
 pub mod middleware;
+pub mod openai;
 pub mod openapi;
 mod permissions;
 pub(crate) mod service;
@@ -22,7 +23,8 @@ use crate::error::ApiError;
 
 pub type ApiResult = Result<HttpResponse, ApiError>;
 
-/// Every route: `/api/v1/...`, the service endpoints, and JSON for unknown routes.
+/// Every route: `/api/v1/...`, the OpenAI-compatible `/v1/...`, the service endpoints, and
+/// JSON for unknown routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/api/v1")
@@ -36,6 +38,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(usage::configure)
             .configure(webhooks::configure),
     )
+    .configure(openai::configure)
     .configure(service::configure)
     .configure(assets::configure)
     .configure(openapi::configure);

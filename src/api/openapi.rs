@@ -18,7 +18,9 @@ use utoipa::{IntoResponses, Modify, OpenApi};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use super::sse::SseEvent;
-use super::{budgets, chat, credentials, files, permissions, resource, service, sessions, usage, users, webhooks};
+use super::{
+    budgets, chat, credentials, files, openai, permissions, resource, service, sessions, usage, users, webhooks,
+};
 use crate::domain::frames::Frame as StreamFrame;
 use crate::error::ErrorResponse;
 
@@ -59,8 +61,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         webhooks::create_webhook, webhooks::list_webhooks, webhooks::get_webhook, webhooks::delete_webhook,
         webhooks::list_deliveries,
         service::get_health, service::get_metrics, service::get_root, get_openapi,
+        openai::post_chat_completions, openai::list_models, openai::get_model,
     ),
-    components(schemas(ErrorResponse, StreamFrame, SseEvent)),
+    components(schemas(ErrorResponse, StreamFrame, SseEvent, openai::OpenAiErrorResponse)),
     security(("bearer" = []), ("api_key" = [])),
     modifiers(&SecuritySchemes, &CommonErrors, &SseEventData),
     tags(
@@ -71,6 +74,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         (name = "users", description = "Users and their API keys"),
         (name = "webhooks", description = "Signed webhooks (Standard Webhooks) for sessions' events, and their delivery logs"),
         (name = "service", description = "Health, metrics, this document"),
+        (name = "openai", description = "The OpenAI-compatible chat API (`/v1`): a conversation is a session; \
+            errors are OpenAI's `{\"error\": {\"message\", \"type\", \"param\", \"code\"}}`"),
     ),
 )]
 pub struct ApiDoc;
@@ -188,7 +193,9 @@ const BODY_ERRORS: &[(u16, &str)] = &[
 impl Modify for CommonErrors {
     fn modify(&self, doc: &mut Document) {
         let public = SecurityRequirement::default();
-        for item in doc.paths.paths.values_mut() {
+        for (path, item) in doc.paths.paths.iter_mut() {
+            // `/v1` answers OpenAI's error shape, and its operations list their errors themselves.
+            let ours = !path.starts_with("/v1/");
             let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete];
             for operation in operations.into_iter().flatten() {
                 // No `security` = the document's (a key); `security(())` alone = public.
@@ -199,7 +206,7 @@ impl Modify for CommonErrors {
                 let responses = &mut operation.responses.responses;
                 let common = [(needs_key, AUTH_ERRORS), (json_body, BODY_ERRORS), (query, QUERY_ERRORS)]
                     .into_iter()
-                    .filter_map(|(applies, errors)| applies.then_some(errors));
+                    .filter_map(|(applies, errors)| (ours && applies).then_some(errors));
                 for &(status, description) in common.flatten() {
                     match responses.get_mut(&status.to_string()) {
                         Some(RefOr::T(response)) => {

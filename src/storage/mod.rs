@@ -11,6 +11,7 @@ mod budgets;
 mod credentials;
 mod migrations;
 pub mod models;
+mod openai;
 pub mod schema;
 mod sessions;
 mod users;

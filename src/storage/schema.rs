@@ -134,6 +134,15 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    openai_conversations (user_id, prefix_hash) {
+        user_id -> Text,
+        prefix_hash -> Text,
+        session_id -> Text,
+        created_at -> BigInt,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     users,
     api_keys,
@@ -145,5 +154,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     turn_usage,
     webhooks,
     webhook_deliveries,
-    webhook_budget_marks
+    webhook_budget_marks,
+    openai_conversations
 );

@@ -13,6 +13,7 @@ mod events;
 mod helpers;
 mod history_files;
 mod metrics;
+mod openai;
 mod openapi;
 mod permissions;
 mod processes;

@@ -470,6 +470,18 @@ async fn every_operation_answers_as_the_openapi_document_says() {
     expect(&api.call(Method::DELETE, &h, user, Empty).await, 204);
     expect(&api.call(Method::DELETE, &h, user, Empty).await, 404);
 
+    // The OpenAI-compatible API (its stream is checked in tests/api/openai.rs: `[DONE]` is not JSON).
+    expect(&api.call(Method::GET, "/v1/models", user, Empty).await, 200);
+    expect(&api.call(Method::GET, "/v1/models/default", user, Empty).await, 200);
+    expect(&api.call(Method::GET, "/v1/models/gpt-4", user, Empty).await, 404);
+    let completions = "/v1/chat/completions";
+    let chat = json!({"model": "default", "messages": [{"role": "user", "content": "hi"}]});
+    expect(&api.call(Method::POST, completions, user, Json(chat.clone())).await, 200);
+    let unknown = json!({"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]});
+    expect(&api.call(Method::POST, completions, user, Json(unknown)).await, 400);
+    let foreign = [("X-Session-Id", "nope".to_string())];
+    expect(&api.call_headers(Method::POST, completions, user, Json(chat), &foreign).await, 404);
+
     // Close, resume, purge; then the user goes.
     expect(&api.call(Method::DELETE, &format!("{s}?purge=maybe"), user, Empty).await, 422);
     expect(&api.call(Method::DELETE, &s, user, Empty).await, 204);
