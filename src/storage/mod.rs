@@ -336,7 +336,7 @@ fn sqlite_pool(url: &str, size: usize) -> Result<Pool<SqliteConn>, StorageError>
         })
     });
     let manager = AsyncDieselConnectionManager::<SqliteConn>::new_with_config(url, config);
-    Pool::builder(manager)
+    let pool = Pool::builder(manager)
         .max_size(size)
         // The connection used last first: its page cache and prepared statements are warm (one
         // that another connection wrote behind reads its pages again from the WAL).
@@ -346,7 +346,43 @@ fn sqlite_pool(url: &str, size: usize) -> Result<Pool<SqliteConn>, StorageError>
         .create_timeout(Some(POOL_TIMEOUT))
         .recycle_timeout(Some(POOL_TIMEOUT))
         .build()
-        .map_err(|e| StorageError::Unavailable(e.to_string()))
+        .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+    close_idle_connections(&pool);
+    Ok(pool)
+}
+
+/// How long a pooled SQLite connection may sit unused before it is closed.
+const IDLE_CONNECTION: Duration = Duration::from_secs(5);
+
+/// Closes the pooled SQLite connections unused for [`IDLE_CONNECTION`], all but one: a burst
+/// (10,000 `/events` followers replaying at once) opens every connection the pool allows, each
+/// with its own page and statement caches, and without this they stay for good and count
+/// toward `api.memory_limit_mb`. Reopening one costs about a millisecond; a steady load keeps
+/// the warm ones (the pool hands out the most recently used first).
+fn close_idle_connections(pool: &Pool<SqliteConn>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+    let weak = pool.weak();
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval(IDLE_CONNECTION);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(pool) = weak.upgrade() else { return };
+            let mut kept = 0;
+            let closed = pool
+                .retain(|_, used| {
+                    let keep = kept == 0 || used.last_used() < IDLE_CONNECTION;
+                    kept += usize::from(keep);
+                    keep
+                })
+                .removed;
+            drop(pool);
+            if !closed.is_empty() {
+                // Closing a connection can checkpoint the WAL: file I/O, off the runtime.
+                let _ = tokio::task::spawn_blocking(move || drop(closed)).await;
+            }
+        }
+    });
 }
 
 /// Storage failures as the API reports them (here so the error table depends on nothing).

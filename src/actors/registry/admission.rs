@@ -200,8 +200,9 @@ pub fn decide(room: Room, idle: &[Idle]) -> Decision {
     }
     let projected = room.service.saturating_add(room.clis).saturating_add(room.need);
     // A CLI already exiting makes room for the start that waits for it: the start overlaps
-    // its reap instead of queueing behind it.
-    if projected.saturating_sub(room.exiting.min(room.freeing)) <= limit {
+    // its reap instead of queueing behind it. At most one new CLI's worth: however many exits
+    // are slow, memory goes over the limit by one start at most, for as long as an exit takes.
+    if projected.saturating_sub(room.exiting.min(room.freeing).min(room.need)) <= limit {
         return Decision::Admit;
     }
     let short = (projected - limit).saturating_sub(room.freeing);
@@ -331,6 +332,10 @@ mod tests {
         // Exiting memory counts only as far as it is on its way out at all.
         let inconsistent = Room { exiting: 300 * MB, ..room(1000, 100, 900, 0, 200) };
         assert_eq!(decide(inconsistent, &idle), Decision::Evict(vec!["a".into()]));
+        // Slow exits pile up: still only one new CLI's worth overlaps them (400 short, 400
+        // exiting, 200 needed: wait).
+        let piled = Room { exiting: 400 * MB, ..room(1000, 100, 1100, 400, 200) };
+        assert_eq!(decide(piled, &idle), Decision::Wait);
         // However much is exiting, the service alone above the limit is refused.
         let refused = Room { exiting: 900 * MB, ..room(1, 50, 900, 900, 200) };
         assert_eq!(decide(refused, &idle), Decision::Refuse);
