@@ -238,6 +238,8 @@ fn build_server(listener: TcpListener, state: web::Data<AppState>) -> Result<Ser
     let (workers, grace) = (settings.api.workers, settings.api.shutdown_grace);
     let body_limit = BodyLimit(settings.api.max_body_kb * 1024);
     let server = HttpServer::new(move || {
+        // Called once on each worker thread, in its runtime.
+        crate::alloc::flush_thread_cache_periodically();
         let cors_origins = &settings.api.cors_origins;
         App::new()
             .app_data(state.clone())

@@ -33,6 +33,7 @@ impl SessionThreads {
             std::thread::Builder::new().name(format!("sessions-{i}")).spawn(move || {
                 let runner = System::new();
                 runner.block_on(async {
+                    crate::alloc::flush_thread_cache_periodically();
                     let _ = tx.send((System::current(), Arbiter::current(), tokio::runtime::Handle::current()));
                 });
                 let _ = runner.run();

@@ -11,8 +11,16 @@
 //! so nothing else waits on its thread meanwhile. An operation takes a blocking thread only
 //! once it holds one of the storage's permits (one per pooled connection), so a burst of
 //! requests queues on the callers' threads instead of starting a thread each.
+//!
+//! Those threads are [`sqlite_threads`], one small pool for the process, not each runtime's
+//! own: every arbiter and HTTP worker is a runtime with a blocking pool of its own, and a
+//! burst of 10,000 `/events` replays started 60–90 threads across them (a thread finishing
+//! hands its permit on before it is idle again, so the next operation started one more),
+//! whose stacks, thread caches and allocator arenas stayed warm after they had gone.
 
 use std::error::Error;
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use diesel_async::sync_connection_wrapper::SpawnBlocking;
 use futures_util::future::{BoxFuture, FutureExt};
@@ -35,4 +43,26 @@ impl SpawnBlocking for Inline {
     fn get_runtime() -> Self {
         Inline
     }
+}
+
+/// At most this many SQLite operations run at once in the whole process (each holds a
+/// pooled connection; a pool larger than this queues its extra operations here).
+const SQLITE_THREADS: usize = 16;
+
+/// The blocking threads SQLite operations run on: a runtime only for its blocking pool (no
+/// task ever runs on its scheduler), capped at [`SQLITE_THREADS`], idle threads kept 10 s.
+pub fn sqlite_threads() -> Option<&'static tokio::runtime::Handle> {
+    static THREADS: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
+    THREADS
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .max_blocking_threads(SQLITE_THREADS)
+                .thread_keep_alive(Duration::from_secs(10))
+                .thread_name("sqlite")
+                .build()
+                .map_err(|e| log::warn!("no SQLite thread pool ({e}); using each runtime's own"))
+                .ok()
+        })
+        .as_ref()
+        .map(tokio::runtime::Runtime::handle)
 }

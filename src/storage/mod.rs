@@ -188,7 +188,10 @@ pub(crate) async fn to_completion<T: Send + 'static>(
                     drop(slot);
                     result
                 };
-                tokio::task::spawn_blocking(run).await.map_err(failed)?
+                match blocking::sqlite_threads() {
+                    Some(threads) => threads.spawn_blocking(run).await.map_err(failed)?,
+                    None => tokio::task::spawn_blocking(run).await.map_err(failed)?,
+                }
             };
             actix_web::rt::spawn(queued).await.map_err(failed)?
         }
