@@ -33,6 +33,10 @@
 //! With `--permission-prompt-tool=stdio`, `tool`, `write` and `link` first ask with a
 //! `can_use_tool` control request and obey the answer (an allow's `updatedInput` is used).
 //!
+//! `set_model`, `set_permission_mode` (`bypassPermissions` only when started in it or with
+//! `--allow-dangerously-skip-permissions`, else `bypass_not_launched`) and `get_context_usage`
+//! are answered as 2.1.330 does; the next `system/init` reports the model and mode.
+//!
 //! Environment: `FAKE_CLAUDE_INIT_DELAY_MS` delays the `initialize` answer (a slow start);
 //! `FAKE_CLAUDE_ARGV_LOG` appends the argument list and chosen environment to that file.
 
@@ -62,6 +66,13 @@ struct Session {
     /// `--max-budget-usd`, and what this process has spent (the CLI's budget is per process).
     max_budget_usd: Option<f64>,
     process_cost: f64,
+    /// `--model` (or `fake`), changed by `set_model`; `system/init` reports it.
+    model: String,
+    /// `--permission-mode`, changed by `set_permission_mode`.
+    permission_mode: String,
+    /// Like the real CLI, `bypassPermissions` can be switched to only by a process started
+    /// in it or with `--allow-dangerously-skip-permissions`.
+    bypass_allowed: bool,
 }
 
 /// The host's answer to a `can_use_tool`.
@@ -118,6 +129,12 @@ fn main() {
         turn_cost: None,
         max_budget_usd: flag("max-budget-usd").and_then(|x| x.parse().ok()),
         process_cost: 0.0,
+        model: flag("model").unwrap_or_else(|| "fake".into()),
+        permission_mode: flag("permission-mode").unwrap_or_else(|| "default".into()),
+        bypass_allowed: flag("permission-mode").as_deref() == Some("bypassPermissions")
+            || args
+                .iter()
+                .any(|a| a == "--allow-dangerously-skip-permissions" || a == "--dangerously-skip-permissions"),
     };
     if resume {
         match std::fs::read_to_string(&session.history_file) {
@@ -203,6 +220,50 @@ fn handle(session: &mut Session, v: Value, rx: &Receiver<Input>) {
                 // Like the real CLI: the running total this process reports from (restored on resume).
                 Some("get_usage") => {
                     control_success(request_id, json!({"session": {"total_cost_usd": session.total_cost}}))
+                }
+                // As 2.1.330: a replayed local-command line, then the model; null or "default" resets.
+                Some("set_model") => {
+                    session.model = match v["request"]["model"].as_str() {
+                        None | Some("default") => "fake".into(),
+                        Some(m) => m.to_string(),
+                    };
+                    emit(&json!({"type":"user","isReplay":true,"session_id":session.id,"parent_tool_use_id":null,
+                        "message":{"role":"user","content":format!("<local-command-stdout>Set model to {}</local-command-stdout>", session.model)}}));
+                    control_success(request_id, json!({"model": session.model}));
+                }
+                Some("set_permission_mode") => {
+                    let mode = v["request"]["mode"].as_str().unwrap_or("");
+                    if mode == "bypassPermissions" && !session.bypass_allowed {
+                        emit(&json!({"type":"control_response","response":{"subtype":"error","request_id":request_id,
+                            "error":"Cannot set permission mode to bypassPermissions because the session was not launched with --dangerously-skip-permissions",
+                            "error_code":"bypass_not_launched"}}));
+                    } else if !["default", "acceptEdits", "plan", "bypassPermissions", "dontAsk", "auto"]
+                        .contains(&mode)
+                    {
+                        emit(&json!({"type":"control_response","response":{"subtype":"error","request_id":request_id,
+                            "error":format!("Invalid permission mode: {mode}")}}));
+                    } else {
+                        session.permission_mode = mode.to_string();
+                        control_success(request_id, json!({"mode": mode}));
+                        emit(&json!({"type":"system","subtype":"status","status":null,"permissionMode":mode,
+                            "session_id":session.id}));
+                    }
+                }
+                // The real CLI's shape (2.1.330), with figures that grow with the conversation.
+                Some("get_context_usage") => {
+                    const WINDOW: i64 = 200_000;
+                    let messages: i64 = session.history.iter().map(|t| t.len() as i64 / 4 + 10).sum();
+                    let used = 2_000 + 9_000 + messages;
+                    control_success(
+                        request_id,
+                        json!({"categories":[
+                            {"id":"system_prompt","name":"System prompt","tokens":2_000,"color":"promptBorder","kind":"used"},
+                            {"id":"system_tools","name":"System tools","tokens":9_000,"color":"inactive","kind":"used"},
+                            {"id":"messages","name":"Messages","tokens":messages,"color":"purple","kind":"used"},
+                            {"id":"free_space","name":"Free space","tokens":WINDOW - used,"color":"promptBorder","kind":"free"}],
+                            "totalTokens":used,"maxTokens":WINDOW,"rawMaxTokens":WINDOW,"percentage":used * 100 / WINDOW,
+                            "model":session.model,"gridRows":[],"memoryFiles":[],"mcpTools":[],"agents":[],"apiUsage":null}),
+                    );
                 }
                 Some(other) => emit(&json!({"type":"control_response","response":{"subtype":"error",
                     "request_id":request_id,"error":format!("Unsupported control request subtype: {other}")}})),
@@ -337,7 +398,7 @@ fn finish(session: &mut Session, user_text: &str, uuid: &str, subtype: &str, tex
 fn turn(session: &mut Session, text: &str, uuid: &str, rx: &Receiver<Input>) {
     let started = Instant::now();
     emit(&json!({"type":"system","subtype":"init","session_id":session.id,"cwd":session.cwd,"tools":["Bash","Write"],
-        "mcp_servers":[],"model":"fake","permissionMode":"bypassPermissions","claude_code_version":"2.1.330-fake",
+        "mcp_servers":[],"model":session.model,"permissionMode":session.permission_mode,"claude_code_version":"2.1.330-fake",
         "user_message_uuids":[uuid]}));
     let words: Vec<&str> = text.split_whitespace().collect();
     let arg = |i: usize| words.get(i).and_then(|w| w.parse::<u64>().ok());

@@ -119,6 +119,8 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     ValidationError,
     SessionBusy,
+    SessionNotLive,
+    PermissionModeUnavailable,
     QuotaExceeded,
     RateLimited,
     CliFailed,
@@ -153,6 +155,8 @@ impl ErrorCode {
             UnsupportedMediaType => "unsupported_media_type",
             ValidationError => "validation_error",
             SessionBusy => "session_busy",
+            SessionNotLive => "session_not_live",
+            PermissionModeUnavailable => "permission_mode_unavailable",
             QuotaExceeded => "quota_exceeded",
             RateLimited => "rate_limited",
             CliFailed => "cli_failed",
@@ -194,6 +198,10 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     Validation(Vec<FieldError>),
     SessionBusy,
+    /// The request needs the session's CLI running and it is not (it starts with a turn or a resume).
+    SessionNotLive,
+    /// The live CLI refuses this permission mode (`bypassPermissions` without the launch flag).
+    PermissionModeUnavailable(String),
     QuotaExceeded {
         message: String,
         retry_after_secs: u64,
@@ -240,6 +248,8 @@ impl ApiError {
             UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, ErrorCode::UnsupportedMediaType),
             Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ValidationError),
             SessionBusy => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::SessionBusy),
+            SessionNotLive => (StatusCode::CONFLICT, ErrorCode::SessionNotLive),
+            PermissionModeUnavailable(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::PermissionModeUnavailable),
             QuotaExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::QuotaExceeded),
             RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited),
             CliFailed(_) => (StatusCode::BAD_GATEWAY, ErrorCode::CliFailed),
@@ -307,6 +317,11 @@ impl ApiError {
                 _ => format!("{} invalid fields", fields.len()),
             },
             SessionBusy => "A turn is already running in this session".into(),
+            SessionNotLive => "The session's CLI is not running; send a message or resume it first".into(),
+            PermissionModeUnavailable(why) => format!(
+                "This permission mode is not available to the running CLI: {why}. Create the session with it \
+                 (or set it while no CLI runs) so that the CLI starts with it"
+            ),
             Overloaded { .. } => "Too many turns are running; try again shortly".into(),
             RateLimited { retry_after_secs } => {
                 format!("Too many failed authentications from this address; try again in {retry_after_secs} s")
@@ -382,6 +397,11 @@ impl ResponseError for ApiError {
         let message = self.message();
         let (fields, detail) = match self {
             ApiError::Validation(f) => (Some(f.clone()), Detail::Fields(f.iter().map(FieldError::fastapi).collect())),
+            // Every 422 keeps FastAPI's list in `detail`.
+            ApiError::PermissionModeUnavailable(_) => {
+                let f = vec![FieldError::new("permission_mode", message.clone())];
+                (Some(f.clone()), Detail::Fields(f.iter().map(FieldError::fastapi).collect()))
+            }
             _ => (None, Detail::Message(message.clone())),
         };
         let budget = match self {
@@ -460,6 +480,8 @@ mod tests {
             ApiError::UnsupportedMediaType(String::new()),
             ApiError::Validation(Vec::new()),
             ApiError::SessionBusy,
+            ApiError::SessionNotLive,
+            ApiError::PermissionModeUnavailable(String::new()),
             ApiError::QuotaExceeded { message: String::new(), retry_after_secs: 1 },
             ApiError::RateLimited { retry_after_secs: 1 },
             ApiError::CliFailed(String::new()),

@@ -13,11 +13,11 @@ use super::SessionEvent;
 use super::registry::admission::Urgency;
 use super::registry::{GetStats, Launch, Lookup, Registry, RegistryStats, Retire, Shutdown};
 use super::session::{
-    AnswerPermission, BudgetLeft, GetAgentInfo, Interrupt, ListPermissions, PendingPermission, SessionActor, StartTurn,
-    StopReason, TurnBudget, TurnRefused, TurnStarted, UnstoredEvents,
+    AnswerPermission, BudgetLeft, GetAgentInfo, GetContextUsage, Interrupt, ListPermissions, PendingPermission,
+    SessionActor, SetLive, StartTurn, StopReason, TurnBudget, TurnRefused, TurnStarted, UnstoredEvents,
 };
 use crate::cli::launch::UserEnv;
-use crate::domain::AgentInfo;
+use crate::domain::{AgentInfo, ContextUsage, LiveSetting};
 use crate::error::ApiError;
 use crate::storage::SessionRow;
 
@@ -161,6 +161,17 @@ impl SessionHandle {
         let PermissionAnswer { request_id, allow, message, updated_input, always } = answer;
         let message = AnswerPermission { request_id, allow, message, updated_input, always };
         self.addr.send(message).await.map_err(|_| no_open_request())?
+    }
+
+    /// Applies a new model or permission mode to the live CLI: `session_busy` in a turn,
+    /// `session_not_live` once the actor stopped.
+    pub async fn set_live(&self, setting: LiveSetting) -> Result<(), ApiError> {
+        self.addr.send(SetLive(setting)).await.map_err(|_| ApiError::SessionNotLive)?
+    }
+
+    /// The CLI's context usage (`session_not_live` once the actor stopped).
+    pub async fn context_usage(&self) -> Result<ContextUsage, ApiError> {
+        self.addr.send(GetContextUsage).await.map_err(|_| ApiError::SessionNotLive)?
     }
 
     /// Interrupts the running turn and returns its id (409 `no_turn_running` once stopped).

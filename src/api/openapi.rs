@@ -50,6 +50,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     paths(
         sessions::create_session, sessions::list_sessions, sessions::get_session,
         sessions::delete_session, sessions::resume_session, sessions::get_agent,
+        sessions::update_session, sessions::get_context,
         chat::post_chat, chat::post_chat_stream, chat::post_interrupt, chat::list_messages,
         chat::post_message, chat::get_events,
         files::get_file, files::put_file, files::delete_file,
@@ -89,11 +90,17 @@ static DOCUMENT: LazyLock<String> = LazyLock::new(|| OPENAPI.to_json().expect("t
 pub fn allowed_methods(pattern: &str) -> String {
     static METHODS: LazyLock<HashMap<String, String>> = LazyLock::new(|| {
         let methods = |item: &PathItem| {
-            [("GET", &item.get), ("PUT", &item.put), ("POST", &item.post), ("DELETE", &item.delete)]
-                .into_iter()
-                .filter_map(|(name, op)| op.as_ref().map(|_| name))
-                .collect::<Vec<_>>()
-                .join(", ")
+            [
+                ("GET", &item.get),
+                ("PUT", &item.put),
+                ("POST", &item.post),
+                ("PATCH", &item.patch),
+                ("DELETE", &item.delete),
+            ]
+            .into_iter()
+            .filter_map(|(name, op)| op.as_ref().map(|_| name))
+            .collect::<Vec<_>>()
+            .join(", ")
         };
         OPENAPI.paths.paths.iter().map(|(path, item)| (path.clone(), methods(item))).collect()
     });

@@ -7,9 +7,9 @@ use utoipa::IntoParams;
 use super::{ApiResult, resource};
 use crate::api::extract::JsonBody;
 use crate::auth::Caller;
-use crate::domain::{AgentInfo, SessionStatus};
+use crate::domain::{AgentInfo, ContextUsage, SessionStatus};
 use crate::error::ErrorResponse;
-use crate::sessions::{CreateSession, ListQuery, Session};
+use crate::sessions::{CreateSession, ListQuery, Session, SessionSettings};
 use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -17,10 +17,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(
             resource("/sessions/{session_id}")
                 .route(web::get().to(get_session))
+                .route(web::patch().to(update_session))
                 .route(web::delete().to(delete_session)),
         )
         .service(resource("/sessions/{session_id}/resume").route(web::post().to(resume_session)))
-        .service(resource("/sessions/{session_id}/agent").route(web::get().to(get_agent)));
+        .service(resource("/sessions/{session_id}/agent").route(web::get().to(get_agent)))
+        .service(resource("/sessions/{session_id}/context").route(web::get().to(get_context)));
 }
 
 /// Create a session: its directory and a started CLI, without spending a model turn.
@@ -172,4 +174,49 @@ pub(super) async fn resume_session(state: web::Data<AppState>, caller: Caller, p
 pub(super) async fn get_agent(state: web::Data<AppState>, caller: Caller, path: web::Path<String>) -> ApiResult {
     let info = state.sessions.agent_info(&caller, &path).await?;
     Ok(HttpResponse::Ok().json(info))
+}
+
+/// Change the session's model or permission mode: at once in its running CLI (between turns),
+/// and for every later start of it (respawn, resume). A session with no running CLI only
+/// stores them.
+#[utoipa::path(
+    patch, path = "/api/v1/sessions/{session_id}", tag = "sessions",
+    params(("session_id" = String, Path)),
+    request_body = SessionSettings,
+    responses(
+        (status = 200, description = "Applied; the session as `GET` shows it", body = Session),
+        (status = 403, description = "`forbidden`: an option `session.overridable` does not allow", body = ErrorResponse),
+        (status = 404, description = "`session_not_found` (also for another user's session)", body = ErrorResponse),
+        (status = 410, description = "`session_expired`", body = ErrorResponse),
+        (status = 422, description = "`validation_error`: an unknown option, a bad value, or one a session cannot change; `permission_mode_unavailable`: the running CLI was not started allowing `bypassPermissions`", body = ErrorResponse),
+        (status = 429, description = "`session_busy`: a turn is running (change it after the turn)", body = ErrorResponse),
+        (status = 502, description = "`cli_failed`: the CLI refused or did not answer", body = ErrorResponse),
+    ),
+)]
+pub(super) async fn update_session(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    JsonBody(body): JsonBody<serde_json::Value>,
+) -> ApiResult {
+    let row = state.sessions.update_settings(&caller, &path, body).await?;
+    Ok(HttpResponse::Ok().json(Session::from(row)))
+}
+
+/// How full the session's context window is (the CLI's own count: tokens used, the window,
+/// and where they go).
+#[utoipa::path(
+    get, path = "/api/v1/sessions/{session_id}/context", tag = "sessions",
+    params(("session_id" = String, Path)),
+    responses(
+        (status = 200, body = ContextUsage),
+        (status = 404, description = "`session_not_found`", body = ErrorResponse),
+        (status = 409, description = "`session_not_live`: no CLI runs for it (send a message or resume it)", body = ErrorResponse),
+        (status = 410, description = "`session_expired`", body = ErrorResponse),
+        (status = 502, description = "`cli_failed`: the CLI did not answer", body = ErrorResponse),
+    ),
+)]
+pub(super) async fn get_context(state: web::Data<AppState>, caller: Caller, path: web::Path<String>) -> ApiResult {
+    let usage = state.sessions.context_usage(&caller, &path).await?;
+    Ok(HttpResponse::Ok().json(usage))
 }

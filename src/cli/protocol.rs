@@ -38,7 +38,8 @@ impl<'a> UserInput<'a> {
     }
 }
 
-/// A control request we send (`initialize`, `interrupt`).
+/// A control request we send (`initialize`, `get_usage`, `interrupt`, `set_model`,
+/// `set_permission_mode`, `get_context_usage`).
 #[derive(Debug, Serialize)]
 pub struct OutgoingControlRequest<'a> {
     #[serde(rename = "type")]
@@ -299,6 +300,83 @@ pub struct IncomingControlResponseBody {
     pub response: Option<Value>,
     #[serde(default)]
     pub error: Option<String>,
+    /// A machine-readable reason some errors carry (`bypass_not_launched`).
+    #[serde(default)]
+    pub error_code: Option<String>,
+}
+
+/// A control request the CLI refused: its message and, when it gives one, its code.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlError {
+    pub code: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for ControlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.code {
+            Some(code) => write!(f, "{} ({code})", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl IncomingControlResponseBody {
+    /// The answer's payload, or why the CLI refused.
+    pub fn into_result(self) -> Result<Value, ControlError> {
+        if self.subtype == "success" {
+            Ok(self.response.unwrap_or(Value::Null))
+        } else {
+            Err(ControlError { code: self.error_code, message: self.error.unwrap_or_else(|| "error".into()) })
+        }
+    }
+}
+
+/// The answer to `get_context_usage`, as the CLI spells it; the API shows
+/// [`domain::ContextUsage`].
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct ContextUsage {
+    #[serde(default)]
+    pub categories: Vec<ContextCategory>,
+    #[serde(rename = "totalTokens")]
+    pub total_tokens: i64,
+    #[serde(rename = "maxTokens")]
+    pub max_tokens: i64,
+    #[serde(default)]
+    pub percentage: f64,
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct ContextCategory {
+    pub name: String,
+    #[serde(default)]
+    pub tokens: i64,
+    /// `used`, `deferred`, `buffer`, `free` (2.1.330).
+    #[serde(default)]
+    pub kind: Option<String>,
+}
+
+impl From<ContextUsage> for domain::ContextUsage {
+    fn from(c: ContextUsage) -> Self {
+        domain::ContextUsage {
+            used_tokens: c.total_tokens,
+            window_tokens: c.max_tokens,
+            // The CLI rounds to whole percents (1 for 1.43 %); a meter wants a finer figure.
+            percent: if c.max_tokens > 0 {
+                (c.total_tokens as f64 * 1000.0 / c.max_tokens as f64).round() / 10.0
+            } else {
+                c.percentage
+            },
+            model: c.model,
+            categories: c
+                .categories
+                .into_iter()
+                .map(|k| domain::ContextCategory { name: k.name, tokens: k.tokens, kind: k.kind })
+                .collect(),
+        }
+    }
 }
 
 /// Parses one stdout line. `Ok(None)` for lines that are not JSON objects (some builds print
@@ -344,6 +422,7 @@ impl From<AgentInfo> for domain::AgentInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn the_init_frame_maps_to_the_api_agent_info() {
@@ -383,6 +462,23 @@ mod tests {
         assert!(parse_line(b"{not json").is_err());
         let ctl = br#"{"type":"control_response","response":{"subtype":"success","request_id":"r1","response":{"still_queued":[]}}}"#;
         assert!(matches!(parse_line(ctl).unwrap(), Some(CliMessage::ControlResponse(_))));
+    }
+
+    #[test]
+    fn control_errors_keep_their_code_and_context_usage_maps_to_the_api() {
+        // As 2.1.330 answers a refused `set_permission_mode`.
+        let refused = br#"{"type":"control_response","response":{"subtype":"error","request_id":"r3","error":"Cannot set permission mode to bypassPermissions","error_code":"bypass_not_launched"}}"#;
+        let Some(CliMessage::ControlResponse(r)) = parse_line(refused).unwrap() else { panic!("not a response") };
+        let err = r.response.into_result().unwrap_err();
+        assert_eq!(err.code.as_deref(), Some("bypass_not_launched"));
+        let usage = json!({"categories":[{"id":"system_prompt","name":"System prompt","tokens":2330,"color":"x","kind":"used"},
+            {"id":"free_space","name":"Free space","tokens":952690,"kind":"free"}],
+            "totalTokens":14310,"maxTokens":1000000,"percentage":1,"model":"m","gridRows":[],"apiUsage":null});
+        let mapped = domain::ContextUsage::from(serde_json::from_value::<ContextUsage>(usage).unwrap());
+        assert_eq!((mapped.used_tokens, mapped.window_tokens, mapped.percent), (14310, 1_000_000, 1.4));
+        assert_eq!(mapped.categories[1].name, "Free space");
+        assert_eq!(mapped.categories[1].kind.as_deref(), Some("free"));
+        assert!(serde_json::from_value::<ContextUsage>(json!({"categories":[]})).is_err(), "totals are required");
     }
 
     #[test]

@@ -23,3 +23,26 @@ pub struct AgentInfo {
     pub mcp_servers: Vec<Value>,
     pub skills: Vec<Value>,
 }
+
+/// How full the session's context window is (the CLI's `get_context_usage`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct ContextUsage {
+    /// Tokens the next request would carry (system prompt, tools, conversation, …).
+    pub used_tokens: i64,
+    /// The model's context window.
+    pub window_tokens: i64,
+    /// `used_tokens` as a percentage of `window_tokens`, as the CLI rounds it.
+    pub percent: f64,
+    /// The model the CLI measured for.
+    pub model: Option<String>,
+    /// Where the tokens go, including the free space and the autocompact buffer.
+    pub categories: Vec<ContextCategory>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct ContextCategory {
+    pub name: String,
+    pub tokens: i64,
+    /// `used`, `deferred`, `buffer` or `free`, when the CLI says.
+    pub kind: Option<String>,
+}

@@ -9,7 +9,7 @@ pub mod options;
 pub mod status;
 pub mod webhooks;
 
-pub use agent::{AgentInfo, Usage};
+pub use agent::{AgentInfo, ContextCategory, ContextUsage, Usage};
 pub use frames::{ToolCall, TurnResult};
-pub use options::AgentOption;
+pub use options::{AgentOption, LiveSetting};
 pub use status::SessionStatus;

@@ -111,6 +111,28 @@ impl AgentOption {
     }
 }
 
+/// An option a live session's CLI can change without a restart (`PATCH /sessions/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveSetting {
+    Model(String),
+    PermissionMode(String),
+}
+
+impl LiveSetting {
+    pub fn option(&self) -> AgentOption {
+        match self {
+            LiveSetting::Model(_) => AgentOption::Model,
+            LiveSetting::PermissionMode(_) => AgentOption::PermissionMode,
+        }
+    }
+
+    pub fn value(&self) -> &str {
+        match self {
+            LiveSetting::Model(v) | LiveSetting::PermissionMode(v) => v,
+        }
+    }
+}
+
 fn string_list(value: &Value, ok: impl Fn(&str) -> bool) -> Result<(), ()> {
     match value.as_array() {
         Some(items) if items.iter().all(|v| v.as_str().is_some_and(&ok)) => Ok(()),

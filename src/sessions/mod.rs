@@ -5,6 +5,7 @@ pub mod budgets;
 mod credentials;
 pub mod files;
 mod live;
+mod live_settings;
 pub mod options;
 pub mod usage;
 pub mod workspace;
@@ -33,6 +34,7 @@ use crate::storage::{SessionFilter, SessionRow, Storage};
 use budgets::{Budgets, Reserved};
 use credentials::LaunchCredentials;
 use live::RecentActors;
+pub use live_settings::SessionSettings;
 
 const MAX_METADATA_BYTES: usize = 16 * 1024;
 pub const DEFAULT_LIST_LIMIT: i64 = 100;

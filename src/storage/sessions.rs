@@ -417,6 +417,47 @@ impl Storage {
 }
 
 impl Storage {
+    /// Sets (or with `None` removes) one of the session's stored options, so the next launch
+    /// (respawn or resume) uses it. The row as it is afterwards; `None` if it is gone.
+    pub async fn set_option(
+        &self,
+        session_id: &str,
+        name: &str,
+        value: Option<serde_json::Value>,
+    ) -> Result<Option<SessionRow>, StorageError> {
+        run!(self, [session_id, name, value], |conn| {
+            conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
+                let row: Option<SessionRow> = sessions::table
+                    .find(session_id)
+                    .select(SessionRow::as_select())
+                    .get_result(conn)
+                    .await
+                    .optional()?;
+                let Some(mut row) = row else { return Ok(None) };
+                // Corrupted options are refused rather than replaced (see `allow_tool`).
+                let Ok(mut options) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&row.options)
+                else {
+                    return Err(diesel::result::Error::DeserializationError(
+                        format!("stored options of session {session_id} are not a JSON object").into(),
+                    ));
+                };
+                match value {
+                    Some(v) => options.insert(name.to_string(), v.clone()),
+                    None => options.remove(name.as_str()),
+                };
+                row.options = serde_json::Value::Object(options).to_string();
+                diesel::update(sessions::table.find(session_id))
+                    .set(sessions::options.eq(&row.options))
+                    .execute(conn)
+                    .await?;
+                Ok(Some(row))
+            })
+            .await?
+        })
+    }
+}
+
+impl Storage {
     /// How many sessions have each status.
     pub async fn count_sessions_by_status(&self) -> Result<Vec<(String, i64)>, StorageError> {
         run!(self, [], |conn| sessions::table

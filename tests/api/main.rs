@@ -12,6 +12,7 @@ mod escape;
 mod events;
 mod helpers;
 mod history_files;
+mod live_settings;
 mod metrics;
 mod openai;
 mod openapi;

@@ -371,6 +371,16 @@ async fn every_operation_answers_as_the_openapi_document_says() {
         404,
     );
     expect(&api.call(Method::GET, &format!("{s}/agent"), user, Empty).await, 200);
+    // Live settings and context usage.
+    let patched = expect(&api.call(Method::PATCH, &s, user, Json(json!({"model": "claude-live-1"}))).await, 200);
+    assert_eq!(patched["options"]["model"], "claude-live-1");
+    let bypass = Json(json!({"permission_mode": "bypassPermissions"}));
+    expect(&api.call(Method::PATCH, &s, user, bypass).await, 422);
+    expect(&api.call(Method::PATCH, &s, user, Json(json!({"mcp_servers": {}}))).await, 403);
+    expect(&api.call(Method::PATCH, "/api/v1/sessions/gone", user, Json(json!({"model": "m"}))).await, 404);
+    let context = expect(&api.call(Method::GET, &format!("{s}/context"), user, Empty).await, 200);
+    assert!(context["window_tokens"].as_i64().unwrap() > 0);
+    expect(&api.call(Method::GET, "/api/v1/sessions/gone/context", user, Empty).await, 404);
 
     let started =
         expect(&api.call(Method::POST, &format!("{s}/messages"), user, Json(json!({"message": "tool"}))).await, 202);
@@ -379,6 +389,7 @@ async fn every_operation_answers_as_the_openapi_document_says() {
     let asked = app.open_events(&format!("{s}/events?last_event_id={}", first - 1), user, None).await;
     let request = wait_for_request(asked).await;
     expect(&api.call(Method::POST, &format!("{s}/messages"), user, Json(json!({"message": "more"}))).await, 429);
+    expect(&api.call(Method::PATCH, &s, user, Json(json!({"permission_mode": "plan"}))).await, 429);
     let open = expect(&api.call(Method::GET, &format!("{s}/permissions"), user, Empty).await, 200);
     assert_eq!(open[0]["request_id"], request.as_str());
     expect(

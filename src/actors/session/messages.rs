@@ -8,13 +8,13 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use super::permissions::PendingPermission;
-use super::{CLIENT_BUFFER, SessionActor, StopReason, Turn};
+use super::{CLIENT_BUFFER, SETTINGS_TIMEOUT, SessionActor, StopReason, Turn};
 use crate::actors::event::SessionEvent;
 use crate::actors::persist::PersistJob;
 use crate::actors::registry::Activity;
-use crate::cli::protocol::{UserInput, to_line};
+use crate::cli::protocol::{self, UserInput, to_line};
 use crate::clock;
-use crate::domain::{AgentInfo, SessionStatus};
+use crate::domain::{AgentInfo, ContextUsage, LiveSetting, SessionStatus};
 use crate::error::ApiError;
 
 /// Reply to a turn request.
@@ -286,6 +286,84 @@ impl Handler<GetAgentInfo> for SessionActor {
 
     fn handle(&mut self, _: GetAgentInfo, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.agent_info.clone())
+    }
+}
+
+/// Change the model or the permission mode of the live CLI (`set_model`,
+/// `set_permission_mode`). Refused with `session_busy` while a turn runs or is about to start:
+/// the change then applies to a whole turn, never to half of one.
+#[derive(Message)]
+#[rtype(result = "Result<(), ApiError>")]
+pub struct SetLive(pub LiveSetting);
+
+impl Handler<SetLive> for SessionActor {
+    type Result = ResponseActFuture<Self, Result<(), ApiError>>;
+
+    fn handle(&mut self, msg: SetLive, _: &mut Context<Self>) -> Self::Result {
+        if self.stopping.is_some() {
+            return Box::pin(fut::ready(Err(ApiError::SessionNotLive)));
+        }
+        if self.turn.is_some() || self.reserved {
+            return Box::pin(fut::ready(Err(ApiError::SessionBusy)));
+        }
+        let request = match &msg.0 {
+            LiveSetting::Model(model) => serde_json::json!({ "subtype": "set_model", "model": model }),
+            LiveSetting::PermissionMode(mode) => serde_json::json!({ "subtype": "set_permission_mode", "mode": mode }),
+        };
+        let answer = self.control(request);
+        let wait = async move { tokio::time::timeout(SETTINGS_TIMEOUT, answer).await };
+        Box::pin(wait.into_actor(self).map(move |answer, act, _| {
+            let name = msg.0.option().name();
+            match answer {
+                Ok(Ok(Ok(_))) => {
+                    // Shown at once; the next turn's `system/init` reports it again.
+                    if let Some(info) = act.agent_info.as_mut() {
+                        match &msg.0 {
+                            LiveSetting::Model(m) => info.model = Some(m.clone()),
+                            LiveSetting::PermissionMode(m) => info.permission_mode = Some(m.clone()),
+                        }
+                    }
+                    Ok(())
+                }
+                Ok(Ok(Err(e))) if e.code.as_deref() == Some("bypass_not_launched") => {
+                    Err(ApiError::PermissionModeUnavailable(e.message))
+                }
+                Ok(Ok(Err(e))) => Err(ApiError::CliFailed(format!("the CLI refused the new {name}: {e}"))),
+                Ok(Err(_)) => Err(ApiError::SessionNotLive),
+                Err(_) => Err(ApiError::CliFailed(format!(
+                    "the CLI did not confirm the new {name} within {SETTINGS_TIMEOUT:?}"
+                ))),
+            }
+        }))
+    }
+}
+
+/// How full the CLI's context window is (`get_context_usage`; answered during a turn too).
+#[derive(Message)]
+#[rtype(result = "Result<ContextUsage, ApiError>")]
+pub struct GetContextUsage;
+
+impl Handler<GetContextUsage> for SessionActor {
+    type Result = ResponseActFuture<Self, Result<ContextUsage, ApiError>>;
+
+    fn handle(&mut self, _: GetContextUsage, _: &mut Context<Self>) -> Self::Result {
+        if self.stopping.is_some() {
+            return Box::pin(fut::ready(Err(ApiError::SessionNotLive)));
+        }
+        let answer = self.control(serde_json::json!({ "subtype": "get_context_usage" }));
+        let wait = async move { tokio::time::timeout(SETTINGS_TIMEOUT, answer).await };
+        Box::pin(wait.into_actor(self).map(|answer, _, _| {
+            match answer {
+                Ok(Ok(Ok(usage))) => serde_json::from_value::<protocol::ContextUsage>(usage)
+                    .map(ContextUsage::from)
+                    .map_err(|e| ApiError::CliFailed(format!("the CLI's context usage is not understood: {e}"))),
+                Ok(Ok(Err(e))) => Err(ApiError::CliFailed(format!("the CLI refused get_context_usage: {e}"))),
+                Ok(Err(_)) => Err(ApiError::SessionNotLive),
+                Err(_) => {
+                    Err(ApiError::CliFailed(format!("no context usage from the CLI within {SETTINGS_TIMEOUT:?}")))
+                }
+            }
+        }))
     }
 }
 

@@ -22,7 +22,7 @@ use super::event::TurnOutcome;
 use super::persist::{self, PersistJob};
 use super::registry::Registry;
 use crate::cli::process::{CliProcess, MAX_LINE_BYTES, StdoutItem};
-use crate::cli::protocol::{CliMessage, OutgoingControlRequest, OutgoingControlResponse, to_line};
+use crate::cli::protocol::{CliMessage, ControlError, OutgoingControlRequest, OutgoingControlResponse, to_line};
 use crate::domain::{AgentInfo, SessionStatus};
 use crate::error::ApiError;
 use crate::settings::Settings;
@@ -38,13 +38,15 @@ mod turn;
 use event_log::EventLog;
 pub use lifecycle::{Stop, StopReason};
 pub use messages::{
-    AnswerPermission, BudgetLeft, GetAgentInfo, Interrupt, ListPermissions, PendingTimers, StartTurn, TurnBudget,
-    TurnRefused, TurnStarted, UnstoredEvents,
+    AnswerPermission, BudgetLeft, GetAgentInfo, GetContextUsage, Interrupt, ListPermissions, PendingTimers, SetLive,
+    StartTurn, TurnBudget, TurnRefused, TurnStarted, UnstoredEvents,
 };
 pub use permissions::PendingPermission;
 use permissions::PermissionBroker;
 use turn::{CostMeter, Turn};
 
+/// How long the CLI may take to answer a settings change or a context-usage question.
+const SETTINGS_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the CLI may take to answer `initialize` (a request waits only its own timeout).
 const INITIALIZE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long an interrupted turn (by the client, or after its timeout) may take to end before
@@ -102,7 +104,7 @@ pub struct SessionActor {
     /// A turn request is waiting for a slot or for readiness.
     reserved: bool,
     turn: Option<Turn>,
-    controls: HashMap<String, oneshot::Sender<Result<Value, String>>>,
+    controls: HashMap<String, oneshot::Sender<Result<Value, ControlError>>>,
     control_seq: u64,
     /// What the session has spent (the stored total plus this process's turns).
     cost: CostMeter,
@@ -191,7 +193,7 @@ impl SessionActor {
     }
 
     /// Sends a control request; the answer (or the timeout) comes back on the receiver.
-    fn control(&mut self, request: Value) -> oneshot::Receiver<Result<Value, String>> {
+    fn control(&mut self, request: Value) -> oneshot::Receiver<Result<Value, ControlError>> {
         self.control_seq += 1;
         let request_id = format!("req_{}_{}", self.control_seq, &self.id[..8.min(self.id.len())]);
         let (tx, rx) = oneshot::channel();
@@ -239,12 +241,7 @@ impl SessionActor {
             CliMessage::ControlResponse(r) => {
                 let body = r.response;
                 if let Some(waiter) = self.controls.remove(&body.request_id) {
-                    let result = if body.subtype == "success" {
-                        Ok(body.response.unwrap_or(Value::Null))
-                    } else {
-                        Err(body.error.unwrap_or_else(|| "error".into()))
-                    };
-                    let _ = waiter.send(result);
+                    let _ = waiter.send(body.into_result());
                 }
             }
             CliMessage::ControlRequest(req) if req.subtype() == "can_use_tool" => self.on_permission_request(req, ctx),

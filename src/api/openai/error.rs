@@ -89,11 +89,14 @@ impl OpenAiError {
 fn openai_status_and_type(code: ErrorCode, ours: StatusCode) -> (StatusCode, &'static str) {
     use ErrorCode::*;
     match code {
-        InvalidRequest | InvalidPath | ValidationError | UnknownWebhookEvent | WebhookTargetRefused => {
-            (StatusCode::BAD_REQUEST, "invalid_request_error")
-        }
+        InvalidRequest
+        | InvalidPath
+        | ValidationError
+        | PermissionModeUnavailable
+        | UnknownWebhookEvent
+        | WebhookTargetRefused => (StatusCode::BAD_REQUEST, "invalid_request_error"),
         PayloadTooLarge | UnsupportedMediaType | MethodNotAllowed => (ours, "invalid_request_error"),
-        SessionClosed | SessionExpired | NoTurnRunning | CredentialsRequired | UserExists => {
+        SessionClosed | SessionExpired | SessionNotLive | NoTurnRunning | CredentialsRequired | UserExists => {
             (ours, "invalid_request_error")
         }
         Unauthorized => (StatusCode::UNAUTHORIZED, "authentication_error"),
