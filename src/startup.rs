@@ -274,9 +274,17 @@ fn build_server(listener: TcpListener, state: web::Data<AppState>) -> Result<Ser
 /// (keys travel in headers, not cookies), so a wildcard never meets credentials.
 fn cors(origins: &[String]) -> Cors {
     let mut cors = Cors::default()
-        .allowed_methods(["GET", "POST", "PUT", "DELETE", "OPTIONS"])
-        .allowed_headers(["authorization", "x-api-key", "content-type", "last-event-id", "x-request-id"])
-        .expose_headers([REQUEST_ID_HEADER.as_str(), "retry-after"])
+        .allowed_methods(["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+        // `x-session-id` picks (and names, in answers) the session of an OpenAI-style chat.
+        .allowed_headers([
+            "authorization",
+            "x-api-key",
+            "content-type",
+            "last-event-id",
+            "x-request-id",
+            "x-session-id",
+        ])
+        .expose_headers([REQUEST_ID_HEADER.as_str(), "retry-after", "x-session-id"])
         .max_age(3600);
     for origin in origins {
         cors = if origin == "*" { cors.allow_any_origin().send_wildcard() } else { cors.allowed_origin(origin) };

@@ -117,6 +117,29 @@ async fn cors_allows_only_configured_origins(backend: Backend) {
     assert!(allowed.headers().get("access-control-allow-credentials").is_none());
     let other = preflight("https://evil.example").await.unwrap();
     assert!(other.headers().get("access-control-allow-origin").is_none());
+    // A browser page may PATCH a session's live settings, and an OpenAI-style client sends and
+    // reads `X-Session-Id`.
+    let patch = app
+        .client
+        .request(Method::OPTIONS, format!("{}/v1/chat/completions", app.address))
+        .insert_header(("Origin", "https://console.example"))
+        .insert_header(("Access-Control-Request-Method", "PATCH"))
+        .insert_header(("Access-Control-Request-Headers", "authorization,x-session-id"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patch.headers().get("access-control-allow-origin").unwrap(), "https://console.example");
+    let allowed_methods = patch.headers().get("access-control-allow-methods").unwrap().to_str().unwrap();
+    assert!(allowed_methods.contains("PATCH"), "{allowed_methods}");
+    let answer = app
+        .client
+        .get(format!("{}/health", app.address))
+        .insert_header(("Origin", "https://console.example"))
+        .send()
+        .await
+        .unwrap();
+    let exposed = answer.headers().get("access-control-expose-headers").unwrap().to_str().unwrap().to_lowercase();
+    assert!(exposed.contains("x-session-id"), "{exposed}");
 
     let closed = spawn_app(backend).await;
     let res = closed.client.get(format!("{}/health", closed.address)).insert_header(("Origin", "https://x")).send();
