@@ -4,9 +4,9 @@
 pub mod budgets;
 mod credentials;
 pub mod files;
-mod live;
 mod live_settings;
 pub mod options;
+mod recent_actors;
 pub mod usage;
 pub mod workspace;
 
@@ -33,8 +33,8 @@ use crate::settings::Settings;
 use crate::storage::{SessionFilter, SessionRow, Storage};
 use budgets::{Budgets, Reserved};
 use credentials::LaunchCredentials;
-use live::RecentActors;
 pub use live_settings::SessionSettings;
+use recent_actors::RecentActors;
 
 const MAX_METADATA_BYTES: usize = 16 * 1024;
 pub const DEFAULT_LIST_LIMIT: i64 = 100;
