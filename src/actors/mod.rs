@@ -8,6 +8,7 @@ mod persist;
 pub mod registry;
 pub mod session;
 pub mod threads;
+pub mod turns;
 
 // What the layers above see: handles with async methods and plain data, never a message.
 // (The messages stay reachable at `registry::`/`session::` for start-up and tests.)

@@ -265,7 +265,18 @@ impl SessionService {
         if self.past_ttl(&row) {
             return self.expire(row).await;
         }
-        Ok(row)
+        Ok(self.live_status(row))
+    }
+
+    /// The stored row with the status its actor knows: `busy` reaches the database only for a
+    /// turn longer than the writer's grace (and the CLI's `active` may wait with it).
+    fn live_status(&self, mut row: SessionRow) -> SessionRow {
+        if matches!(row.status, SessionStatus::Active | SessionStatus::Starting)
+            && self.hub.turns().running(&row.session_id)
+        {
+            row.status = SessionStatus::Busy;
+        }
+        row
     }
 
     pub async fn list(&self, caller: &Caller, query: ListQuery) -> Result<Vec<SessionRow>, ApiError> {
@@ -287,7 +298,13 @@ impl SessionService {
         if offset < 0 {
             return Err(ApiError::query_validation("offset", "must not be negative"));
         }
-        Ok(self.storage.list_sessions(&SessionFilter { user_id, status, limit, offset }).await?)
+        let rows = self.storage.list_sessions(&SessionFilter { user_id, status, limit, offset }).await?;
+        // Filtered again after the overlay: an `active` row in a turn is `busy`.
+        Ok(rows
+            .into_iter()
+            .map(|row| self.live_status(row))
+            .filter(|row| status.is_none_or(|s| row.status == s))
+            .collect())
     }
 
     /// Closes a session (row kept), or with `purge` deletes it with its history and transcript

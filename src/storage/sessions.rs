@@ -191,9 +191,11 @@ impl Storage {
     pub async fn finish_turn(&self, r: &TurnRecord) -> Result<Option<String>, StorageError> {
         let (owner, added) = run!(self, [r], |conn| {
             conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
-                // busy → active in the same statement (diesel prepares every UPDATE anew).
+                // busy (or starting: the writer may have skipped a short turn's `busy`, merged
+                // with the `active` of the CLI's start) → active, in the same statement (diesel
+                // prepares every UPDATE anew).
                 let active_if_busy = diesel::dsl::case_when(
-                    sessions::status.eq(SessionStatus::Busy),
+                    sessions::status.eq(SessionStatus::Busy).or(sessions::status.eq(SessionStatus::Starting)),
                     SessionStatus::Active.into_sql::<diesel::sql_types::Text>(),
                 )
                 .otherwise(sessions::status);

@@ -244,6 +244,9 @@ impl Actor for SessionActor {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        if self.turn.is_some() {
+            self.hub.turns().end(&self.id);
+        }
         // Dropping `process` (with its stop sender) makes the supervisor stop and reap the child
         // even if the actor ended unexpectedly.
         self.registry.do_send(Ended { session_id: self.id.clone(), generation: self.generation });

@@ -196,6 +196,7 @@ impl Handler<StartTurn> for SessionActor {
                 _permit: permit,
                 budget_hold: msg.budget.map(|b| b.hold),
             });
+            act.hub.turns().begin(&act.id);
             act.set_status(SessionStatus::Busy);
             Ok(TurnStarted { turn_id: turn_id.to_string(), first_event_id: act.log.next_id(), events })
         }))

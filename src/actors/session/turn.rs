@@ -140,6 +140,7 @@ impl SessionActor {
             TurnOutcome::Done { .. } => None,
         };
         let Some(mut turn) = self.turn.take() else { return };
+        self.hub.turns().end(&self.id);
         let last = self.log.number(json, Some(outcome), &turn.id);
         // The turn's last events are stored in the same transaction as the turn itself.
         let (events, stored, _) = self.hand_events(Some(&last), ctx).expect("the last frame is a row");
