@@ -192,28 +192,47 @@ impl SessionService {
             // Nothing is kept: the CLI starts a new conversation.
             None => RewindTo::Fresh(uuid::Uuid::new_v4().to_string()),
         };
-        let commit: RewindCommit = {
-            let (storage, id, from) = (self.storage.clone(), row.session_id.clone(), message.id);
+        let commit = || -> RewindCommit {
+            let (storage, id, from, to) = (self.storage.clone(), row.session_id.clone(), message.id, to.clone());
             Box::pin(async move {
                 storage.rewind_session(&id, from, &to).await?.ok_or(ApiError::SessionNotFound)?;
                 Ok(())
             })
         };
-        let actor = match files_at {
-            Some(_) => Some(self.actor_for_rewind(&row).await?),
-            None => self.registry.lookup(&row.session_id).await?,
-        };
-        let files = match actor {
-            Some(actor) => {
-                let files = actor.rewind(files_at, req.dry_run, (!req.dry_run).then_some(commit)).await?;
+        // A CLI that is stopping meanwhile ran nothing of it: the rewind goes to the next one
+        // (`files`), or is only stored (its next start reads the cut).
+        let mut files = None;
+        for _ in 0..3 {
+            let actor = match files_at {
+                Some(_) => Some(self.actor_for_rewind(&row).await?),
+                None => self.registry.lookup(&row.session_id).await?,
+            };
+            let Some(actor) = actor else { break };
+            match actor.rewind(files_at.clone(), req.dry_run, (!req.dry_run).then(commit)).await {
+                Ok(changed) => {
+                    files = Some(changed);
+                    break;
+                }
+                Err(ApiError::SessionNotLive) => self.recent.forget(&row.session_id),
+                Err(e) => return Err(e),
+            }
+        }
+        let files = match files {
+            Some(changed) => {
                 if !req.dry_run {
                     self.recent.forget(&row.session_id);
                 }
-                files
+                changed
             }
-            None if req.dry_run => Vec::new(),
+            None if files_at.is_some() => {
+                return Err(ApiError::CliFailed(
+                    "the CLI keeps exiting before it is ready; see the service log".into(),
+                ));
+            }
             None => {
-                commit.await?;
+                if !req.dry_run {
+                    commit().await?;
+                }
                 Vec::new()
             }
         };

@@ -381,6 +381,25 @@ async fn every_operation_answers_as_the_openapi_document_says() {
     let context = expect(&api.call(Method::GET, &format!("{s}/context"), user, Empty).await, 200);
     assert!(context["window_tokens"].as_i64().unwrap() > 0);
     expect(&api.call(Method::GET, "/api/v1/sessions/gone/context", user, Empty).await, 404);
+    // Fork and rewind (the rewinds that change something on the fork, so this session keeps its turns).
+    let history = expect(&api.call(Method::GET, &format!("{s}/messages"), user, Empty).await, 200);
+    let at = json!({"at_message_id": history[0]["id"]});
+    let forked = expect(&api.call(Method::POST, &format!("{s}/fork"), user, Json(at)).await, 201);
+    assert_eq!(forked["message_count"], 1);
+    let f = format!("{sessions}/{}", forked["session_id"].as_str().unwrap());
+    expect(&api.call(Method::POST, &format!("{s}/fork"), user, Json(json!({"at_message_id": 999_999}))).await, 404);
+    expect(&api.call(Method::POST, &format!("{s}/fork"), user, Json(json!({"copy_files": true}))).await, 422);
+    expect(&api.call(Method::POST, &format!("{s}/fork"), user, Json(json!({"subdir": "/etc"}))).await, 400);
+    expect(&api.call(Method::POST, &format!("{sessions}/gone/fork"), user, Empty).await, 404);
+    let dry = Json(json!({"message_id": history[0]["id"], "dry_run": true}));
+    let rewound = expect(&api.call(Method::POST, &format!("{s}/rewind"), user, dry).await, 200);
+    assert_eq!(rewound["dry_run"], true);
+    let answer = Json(json!({"message_id": history[1]["id"]}));
+    expect(&api.call(Method::POST, &format!("{s}/rewind"), user, answer).await, 422);
+    expect(&api.call(Method::POST, &format!("{s}/rewind"), user, Json(json!({"message_id": 999_999}))).await, 404);
+    let forked_history = expect(&api.call(Method::GET, &format!("{f}/messages"), user, Empty).await, 200);
+    let first = Json(json!({"message_id": forked_history[0]["id"]}));
+    expect(&api.call(Method::POST, &format!("{f}/rewind"), user, first).await, 200);
 
     let started =
         expect(&api.call(Method::POST, &format!("{s}/messages"), user, Json(json!({"message": "tool"}))).await, 202);

@@ -10,7 +10,9 @@ use actix::prelude::*;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{SETTINGS_TIMEOUT, SessionActor, StopReason};
+use tokio::sync::oneshot;
+
+use super::{INITIALIZE_TIMEOUT, SETTINGS_TIMEOUT, SessionActor, StopReason};
 use crate::error::ApiError;
 
 /// What cuts the stored history, run by the actor once the files are restored and before its
@@ -85,37 +87,64 @@ impl Handler<RewindFiles> for SessionActor {
         // No turn starts until the rewind is done (StartTurn answers `session_busy`).
         self.reserved = true;
         let RewindFiles { files_at, dry_run, commit } = msg;
-        // The list first (the restoring answer does not name the files), then the restore.
-        let listed = files_at.as_deref().map(|uuid| self.rewind_files(uuid, true));
-        let listing = async move {
-            match listed {
-                Some(listed) => listed.await,
-                None => Ok(Vec::new()),
+        // A CLI just started for the rewind answers once it is ready (its start may take
+        // longer than a control request's own timeout).
+        let ready = (!self.ready).then(|| {
+            let (tx, rx) = oneshot::channel();
+            self.ready_waiters.push(tx);
+            rx
+        });
+        let wait_ready = async move {
+            let Some(ready) = ready else { return Ok(()) };
+            match tokio::time::timeout(INITIALIZE_TIMEOUT, ready).await {
+                Ok(Ok(started)) => started,
+                Ok(Err(_)) => Err(ApiError::SessionNotLive),
+                Err(_) => Err(ApiError::CliFailed("the CLI did not become ready for the rewind".into())),
             }
         };
-        Box::pin(listing.into_actor(self).then(move |listed, act, _| {
-            let restore = match (&listed, &files_at, dry_run) {
-                (Ok(_), Some(uuid), false) => Some(act.rewind_files(uuid, false)),
-                _ => None,
-            };
-            async move {
-                let files = listed?;
-                if let Some(restore) = restore {
-                    restore.await?;
-                }
-                if !dry_run && let Some(commit) = commit {
-                    commit.await?;
-                }
-                Ok::<_, ApiError>(files)
-            }
-            .into_actor(act)
-            .map(move |done: Result<Vec<String>, ApiError>, act, ctx| {
-                act.reserved = false;
-                if done.is_ok() && !dry_run {
-                    act.begin_stop(StopReason::Rewound, ctx);
-                }
-                done
-            })
-        }))
+        let files_at_list = files_at.clone();
+        Box::pin(
+            wait_ready
+                .into_actor(self)
+                // The list first (the restoring answer does not name the files), then the restore.
+                .then(move |ready, act, _| {
+                    let listed = match (&ready, files_at_list.as_deref()) {
+                        (Ok(()), Some(uuid)) => Some(act.rewind_files(uuid, true)),
+                        _ => None,
+                    };
+                    async move {
+                        ready?;
+                        match listed {
+                            Some(listed) => listed.await,
+                            None => Ok(Vec::new()),
+                        }
+                    }
+                    .into_actor(act)
+                })
+                .then(move |listed, act, _| {
+                    let restore = match (&listed, files_at.as_deref(), dry_run) {
+                        (Ok(_), Some(uuid), false) => Some(act.rewind_files(uuid, false)),
+                        _ => None,
+                    };
+                    async move {
+                        let files = listed?;
+                        if let Some(restore) = restore {
+                            restore.await?;
+                        }
+                        if !dry_run && let Some(commit) = commit {
+                            commit.await?;
+                        }
+                        Ok::<_, ApiError>(files)
+                    }
+                    .into_actor(act)
+                })
+                .map(move |done, act, ctx| {
+                    act.reserved = false;
+                    if done.is_ok() && !dry_run {
+                        act.begin_stop(StopReason::Rewound, ctx);
+                    }
+                    done
+                }),
+        )
     }
 }
