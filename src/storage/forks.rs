@@ -75,6 +75,9 @@ impl Storage {
     ) -> Result<SessionRow, StorageError> {
         run!(self, [row, source, upto], |conn| {
             conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
+                // A write first: on SQLite a transaction that read first cannot take the write
+                // lock once another connection wrote meanwhile ("database is locked").
+                diesel::insert_into(sessions::table).values(row).execute(conn).await?;
                 let copied: Vec<MessageRow> = match upto {
                     Some(upto) => {
                         messages::table
@@ -87,9 +90,6 @@ impl Storage {
                     }
                     None => Vec::new(),
                 };
-                let mut row = row.clone();
-                row.message_count = copied.iter().filter(|m| m.role == "user").count() as i64;
-                diesel::insert_into(sessions::table).values(&row).execute(conn).await?;
                 for m in &copied {
                     let new = NewMessage {
                         session_id: &row.session_id,
@@ -103,6 +103,12 @@ impl Storage {
                     };
                     diesel::insert_into(messages::table).values(&new).execute(conn).await?;
                 }
+                let mut row = row.clone();
+                row.message_count = copied.iter().filter(|m| m.role == "user").count() as i64;
+                diesel::update(sessions::table.find(&row.session_id))
+                    .set(sessions::message_count.eq(row.message_count))
+                    .execute(conn)
+                    .await?;
                 Ok(row)
             })
             .await?
@@ -120,31 +126,15 @@ impl Storage {
     ) -> Result<Option<SessionRow>, StorageError> {
         run!(self, [session_id, from, to], |conn| {
             conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
-                let turns: i64 = messages::table
-                    .filter(messages::session_id.eq(session_id))
-                    .filter(messages::id.ge(*from))
-                    .filter(messages::role.eq("user"))
-                    .count()
-                    .get_result(conn)
-                    .await?;
-                diesel::delete(
-                    messages::table.filter(messages::session_id.eq(session_id)).filter(messages::id.ge(*from)),
-                )
-                .execute(conn)
-                .await?;
+                // Writes first (see `insert_fork`), the count of removed turns last.
                 let target = sessions::table.find(session_id);
-                let count = sessions::message_count.eq(sessions::message_count - turns);
                 match to {
                     RewindTo::At(uuid) => {
-                        diesel::update(target)
-                            .set((count, sessions::resume_at.eq(Some(uuid.clone()))))
-                            .execute(conn)
-                            .await?
+                        diesel::update(target).set(sessions::resume_at.eq(Some(uuid.clone()))).execute(conn).await?
                     }
                     RewindTo::Fresh(cli_session_id) => {
                         diesel::update(target)
                             .set((
-                                count,
                                 sessions::cli_session_id.eq(cli_session_id),
                                 sessions::fork_from.eq(None::<String>),
                                 sessions::resume_at.eq(None::<String>),
@@ -153,6 +143,14 @@ impl Storage {
                             .await?
                     }
                 };
+                let later =
+                    || messages::table.filter(messages::session_id.eq(session_id)).filter(messages::id.ge(*from));
+                let turns: i64 = later().filter(messages::role.eq("user")).count().get_result(conn).await?;
+                diesel::delete(later()).execute(conn).await?;
+                diesel::update(sessions::table.find(session_id))
+                    .set(sessions::message_count.eq(sessions::message_count - turns))
+                    .execute(conn)
+                    .await?;
                 sessions::table.find(session_id).select(SessionRow::as_select()).get_result(conn).await.optional()
             })
             .await?
