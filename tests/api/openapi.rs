@@ -514,10 +514,8 @@ async fn every_operation_answers_as_the_openapi_document_says() {
     // Its CLI stops for the rewind: nothing of it is left running for what follows.
     let fork_id = forked["session_id"].as_str().unwrap();
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            app.get_session(user.unwrap(), fork_id).await.body["status"] == "idle"
-        })
-        .await
+        eventually(Duration::from_secs(10), || async { app.get_session(&key, fork_id).await.body["status"] == "idle" })
+            .await
     );
 
     // Close, resume, purge; then the user goes.
