@@ -151,7 +151,10 @@ impl SessionService {
             resume_at: fork_from.as_ref().and(resume_at),
             fork_from,
         };
-        let row = self.storage.insert_fork(&row, &source.session_id, upto).await?;
+        // The CLI's file checkpoints of the copied messages are of the source's directory: a
+        // fork elsewhere may not restore files to them (that would change the source's files).
+        let same_dir = row.subdir == source.subdir;
+        let row = self.storage.insert_fork(&row, &source.session_id, upto, same_dir).await?;
         if let Err(e) = self.launch(&row, Urgency::Background).await {
             if let Err(purge) = self.storage.purge_session(&session_id).await {
                 log::error!("session {session_id}: launch failed ({e}) and its row could not be removed: {purge}");
@@ -184,7 +187,11 @@ impl SessionService {
             (false, _) => None,
             (true, Some(uuid)) => Some(uuid.clone()),
             (true, None) => {
-                return Err(ApiError::validation("files", "this message was stored before file checkpoints were kept"));
+                return Err(ApiError::validation(
+                    "files",
+                    "this session has no file checkpoint for this message (stored before checkpoints were kept, \
+                     or copied by a fork from another directory's session)",
+                ));
             }
         };
         let to = match self.storage.resume_point(&row.session_id, message.id - 1).await? {

@@ -66,14 +66,17 @@ impl Storage {
     }
 
     /// Stores a fork: its row, and the source's messages up to `upto` (inclusive) as its own
-    /// (its `message_count` is the turns copied). Returns the row as stored.
+    /// (its `message_count` is the turns copied). Without `keep_checkpoints` the copied user
+    /// messages lose their CLI uuid, so no rewind of the fork restores files to them (the
+    /// checkpoints are of the source's directory). Returns the row as stored.
     pub async fn insert_fork(
         &self,
         row: &SessionRow,
         source: &str,
         upto: Option<i64>,
+        keep_checkpoints: bool,
     ) -> Result<SessionRow, StorageError> {
-        run!(self, [row, source, upto], |conn| {
+        run!(self, [row, source, upto, keep_checkpoints], |conn| {
             conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
                 // A write first: on SQLite a transaction that read first cannot take the write
                 // lock once another connection wrote meanwhile ("database is locked").
@@ -99,7 +102,7 @@ impl Storage {
                         tool_calls: &m.tool_calls,
                         created_at: m.created_at,
                         cost_usd: m.cost_usd,
-                        cli_uuid: m.cli_uuid.as_deref(),
+                        cli_uuid: m.cli_uuid.as_deref().filter(|_| *keep_checkpoints || m.role != "user"),
                     };
                     diesel::insert_into(messages::table).values(&new).execute(conn).await?;
                 }

@@ -71,6 +71,10 @@ async fn a_fork_at_the_second_of_three_turns_carries_two_and_the_original_keeps_
     // What the model is sent: the fork's earlier turns, not the later part.
     assert_eq!(say(&app, &key, &at_two, "history").await, "one | two");
     assert_eq!(say(&app, &key, &whole, "history").await, "one | two | three");
+    // The copied checkpoints are of the source's directory: a fork elsewhere restores no file to them.
+    let copied = messages(&app, &key, &whole).await[0]["id"].clone();
+    let res = rewind(&app, &key, &whole, json!({"message_id": copied, "files": true, "dry_run": true})).await;
+    res.assert_error(422, "validation_error");
     // The original is untouched: its conversation, its stored history.
     assert_eq!(say(&app, &key, &id, "history").await, "one | two | three");
     assert_eq!(messages(&app, &key, &id).await.len(), 8);
