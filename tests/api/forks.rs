@@ -257,3 +257,20 @@ async fn fork_and_rewind_store_the_same_on_sqlite_and_postgresql() {
         assert_eq!(messages(&app, &key, &id).await.len(), 4);
     }
 }
+
+#[actix_web::test]
+async fn a_fork_counts_against_the_quotas_like_a_create_and_a_refused_one_leaves_nothing() {
+    let app = crate::helpers::spawn_app_with(Backend::Sqlite, |s| s.api.max_sessions_per_user = 1).await;
+    let key = app.create_user("alice").await;
+    let id = app.create_session(&key, json!({})).await;
+    assert_eq!(app.chat(&key, &id, "one").await.status, StatusCode::OK);
+    let refused = fork(&app, &key, &id, json!({})).await;
+    refused.assert_error(429, "quota_exceeded");
+    let listed = app.list_sessions(&key, "").await;
+    assert_eq!(listed.body, json!([id]), "no row of the refused fork is left");
+    // Once the source is closed there is room.
+    assert_eq!(app.delete_session(&key, &id, "").await.status, StatusCode::NO_CONTENT);
+    let res = fork(&app, &key, &id, json!({})).await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.text);
+    assert_eq!(app.get_session(&key, &id).await.body["status"], "closed", "the source stays closed");
+}
