@@ -14,7 +14,8 @@ use super::registry::admission::Urgency;
 use super::registry::{GetStats, Launch, Lookup, Registry, RegistryStats, Retire, Shutdown};
 use super::session::{
     AnswerPermission, BudgetLeft, GetAgentInfo, GetContextUsage, Interrupt, ListPermissions, PendingPermission,
-    SessionActor, SetLive, StartTurn, StopReason, TurnBudget, TurnRefused, TurnStarted, UnstoredEvents,
+    RewindCommit, RewindFiles, SessionActor, SetLive, StartTurn, StopReason, TurnBudget, TurnRefused, TurnStarted,
+    UnstoredEvents,
 };
 use crate::cli::launch::UserEnv;
 use crate::domain::{AgentInfo, ContextUsage, LiveSetting};
@@ -172,6 +173,18 @@ impl SessionHandle {
     /// The CLI's context usage (`session_not_live` once the actor stopped).
     pub async fn context_usage(&self) -> Result<ContextUsage, ApiError> {
         self.addr.send(GetContextUsage).await.map_err(|_| ApiError::SessionNotLive)?
+    }
+
+    /// Rewinds the live CLI: the files changed since the user message `files_at` (its CLI
+    /// uuid) restored, then `commit` run and the CLI stopped (its next start resumes where the
+    /// commit said). Nothing changes with `dry_run`. The files changed, as the CLI names them.
+    pub async fn rewind(
+        &self,
+        files_at: Option<String>,
+        dry_run: bool,
+        commit: Option<RewindCommit>,
+    ) -> Result<Vec<String>, ApiError> {
+        self.addr.send(RewindFiles { files_at, dry_run, commit }).await.map_err(|_| ApiError::SessionNotLive)?
     }
 
     /// Interrupts the running turn and returns its id (409 `no_turn_running` once stopped).

@@ -17,4 +17,4 @@ pub use handle::{PermissionAnswer, RegistryHandle, SessionHandle, WeakSessionHan
 pub use hub::EventHub;
 pub use registry::admission::Urgency;
 pub use registry::{Registry, RegistryStats};
-pub use session::{CLIENT_BUFFER, PendingPermission, StopReason, TurnBudget, TurnRefused, TurnStarted};
+pub use session::{CLIENT_BUFFER, PendingPermission, RewindCommit, StopReason, TurnBudget, TurnRefused, TurnStarted};

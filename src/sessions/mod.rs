@@ -4,6 +4,7 @@
 pub mod budgets;
 mod credentials;
 pub mod files;
+mod forks;
 mod live_settings;
 pub mod options;
 mod recent_actors;
@@ -33,6 +34,7 @@ use crate::settings::Settings;
 use crate::storage::{SessionFilter, SessionRow, Storage};
 use budgets::{Budgets, Reserved};
 use credentials::LaunchCredentials;
+pub use forks::{ForkSession, RewindSession, Rewound};
 pub use live_settings::SessionSettings;
 use recent_actors::RecentActors;
 
@@ -237,6 +239,8 @@ impl SessionService {
             options: Value::Object(options).to_string(),
             cli_session_id: session_id.clone(),
             last_event_id: 0,
+            fork_from: None,
+            resume_at: None,
         };
         self.storage.insert_session(&row).await?;
         // The CLI starts now, in the background, so the first message finds it ready. A refused

@@ -9,6 +9,7 @@
 mod blocking;
 mod budgets;
 mod credentials;
+mod forks;
 mod migrations;
 pub mod models;
 mod openai;
@@ -34,6 +35,7 @@ use crate::settings::{SessionSettings, StorageKind};
 
 pub use budgets::{BudgetRow, UsageRow};
 pub use credentials::CredentialsRow;
+pub use forks::RewindTo;
 pub use models::*;
 pub use sessions::{MessageRow, SessionFilter, TurnRecord};
 pub use webhooks::{DELIVERED, DeliveryRow, FAILED, PENDING, WebhookRow, message_id};

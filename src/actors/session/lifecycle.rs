@@ -41,6 +41,8 @@ pub enum StopReason {
     ProtocolError,
     /// Never became ready.
     StartFailed,
+    /// Its conversation was rewound: the next start resumes before the rewound message.
+    Rewound,
 }
 
 impl StopReason {
@@ -50,7 +52,7 @@ impl StopReason {
         match self {
             Closed | Purged | Expired | UserDeleted => None,
             IdleEviction | MemoryEviction | TooLarge | BudgetSpent | Shutdown | ForcedShutdown | Unresponsive
-            | ProtocolError => Some(SessionStatus::Idle),
+            | ProtocolError | Rewound => Some(SessionStatus::Idle),
             StartFailed => Some(SessionStatus::Failed),
         }
     }

@@ -191,6 +191,7 @@ impl Handler<StartTurn> for SessionActor {
                 sink: Some(sink),
                 outcome_only: msg.outcome_only,
                 transcript: Default::default(),
+                leaf_uuid: None,
                 interrupted: false,
                 timers: vec![deadline_timer],
                 _permit: permit,

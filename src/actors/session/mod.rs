@@ -32,6 +32,7 @@ mod event_log;
 mod lifecycle;
 mod messages;
 mod permissions;
+mod rewind;
 mod translate;
 mod turn;
 
@@ -43,6 +44,7 @@ pub use messages::{
 };
 pub use permissions::PendingPermission;
 use permissions::PermissionBroker;
+pub use rewind::{RewindCommit, RewindFiles};
 use turn::{CostMeter, Turn};
 
 /// How long the CLI may take to answer a settings change or a context-usage question.
@@ -264,6 +266,12 @@ impl SessionActor {
             CliMessage::Unknown => {}
             content @ (CliMessage::StreamEvent(_) | CliMessage::Assistant(_) | CliMessage::User(_)) => {
                 let Some(turn) = self.turn.as_mut() else { return };
+                if let CliMessage::Assistant(a) = &content
+                    && a.parent_tool_use_id.is_none()
+                    && let Some(uuid) = &a.uuid
+                {
+                    turn.leaf_uuid = Some(uuid.clone());
+                }
                 for frame in translate::frames(&content, &mut turn.transcript) {
                     self.emit(frame, None, ctx);
                 }
