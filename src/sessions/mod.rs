@@ -7,6 +7,7 @@ pub mod files;
 mod live_settings;
 pub mod options;
 mod recent_actors;
+mod steer;
 pub mod usage;
 pub mod workspace;
 
@@ -35,6 +36,7 @@ use budgets::{Budgets, Reserved};
 use credentials::LaunchCredentials;
 pub use live_settings::SessionSettings;
 use recent_actors::RecentActors;
+pub use steer::{Accepted, Interrupted, MessageMode, QueuedMessage};
 
 const MAX_METADATA_BYTES: usize = 16 * 1024;
 pub const DEFAULT_LIST_LIMIT: i64 = 100;
