@@ -217,11 +217,11 @@ async fn an_interrupt_cancels_the_queue_only_when_asked() {
         assert_eq!(frames[position(&frames, of_type("message_dropped", m))].1["reason"], "interrupted", "{m}");
     }
     assert_eq!(frames.last().unwrap().1["result"]["subtype"], "interrupted");
-    // Nothing else runs.
+    // Nothing else runs: not the queue, and the CLI dropped the steer too (`cancel_queued`).
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = app.chat(&key, &id, "after").await;
-    assert_eq!(after.body["text"], "echo: after", "{}", after.text);
-    assert_eq!(user_texts(&app, &key, &id).await, ["slow 50 50", "kept", "sleep 3000", "after"]);
+    let after = app.chat(&key, &id, "history").await;
+    assert_eq!(after.body["text"], "slow 50 50 | kept | sleep 3000", "what the CLI got: {}", after.text);
+    assert_eq!(user_texts(&app, &key, &id).await, ["slow 50 50", "kept", "sleep 3000", "history"]);
     // No turn and nothing queued: nothing to interrupt.
     app.request(Method::POST, &format!("/api/v1/sessions/{id}/interrupt?cancel_queue=true"), Some(&key), None)
         .await
