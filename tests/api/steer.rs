@@ -290,3 +290,36 @@ async fn the_real_cli_takes_a_steer_within_the_running_turn() {
             .await
     );
 }
+
+/// The real CLI: a steer into a turn with no tool call left is answered right after that
+/// answer, and the service keeps it in the same turn (one `done`, both parts counted).
+#[actix_web::test]
+async fn the_real_cli_answers_a_late_steer_within_the_same_turn() {
+    let mock = crate::real_cli::MockApi::start();
+    let app = crate::real_cli::spawn_real_app(&mock, |_| {}).await;
+    let key = app.create_user("alice").await;
+    let id = app.create_session(&key, json!({})).await;
+    app.wait_active(&key, &id).await;
+    let mut follower = app.open_events(&format!("/api/v1/sessions/{id}/events"), Some(&key), None).await;
+    app.post_message(&key, &id, "slow").await;
+    follower.take(2).await;
+    let steered = send(&app, &key, &id, "one more thing", "steer").await;
+    assert_eq!(steered.body["status"], "steered", "{}", steered.text);
+    let message_id = steered.body["message_id"].as_str().unwrap().to_string();
+    let frames = follower.until_turn_end().await;
+    for (i, f) in &frames {
+        eprintln!("late steer {i}: {f}");
+    }
+    position(&frames, of_type("message_accepted", &message_id));
+    let done = &frames.last().unwrap().1;
+    assert_eq!(done["type"], "done");
+    assert_eq!(done["result"]["text"], "mock: one more thing", "the answer to the steer ends the turn");
+    let requests = mock.requests(&app.client).await;
+    assert!(requests.iter().any(|r| r.to_string().contains("one more thing")), "the model got it");
+    assert!(
+        eventually(Duration::from_secs(5), || async { app.get_session(&key, &id).await.body["message_count"] == 1 })
+            .await
+    );
+    let next = app.chat(&key, &id, "and now").await;
+    assert_eq!(next.body["text"], "mock: and now", "nothing of it leaks into the next turn: {}", next.text);
+}
