@@ -305,7 +305,8 @@ fn one_cli(
     settings.defaults.model = Some("claude-sonnet-4-5".into());
     let options = AgentOptions::resolve(&settings, &serde_json::Map::new());
     let id = uuid::Uuid::new_v4().to_string();
-    let args = build_args(&options, &settings.plugins, &id, StartMode::New, &SecretFiles::default());
+    let args =
+        build_args(&options, &settings.plugins, &id, StartMode::New, &SecretFiles::default(), Default::default());
     let env = build_env(std::env::vars(), extra, None, &config, &tmp);
     let at = |t: Instant| t.duration_since(start).as_secs_f64();
     let spawned = Instant::now();

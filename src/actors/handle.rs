@@ -14,8 +14,8 @@ use super::registry::admission::Urgency;
 use super::registry::{GetStats, Launch, Lookup, Registry, RegistryStats, Retire, Shutdown};
 use super::session::{
     Admit, AnswerPermission, BudgetLeft, CancelQueued, ClearQueue, GetAgentInfo, GetContextUsage, Interrupt,
-    ListPermissions, ListQueue, PendingPermission, QueuedMessage, SessionActor, SetLive, StartTurn, StopReason, Submit,
-    SubmitMode, Submitted, TurnBudget, TurnRefused, TurnStarted, UnstoredEvents,
+    ListPermissions, ListQueue, PendingPermission, QueuedMessage, RewindCommit, RewindFiles, SessionActor, SetLive,
+    StartTurn, StopReason, Submit, SubmitMode, Submitted, TurnBudget, TurnRefused, TurnStarted, UnstoredEvents,
 };
 use crate::cli::launch::UserEnv;
 use crate::domain::{AgentInfo, ContextUsage, LiveSetting};
@@ -204,6 +204,18 @@ impl SessionHandle {
     /// Cancels every queued message; their ids.
     pub async fn clear_queue(&self) -> Vec<String> {
         self.addr.send(ClearQueue).await.unwrap_or_default()
+    }
+
+    /// Rewinds the live CLI: the files changed since the user message `files_at` (its CLI
+    /// uuid) restored, then `commit` run and the CLI stopped (its next start resumes where the
+    /// commit said). Nothing changes with `dry_run`. The files changed, as the CLI names them.
+    pub async fn rewind(
+        &self,
+        files_at: Option<String>,
+        dry_run: bool,
+        commit: Option<RewindCommit>,
+    ) -> Result<Vec<String>, ApiError> {
+        self.addr.send(RewindFiles { files_at, dry_run, commit }).await.map_err(|_| ApiError::SessionNotLive)?
     }
 
     /// Interrupts the running turn and returns its id (409 `no_turn_running` once stopped).

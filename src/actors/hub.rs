@@ -1,7 +1,7 @@
 //! Live events of every session, for any number of followers. A channel exists only while a
 //! session has followers (the last one to leave drops it); a follower that falls behind the
 //! channel's buffer is dropped (it reconnects with its last event id), so a slow client never
-//! slows a turn or other clients.
+//! slows a turn or other clients. It also knows which sessions are in a turn ([`RunningTurns`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
 use super::SessionEvent;
+use super::turns::RunningTurns;
 
 const FOLLOWER_BUFFER: usize = 1024;
 
@@ -19,9 +20,15 @@ type Channels = HashMap<String, broadcast::Sender<Arc<SessionEvent>>>;
 pub struct EventHub {
     channels: Mutex<Channels>,
     followers: AtomicUsize,
+    turns: RunningTurns,
 }
 
 impl EventHub {
+    /// The sessions in a turn now (their actors keep it).
+    pub fn turns(&self) -> &RunningTurns {
+        &self.turns
+    }
+
     pub fn subscribe(self: &Arc<Self>, session_id: &str) -> Subscription {
         let mut channels = self.lock();
         let live =

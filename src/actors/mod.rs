@@ -8,6 +8,7 @@ mod persist;
 pub mod registry;
 pub mod session;
 pub mod threads;
+pub mod turns;
 
 // What the layers above see: handles with async methods and plain data, never a message.
 // (The messages stay reachable at `registry::`/`session::` for start-up and tests.)
@@ -17,6 +18,6 @@ pub use hub::EventHub;
 pub use registry::admission::Urgency;
 pub use registry::{Registry, RegistryStats};
 pub use session::{
-    Admit, CLIENT_BUFFER, PendingPermission, QueuedMessage, StopReason, SubmitMode, Submitted, TurnBudget, TurnRefused,
-    TurnStarted, not_queued,
+    Admit, CLIENT_BUFFER, PendingPermission, QueuedMessage, RewindCommit, StopReason, SubmitMode, Submitted,
+    TurnBudget, TurnRefused, TurnStarted, not_queued,
 };

@@ -47,6 +47,9 @@ pub enum PersistJob {
     },
 }
 
+/// How long a turn's `busy` status waits for the turn's end before it is written.
+const BUSY_GRACE: Duration = Duration::from_millis(50);
+
 /// Jobs waiting at most (after merging): a queue this long means the database is away.
 pub const QUEUE_CAP: usize = 32;
 /// How long a job is retried while the database is away before it is given up on.
@@ -130,6 +133,19 @@ pub fn start(storage: Storage, session_id: String, budgets: BudgetSettings) -> W
         loop {
             let next = task.jobs.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
             match next {
+                Some(job) if job.is_busy() => {
+                    // A turn's `busy` waits for the turn's next job: a turn that ends within the
+                    // grace needs no write of its own (its end sets `active`; readers on this
+                    // instance see it busy meanwhile, through `RunningTurns`).
+                    let _ = tokio::time::timeout(BUSY_GRACE, task.wake.notified()).await;
+                    let finished = matches!(
+                        task.jobs.lock().unwrap_or_else(|e| e.into_inner()).front(),
+                        Some(PersistJob::TurnFinished(..))
+                    );
+                    if !finished {
+                        run(&storage, &session_id, &budgets, job).await;
+                    }
+                }
                 Some(job) => run(&storage, &session_id, &budgets, job).await,
                 None if task.closed.load(std::sync::atomic::Ordering::Acquire) => break,
                 // A push between the check and here leaves a permit: no wake-up is lost.
@@ -212,6 +228,10 @@ async fn run(storage: &Storage, session_id: &str, budgets: &BudgetSettings, job:
 }
 
 impl PersistJob {
+    fn is_busy(&self) -> bool {
+        matches!(self, PersistJob::Status { to: SessionStatus::Busy, .. })
+    }
+
     fn describe(&self) -> String {
         match self {
             PersistJob::Status { to, .. } => format!("status {}", to.as_str()),

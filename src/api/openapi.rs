@@ -51,6 +51,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         sessions::create_session, sessions::list_sessions, sessions::get_session,
         sessions::delete_session, sessions::resume_session, sessions::get_agent,
         sessions::update_session, sessions::get_context,
+        sessions::fork_session, sessions::rewind_session,
         chat::post_chat, chat::post_chat_stream, chat::post_interrupt, chat::list_messages,
         chat::post_message, chat::get_events, chat::get_queue, chat::delete_queued,
         files::get_file, files::put_file, files::delete_file,

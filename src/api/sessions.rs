@@ -9,7 +9,7 @@ use crate::api::extract::JsonBody;
 use crate::auth::Caller;
 use crate::domain::{AgentInfo, ContextUsage, SessionStatus};
 use crate::error::ErrorResponse;
-use crate::sessions::{CreateSession, ListQuery, Session, SessionSettings};
+use crate::sessions::{CreateSession, ForkSession, ListQuery, RewindSession, Rewound, Session, SessionSettings};
 use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -22,7 +22,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .service(resource("/sessions/{session_id}/resume").route(web::post().to(resume_session)))
         .service(resource("/sessions/{session_id}/agent").route(web::get().to(get_agent)))
-        .service(resource("/sessions/{session_id}/context").route(web::get().to(get_context)));
+        .service(resource("/sessions/{session_id}/context").route(web::get().to(get_context)))
+        .service(resource("/sessions/{session_id}/fork").route(web::post().to(fork_session)))
+        .service(resource("/sessions/{session_id}/rewind").route(web::post().to(rewind_session)));
 }
 
 /// Create a session: its directory and a started CLI, without spending a model turn.
@@ -219,4 +221,61 @@ pub(super) async fn update_session(
 pub(super) async fn get_context(state: web::Data<AppState>, caller: Caller, path: web::Path<String>) -> ApiResult {
     let usage = state.sessions.context_usage(&caller, &path).await?;
     Ok(HttpResponse::Ok().json(usage))
+}
+
+/// Fork a session: a new session of the same user whose conversation is this one's up to a
+/// message (the whole of it by default), in the same directory, another, or a copy of this
+/// one's. Counts against quotas like a create; this session is untouched.
+#[utoipa::path(
+    post, path = "/api/v1/sessions/{session_id}/fork", tag = "sessions",
+    params(("session_id" = String, Path)),
+    request_body(content = ForkSession, description = "The service also takes an empty body, as `{}`"),
+    responses(
+        (status = 201, description = "The fork, as a create answers; its CLI is starting", body = Session),
+        (status = 400, description = "`invalid_path`: `subdir` is absolute, has `..` or leads outside", body = ErrorResponse),
+        (status = 404, description = "`session_not_found`, or `not_found`: no such message in this session", body = ErrorResponse),
+        (status = 410, description = "`session_expired`", body = ErrorResponse),
+        (status = 422, description = "`validation_error`: `copy_files` into the session's own directory or a non-empty one", body = ErrorResponse),
+        (status = 429, description = "`quota_exceeded`: too many live sessions (per user or in all)", body = ErrorResponse),
+        (status = 502, description = "`cli_failed`: the CLI could not be started", body = ErrorResponse),
+        (status = 503, description = "`memory_pressure` or `storage_unavailable`", body = ErrorResponse),
+    ),
+)]
+pub(super) async fn fork_session(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    JsonBody(body): JsonBody<ForkSession>,
+) -> ApiResult {
+    let session = state.sessions.fork(&caller, &path, body).await?;
+    Ok(HttpResponse::Created().json(session))
+}
+
+/// Rewind the conversation to before one of its user messages: that message and every later
+/// one leave the stored history (deleted: `GET /messages` no longer shows them), and the next
+/// turn continues from the message before it. With `files: true` the files the agent changed
+/// with its Edit/Write tools since are restored (not changes made by shell commands);
+/// `dry_run: true` changes nothing and lists the files that would be restored.
+#[utoipa::path(
+    post, path = "/api/v1/sessions/{session_id}/rewind", tag = "sessions",
+    params(("session_id" = String, Path)),
+    request_body = RewindSession,
+    responses(
+        (status = 200, description = "Rewound (or, in a dry run, what would be)", body = Rewound),
+        (status = 404, description = "`session_not_found`, or `not_found`: no such message in this session", body = ErrorResponse),
+        (status = 409, description = "`session_closed`: resume it first", body = ErrorResponse),
+        (status = 410, description = "`session_expired`", body = ErrorResponse),
+        (status = 422, description = "`validation_error`: not a user message, or its files cannot be restored", body = ErrorResponse),
+        (status = 429, description = "`session_busy`: a turn is running (rewind after it)", body = ErrorResponse),
+        (status = 502, description = "`cli_failed`: the CLI refused or did not answer", body = ErrorResponse),
+    ),
+)]
+pub(super) async fn rewind_session(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    JsonBody(body): JsonBody<RewindSession>,
+) -> ApiResult {
+    let rewound = state.sessions.rewind(&caller, &path, body).await?;
+    Ok(HttpResponse::Ok().json(rewound))
 }

@@ -71,6 +71,18 @@ pub enum StartMode {
     New,
     /// Continue the stored transcript (`--resume`).
     Resume,
+    /// A fork's first start: a new conversation with this id copying another CLI session's
+    /// (`--resume=<it> --fork-session --session-id=<id>`; the original is untouched).
+    Fork,
+}
+
+/// Where a started CLI's conversation comes from, beyond its own id.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Continuation<'a> {
+    /// The CLI session a fork copies.
+    pub fork_from: Option<&'a str>,
+    /// The last message kept (`--resume-session-at`, inclusive) when resuming or forking.
+    pub resume_at: Option<&'a str>,
 }
 
 /// Files in the session's private temp dir that carry what must not be in argv: every process
@@ -117,6 +129,7 @@ pub fn build_args(
     session_id: &str,
     mode: StartMode,
     files: &SecretFiles,
+    from: Continuation<'_>,
 ) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "--output-format=stream-json".into(),
@@ -157,10 +170,20 @@ pub fn build_args(
     for dir in plugins {
         args.push(format!("--plugin-dir={dir}"));
     }
-    args.push(match mode {
-        StartMode::New => format!("--session-id={session_id}"),
-        StartMode::Resume => format!("--resume={session_id}"),
-    });
+    match (mode, from.fork_from) {
+        (StartMode::Fork, Some(source)) => {
+            args.push(format!("--resume={source}"));
+            args.push("--fork-session".into());
+            args.push(format!("--session-id={session_id}"));
+        }
+        (StartMode::Resume, _) => args.push(format!("--resume={session_id}")),
+        _ => args.push(format!("--session-id={session_id}")),
+    }
+    if mode != StartMode::New
+        && let Some(at) = from.resume_at
+    {
+        args.push(format!("--resume-session-at={at}"));
+    }
     args
 }
 
@@ -196,6 +219,8 @@ pub fn build_env(
         .collect();
     env.push(("CLAUDE_CODE_ENTRYPOINT".into(), "sdk-rust".into()));
     env.push(("DISABLE_AUTOUPDATER".into(), "1".into()));
+    // The agent's Edit/Write changes are checkpointed per user message: a rewind restores them.
+    env.push(("CLAUDE_CODE_ENABLE_SDK_FILE_CHECKPOINTING".into(), "true".into()));
     env.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
     if let Some(own) = own {
         // The service's secrets are dropped rather than shadowed: a user on Bedrock must not
@@ -243,13 +268,32 @@ mod tests {
         settings.defaults.model = Some("base-model".into());
         let overrides = json!({"model": "-evil", "max_turns": 3, "allowed_tools": ["Read", "Bash(git:*)"]});
         let options = AgentOptions::resolve(&settings, overrides.as_object().unwrap());
-        let args = build_args(&options, &[], "abc", StartMode::Resume, &SecretFiles::default());
+        let args =
+            build_args(&options, &[], "abc", StartMode::Resume, &SecretFiles::default(), Continuation::default());
         assert!(args.contains(&"--model=-evil".to_string()));
         assert!(args.contains(&"--max-turns=3".to_string()));
         assert!(args.contains(&"--allowedTools=Read,Bash(git:*)".to_string()));
         assert!(args.contains(&"--permission-mode=bypassPermissions".to_string()));
         assert_eq!(args.last().unwrap(), "--resume=abc");
         assert!(args.iter().all(|a| a.starts_with("--")));
+    }
+
+    #[test]
+    fn a_fork_copies_its_source_and_a_rewind_resumes_at_a_message() {
+        let options = AgentOptions::resolve(&Settings::default(), &Map::new());
+        let files = SecretFiles::default();
+        let fork = Continuation { fork_from: Some("src"), resume_at: Some("u1") };
+        let args = build_args(&options, &[], "new", StartMode::Fork, &files, fork);
+        assert_eq!(
+            args[args.len() - 4..],
+            ["--resume=src", "--fork-session", "--session-id=new", "--resume-session-at=u1"]
+        );
+        let at = Continuation { fork_from: None, resume_at: Some("u2") };
+        let args = build_args(&options, &[], "s", StartMode::Resume, &files, at);
+        assert_eq!(args[args.len() - 2..], ["--resume=s", "--resume-session-at=u2"]);
+        // A new conversation has nothing to resume at.
+        let args = build_args(&options, &[], "s", StartMode::New, &files, at);
+        assert_eq!(args.last().unwrap(), "--session-id=s");
     }
 
     #[test]
@@ -260,7 +304,7 @@ mod tests {
         let overrides = json!({"system_prompt": "prompt-secret", "append_system_prompt": "more-secret"});
         let options = AgentOptions::resolve(&settings, overrides.as_object().unwrap());
         let files = SecretFiles::write(dir.path(), &options).unwrap();
-        let args = build_args(&options, &[], "abc", StartMode::New, &files).join(" ");
+        let args = build_args(&options, &[], "abc", StartMode::New, &files, Continuation::default()).join(" ");
         for secret in ["prompt-secret", "more-secret", "mcp-secret"] {
             assert!(!args.contains(secret), "{secret} in argv: {args}");
         }

@@ -15,7 +15,7 @@ use std::sync::mpsc;
 
 use serde_json::{Map, Value};
 
-use super::command::{AgentOptions, SecretFiles, StartMode, build_args, build_env, transcript_path};
+use super::command::{AgentOptions, Continuation, SecretFiles, StartMode, build_args, build_env, transcript_path};
 use super::orphans::GroupRecord;
 use super::process::{self, CliProcess, Confinement, LaunchSpec};
 use super::sandbox::Sandbox;
@@ -27,6 +27,10 @@ pub struct LaunchRequest {
     pub session_id: String,
     pub user_id: String,
     pub cli_session_id: String,
+    /// A fork's source CLI session, until the fork has a transcript of its own.
+    pub fork_from: Option<String>,
+    /// `--resume-session-at` (a fork's or a rewind's last kept message).
+    pub resume_at: Option<String>,
     /// The stored path of the working directory (for the transcript lookup and the log).
     pub cwd: String,
     /// The working directory as a handle opened and checked beneath the user's directory.
@@ -152,12 +156,16 @@ fn prepare(
     options.max_budget_usd = smaller_budget(options.max_budget_usd, budget_left);
     let mode = if transcript_path(&config_dir, &request.cwd, &request.cli_session_id).is_some() {
         StartMode::Resume
+    } else if request.fork_from.is_some() {
+        // The CLI writes a fork's transcript at its first message: until then it forks anew.
+        StartMode::Fork
     } else {
         StartMode::New
     };
+    let from = Continuation { fork_from: request.fork_from.as_deref(), resume_at: request.resume_at.as_deref() };
     let files = SecretFiles::write(&tmp_dir, &options)
         .map_err(|e| ApiError::Internal(format!("cannot write the session's files in {}: {e}", tmp_dir.display())))?;
-    let args = build_args(&options, &settings.plugins, &request.cli_session_id, mode, &files);
+    let args = build_args(&options, &settings.plugins, &request.cli_session_id, mode, &files, from);
     let env = build_env(std::env::vars(), &settings.cli.env, own.as_ref(), &config_dir, &tmp_dir);
     let confinement = match &request.sandbox {
         Some(sandbox) => {

@@ -173,6 +173,9 @@ pub struct AssistantMessage {
     pub message: ContentMessage,
     #[serde(default)]
     pub parent_tool_use_id: Option<String>,
+    /// Its uuid in the CLI's transcript (where `--resume-session-at` can cut).
+    #[serde(default)]
+    pub uuid: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,6 +4,7 @@
 pub mod budgets;
 mod credentials;
 pub mod files;
+mod forks;
 mod live_settings;
 pub mod options;
 mod recent_actors;
@@ -34,6 +35,7 @@ use crate::settings::Settings;
 use crate::storage::{SessionFilter, SessionRow, Storage};
 use budgets::{Budgets, Reserved};
 use credentials::LaunchCredentials;
+pub use forks::{ForkSession, RewindSession, Rewound};
 pub use live_settings::SessionSettings;
 use recent_actors::RecentActors;
 pub use steer::{Accepted, Interrupted, MessageMode, QueuedMessage};
@@ -239,6 +241,8 @@ impl SessionService {
             options: Value::Object(options).to_string(),
             cli_session_id: session_id.clone(),
             last_event_id: 0,
+            fork_from: None,
+            resume_at: None,
         };
         self.storage.insert_session(&row).await?;
         // The CLI starts now, in the background, so the first message finds it ready. A refused
@@ -267,7 +271,18 @@ impl SessionService {
         if self.past_ttl(&row) {
             return self.expire(row).await;
         }
-        Ok(row)
+        Ok(self.live_status(row))
+    }
+
+    /// The stored row with the status its actor knows: `busy` reaches the database only for a
+    /// turn longer than the writer's grace (and the CLI's `active` may wait with it).
+    fn live_status(&self, mut row: SessionRow) -> SessionRow {
+        if matches!(row.status, SessionStatus::Active | SessionStatus::Starting)
+            && self.hub.turns().running(&row.session_id)
+        {
+            row.status = SessionStatus::Busy;
+        }
+        row
     }
 
     pub async fn list(&self, caller: &Caller, query: ListQuery) -> Result<Vec<SessionRow>, ApiError> {
@@ -289,7 +304,13 @@ impl SessionService {
         if offset < 0 {
             return Err(ApiError::query_validation("offset", "must not be negative"));
         }
-        Ok(self.storage.list_sessions(&SessionFilter { user_id, status, limit, offset }).await?)
+        let rows = self.storage.list_sessions(&SessionFilter { user_id, status, limit, offset }).await?;
+        // Filtered again after the overlay: an `active` row in a turn is `busy`.
+        Ok(rows
+            .into_iter()
+            .map(|row| self.live_status(row))
+            .filter(|row| status.is_none_or(|s| row.status == s))
+            .collect())
     }
 
     /// Closes a session (row kept), or with `purge` deletes it with its history and transcript

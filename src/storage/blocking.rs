@@ -46,18 +46,29 @@ impl SpawnBlocking for Inline {
 }
 
 /// At most this many SQLite operations run at once in the whole process (each holds a
-/// pooled connection; a pool larger than this queues its extra operations here).
-const SQLITE_THREADS: usize = 16;
+/// pooled connection; a pool larger than this queues its extra operations here): twice the
+/// cores, from 4 to 16. SQLite's work is CPU on the page cache; more threads than that only
+/// add stacks, thread caches and allocator arenas that a burst leaves behind.
+fn sqlite_thread_cap() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    (2 * cores).clamp(4, 16)
+}
+
+/// How long an idle SQLite thread lives. Short: idle threads wait on one condition variable
+/// and are woken in turn, so a steady trickle of operations (the checkpoint every second)
+/// keeps alive as many threads as operations within this time.
+const IDLE_THREAD: Duration = Duration::from_secs(2);
 
 /// The blocking threads SQLite operations run on: a runtime only for its blocking pool (no
-/// task ever runs on its scheduler), capped at [`SQLITE_THREADS`], idle threads kept 10 s.
+/// task ever runs on its scheduler), capped at [`sqlite_thread_cap`], idle ones kept
+/// [`IDLE_THREAD`].
 pub fn sqlite_threads() -> Option<&'static tokio::runtime::Handle> {
     static THREADS: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
     THREADS
         .get_or_init(|| {
             tokio::runtime::Builder::new_current_thread()
-                .max_blocking_threads(SQLITE_THREADS)
-                .thread_keep_alive(Duration::from_secs(10))
+                .max_blocking_threads(sqlite_thread_cap())
+                .thread_keep_alive(IDLE_THREAD)
                 .thread_name("sqlite")
                 .build()
                 .map_err(|e| log::warn!("no SQLite thread pool ({e}); using each runtime's own"))

@@ -9,12 +9,14 @@
 mod blocking;
 mod budgets;
 mod credentials;
+mod forks;
 mod migrations;
 pub mod models;
 mod openai;
 pub mod schema;
 mod sessions;
 mod users;
+mod wal;
 mod webhooks;
 
 use std::path::Path;
@@ -33,6 +35,7 @@ use crate::settings::{SessionSettings, StorageKind};
 
 pub use budgets::{BudgetRow, UsageRow};
 pub use credentials::CredentialsRow;
+pub use forks::RewindTo;
 pub use models::*;
 pub use sessions::{MessageRow, SessionFilter, TurnRecord};
 pub use webhooks::{DELIVERED, DeliveryRow, FAILED, PENDING, WebhookRow, message_id};
@@ -341,10 +344,12 @@ fn sqlite_pool(url: &str, size: usize) -> Result<Pool<SqliteConn>, StorageError>
         let url = url.to_owned();
         Box::pin(async move {
             let mut conn = SqliteConn::establish(&url).await?;
-            conn.batch_execute(
-                "PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL; \
-                 PRAGMA wal_autocheckpoint=0;",
-            )
+            // After a checkpoint restarts the WAL, a WAL grown bigger than 64 MiB (a burst) is
+            // cut back to that; below it, the file's blocks are reused, not zeroed anew.
+            conn.batch_execute(&format!(
+                "PRAGMA busy_timeout={BUSY_TIMEOUT_MS}; PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL; \
+                 PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit=67108864;"
+            ))
             .await
             .map_err(ConnectionError::CouldntSetupConfiguration)?;
             Ok(conn)
@@ -365,6 +370,9 @@ fn sqlite_pool(url: &str, size: usize) -> Result<Pool<SqliteConn>, StorageError>
     Ok(pool)
 }
 
+/// How long a SQLite connection waits for another one's lock.
+const BUSY_TIMEOUT_MS: u32 = 5000;
+
 /// How long a pooled SQLite connection may sit unused before it is closed.
 const IDLE_CONNECTION: Duration = Duration::from_secs(5);
 
@@ -375,8 +383,8 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// - **checkpoints**: the pooled connections never checkpoint the WAL themselves
 ///   (`wal_autocheckpoint=0`): SQLite's automatic checkpoint runs inside the commit that
 ///   crosses 1,000 pages, and its fsyncs made that turn's reply wait milliseconds (the p99
-///   overhead per turn was 3–5 ms with it, 0.8 ms without). A passive checkpoint every second
-///   here waits for no reader or writer.
+///   overhead per turn was 3–5 ms with it, 0.8 ms without). A checkpoint every second here
+///   ([`wal::checkpoint`]) waits for no reader or writer, and keeps the WAL bounded.
 /// - **idle connections**: those unused for [`IDLE_CONNECTION`] are closed, all but one. A burst
 ///   (10,000 `/events` followers replaying at once) opens every connection the pool allows, each
 ///   with its own page and statement caches, which otherwise stay for good and count toward
@@ -395,8 +403,7 @@ fn maintain_sqlite(pool: &Pool<SqliteConn>, slots: &Arc<tokio::sync::Semaphore>)
             let checkpointing = pool.clone();
             let checkpoint = on_sqlite_thread(slots.clone(), async move {
                 let mut conn = checkpointing.get().await?;
-                conn.batch_execute("PRAGMA wal_checkpoint(PASSIVE);").await?;
-                Ok(())
+                wal::checkpoint(&mut conn).await.map(drop)
             });
             if let Err(e) = checkpoint.await {
                 log::warn!("SQLite checkpoint failed (the next one retries): {e}");

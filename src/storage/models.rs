@@ -43,6 +43,10 @@ pub struct SessionRow {
     pub options: String,
     pub cli_session_id: String,
     pub last_event_id: i64,
+    /// A fork's source CLI session, for its first start (`--resume=<it> --fork-session`).
+    pub fork_from: Option<String>,
+    /// `--resume-session-at` for the next starts (a fork or a rewind), until a turn continued.
+    pub resume_at: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Insertable)]
@@ -55,6 +59,8 @@ pub struct NewMessage<'a> {
     pub tool_calls: &'a str,
     pub created_at: i64,
     pub cost_usd: Option<f64>,
+    /// The CLI's transcript uuid of the message.
+    pub cli_uuid: Option<&'a str>,
 }
 
 /// A stored event (the SSE frame's JSON), kept for replay.

@@ -37,6 +37,8 @@ diesel::table! {
         cli_session_id -> Text,
         last_event_id -> BigInt,
         event_id_reserved -> BigInt,
+        fork_from -> Nullable<Text>,
+        resume_at -> Nullable<Text>,
     }
 }
 
@@ -50,6 +52,7 @@ diesel::table! {
         tool_calls -> Text,
         created_at -> BigInt,
         cost_usd -> Nullable<Double>,
+        cli_uuid -> Nullable<Text>,
     }
 }
 

@@ -182,6 +182,11 @@ pub struct TurnRecord {
     /// The turn's events not yet stored, and how many events the session keeps.
     pub events: Vec<EventRow>,
     pub keep_events: i64,
+    /// The CLI's uuid of the user message (the one it was sent with).
+    pub user_cli_uuid: Option<String>,
+    /// The CLI's uuid of the turn's last assistant message: a fork or a rewind resumes there.
+    /// A turn that has one continued the conversation, so the session's `resume_at` is done.
+    pub leaf_uuid: Option<String>,
 }
 
 impl Storage {
@@ -191,12 +196,20 @@ impl Storage {
     pub async fn finish_turn(&self, r: &TurnRecord) -> Result<Option<String>, StorageError> {
         let (owner, added) = run!(self, [r], |conn| {
             conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
-                // busy → active in the same statement (diesel prepares every UPDATE anew).
+                // busy (or starting: the writer may have skipped a short turn's `busy`, merged
+                // with the `active` of the CLI's start) → active, in the same statement (diesel
+                // prepares every UPDATE anew).
                 let active_if_busy = diesel::dsl::case_when(
-                    sessions::status.eq(SessionStatus::Busy),
+                    sessions::status.eq(SessionStatus::Busy).or(sessions::status.eq(SessionStatus::Starting)),
                     SessionStatus::Active.into_sql::<diesel::sql_types::Text>(),
                 )
                 .otherwise(sessions::status);
+                // A rewound or forked conversation continued: later starts resume its latest.
+                let resume_at = diesel::dsl::case_when(
+                    r.leaf_uuid.is_some().into_sql::<diesel::sql_types::Bool>(),
+                    None::<String>.into_sql::<diesel::sql_types::Nullable<diesel::sql_types::Text>>(),
+                )
+                .otherwise(sessions::resume_at);
                 diesel::update(sessions::table.find(&r.session_id))
                     .set((
                         sessions::message_count.eq(sessions::message_count + 1),
@@ -206,6 +219,7 @@ impl Storage {
                         sessions::output_tokens.eq(sessions::output_tokens + r.output_tokens),
                         sessions::last_event_id.eq(r.last_event_id),
                         sessions::status.eq(active_if_busy),
+                        sessions::resume_at.eq(resume_at),
                     ))
                     .execute(conn)
                     .await?;
@@ -239,6 +253,7 @@ impl Storage {
                     tool_calls: "[]",
                     created_at: r.started_at,
                     cost_usd: None,
+                    cli_uuid: r.user_cli_uuid.as_deref(),
                 };
                 let assistant = NewMessage {
                     role: "assistant",
@@ -246,6 +261,7 @@ impl Storage {
                     tool_calls: &r.tool_calls,
                     created_at: r.finished_at,
                     cost_usd: Some(r.turn_cost_usd),
+                    cli_uuid: r.leaf_uuid.as_deref(),
                     ..user.clone()
                 };
                 for message in [&user, &assistant] {
@@ -281,6 +297,7 @@ pub struct MessageRow {
     pub tool_calls: String,
     pub created_at: i64,
     pub cost_usd: Option<f64>,
+    pub cli_uuid: Option<String>,
 }
 
 impl Storage {

@@ -420,7 +420,32 @@ async fn the_console_steers_queues_and_changes_the_model_and_mode_live() {
         c.execute(&format!("{first_user}.querySelector('.msg-menu-button').click()"), vec![]).await?;
         wait_for_text(&c, "#transcript .msg.user .msg-menu", "Fork from here").await;
         wait_for_text(&c, "#transcript .msg.user .msg-menu", "Rewind to here").await;
-        save_screenshot(&c, "console-steer.png").await
+        save_screenshot(&c, "console-steer.png").await?;
+
+        // Rewind: a preview lists what would be restored, then the conversation continues
+        // from before that message.
+        let menu = "document.querySelector('#transcript .msg.user .msg-menu')";
+        c.execute(&format!("[...{menu}.querySelectorAll('button')].find(b => b.textContent === 'Preview rewind').click()"), vec![]).await?;
+        wait_for_text(&c, "#transcript .msg.user .msg-menu", "Would restore: no files").await;
+        let users = "document.querySelectorAll('#transcript .msg.user').length";
+        let before = js(&c, &format!("return {users}")).await.as_i64().unwrap();
+        let second = "document.querySelectorAll('#transcript .msg.user')[1]";
+        c.execute(&format!("{second}.querySelector('.msg-menu-button').click()"), vec![]).await?;
+        wait_until(&c, &format!("{second}.querySelector('.msg-menu')")).await;
+        c.execute(&format!("[...{second}.querySelectorAll('.msg-menu button')].find(b => b.textContent === 'Rewind to here').click()"), vec![]).await?;
+        wait_for_text(&c, "#transcript .rewound", "Rewound to before").await;
+        wait_until(&c, &format!("{users} === 1")).await;
+        assert!(before > 1);
+        assert_eq!(app.get_session(&key, &id).await.body["message_count"], 1);
+
+        // Fork from the remaining message: the new session opens, the original stays.
+        c.execute("document.querySelector('#transcript .msg.user .msg-menu-button').click()", vec![]).await?;
+        wait_until(&c, "document.querySelector('#transcript .msg.user .msg-menu')").await;
+        c.execute("[...document.querySelectorAll('#transcript .msg.user .msg-menu button')].find(b => b.textContent === 'Fork from here').click()", vec![]).await?;
+        wait_until(&c, &format!("localStorage.getItem('cah_session') !== '{id}'")).await;
+        wait_until(&c, "document.querySelectorAll('.session').length === 2").await;
+        wait_for_text(&c, "#transcript .msg.user", "slow 40 50").await;
+        Ok::<(), fantoccini::error::CmdError>(())
     }
     .await;
     let _ = c.close().await;

@@ -509,3 +509,30 @@ fn log_cli_arguments(s: &mut claude_agent_http::Settings, log: &std::path::Path)
     s.cli.env.insert("FAKE_CLAUDE_ARGV_LOG".into(), log.display().to_string());
     s.sandbox.mode = claude_agent_http::settings::SandboxMode::Off;
 }
+
+/// A turn's `busy` reaches the database only once the turn outlasts the writer's grace (a short
+/// turn costs no write of its own), yet the session reads busy at once, and active after.
+#[actix_web::test]
+async fn a_session_reads_busy_from_its_turns_start_and_is_stored_busy_once_the_turn_lasts() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let app = spawn_app(backend).await;
+        let (key, id) = session(&app).await;
+        // The stream's head comes once the turn has started, before its first frame (100 ms).
+        let mut stream = app.open_chat_stream(&key, &id, "slow 10 100").await;
+        assert_eq!(app.get_session(&key, &id).await.body["status"], "busy", "{backend:?}: read at once");
+        assert_eq!(app.list_sessions(&key, "?status=active").await.body, json!([]), "{backend:?}");
+        stream.next_frame().await.expect("the turn runs");
+        // Past the grace the row itself says busy (the status filter runs in the database).
+        actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(app.list_sessions(&key, "?status=busy").await.body, json!([id]), "{backend:?}: listed busy");
+        let stored = app.app_state.storage.get_session(&id).await.unwrap().unwrap();
+        assert_eq!(stored.status.as_str(), "busy", "{backend:?}: a long turn is stored busy");
+        assert_eq!(stream.rest().await.last().unwrap().1["type"], "done");
+        assert_eq!(app.get_session(&key, &id).await.body["status"], "active", "{backend:?}");
+        // A short turn: active before and after, in the row too.
+        assert_eq!(app.chat(&key, &id, "quick").await.body["text"], "echo: quick");
+        let stored = app.app_state.storage.get_session(&id).await.unwrap().unwrap();
+        assert_eq!(stored.status.as_str(), "active", "{backend:?}");
+        assert_eq!(stored.message_count, 2, "{backend:?}");
+    }
+}

@@ -10,6 +10,7 @@ mod consistency;
 mod credentials;
 mod escape;
 mod events;
+mod forks;
 mod helpers;
 mod history_files;
 mod live_settings;

@@ -13,7 +13,7 @@ use awc::http::{Method, StatusCode};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::helpers::{ADMIN_KEY, Backend, TestApp, parse_sse, spawn_app_with};
+use crate::helpers::{ADMIN_KEY, Backend, TestApp, eventually, parse_sse, spawn_app_with};
 
 /// One answer, as the checks need it.
 struct Answer {
@@ -381,7 +381,6 @@ async fn every_operation_answers_as_the_openapi_document_says() {
     let context = expect(&api.call(Method::GET, &format!("{s}/context"), user, Empty).await, 200);
     assert!(context["window_tokens"].as_i64().unwrap() > 0);
     expect(&api.call(Method::GET, "/api/v1/sessions/gone/context", user, Empty).await, 404);
-
     let started =
         expect(&api.call(Method::POST, &format!("{s}/messages"), user, Json(json!({"message": "tool"}))).await, 202);
     let first = started["first_event_id"].as_i64().unwrap();
@@ -515,6 +514,32 @@ async fn every_operation_answers_as_the_openapi_document_says() {
     expect(&api.call(Method::POST, completions, user, Json(unknown)).await, 400);
     let foreign = [("X-Session-Id", "nope".to_string())];
     expect(&api.call_headers(Method::POST, completions, user, Json(chat), &foreign).await, 404);
+
+    // Fork and rewind (the rewinds that change something on the fork, so this session keeps its turns).
+    let history = expect(&api.call(Method::GET, &format!("{s}/messages"), user, Empty).await, 200);
+    let at = json!({"at_message_id": history[0]["id"]});
+    let forked = expect(&api.call(Method::POST, &format!("{s}/fork"), user, Json(at)).await, 201);
+    assert_eq!(forked["message_count"], 1);
+    let f = format!("{sessions}/{}", forked["session_id"].as_str().unwrap());
+    expect(&api.call(Method::POST, &format!("{s}/fork"), user, Json(json!({"at_message_id": 999_999}))).await, 404);
+    expect(&api.call(Method::POST, &format!("{s}/fork"), user, Json(json!({"copy_files": true}))).await, 422);
+    expect(&api.call(Method::POST, &format!("{s}/fork"), user, Json(json!({"subdir": "/etc"}))).await, 400);
+    expect(&api.call(Method::POST, &format!("{sessions}/gone/fork"), user, Empty).await, 404);
+    let dry = Json(json!({"message_id": history[0]["id"], "dry_run": true}));
+    let rewound = expect(&api.call(Method::POST, &format!("{s}/rewind"), user, dry).await, 200);
+    assert_eq!(rewound["dry_run"], true);
+    let answer = Json(json!({"message_id": history[1]["id"]}));
+    expect(&api.call(Method::POST, &format!("{s}/rewind"), user, answer).await, 422);
+    expect(&api.call(Method::POST, &format!("{s}/rewind"), user, Json(json!({"message_id": 999_999}))).await, 404);
+    let forked_history = expect(&api.call(Method::GET, &format!("{f}/messages"), user, Empty).await, 200);
+    let first = Json(json!({"message_id": forked_history[0]["id"]}));
+    expect(&api.call(Method::POST, &format!("{f}/rewind"), user, first).await, 200);
+    // Its CLI stops for the rewind: nothing of it is left running for what follows.
+    let fork_id = forked["session_id"].as_str().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async { app.get_session(&key, fork_id).await.body["status"] == "idle" })
+            .await
+    );
 
     // Close, resume, purge; then the user goes.
     expect(&api.call(Method::DELETE, &format!("{s}?purge=maybe"), user, Empty).await, 422);

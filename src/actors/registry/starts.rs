@@ -228,6 +228,8 @@ impl Registry {
             session_id: row.session_id.clone(),
             user_id: row.user_id.clone(),
             cli_session_id: row.cli_session_id.clone(),
+            fork_from: row.fork_from.clone(),
+            resume_at: row.resume_at.clone(),
             cwd: row.cwd.clone(),
             cwd_handle: cwd,
             options: row.options.clone(),

@@ -41,6 +41,8 @@ pub enum StopReason {
     ProtocolError,
     /// Never became ready.
     StartFailed,
+    /// Its conversation was rewound: the next start resumes before the rewound message.
+    Rewound,
 }
 
 impl StopReason {
@@ -50,7 +52,7 @@ impl StopReason {
         match self {
             Closed | Purged | Expired | UserDeleted => None,
             IdleEviction | MemoryEviction | TooLarge | BudgetSpent | Shutdown | ForcedShutdown | Unresponsive
-            | ProtocolError => Some(SessionStatus::Idle),
+            | ProtocolError | Rewound => Some(SessionStatus::Idle),
             StartFailed => Some(SessionStatus::Failed),
         }
     }
@@ -246,6 +248,9 @@ impl Actor for SessionActor {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        if self.turn.is_some() {
+            self.hub.turns().end(&self.id);
+        }
         // Dropping `process` (with its stop sender) makes the supervisor stop and reap the child
         // even if the actor ended unexpectedly.
         self.registry.do_send(Ended { session_id: self.id.clone(), generation: self.generation });

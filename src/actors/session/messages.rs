@@ -219,6 +219,7 @@ impl SessionActor {
                 sink,
                 outcome_only: msg.outcome_only,
                 transcript: Default::default(),
+                leaf_uuid: None,
                 interrupted: false,
                 timers: vec![deadline_timer],
                 _permit: permit,
@@ -226,6 +227,7 @@ impl SessionActor {
                 steers: Vec::new(),
                 carried: None,
             });
+            act.hub.turns().begin(&act.id);
             act.set_status(SessionStatus::Busy);
             let first_event_id = act.log.next_id();
             if queued && let Some(text) = act.turn.as_ref().map(|t| t.user_text.clone()) {

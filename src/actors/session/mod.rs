@@ -33,6 +33,7 @@ mod lifecycle;
 mod messages;
 mod permissions;
 mod queue;
+mod rewind;
 mod translate;
 mod turn;
 
@@ -45,6 +46,7 @@ pub use messages::{
 pub use permissions::PendingPermission;
 use permissions::PermissionBroker;
 pub use queue::{Admit, CancelQueued, ClearQueue, ListQueue, QueuedMessage, Submit, SubmitMode, Submitted, not_queued};
+pub use rewind::{RewindCommit, RewindFiles};
 use turn::{CostMeter, Turn};
 
 /// How long the CLI may take to answer a settings change or a context-usage question.
@@ -273,6 +275,12 @@ impl SessionActor {
             CliMessage::Unknown => {}
             content @ (CliMessage::StreamEvent(_) | CliMessage::Assistant(_) | CliMessage::User(_)) => {
                 let Some(turn) = self.turn.as_mut() else { return };
+                if let CliMessage::Assistant(a) = &content
+                    && a.parent_tool_use_id.is_none()
+                    && let Some(uuid) = &a.uuid
+                {
+                    turn.leaf_uuid = Some(uuid.clone());
+                }
                 for frame in translate::frames(&content, &mut turn.transcript) {
                     self.emit(frame, None, ctx);
                 }

@@ -72,6 +72,8 @@ pub(super) struct Turn {
     pub(super) outcome_only: bool,
     /// The text and tool calls the CLI sent so far.
     pub(super) transcript: Transcript,
+    /// The CLI's uuid of the turn's last assistant message so far (a fork or rewind point).
+    pub(super) leaf_uuid: Option<String>,
     /// The client asked for an interrupt.
     pub(super) interrupted: bool,
     /// The deadline timer and the interrupt's grace timer: cancelled when the turn ends, so
@@ -155,6 +157,7 @@ impl SessionActor {
         };
         self.drop_untaken_steers(outcome_code, ctx);
         let Some(mut turn) = self.turn.take() else { return };
+        self.hub.turns().end(&self.id);
         let last = self.log.number(json, Some(outcome), &turn.id);
         // The turn's last events are stored in the same transaction as the turn itself.
         let (events, stored, _) = self.hand_events(Some(&last), ctx).expect("the last frame is a row");
@@ -187,6 +190,9 @@ impl SessionActor {
             user_text: std::mem::take(&mut turn.user_text),
             assistant_text: summary.map(|s| s.text).unwrap_or(std::mem::take(&mut turn.transcript.assistant_text)),
             tool_calls: serde_json::to_string(&turn.transcript.tool_calls).unwrap_or_else(|_| "[]".into()),
+            // The user message went to the CLI with the turn's id as its uuid.
+            user_cli_uuid: Some(turn.id.to_string()),
+            leaf_uuid: turn.leaf_uuid.take(),
         };
         log::debug!("session {}: turn {} ended after {:?}", self.id, record.turn_id, turn.started.elapsed());
         let (committed_tx, committed) = oneshot::channel();

@@ -439,7 +439,7 @@ function messageMenu(message) {
       const changed = r.files.length ? r.files.join(", ") : "no files";
       if (dryRun) { out.append(el("div", "", "Would restore: " + changed)); return; }
       await selectSession(id);
-      $("status").textContent = "Rewound; restored " + changed + ".";
+      $("transcript").append(el("div", "meta rewound", "Rewound to before “" + message.text.slice(0, 60) + "”; restored " + changed + "."));
     };
     const preview = el("button", "", "Preview rewind");
     preview.onclick = rewind(true);
