@@ -107,7 +107,8 @@ fn main() {
         let env: Vec<String> = std::env::vars().map(|(k, _)| k).filter(|k| !k.starts_with("FAKE_CLAUDE")).collect();
         let line = json!({"args": args, "env": env, "pid": std::process::id()});
         if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-            let _ = writeln!(f, "{line}");
+            // One write: concurrent CLIs append to the same log (O_APPEND keeps each line whole).
+            let _ = f.write_all(format!("{line}\n").as_bytes());
         }
     }
     let flag = |name: &str| args.iter().find_map(|a| a.strip_prefix(&format!("--{name}=")).map(str::to_owned));
