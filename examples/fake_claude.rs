@@ -27,6 +27,14 @@
 //! | `markdown`         | answers `MARKDOWN` (a heading, bold, a list, a Rust code block) in small deltas |
 //! | `cost USD`         | answers `cost USD`; the turn costs USD (others cost 0.001) |
 //!
+//! Steering, as 2.1.330 does it: a user message that arrives during a turn is queued
+//! (`command_lifecycle` `queued`, keyed by its `uuid`); each word of a `slow` turn is a tool
+//! boundary, where queued messages are handed to the running turn (`started`; the answer
+//! goes on with `[steered: TEXT]`, and the result lists their uuids in
+//! `user_message_uuids`); those still queued at the end run as the next turn. An `interrupt`
+//! with `cancel_queued` drops them (`cancelled`). Every message with a uuid gets `started`
+//! when its turn starts and `completed` when it ends.
+//!
 //! With `--max-budget-usd=X`, a turn after which this process has spent X or more ends with
 //! a result of subtype `error_max_budget_usd` (the real CLI checks its cumulative cost too).
 //!
@@ -66,6 +74,8 @@ struct Session {
     /// `--max-budget-usd`, and what this process has spent (the CLI's budget is per process).
     max_budget_usd: Option<f64>,
     process_cost: f64,
+    /// The uuids of the messages the running turn answers (its own and those steered into it).
+    answering: Vec<String>,
     /// `--model` (or `fake`), changed by `set_model`; `system/init` reports it.
     model: String,
     /// `--permission-mode`, changed by `set_permission_mode`.
@@ -97,7 +107,8 @@ fn main() {
         let env: Vec<String> = std::env::vars().map(|(k, _)| k).filter(|k| !k.starts_with("FAKE_CLAUDE")).collect();
         let line = json!({"args": args, "env": env, "pid": std::process::id()});
         if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-            let _ = writeln!(f, "{line}");
+            // One write: concurrent CLIs append to the same log (O_APPEND keeps each line whole).
+            let _ = f.write_all(format!("{line}\n").as_bytes());
         }
     }
     let flag = |name: &str| args.iter().find_map(|a| a.strip_prefix(&format!("--{name}=")).map(str::to_owned));
@@ -123,6 +134,7 @@ fn main() {
         total_cost: 0.0,
         result_index: 0,
         queued: Vec::new(),
+        answering: Vec::new(),
         ask_permissions,
         asked: 0,
         ask_again_ms: None,
@@ -216,7 +228,7 @@ fn handle(session: &mut Session, v: Value, rx: &Receiver<Input>) {
                         json!({"claude_code_version":"2.1.330-fake","pid":std::process::id(),"commands":[],"models":[]}),
                     );
                 }
-                Some("interrupt") => control_success(request_id, json!({"still_queued": []})),
+                Some("interrupt") => interrupt_ack(session, &v),
                 // Like the real CLI: the running total this process reports from (restored on resume).
                 Some("get_usage") => {
                     control_success(request_id, json!({"session": {"total_cost_usd": session.total_cost}}))
@@ -272,13 +284,12 @@ fn handle(session: &mut Session, v: Value, rx: &Receiver<Input>) {
         }
         Some("control_response") => {}
         Some("user") => {
-            let text = match &v["message"]["content"] {
-                Value::String(s) => s.clone(),
-                Value::Array(blocks) => blocks.iter().filter_map(|b| b["text"].as_str()).collect::<Vec<_>>().join("\n"),
-                _ => String::new(),
-            };
+            let text = user_text(&v);
             let uuid = v["uuid"].as_str().unwrap_or("").to_string();
+            lifecycle(&uuid, "started");
+            session.answering = vec![uuid.clone()];
             turn(session, &text, &uuid, rx);
+            lifecycle(&uuid, "completed");
         }
         _ => {}
     }
@@ -302,13 +313,13 @@ fn wait(session: &mut Session, d: Duration, rx: &Receiver<Input>, obey: bool) ->
             Ok(Input::Line(v)) => {
                 if v["type"] == "control_request" && v["request"]["subtype"] == "interrupt" {
                     if obey {
-                        control_success(v["request_id"].as_str().unwrap_or(""), json!({"still_queued": []}));
+                        interrupt_ack(session, &v);
                         return Wait::Interrupted;
                     }
                 } else if v["type"] == "control_request" {
                     handle(session, v, rx);
                 } else {
-                    session.queued.push(v);
+                    queue_input(session, v);
                 }
             }
         }
@@ -342,16 +353,75 @@ fn ask(session: &mut Session, rx: &Receiver<Input>, tool: &str, input: &Value, t
             };
         }
         if v["type"] == "control_request" && v["request"]["subtype"] == "interrupt" {
-            control_success(v["request_id"].as_str().unwrap_or(""), json!({"still_queued": []}));
+            interrupt_ack(session, &v);
             emit(&json!({"type":"control_cancel_request","request_id":request_id}));
             return Permission::Interrupted;
         }
         if v["type"] == "control_request" {
             handle(session, v, rx);
         } else if v["type"] != "control_response" {
-            session.queued.push(v);
+            queue_input(session, v);
         }
     }
+}
+
+fn lifecycle(uuid: &str, state: &str) {
+    if !uuid.is_empty() {
+        emit(&json!({"type":"command_lifecycle","command_uuid":uuid,"state":state}));
+    }
+}
+
+/// A line that arrived during a turn: kept for the next tool boundary or turn.
+fn queue_input(session: &mut Session, v: Value) {
+    if v["type"] == "user" {
+        lifecycle(v["uuid"].as_str().unwrap_or(""), "queued");
+    }
+    session.queued.push(v);
+}
+
+/// Acknowledges an interrupt; with `cancel_queued` the queued user messages are dropped.
+fn interrupt_ack(session: &mut Session, v: &Value) {
+    let mut cancelled = Vec::new();
+    if v["request"]["cancel_queued"] == true {
+        session.queued.retain(|q| {
+            if q["type"] != "user" {
+                return true;
+            }
+            let uuid = q["uuid"].as_str().unwrap_or("").to_string();
+            lifecycle(&uuid, "cancelled");
+            cancelled.push(uuid);
+            false
+        });
+    }
+    control_success(v["request_id"].as_str().unwrap_or(""), json!({"still_queued": [], "cancelled": cancelled}));
+}
+
+fn user_text(v: &Value) -> String {
+    match &v["message"]["content"] {
+        Value::String(s) => s.clone(),
+        Value::Array(blocks) => blocks.iter().filter_map(|b| b["text"].as_str()).collect::<Vec<_>>().join("\n"),
+        _ => String::new(),
+    }
+}
+
+/// A tool boundary: queued user messages are handed to the running turn; their texts.
+fn take_steers(session: &mut Session) -> Vec<String> {
+    let mut taken = Vec::new();
+    let mut rest = Vec::new();
+    for q in std::mem::take(&mut session.queued) {
+        if q["type"] == "user" && q["priority"] != "later" {
+            let uuid = q["uuid"].as_str().unwrap_or("").to_string();
+            lifecycle(&uuid, "started");
+            let text = user_text(&q);
+            session.history.push(text.clone());
+            session.answering.push(uuid);
+            taken.push(text);
+        } else {
+            rest.push(q);
+        }
+    }
+    session.queued = rest;
+    taken
 }
 
 fn delta(session: &Session, text: &str) {
@@ -387,7 +457,8 @@ fn finish(session: &mut Session, user_text: &str, uuid: &str, subtype: &str, tex
         "duration_ms":started.elapsed().as_millis() as u64,"duration_api_ms":1,"num_turns":turns,
         "session_id":session.id,"total_cost_usd":session.total_cost,
         "usage":{"input_tokens":10 + user_text.len() as i64,"output_tokens":text.split_whitespace().count() as i64},
-        "result_index":session.result_index,"user_message_uuid":uuid});
+        "result_index":session.result_index,"user_message_uuid":uuid,
+        "user_message_uuids":std::mem::take(&mut session.answering)});
     if !is_error {
         result["result"] = Value::String(text.to_string());
     }
@@ -419,6 +490,11 @@ fn turn(session: &mut Session, text: &str, uuid: &str, rx: &Receiver<Input>) {
                 let word = format!("w{i} ");
                 delta(session, &word);
                 said.push_str(&word);
+                for steer in take_steers(session) {
+                    let note = format!("[steered: {steer}] ");
+                    delta(session, &note);
+                    said.push_str(&note);
+                }
             }
             assistant(session, json!([{"type":"text","text":said}]));
             finish(session, text, uuid, "success", &said, started, 1);

@@ -119,6 +119,7 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     ValidationError,
     SessionBusy,
+    QueueFull,
     SessionNotLive,
     PermissionModeUnavailable,
     QuotaExceeded,
@@ -155,6 +156,7 @@ impl ErrorCode {
             UnsupportedMediaType => "unsupported_media_type",
             ValidationError => "validation_error",
             SessionBusy => "session_busy",
+            QueueFull => "queue_full",
             SessionNotLive => "session_not_live",
             PermissionModeUnavailable => "permission_mode_unavailable",
             QuotaExceeded => "quota_exceeded",
@@ -198,6 +200,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     Validation(Vec<FieldError>),
     SessionBusy,
+    /// The session already holds `session.max_queued` messages for after its turn.
+    QueueFull(usize),
     /// The request needs the session's CLI running and it is not (it starts with a turn or a resume).
     SessionNotLive,
     /// The live CLI refuses this permission mode (`bypassPermissions` without the launch flag).
@@ -248,6 +252,7 @@ impl ApiError {
             UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, ErrorCode::UnsupportedMediaType),
             Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ValidationError),
             SessionBusy => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::SessionBusy),
+            QueueFull(_) => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::QueueFull),
             SessionNotLive => (StatusCode::CONFLICT, ErrorCode::SessionNotLive),
             PermissionModeUnavailable(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::PermissionModeUnavailable),
             QuotaExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::QuotaExceeded),
@@ -268,7 +273,7 @@ impl ApiError {
     /// Seconds a client should wait before trying again (sent as `Retry-After`).
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
-            ApiError::SessionBusy => Some(1),
+            ApiError::SessionBusy | ApiError::QueueFull(_) => Some(1),
             ApiError::QuotaExceeded { retry_after_secs, .. }
             | ApiError::MemoryPressure { retry_after_secs, .. }
             | ApiError::Overloaded { retry_after_secs }
@@ -317,6 +322,9 @@ impl ApiError {
                 _ => format!("{} invalid fields", fields.len()),
             },
             SessionBusy => "A turn is already running in this session".into(),
+            QueueFull(max) => format!(
+                "This session already holds {max} queued messages (session.max_queued); wait for one to start or cancel one"
+            ),
             SessionNotLive => "The session's CLI is not running; send a message or resume it first".into(),
             PermissionModeUnavailable(why) => format!(
                 "This permission mode is not available to the running CLI: {why}. Create the session with it \
@@ -480,6 +488,7 @@ mod tests {
             ApiError::UnsupportedMediaType(String::new()),
             ApiError::Validation(Vec::new()),
             ApiError::SessionBusy,
+            ApiError::QueueFull(1),
             ApiError::SessionNotLive,
             ApiError::PermissionModeUnavailable(String::new()),
             ApiError::QuotaExceeded { message: String::new(), retry_after_secs: 1 },

@@ -147,6 +147,8 @@ pub struct SessionSettings {
     pub database_url: Option<String>,
     pub pool_size: usize,
     pub overridable: Vec<String>,
+    /// Messages a session holds for after its running turn (`mode: "queue"`), at most.
+    pub max_queued: usize,
 }
 
 impl Default for SessionSettings {
@@ -158,6 +160,7 @@ impl Default for SessionSettings {
             database_url: None,
             pool_size: 8,
             overridable: AgentOption::default_overridable(),
+            max_queued: 10,
         }
     }
 }

@@ -13,9 +13,9 @@ use super::SessionEvent;
 use super::registry::admission::Urgency;
 use super::registry::{GetStats, Launch, Lookup, Registry, RegistryStats, Retire, Shutdown};
 use super::session::{
-    AnswerPermission, BudgetLeft, GetAgentInfo, GetContextUsage, Interrupt, ListPermissions, PendingPermission,
-    RewindCommit, RewindFiles, SessionActor, SetLive, StartTurn, StopReason, TurnBudget, TurnRefused, TurnStarted,
-    UnstoredEvents,
+    Admit, AnswerPermission, BudgetLeft, CancelQueued, ClearQueue, GetAgentInfo, GetContextUsage, Interrupt,
+    ListPermissions, ListQueue, PendingPermission, QueuedMessage, RewindCommit, RewindFiles, SessionActor, SetLive,
+    StartTurn, StopReason, Submit, SubmitMode, Submitted, TurnBudget, TurnRefused, TurnStarted, UnstoredEvents,
 };
 use crate::cli::launch::UserEnv;
 use crate::domain::{AgentInfo, ContextUsage, LiveSetting};
@@ -173,6 +173,37 @@ impl SessionHandle {
     /// The CLI's context usage (`session_not_live` once the actor stopped).
     pub async fn context_usage(&self) -> Result<ContextUsage, ApiError> {
         self.addr.send(GetContextUsage).await.map_err(|_| ApiError::SessionNotLive)?
+    }
+
+    /// Steers a message into the running turn or queues it for after it (`Idle`: nothing runs,
+    /// start an ordinary turn; `Gone`: the actor is stopping).
+    pub async fn submit(
+        &self,
+        mode: SubmitMode,
+        message: String,
+        timeout: Duration,
+        queue_timeout: Duration,
+        admit: Admit,
+    ) -> Result<Submitted, TurnRefused> {
+        match self.addr.send(Submit { mode, message, timeout, queue_timeout, admit }).await {
+            Ok(answer) => answer,
+            Err(_) => Err(TurnRefused::Gone),
+        }
+    }
+
+    /// The queued messages, next first (none once the actor stopped: they went with it).
+    pub async fn queue(&self) -> Vec<QueuedMessage> {
+        self.addr.send(ListQueue).await.unwrap_or_default()
+    }
+
+    /// Cancels a queued message that has not started (404 otherwise).
+    pub async fn cancel_queued(&self, message_id: String) -> Result<(), ApiError> {
+        self.addr.send(CancelQueued { message_id }).await.map_err(|_| super::session::not_queued())?
+    }
+
+    /// Cancels every queued message; their ids.
+    pub async fn clear_queue(&self) -> Vec<String> {
+        self.addr.send(ClearQueue).await.unwrap_or_default()
     }
 
     /// Rewinds the live CLI: the files changed since the user message `files_at` (its CLI

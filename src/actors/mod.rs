@@ -17,4 +17,7 @@ pub use handle::{PermissionAnswer, RegistryHandle, SessionHandle, WeakSessionHan
 pub use hub::EventHub;
 pub use registry::admission::Urgency;
 pub use registry::{Registry, RegistryStats};
-pub use session::{CLIENT_BUFFER, PendingPermission, RewindCommit, StopReason, TurnBudget, TurnRefused, TurnStarted};
+pub use session::{
+    Admit, CLIENT_BUFFER, PendingPermission, QueuedMessage, RewindCommit, StopReason, SubmitMode, Submitted,
+    TurnBudget, TurnRefused, TurnStarted, not_queued,
+};

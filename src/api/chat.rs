@@ -16,7 +16,7 @@ use crate::clock;
 use crate::domain::frames::FrameSet;
 use crate::domain::{ToolCall, Usage};
 use crate::error::{ApiError, ErrorResponse, FieldError};
-use crate::sessions::Message;
+use crate::sessions::{Accepted, Message, MessageMode, QueuedMessage};
 use crate::state::AppState;
 
 pub const MAX_MESSAGE_CHARS: usize = 100_000;
@@ -32,7 +32,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(list_messages))
                 .route(web::post().to(post_message)),
         )
-        .service(resource("/sessions/{session_id}/events").route(web::get().to(get_events)));
+        .service(resource("/sessions/{session_id}/events").route(web::get().to(get_events)))
+        .service(resource("/sessions/{session_id}/queue").route(web::get().to(get_queue)))
+        .service(resource("/sessions/{session_id}/queue/{message_id}").route(web::delete().to(delete_queued)));
 }
 
 /// The seed's chat body; `user_id` is optional (checked against the key when given).
@@ -180,23 +182,41 @@ pub(super) async fn post_chat_stream(
 pub(super) struct Interrupting {
     session_id: String,
     /// The turn being interrupted; it ends with `done` (subtype `interrupted`) within 5 s.
-    turn_id: String,
+    /// Null when no turn ran and only queued messages were cancelled.
+    turn_id: Option<String>,
+    /// The queued messages cancelled (with `cancel_queue=true`), each with a
+    /// `message_dropped` event.
+    cancelled: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct InterruptParams {
+    /// Also cancel the session's queued messages (else they run after the interrupted turn).
+    /// Messages steered into the turn that it has not taken yet always go with it.
+    #[serde(default)]
+    cancel_queue: bool,
 }
 
 /// Interrupt the running turn.
 #[utoipa::path(
     post, path = "/api/v1/sessions/{session_id}/interrupt", tag = "chat",
-    params(("session_id" = String, Path)),
+    params(("session_id" = String, Path), InterruptParams),
     responses(
         (status = 202, body = Interrupting),
         (status = 404, description = "`session_not_found`", body = ErrorResponse),
-        (status = 409, description = "`no_turn_running`", body = ErrorResponse),
+        (status = 409, description = "`no_turn_running` (and, with `cancel_queue`, nothing queued)", body = ErrorResponse),
     ),
 )]
-pub(super) async fn post_interrupt(state: web::Data<AppState>, caller: Caller, path: web::Path<String>) -> ApiResult {
+pub(super) async fn post_interrupt(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    params: web::Query<InterruptParams>,
+) -> ApiResult {
     let session_id = path.into_inner();
-    let turn_id = state.sessions.interrupt(&caller, &session_id).await?;
-    Ok(HttpResponse::Accepted().json(Interrupting { session_id, turn_id }))
+    let done = state.sessions.interrupt_and_cancel(&caller, &session_id, params.cancel_queue).await?;
+    Ok(HttpResponse::Accepted().json(Interrupting { session_id, turn_id: done.turn_id, cancelled: done.cancelled }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -235,19 +255,47 @@ pub(super) struct MessageRequest {
     /// 1-100000 characters, not blank.
     #[schema(min_length = 1, max_length = 100000, pattern = "\\S")]
     message: String,
-    /// Seconds the turn may take (1-3600, default 120).
+    /// Seconds the turn may take (1-3600, default 120); a queued message's counts from its start.
     #[schema(minimum = 1, maximum = 3600)]
     timeout: Option<u64>,
+    /// While a turn runs: `steer` hands the message to it (the agent reads it at its next
+    /// tool boundary), `queue` runs it as its own turn after it (and after those queued
+    /// before). Without it, a message while a turn runs is `429 session_busy`. With no turn
+    /// running, either starts an ordinary turn.
+    mode: Option<MessageMode>,
+}
+
+/// What became of the message.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum Disposition {
+    /// A turn of its own started now.
+    Started,
+    /// Handed to the running turn `turn_id`; `message_accepted` says when the agent took it.
+    Steered,
+    /// Queued: it runs as the turn `turn_id` (= `message_id`) after the running one; its first
+    /// event is `message_accepted`.
+    Queued,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct TurnAccepted {
+    /// The turn that answers the message (for `steered`, the running turn).
     turn_id: String,
-    /// The turn's first event: follow `/events` with `Last-Event-ID` one below it.
-    first_event_id: i64,
+    /// The turn's first event: follow `/events` with `Last-Event-ID` one below it (null for
+    /// `steered` and `queued`: follow from the session's `last_event_id`).
+    first_event_id: Option<i64>,
+    /// The message's id (`GET /queue`, `DELETE /queue/{message_id}`, `message_accepted`); for
+    /// `started`, the turn id.
+    message_id: String,
+    status: Disposition,
+    /// Only for `queued`: 1 runs next.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<usize>,
 }
 
-/// Start a turn without holding the connection; its events are on `/events`.
+/// Start a turn without holding the connection (or, with `mode`, steer the running turn or
+/// queue after it); its events are on `/events`.
 #[utoipa::path(
     post, path = "/api/v1/sessions/{session_id}/messages", tag = "chat",
     params(("session_id" = String, Path)),
@@ -265,8 +313,60 @@ pub(super) async fn post_message(
     JsonBody(req): JsonBody<MessageRequest>,
 ) -> ApiResult {
     let timeout = validate_turn(&req.message, req.timeout)?;
-    let turn = state.sessions.start_turn(&caller, &path, req.message, timeout).await?;
-    Ok(HttpResponse::Accepted().json(TurnAccepted { turn_id: turn.turn_id, first_event_id: turn.first_event_id }))
+    let accepted = match state.sessions.submit(&caller, &path, req.message, timeout, req.mode).await? {
+        Accepted::Started(turn) => TurnAccepted {
+            message_id: turn.turn_id.clone(),
+            turn_id: turn.turn_id,
+            first_event_id: Some(turn.first_event_id),
+            status: Disposition::Started,
+            position: None,
+        },
+        Accepted::Steered { message_id, turn_id } => {
+            TurnAccepted { turn_id, first_event_id: None, message_id, status: Disposition::Steered, position: None }
+        }
+        Accepted::Queued { message_id, position } => TurnAccepted {
+            turn_id: message_id.clone(),
+            first_event_id: None,
+            message_id,
+            status: Disposition::Queued,
+            position: Some(position),
+        },
+    };
+    Ok(HttpResponse::Accepted().json(accepted))
+}
+
+/// The messages queued for after the running turn, next first (`mode: "queue"`). A queue
+/// lives with the session's CLI: when it stops, its messages are dropped (`message_dropped`).
+#[utoipa::path(
+    get, path = "/api/v1/sessions/{session_id}/queue", tag = "chat",
+    params(("session_id" = String, Path)),
+    responses(
+        (status = 200, body = Vec<QueuedMessage>),
+        (status = 404, description = "`session_not_found`", body = ErrorResponse),
+    ),
+)]
+pub(super) async fn get_queue(state: web::Data<AppState>, caller: Caller, path: web::Path<String>) -> ApiResult {
+    let queue = state.sessions.queue(&caller, &path).await?;
+    Ok(HttpResponse::Ok().json(queue))
+}
+
+/// Cancel a queued message that has not started (its `message_dropped` event says `cancelled`).
+#[utoipa::path(
+    delete, path = "/api/v1/sessions/{session_id}/queue/{message_id}", tag = "chat",
+    params(("session_id" = String, Path), ("message_id" = String, Path)),
+    responses(
+        (status = 204, description = "Cancelled; it never runs"),
+        (status = 404, description = "`session_not_found`, or `not_found`: no such message waits (it started already, or never was)", body = ErrorResponse),
+    ),
+)]
+pub(super) async fn delete_queued(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> ApiResult {
+    let (session_id, message_id) = path.into_inner();
+    state.sessions.cancel_queued(&caller, &session_id, &message_id).await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

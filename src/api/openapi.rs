@@ -53,7 +53,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         sessions::update_session, sessions::get_context,
         sessions::fork_session, sessions::rewind_session,
         chat::post_chat, chat::post_chat_stream, chat::post_interrupt, chat::list_messages,
-        chat::post_message, chat::get_events,
+        chat::post_message, chat::get_events, chat::get_queue, chat::delete_queued,
         files::get_file, files::put_file, files::delete_file,
         permissions::list_permissions, permissions::answer_permission,
         users::create_user, users::list_users, users::delete_user, users::create_key,
@@ -259,7 +259,10 @@ impl IntoResponses for TurnErrors {
             (404, "`session_not_found`"),
             (409, "`session_closed`: resume it first"),
             (410, "`session_expired`"),
-            (429, "`session_busy` (a turn is running) or `quota_exceeded` (a respawn was refused)"),
+            (
+                429,
+                "`session_busy` (a turn is running), `queue_full` (`/messages` with `mode: \"queue\"`:                  `session.max_queued` messages wait already) or `quota_exceeded` (a respawn was refused)",
+            ),
             (502, "`cli_failed`: the CLI died or could not start"),
             (503, "`overloaded` (too many turns at once), `memory_pressure` or `storage_unavailable`"),
         ]

@@ -18,6 +18,9 @@ pub struct UserInput<'a> {
     pub parent_tool_use_id: Option<()>,
     pub session_id: &'a str,
     pub uuid: &'a str,
+    /// `next`: a message for the running turn, taken at its next tool boundary (steering).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<&'static str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -34,7 +37,14 @@ impl<'a> UserInput<'a> {
             parent_tool_use_id: None,
             session_id,
             uuid,
+            priority: None,
         }
+    }
+
+    /// A message for the running turn (`priority: "next"`): the CLI hands it to the model at
+    /// the turn's next tool boundary, or runs it right after the turn if there is none.
+    pub fn steer(session_id: &'a str, uuid: &'a str, text: &'a str) -> Self {
+        UserInput { priority: Some("next"), ..UserInput::new(session_id, uuid, text) }
     }
 }
 
@@ -117,6 +127,14 @@ pub enum CliMessage {
     ControlResponse(IncomingControlResponse),
     #[serde(rename = "control_cancel_request")]
     ControlCancel { request_id: String },
+    /// What became of a user message we sent with a `uuid`: `queued`, `started`, `completed`,
+    /// `cancelled`, `discarded`, `refused`.
+    #[serde(rename = "command_lifecycle")]
+    CommandLifecycle {
+        command_uuid: String,
+        #[serde(default)]
+        state: String,
+    },
     #[serde(other)]
     Unknown,
 }
@@ -276,6 +294,9 @@ pub struct ResultMessage {
     pub errors: Vec<String>,
     #[serde(default)]
     pub session_id: Option<String>,
+    /// The uuids of the user messages this result answers.
+    #[serde(default)]
+    pub user_message_uuids: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -48,6 +48,14 @@ pub enum FrameType {
     Done,
     /// The turn failed: `error` (message) and `code` (stable).
     Error,
+    /// A steered or queued message was taken: `message_id`, `message` (its text). A queued
+    /// message's turn starts with it (its `turn_id` is the message id); a steered one's
+    /// comes within the turn it was handed to.
+    MessageAccepted,
+    /// A steered or queued message will not run: `message_id`, `reason` (`stopped`: its CLI
+    /// stopped; `interrupted`: an interrupt dropped it; `cancelled`: the CLI did not take it;
+    /// `refused`: its turn could not start, `code` says why) and `error` (for people).
+    MessageDropped,
 }
 
 /// One SSE frame's `data:` (its `id:` is the event id). The seed's five keys (`type`, `text`,
@@ -75,6 +83,15 @@ pub(crate) struct Frame<'a> {
     is_error: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     request_id: Option<&'a str>,
+    /// The steered or queued message's id (`message_accepted`, `message_dropped`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_id: Option<&'a str>,
+    /// The accepted message's text (`message_accepted`; not in `text`, which is the answer's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+    /// Why a message was dropped (`message_dropped`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<DropReason>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<TurnResult>)]
     result: Option<&'a TurnResult>,
@@ -102,6 +119,9 @@ impl<'a> Frame<'a> {
             output: None,
             is_error: None,
             request_id: None,
+            message_id: None,
+            message: None,
+            reason: None,
             result: None,
             code: None,
         }
@@ -149,6 +169,36 @@ pub fn done(result: &TurnResult) -> String {
 /// The failure frame: `message` for people, `code` the stable code clients branch on.
 pub fn error(message: &str, code: &str) -> String {
     Frame { error: Some(message), code: Some(code), ..Frame::new(FrameType::Error) }.json()
+}
+
+pub fn message_accepted(message_id: &str, text: &str) -> String {
+    Frame { message_id: Some(message_id), message: Some(text), ..Frame::new(FrameType::MessageAccepted) }.json()
+}
+
+/// Why a steered or queued message will not run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DropReason {
+    /// The session's CLI stopped (closed, evicted, crashed, restarted) before it ran.
+    Stopped,
+    /// An interrupt dropped it (`cancel_queue`, or a steer the interrupted turn had not taken).
+    Interrupted,
+    /// The CLI did not take it.
+    Cancelled,
+    /// Its turn could not start: `code` says why.
+    Refused,
+}
+
+/// A steered or queued message that will not run; `code` only for `refused`.
+pub fn message_dropped(message_id: &str, reason: DropReason, why: &str, code: Option<&str>) -> String {
+    Frame {
+        message_id: Some(message_id),
+        reason: Some(reason),
+        error: Some(why),
+        code,
+        ..Frame::new(FrameType::MessageDropped)
+    }
+    .json()
 }
 
 /// Which frames a stream sends: all of them, or only what the seed's `StreamChunk` knows.

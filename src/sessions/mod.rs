@@ -8,6 +8,7 @@ mod forks;
 mod live_settings;
 pub mod options;
 mod recent_actors;
+mod steer;
 pub mod usage;
 pub mod workspace;
 
@@ -37,6 +38,7 @@ use credentials::LaunchCredentials;
 pub use forks::{ForkSession, RewindSession, Rewound};
 pub use live_settings::SessionSettings;
 use recent_actors::RecentActors;
+pub use steer::{Accepted, Interrupted, MessageMode, QueuedMessage};
 
 const MAX_METADATA_BYTES: usize = 16 * 1024;
 pub const DEFAULT_LIST_LIMIT: i64 = 100;

@@ -342,6 +342,117 @@ async fn a_user_key_creates_its_own_sessions_and_sees_the_servers_refusal_of_an_
 }
 
 #[actix_web::test]
+async fn the_console_steers_queues_and_changes_the_model_and_mode_live() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    let key = app.create_user("dora").await;
+    let driver = Chromedriver::start();
+    let profile = tempfile::tempdir().unwrap();
+    let c = browser(&driver, profile.path()).await;
+    let result = async {
+        c.goto(&format!("{}/", app.address)).await?;
+        c.wait().for_element(Locator::Id("key")).await?.send_keys(&key).await?;
+        c.find(Locator::Id("login-button")).await?.click().await?;
+        wait_for_text(&c, "#who", "user dora").await;
+        c.find(Locator::Id("create")).await?.click().await?;
+        wait_for_text(&c, "#status", "Connected").await;
+        let id = js(&c, "return localStorage.getItem('cah_session')").await.as_str().unwrap().to_string();
+        assert_eq!(js(&c, "return document.getElementById('send-mode').disabled").await, json!(true), "idle: no mode");
+
+        // Steer: while the turn runs, Send needs a mode; the steered message shows in the running
+        // answer, and once the agent has it, not as pending.
+        send(&c, "slow 40 50").await?;
+        wait_until(&c, &format!("{LAST_ANSWER}.textContent.includes('w2 ')")).await;
+        wait_until(&c, "!document.getElementById('send-mode').disabled && document.getElementById('send').disabled").await;
+        c.find(Locator::Id("send-mode")).await?.select_by_value("steer").await?;
+        c.find(Locator::Id("message")).await?.send_keys("go left").await?;
+        c.find(Locator::Id("send")).await?.click().await?;
+        wait_until(&c, "[...document.querySelectorAll('.steer-note')].some(n => n.textContent.includes('go left') && !n.classList.contains('pending'))").await;
+        wait_until(&c, &format!("{LAST_ANSWER}.querySelector('.meta')?.textContent.startsWith('success')")).await;
+        wait_until(&c, &format!("{LAST_ANSWER}.textContent.includes('[steered: go left]')")).await;
+        wait_until(&c, "document.getElementById('send-mode').disabled").await;
+
+        // Queue: two wait above the composer; one is cancelled and never runs.
+        send(&c, "slow 40 50").await?;
+        wait_until(&c, &format!("{LAST_ANSWER}.textContent.includes('w2 ')")).await;
+        c.find(Locator::Id("send-mode")).await?.select_by_value("queue").await?;
+        for text in ["queued one", "queued two"] {
+            let composer = c.find(Locator::Id("message")).await?;
+            composer.clear().await?;
+            composer.send_keys(text).await?;
+            c.find(Locator::Id("send")).await?.click().await?;
+            wait_for_text(&c, "#queue", text).await;
+        }
+        c.execute("[...document.querySelectorAll('#queue .queued')].find(r => r.textContent.includes('queued two')).querySelector('button').click()", vec![]).await?;
+        wait_until(&c, "!document.getElementById('queue').textContent.includes('queued two')").await;
+        wait_until(&c, "[...document.querySelectorAll('.msg.user')].some(m => m.textContent === 'queued one')").await;
+        wait_until(&c, &format!("{LAST_ANSWER}.textContent.includes('echo: queued one')")).await;
+        wait_until(&c, "document.getElementById('queue').hidden").await;
+        let path = format!("/api/v1/sessions/{id}/messages");
+        let history = app.request(awc::http::Method::GET, &path, Some(&key), None).await.text;
+        assert!(history.contains("queued one") && !history.contains("queued two"), "the cancelled one never ran");
+
+        // The context meter, and the model and mode applied to the running CLI.
+        wait_for_text(&c, "#context-text", "tokens").await;
+        let model = c.find(Locator::Id("live-model")).await?;
+        model.clear().await?;
+        model.send_keys("claude-live-model").await?;
+        c.find(Locator::Id("live-mode")).await?.select_by_value("plan").await?;
+        c.find(Locator::Id("apply-live")).await?.click().await?;
+        wait_for_text(&c, "#live-notice", "Applied.").await;
+        wait_for_text(&c, "#details", "model: claude-live-model").await;
+        wait_for_text(&c, "#details", "permission mode: plan").await;
+        let options = app.get_session(&key, &id).await.body["options"].clone();
+        assert_eq!((options["model"].as_str(), options["permission_mode"].as_str()), (Some("claude-live-model"), Some("plan")));
+        // A refusal is shown as the server's.
+        send(&c, "slow 60 50").await?;
+        wait_until(&c, &format!("{LAST_ANSWER}.textContent.includes('w2 ')")).await;
+        c.find(Locator::Id("live-mode")).await?.select_by_value("default").await?;
+        c.find(Locator::Id("apply-live")).await?.click().await?;
+        wait_for_text(&c, "#live-error", "(session_busy)").await;
+        c.find(Locator::Id("interrupt-all")).await?.click().await?;
+        wait_until(&c, &format!("{LAST_ANSWER}.querySelector('.meta')?.textContent.startsWith('interrupted')")).await;
+
+        // After a reload, each stored message has its menu: fork from any, rewind to a user's.
+        c.refresh().await?;
+        wait_for_text(&c, "#status", "Connected").await;
+        let first_user = "document.querySelector('#transcript .msg.user')";
+        assert_eq!(js(&c, &format!("return {first_user}.textContent")).await, json!("slow 40 50"), "the menu adds no text");
+        c.execute(&format!("{first_user}.querySelector('.msg-menu-button').click()"), vec![]).await?;
+        wait_for_text(&c, "#transcript .msg.user .msg-menu", "Fork from here").await;
+        wait_for_text(&c, "#transcript .msg.user .msg-menu", "Rewind to here").await;
+        save_screenshot(&c, "console-steer.png").await?;
+
+        // Rewind: a preview lists what would be restored, then the conversation continues
+        // from before that message.
+        let menu = "document.querySelector('#transcript .msg.user .msg-menu')";
+        c.execute(&format!("[...{menu}.querySelectorAll('button')].find(b => b.textContent === 'Preview rewind').click()"), vec![]).await?;
+        wait_for_text(&c, "#transcript .msg.user .msg-menu", "Would restore: no files").await;
+        let users = "document.querySelectorAll('#transcript .msg.user').length";
+        let before = js(&c, &format!("return {users}")).await.as_i64().unwrap();
+        let second = "document.querySelectorAll('#transcript .msg.user')[1]";
+        c.execute(&format!("{second}.querySelector('.msg-menu-button').click()"), vec![]).await?;
+        wait_until(&c, &format!("{second}.querySelector('.msg-menu')")).await;
+        c.execute(&format!("[...{second}.querySelectorAll('.msg-menu button')].find(b => b.textContent === 'Rewind to here').click()"), vec![]).await?;
+        wait_for_text(&c, "#transcript .rewound", "Rewound to before").await;
+        wait_until(&c, &format!("{users} === 1")).await;
+        assert!(before > 1);
+        assert_eq!(app.get_session(&key, &id).await.body["message_count"], 1);
+
+        // Fork from the remaining message: the new session opens, the original stays.
+        c.execute("document.querySelector('#transcript .msg.user .msg-menu-button').click()", vec![]).await?;
+        wait_until(&c, "document.querySelector('#transcript .msg.user .msg-menu')").await;
+        c.execute("[...document.querySelectorAll('#transcript .msg.user .msg-menu button')].find(b => b.textContent === 'Fork from here').click()", vec![]).await?;
+        wait_until(&c, &format!("localStorage.getItem('cah_session') !== '{id}'")).await;
+        wait_until(&c, "document.querySelectorAll('.session').length === 2").await;
+        wait_for_text(&c, "#transcript .msg.user", "slow 40 50").await;
+        Ok::<(), fantoccini::error::CmdError>(())
+    }
+    .await;
+    let _ = c.close().await;
+    result.expect("the console steers and queues in Chromium");
+}
+
+#[actix_web::test]
 async fn the_docs_render_offline_and_call_the_service() {
     let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
     let driver = Chromedriver::start();

@@ -26,6 +26,7 @@ mod sessions;
 mod shared_config;
 mod shutdown;
 mod startup;
+mod steer;
 mod timeouts;
 mod traps;
 mod usage;

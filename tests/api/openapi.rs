@@ -414,11 +414,34 @@ async fn every_operation_answers_as_the_openapi_document_says() {
     );
 
     expect(&api.call(Method::POST, &format!("{s}/interrupt"), user, Empty).await, 409);
-    expect(
+    let slow = expect(
         &api.call(Method::POST, &format!("{s}/messages"), user, Json(json!({"message": "slow 100 100"}))).await,
         202,
     );
-    expect(&api.call(Method::POST, &format!("{s}/interrupt"), user, Empty).await, 202);
+    // Steered into it, and queued after it: listed, one cancelled, the rest with the interrupt.
+    let later = Json(json!({"message": "later", "mode": "queue"}));
+    let queued = expect(&api.call(Method::POST, &format!("{s}/messages"), user, later).await, 202);
+    let then = Json(json!({"message": "then", "mode": "queue"}));
+    expect(&api.call(Method::POST, &format!("{s}/messages"), user, then).await, 202);
+    let steer = Json(json!({"message": "this way", "mode": "steer"}));
+    assert_eq!(expect(&api.call(Method::POST, &format!("{s}/messages"), user, steer).await, 202)["status"], "steered");
+    tokio::time::sleep(Duration::from_millis(300)).await; // a word of the turn: its tool boundary
+    let mode = Json(json!({"message": "x", "mode": "sideways"}));
+    expect(&api.call(Method::POST, &format!("{s}/messages"), user, mode).await, 422);
+    let queue = expect(&api.call(Method::GET, &format!("{s}/queue"), user, Empty).await, 200);
+    assert_eq!(queue.as_array().unwrap().len(), 2, "{queue}");
+    let cancel = format!("{s}/queue/{}", queued["message_id"].as_str().unwrap());
+    expect(&api.call(Method::DELETE, &cancel, user, Empty).await, 204);
+    expect(&api.call(Method::DELETE, &cancel, user, Empty).await, 404);
+    expect(&api.call(Method::GET, "/api/v1/sessions/gone/queue", user, Empty).await, 404);
+    let stopped = expect(&api.call(Method::POST, &format!("{s}/interrupt?cancel_queue=true"), user, Empty).await, 202);
+    assert_eq!(stopped["cancelled"].as_array().unwrap().len(), 1, "{stopped}");
+    let first = slow["first_event_id"].as_i64().unwrap();
+    let followed = api
+        .call_headers(Method::GET, &format!("{s}/events"), user, Empty, &[("Last-Event-ID", (first - 1).to_string())])
+        .await;
+    let types: Vec<Value> = followed.frames().iter().map(|f| f["type"].clone()).collect();
+    assert!(types.contains(&json!("message_accepted")) && types.contains(&json!("message_dropped")), "{types:?}");
     let messages = expect(&api.call(Method::GET, &format!("{s}/messages"), user, Empty).await, 200);
     assert!(messages.as_array().unwrap().len() >= 6, "{messages}");
     expect(&api.call(Method::GET, &format!("{s}/messages?limit=0"), user, Empty).await, 422);

@@ -74,6 +74,7 @@ impl SessionActor {
             ctx.cancel_future(grace);
         }
         self.deny_pending("the session was closed", ctx);
+        self.drop_queue(crate::domain::frames::DropReason::Stopped, "the session's CLI stopped", ctx);
         if let StopReason::IdleEviction | StopReason::MemoryEviction | StopReason::TooLarge = reason {
             self.metrics.evicted(match reason {
                 StopReason::IdleEviction => "idle",
@@ -119,6 +120,7 @@ impl SessionActor {
         for waiter in self.ready_waiters.drain(..) {
             let _ = waiter.send(Err(ApiError::CliFailed(why.clone())));
         }
+        self.drop_queue(crate::domain::frames::DropReason::Stopped, "the session's CLI stopped", ctx);
         let status = match reason {
             Some(r) => r.final_status(),
             None if !self.ready => Some(SessionStatus::Failed),

@@ -69,7 +69,7 @@ impl Handler<BudgetLeft> for SessionActor {
 }
 
 impl SessionActor {
-    fn budget_left(&self) -> Option<f64> {
+    pub(super) fn budget_left(&self) -> Option<f64> {
         self.budget_cap.map(|cap| (cap - (self.cost.total() - self.cost_at_start)).max(0.0))
     }
 }
@@ -93,7 +93,7 @@ impl Handler<StartTurn> for SessionActor {
         if self.stopping.is_some() || self.stop_after_turn.is_some_and(|r| !r.spares_a_turn()) {
             return Box::pin(fut::ready(Err(TurnRefused::Gone)));
         }
-        if self.turn.is_some() || self.reserved || self.committing.is_some() {
+        if self.turn.is_some() || self.reserved || self.committing.is_some() || !self.queue.is_empty() {
             return Box::pin(fut::ready(Err(TurnRefused::Api(ApiError::SessionBusy))));
         }
         if let Some(budget) = &msg.budget
@@ -114,6 +114,26 @@ impl Handler<StartTurn> for SessionActor {
             self.begin_stop(StopReason::Unresponsive, ctx);
             return Box::pin(fut::ready(Err(TurnRefused::Gone)));
         }
+        let StartTurn { message, deadline, queue_timeout, budget, outcome_only } = msg;
+        self.begin_turn(TurnSpec { message, deadline, queue_timeout, budget, outcome_only, queued_id: None })
+    }
+}
+
+/// A turn about to start: a client's, or the next queued message's (`queued_id`, which is
+/// then the turn's id; nobody reads its events but followers).
+pub(super) struct TurnSpec {
+    pub(super) message: String,
+    pub(super) deadline: tokio::time::Instant,
+    pub(super) queue_timeout: Duration,
+    pub(super) budget: Option<TurnBudget>,
+    pub(super) outcome_only: bool,
+    pub(super) queued_id: Option<Arc<str>>,
+}
+
+impl SessionActor {
+    /// Waits for a turn slot and readiness (within the deadline), then sends the message and
+    /// makes it the running turn. The caller checked the session is free.
+    pub(super) fn begin_turn(&mut self, msg: TurnSpec) -> ResponseActFuture<Self, Result<TurnStarted, TurnRefused>> {
         self.reserved = true;
         // In a turn from now for the registry: a session about to start one is not evicted.
         self.registry.do_send(Activity { session_id: self.id.clone(), generation: self.generation, in_turn: true });
@@ -152,17 +172,23 @@ impl Handler<StartTurn> for SessionActor {
         };
         Box::pin(wait.into_actor(self).map(move |waited, act, ctx| {
             act.reserved = false;
-            let idle_again = |act: &mut Self| {
+            let client_turn = msg.queued_id.is_none();
+            let idle_again = |act: &mut Self, ctx: &mut Context<Self>| {
                 act.registry.do_send(Activity {
                     session_id: act.id.clone(),
                     generation: act.generation,
                     in_turn: false,
-                })
+                });
+                // Messages queued behind a client's turn that never started run now (a queued
+                // turn's own failure is handled where it was started).
+                if client_turn {
+                    act.start_next_queued(ctx);
+                }
             };
             let permit = match waited {
                 Ok(permit) => permit,
                 Err(e) => {
-                    idle_again(act);
+                    idle_again(act, ctx);
                     return Err(TurnRefused::Api(e));
                 }
             };
@@ -171,11 +197,13 @@ impl Handler<StartTurn> for SessionActor {
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
-                idle_again(act);
+                idle_again(act, ctx);
                 return Err(TurnRefused::Api(timed_out_while("waiting for the turn to start")));
             }
-            let turn_id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
+            let queued = msg.queued_id.is_some();
+            let turn_id: Arc<str> = msg.queued_id.unwrap_or_else(|| Arc::from(uuid::Uuid::new_v4().to_string()));
             let (sink, events) = mpsc::channel(CLIENT_BUFFER);
+            let sink = (!queued).then_some(sink);
             act.write(to_line(&UserInput::new(&act.cli_session_id, &turn_id, &msg.message)));
             let timeout_turn = turn_id.clone();
             let deadline_timer = act.timer(ctx, left, move |act, ctx| {
@@ -188,7 +216,7 @@ impl Handler<StartTurn> for SessionActor {
                 user_text: msg.message,
                 started_at: clock::now_ms(),
                 started: Instant::now(),
-                sink: Some(sink),
+                sink,
                 outcome_only: msg.outcome_only,
                 transcript: Default::default(),
                 leaf_uuid: None,
@@ -196,10 +224,16 @@ impl Handler<StartTurn> for SessionActor {
                 timers: vec![deadline_timer],
                 _permit: permit,
                 budget_hold: msg.budget.map(|b| b.hold),
+                steers: Vec::new(),
+                carried: None,
             });
             act.hub.turns().begin(&act.id);
             act.set_status(SessionStatus::Busy);
-            Ok(TurnStarted { turn_id: turn_id.to_string(), first_event_id: act.log.next_id(), events })
+            let first_event_id = act.log.next_id();
+            if queued && let Some(text) = act.turn.as_ref().map(|t| t.user_text.clone()) {
+                act.emit(crate::domain::frames::message_accepted(&turn_id, &text), None, ctx);
+            }
+            Ok(TurnStarted { turn_id: turn_id.to_string(), first_event_id, events })
         }))
     }
 }

@@ -32,6 +32,7 @@ mod event_log;
 mod lifecycle;
 mod messages;
 mod permissions;
+mod queue;
 mod rewind;
 mod translate;
 mod turn;
@@ -44,6 +45,7 @@ pub use messages::{
 };
 pub use permissions::PendingPermission;
 use permissions::PermissionBroker;
+pub use queue::{Admit, CancelQueued, ClearQueue, ListQueue, QueuedMessage, Submit, SubmitMode, Submitted, not_queued};
 pub use rewind::{RewindCommit, RewindFiles};
 use turn::{CostMeter, Turn};
 
@@ -141,6 +143,10 @@ pub struct SessionActor {
     /// The last turn's end waits for its commit (no new turn starts meanwhile, so its
     /// final frame keeps its place in the numbering); resolves once its frame is delivered.
     committing: Option<oneshot::Receiver<()>>,
+    /// Messages for after the running turn (`mode: "queue"`), next first.
+    queue: queue::Queue,
+    /// Events of no turn (a dropped message's) that wait for the last turn's final frame.
+    deferred: Vec<(Arc<str>, String)>,
 }
 
 impl SessionActor {
@@ -164,6 +170,8 @@ impl SessionActor {
             flush_scheduled: false,
             cli_ready: false,
             committing: None,
+            queue: Default::default(),
+            deferred: Vec::new(),
             replay_keep: settings.events.replay as i64,
             persist: persist::start(storage, setup.session_id.clone(), settings.budgets.clone()),
             id: setup.session_id,
@@ -263,6 +271,7 @@ impl SessionActor {
                     self.agent_info = Some(info.into());
                 }
             }
+            CliMessage::CommandLifecycle { command_uuid, state } => self.on_lifecycle(&command_uuid, &state, ctx),
             CliMessage::Unknown => {}
             content @ (CliMessage::StreamEvent(_) | CliMessage::Assistant(_) | CliMessage::User(_)) => {
                 let Some(turn) = self.turn.as_mut() else { return };

@@ -84,16 +84,23 @@ pub(super) struct Turn {
     /// What the turn holds of its user's budget: dropped once the turn's record (with its
     /// cost) is committed, or the commit is given up on.
     pub(super) budget_hold: Option<Box<dyn Send>>,
+    /// Messages steered into the turn (`priority: "next"`), in the order they were sent.
+    pub(super) steers: Vec<super::queue::Steer>,
+    /// The CLI ended a part of the turn while steered messages were still waiting for it (no
+    /// tool boundary came): it runs them next, and the turn goes on with them. What the
+    /// parts so far added up to.
+    pub(super) carried: Option<TurnResult>,
 }
 
 impl SessionActor {
     pub(super) fn on_result(&mut self, result: ResultMessage, ctx: &mut Context<Self>) {
         let turn_cost = self.cost.record(result.total_cost_usd);
-        let Some(turn) = self.turn.as_ref() else {
+        if self.turn.is_none() {
             if let Some(grace) = self.draining.take() {
                 // The timed-out turn has ended: the CLI is free for the next one.
                 ctx.cancel_future(grace);
                 log::debug!("session {}: the CLI ended its timed-out turn", self.id);
+                self.start_next_queued(ctx);
             }
             if !self.ready {
                 // A result before `initialize` was answered: the start failed (e.g. a bad resume).
@@ -101,7 +108,11 @@ impl SessionActor {
                 self.start_error = Some(if why.is_empty() { "the CLI ended before it was ready".into() } else { why });
             }
             return;
-        };
+        }
+        if self.steers_outlive(&result, turn_cost, ctx) {
+            return;
+        }
+        let Some(turn) = self.turn.as_ref() else { return };
         let subtype = if turn.interrupted { "interrupted".to_string() } else { result.subtype.clone() };
         if subtype == "error_max_budget_usd" {
             self.stop_after_turn.get_or_insert(StopReason::BudgetSpent);
@@ -110,15 +121,18 @@ impl SessionActor {
             Some(t) if !t.is_empty() => t,
             _ => turn.transcript.assistant_text.clone(),
         };
-        let summary = TurnResult {
-            text,
-            subtype,
-            is_error: result.is_error,
-            cost_usd: turn_cost,
-            usage: result.usage.clone().into(),
-            num_turns: result.num_turns,
-            duration_ms: result.duration_ms,
-        };
+        let summary = super::queue::carry(
+            turn.carried.as_ref(),
+            TurnResult {
+                text,
+                subtype,
+                is_error: result.is_error,
+                cost_usd: turn_cost,
+                usage: result.usage.clone().into(),
+                num_turns: result.num_turns,
+                duration_ms: result.duration_ms,
+            },
+        );
         // A CLI without credentials "answers" with its login prompt: that is a failed turn, the
         // same for a sync chat and a stream, and it names the key to set.
         if let Some(why) = crate::cli::auth_failure(summary.is_error, &summary.text) {
@@ -141,6 +155,7 @@ impl SessionActor {
             TurnOutcome::Failed(err) => Some(err.code()),
             TurnOutcome::Done { .. } => None,
         };
+        self.drop_untaken_steers(outcome_code, ctx);
         let Some(mut turn) = self.turn.take() else { return };
         self.hub.turns().end(&self.id);
         let last = self.log.number(json, Some(outcome), &turn.id);
@@ -209,6 +224,9 @@ impl SessionActor {
             }
             act.committing = None;
             let _ = delivered.send(());
+            // What waited for the final frame (drops numbered after it), then the next queued turn.
+            act.emit_deferred(ctx);
+            act.start_next_queued(ctx);
         }));
         drop(turn);
         self.registry.do_send(Activity { session_id: self.id.clone(), generation: self.generation, in_turn: false });
@@ -226,7 +244,8 @@ impl SessionActor {
         }
         turn.interrupted = true;
         let turn_id = turn.id.clone();
-        drop(self.control(json!({ "subtype": "interrupt" })));
+        // Steered messages the turn has not taken go with it (the service's queue does not).
+        drop(self.control(json!({ "subtype": "interrupt", "cancel_queued": true })));
         // A CLI that does not obey is killed; the session becomes idle and resumes later.
         let grace = self.timer(ctx, INTERRUPT_GRACE, move |act, ctx| {
             if act.turn.as_ref().is_some_and(|t| t.id == turn_id) {
@@ -255,7 +274,7 @@ impl SessionActor {
         if self.stopping.is_some() {
             return;
         }
-        drop(self.control(json!({ "subtype": "interrupt" })));
+        drop(self.control(json!({ "subtype": "interrupt", "cancel_queued": true })));
         let grace = self.timer(ctx, INTERRUPT_GRACE, |act, ctx| {
             act.draining = None;
             log::warn!("session {}: the CLI ignored the interrupt of a timed-out turn; stopping it", act.id);

@@ -11,6 +11,8 @@ const state = {
   source: null,
   turn: null, // the assistant bubble being streamed
   cwd: "",
+  busy: false, // a turn runs: the mode selector picks steer or queue
+  steers: new Map(), // steered message id → its note in the running turn's bubble
 };
 
 function el(tag, cls, text) {
@@ -244,9 +246,10 @@ async function selectSession(id) {
   showDetails(s);
   const transcript = $("transcript");
   transcript.replaceChildren();
+  state.steers = new Map();
   for (const m of history) {
-    if (m.role === "user") { transcript.append(el("div", "msg user", m.text)); continue; }
-    const bubble = el("div", "msg assistant");
+    if (m.role === "user") { transcript.append(withMenu(el("div", "msg user", m.text), m)); continue; }
+    const bubble = withMenu(el("div", "msg assistant"), m);
     for (const call of m.tool_calls || []) bubble.append(toolFold(call.tool, call.input, call.output, call.is_error));
     const text = el("div", "md");
     renderMarkdown(text, m.text);
@@ -272,11 +275,180 @@ async function selectSession(id) {
   } else {
     localStorage.removeItem(pendingKey(id));
   }
-  $("send").disabled = (running && pending.turn_id) || s.status === "busy";
+  setBusy(Boolean(running && pending.turn_id) || s.status === "busy");
+  $("live-model").value = (s.options || {}).model || "";
+  $("live-mode").value = "";
+  $("live-error").textContent = "";
+  $("live-notice").textContent = "";
   transcript.scrollTop = transcript.scrollHeight;
   await loadSessions();
   await loadFiles("");
+  loadQueue();
+  loadContext();
   follow(id, after);
+}
+
+// ---- Steer and queue, the context meter, live settings ------------------------------------
+
+/// While a turn runs, Send needs a mode (steer it, or queue after it); idle, it starts a turn.
+function setBusy(busy) {
+  state.busy = busy;
+  $("send-mode").disabled = !busy;
+  if (!busy) $("send-mode").value = "";
+  updateSend();
+}
+
+function updateSend() {
+  $("send").disabled = state.busy && !$("send-mode").value;
+}
+
+/// The messages queued after the running turn, each with a Cancel button.
+async function loadQueue() {
+  if (!state.session) return;
+  const id = state.session.session_id;
+  const box = $("queue");
+  let queued;
+  try { queued = await api("GET", "/api/v1/sessions/" + id + "/queue"); }
+  catch (_) { queued = []; }
+  if (!state.session || state.session.session_id !== id) return;
+  box.replaceChildren();
+  if (queued.length) box.append(el("div", "meta", "Queued after this turn:"));
+  for (const q of queued) {
+    const row = el("div", "queued");
+    row.dataset.id = q.message_id;
+    const cancel = el("button", "danger", "Cancel");
+    cancel.onclick = async () => {
+      try { await api("DELETE", "/api/v1/sessions/" + id + "/queue/" + q.message_id); }
+      catch (e) { row.append(el("span", "error-banner", e.message)); return; }
+      loadQueue();
+    };
+    row.append(el("span", "", q.text), cancel);
+    box.append(row);
+  }
+  box.hidden = queued.length === 0;
+}
+
+/// The note of a steered message in the running turn's bubble (made once, by the POST's
+/// answer or by the event that says it was taken, whichever comes first).
+function steerNote(messageId, text) {
+  let note = state.steers.get(messageId);
+  if (!note) {
+    note = el("div", "steer-note pending", "↪ " + text);
+    currentTurn().bubble.append(note);
+    currentTurn().text = null; // what the agent says next goes below it
+    state.steers.set(messageId, note);
+  }
+  return note;
+}
+
+async function sendWhileBusy(id, text, mode) {
+  let answer;
+  try { answer = await api("POST", "/api/v1/sessions/" + id + "/messages", { message: text, mode }); }
+  catch (e) { $("transcript").append(el("div", "error-banner", e.message)); stickToBottom(); return; }
+  $("message").value = "";
+  if (answer.status === "steered") {
+    steerNote(answer.message_id, text);
+  } else if (answer.status === "queued") {
+    loadQueue();
+  } else {
+    // The turn had ended meanwhile: this one started as an ordinary turn.
+    state.turn = null;
+    $("transcript").append(el("div", "msg user", text));
+    setBusy(true);
+  }
+  stickToBottom();
+}
+
+/// How full the context window is (`GET /context`).
+async function loadContext() {
+  if (!state.session) return;
+  const meter = $("context-meter");
+  const line = $("context-text");
+  try {
+    const c = await api("GET", "/api/v1/sessions/" + state.session.session_id + "/context");
+    meter.value = c.percent;
+    line.textContent = c.used_tokens + " of " + c.window_tokens + " tokens (" + Math.round(c.percent) + "%)" +
+      (c.model ? " · " + c.model : "");
+  } catch (e) {
+    meter.value = 0;
+    line.textContent = e.code === "session_not_live" ? "No CLI runs for this session (send a message)." : e.message;
+  }
+}
+
+/// Applies a new model or permission mode to the running CLI (`PATCH /sessions/{id}`).
+async function applyLive() {
+  if (!state.session) return;
+  const body = {};
+  const model = $("live-model").value.trim();
+  if (model && model !== (state.session.options || {}).model) body.model = model;
+  if ($("live-mode").value) body.permission_mode = $("live-mode").value;
+  $("live-error").textContent = "";
+  $("live-notice").textContent = "";
+  if (!Object.keys(body).length) { $("live-notice").textContent = "Nothing to change."; return; }
+  let s;
+  try { s = await api("PATCH", "/api/v1/sessions/" + state.session.session_id, body); }
+  catch (e) { $("live-error").textContent = "Not applied: " + e.message; return; }
+  state.session = s;
+  showDetails(s);
+  $("live-mode").value = "";
+  $("live-notice").textContent = "Applied.";
+  loadContext();
+}
+
+// ---- Fork and rewind from a message's menu --------------------------------------------------
+
+/// A stored message's "⋯" menu: fork the session from it, or (a user message) rewind to it.
+function withMenu(bubble, message) {
+  // Its label is drawn by CSS, so the message's own text stays the bubble's textContent.
+  const button = el("button", "msg-menu-button");
+  button.title = "Fork or rewind from this message";
+  button.setAttribute("aria-label", "Message menu");
+  button.onclick = () => {
+    const open = bubble.querySelector(".msg-menu");
+    if (open) { open.remove(); return; }
+    bubble.append(messageMenu(message));
+  };
+  bubble.append(button);
+  return bubble;
+}
+
+function messageMenu(message) {
+  const menu = el("div", "msg-menu");
+  const out = el("div", "meta");
+  const fork = el("button", "", "Fork from here");
+  fork.onclick = async () => {
+    out.replaceChildren();
+    let s;
+    try { s = await api("POST", "/api/v1/sessions/" + state.session.session_id + "/fork", { at_message_id: message.id }); }
+    catch (e) { out.append(el("div", "error-banner", "Cannot fork: " + e.message)); return; }
+    await loadSessions();
+    await selectSession(s.session_id);
+  };
+  menu.append(fork);
+  if (message.role === "user") {
+    const files = el("input");
+    files.type = "checkbox";
+    const label = el("label", "", "also restore files");
+    label.prepend(files);
+    const rewind = (dryRun) => async () => {
+      out.replaceChildren();
+      const id = state.session.session_id;
+      let r;
+      try { r = await api("POST", "/api/v1/sessions/" + id + "/rewind", { message_id: message.id, files: files.checked, dry_run: dryRun }); }
+      catch (e) { out.append(el("div", "error-banner", "Cannot rewind: " + e.message)); return; }
+      const changed = r.files.length ? r.files.join(", ") : "no files";
+      if (dryRun) { out.append(el("div", "", "Would restore: " + changed)); return; }
+      await selectSession(id);
+      $("transcript").append(el("div", "meta rewound", "Rewound to before “" + message.text.slice(0, 60) + "”; restored " + changed + "."));
+    };
+    const preview = el("button", "", "Preview rewind");
+    preview.onclick = rewind(true);
+    const doIt = el("button", "danger", "Rewind to here");
+    doIt.onclick = rewind(false);
+    menu.append(preview, doIt, label);
+  }
+  menu.append(out);
+  return menu;
 }
 
 // ---- The stream --------------------------------------------------------------------------
@@ -320,6 +492,30 @@ function appendText(turn, text) {
 }
 
 function render(ev) {
+  if (ev.type === "message_accepted") {
+    if (state.steers.has(ev.message_id) || (state.turn && state.busy)) {
+      // Steered into the running turn: the agent has it now.
+      const note = steerNote(ev.message_id, ev.message);
+      note.classList.remove("pending");
+    } else {
+      // A queued message's turn begins.
+      state.turn = null;
+      $("transcript").append(el("div", "msg user", ev.message));
+      setBusy(true);
+      loadQueue();
+    }
+    stickToBottom();
+    return;
+  }
+  if (ev.type === "message_dropped") {
+    const why = "not run (" + ev.reason + (ev.code ? ", " + ev.code : "") + "): " + (ev.error || "");
+    const note = state.steers.get(ev.message_id);
+    if (note) { note.classList.remove("pending"); note.classList.add("dropped"); note.after(el("div", "meta", why)); }
+    else $("transcript").append(el("div", "meta dropped", "A queued message was " + why));
+    loadQueue();
+    stickToBottom();
+    return;
+  }
   const turn = currentTurn();
   if (ev.type === "text_delta") {
     appendText(turn, ev.text);
@@ -350,9 +546,10 @@ function render(ev) {
     }
     state.turn = null;
     if (state.session) localStorage.removeItem(pendingKey(state.session.session_id));
-    $("send").disabled = false;
+    setBusy(false);
     refreshSession();
     loadFiles(state.cwd);
+    loadContext();
   }
   stickToBottom();
 }
@@ -430,7 +627,9 @@ async function send() {
   const text = $("message").value;
   if (!state.session || !text.trim()) return;
   const id = state.session.session_id;
-  $("send").disabled = true;
+  const mode = state.busy ? $("send-mode").value : "";
+  if (mode) return sendWhileBusy(id, text, mode);
+  setBusy(true);
   $("transcript").append(el("div", "msg user", text));
   state.turn = null;
   stickToBottom();
@@ -446,14 +645,16 @@ async function send() {
     // aborts the request, which may have arrived): the reloaded page decides.
     if (!(e instanceof TypeError || e.name === "AbortError")) localStorage.removeItem(pendingKey(id));
     $("transcript").append(el("div", "error-banner", e.message));
-    $("send").disabled = false;
+    setBusy(false);
   }
 }
 
-async function interrupt() {
+async function interrupt(cancelQueue) {
   if (!state.session) return;
-  try { await api("POST", "/api/v1/sessions/" + state.session.session_id + "/interrupt"); }
+  const query = cancelQueue ? "?cancel_queue=true" : "";
+  try { await api("POST", "/api/v1/sessions/" + state.session.session_id + "/interrupt" + query); }
   catch (e) { $("status").textContent = e.message; }
+  if (cancelQueue) loadQueue();
 }
 
 // ---- Files -------------------------------------------------------------------------------
@@ -504,7 +705,10 @@ $("new-user").onkeydown = (e) => { if (e.key === "Enter") createUser(); };
 $("create").onclick = createSession;
 $("send").onclick = send;
 $("message").onkeydown = (e) => { if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); send(); } };
-$("interrupt").onclick = interrupt;
+$("interrupt").onclick = () => interrupt(false);
+$("interrupt-all").onclick = () => interrupt(true);
+$("send-mode").onchange = updateSend;
+$("apply-live").onclick = applyLive;
 $("logout").onclick = () => { localStorage.clear(); location.reload(); };
 $("nav-toggle").onclick = () => { document.body.classList.toggle("show-nav"); document.body.classList.remove("show-side"); };
 $("side-toggle").onclick = () => { document.body.classList.toggle("show-side"); document.body.classList.remove("show-nav"); };

@@ -102,7 +102,7 @@ fn openai_status_and_type(code: ErrorCode, ours: StatusCode) -> (StatusCode, &'s
         Unauthorized => (StatusCode::UNAUTHORIZED, "authentication_error"),
         Forbidden => (StatusCode::FORBIDDEN, "permission_error"),
         SessionNotFound | UserNotFound | NotFound => (StatusCode::NOT_FOUND, "not_found_error"),
-        SessionBusy | QuotaExceeded | RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
+        SessionBusy | QueueFull | QuotaExceeded | RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
         BudgetExceeded => (StatusCode::TOO_MANY_REQUESTS, "insufficient_quota"),
         CliFailed | MemoryPressure | Overloaded | StorageUnavailable | TurnTimeout | InternalError => {
             (ours, "server_error")
