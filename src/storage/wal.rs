@@ -19,7 +19,7 @@ use super::{BUSY_TIMEOUT_MS, SqliteConn, StorageError};
 pub const RESTART_AFTER_FRAMES: i32 = 1000;
 
 /// How long the restarting checkpoint waits for the write lock and for readers.
-const RESTART_WAIT_MS: u32 = 10;
+const RESTART_WAIT_MS: u32 = 2;
 
 /// What `PRAGMA wal_checkpoint` reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, QueryableByName)]
