@@ -49,6 +49,12 @@ async fn seed_post(app: &TestApp, path: &str, body: Value) -> (StatusCode, Strin
     (res.status(), String::from_utf8_lossy(&bytes).to_string())
 }
 
+async fn seed_get(app: &TestApp, path: &str) -> (StatusCode, String) {
+    let mut res = app.client.get(format!("{}{path}", app.address)).send().await.expect("answered");
+    let bytes = res.body().limit(16 * 1024 * 1024).await.expect("body");
+    (res.status(), String::from_utf8_lossy(&bytes).to_string())
+}
+
 async fn seed_session(app: &TestApp) -> String {
     let (status, text) =
         seed_post(app, "/api/v1/sessions", json!({"user_id": "zhangsan", "subdir": "my-project"})).await;
@@ -116,11 +122,21 @@ async fn every_seed_frame_is_a_valid_stream_chunk(backend: Backend) {
     let last = crash.last().unwrap();
     assert_eq!(last.kind, ChunkType::Error);
     assert!(last.error.as_deref().is_some_and(|e| !e.is_empty()));
+    // The crashed CLI's exit settles first (a stream racing it once came back empty: see the note).
+    let settled = crate::helpers::eventually(std::time::Duration::from_secs(10), || async {
+        let (_, text) = seed_get(&app, &format!("/api/v1/sessions/{id}")).await;
+        text.contains("\"idle\"")
+    })
+    .await;
+    assert!(settled, "the session goes idle after its CLI crashed");
 
     // The check is strict: the full frames (tool_result, extra keys) are refused by it.
-    let (_, full) = seed_post(&app, "/api/v1/chat/stream", json!({"session_id": id, "message": "tool"})).await;
+    let (status, full) = seed_post(&app, "/api/v1/chat/stream", json!({"session_id": id, "message": "tool"})).await;
     let refused = data_lines(&full).into_iter().filter(|f| serde_json::from_value::<StreamChunk>(f.clone()).is_err());
-    assert!(refused.count() >= 3, "tool_use (tool_use_id), tool_result and done (result) are not the seed's: {full}");
+    assert!(
+        refused.count() >= 3,
+        "tool_use (tool_use_id), tool_result and done (result) are not the seed's: {status} {full}"
+    );
 }
 
 /// Tool approval in a seed stream: the `permission_request` frame is not sent (the seed had
