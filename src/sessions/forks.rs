@@ -23,7 +23,6 @@ use utoipa::ToSchema;
 use super::{Session, SessionService, workspace};
 use crate::actors::{RewindCommit, SessionHandle, Urgency};
 use crate::auth::Caller;
-use crate::clock;
 use crate::domain::SessionStatus;
 use crate::error::ApiError;
 use crate::storage::{MessageRow, RewindTo, SessionRow};
@@ -130,34 +129,27 @@ impl SessionService {
             Some(_) if source_has_transcript => Some(source.cli_session_id.clone()),
             Some(_) => source.fork_from.clone(),
         };
-        let session_id = uuid::Uuid::new_v4().to_string();
-        let now = clock::now_ms();
         let row = SessionRow {
-            session_id: session_id.clone(),
-            user_id: source.user_id.clone(),
-            subdir,
-            cwd: cwd.to_string(),
-            status: SessionStatus::Starting,
-            created_at: now,
-            last_active_at: now,
-            message_count: 0,
-            total_cost_usd: 0.0,
-            input_tokens: 0,
-            output_tokens: 0,
-            metadata: source.metadata.clone(),
-            options: source.options.clone(),
-            cli_session_id: session_id.clone(),
-            last_event_id: 0,
             resume_at: fork_from.as_ref().and(resume_at),
             fork_from,
+            ..super::new_session_row(
+                source.user_id.clone(),
+                subdir,
+                cwd,
+                source.metadata.clone(),
+                source.options.clone(),
+            )
         };
         // The CLI's file checkpoints of the copied messages are of the source's directory: a
         // fork elsewhere may not restore files to them (that would change the source's files).
         let same_dir = row.subdir == source.subdir;
         let row = self.storage.insert_fork(&row, &source.session_id, upto, same_dir).await?;
         if let Err(e) = self.launch(&row, Urgency::Background).await {
-            if let Err(purge) = self.storage.purge_session(&session_id).await {
-                log::error!("session {session_id}: launch failed ({e}) and its row could not be removed: {purge}");
+            if let Err(purge) = self.storage.purge_session(&row.session_id).await {
+                log::error!(
+                    "session {}: launch failed ({e}) and its row could not be removed: {purge}",
+                    row.session_id
+                );
             }
             return Err(e);
         }

@@ -223,33 +223,16 @@ impl SessionService {
         .await?;
         let cwd = cwd.to_str().ok_or_else(|| ApiError::InvalidPath("working directory is not UTF-8".into()))?;
 
-        let session_id = uuid::Uuid::new_v4().to_string();
-        let now = clock::now_ms();
-        let row = SessionRow {
-            session_id: session_id.clone(),
-            user_id,
-            subdir,
-            cwd: cwd.to_string(),
-            status: SessionStatus::Starting,
-            created_at: now,
-            last_active_at: now,
-            message_count: 0,
-            total_cost_usd: 0.0,
-            input_tokens: 0,
-            output_tokens: 0,
-            metadata,
-            options: Value::Object(options).to_string(),
-            cli_session_id: session_id.clone(),
-            last_event_id: 0,
-            fork_from: None,
-            resume_at: None,
-        };
+        let row = new_session_row(user_id, subdir, cwd, metadata, Value::Object(options).to_string());
         self.storage.insert_session(&row).await?;
         // The CLI starts now, in the background, so the first message finds it ready. A refused
         // or failed launch leaves no row behind.
         if let Err(e) = self.launch(&row, Urgency::Background).await {
-            if let Err(purge) = self.storage.purge_session(&session_id).await {
-                log::error!("session {session_id}: launch failed ({e}) and its row could not be removed: {purge}");
+            if let Err(purge) = self.storage.purge_session(&row.session_id).await {
+                log::error!(
+                    "session {}: launch failed ({e}) and its row could not be removed: {purge}",
+                    row.session_id
+                );
             }
             return Err(e);
         }
@@ -638,5 +621,30 @@ impl SessionService {
             .transition_session(&row.session_id, &SessionStatus::OPEN, SessionStatus::Expired, None)
             .await?;
         Ok(expired.unwrap_or(row))
+    }
+}
+
+/// A new session's row: its own id (the CLI's too), starting, nothing counted yet.
+fn new_session_row(user_id: String, subdir: String, cwd: &str, metadata: String, options: String) -> SessionRow {
+    let session_id = uuid::Uuid::new_v4().to_string();
+    let now = clock::now_ms();
+    SessionRow {
+        cli_session_id: session_id.clone(),
+        session_id,
+        user_id,
+        subdir,
+        cwd: cwd.to_string(),
+        status: SessionStatus::Starting,
+        created_at: now,
+        last_active_at: now,
+        message_count: 0,
+        total_cost_usd: 0.0,
+        input_tokens: 0,
+        output_tokens: 0,
+        metadata,
+        options,
+        last_event_id: 0,
+        fork_from: None,
+        resume_at: None,
     }
 }
