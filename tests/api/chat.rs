@@ -15,6 +15,7 @@ on_both_backends!(
     each_turn_updates_the_session_row,
     chat_requests_are_validated,
     a_crash_mid_turn_is_502_and_the_next_message_works,
+    a_message_sent_the_moment_a_cli_crashed_is_answered_by_a_new_one,
     an_idle_session_is_evicted_and_resumes_transparently,
     a_session_after_a_restart_resumes_its_conversation,
 );
@@ -182,6 +183,27 @@ async fn a_crash_mid_turn_is_502_and_the_next_message_works(backend: Backend) {
     assert_eq!(stream.last()["code"], "cli_failed");
     assert!(stream.last()["error"].is_string());
     assert_eq!(app.chat(&key, &id, "again").await.body["text"], "echo: again");
+}
+
+/// The crashed CLI's actor lingers while its last events are stored: a message that reaches
+/// it then must go to a new CLI, not to the dead one's stdin (it came back as a 200 stream
+/// with no frame at all).
+async fn a_message_sent_the_moment_a_cli_crashed_is_answered_by_a_new_one(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (key, id) = session(&app).await;
+    for round in 0..5 {
+        let crash = app.chat_stream(&key, json!({"session_id": id, "message": "crash"})).await;
+        assert_eq!(crash.last()["code"], "cli_failed", "round {round}");
+        let next = app.chat_stream(&key, json!({"session_id": id, "message": format!("after {round}")})).await;
+        assert_eq!(next.status, StatusCode::OK, "round {round}");
+        assert!(!next.frames.is_empty(), "round {round}: a stream with no frame");
+        assert_eq!(next.last()["type"], "done", "round {round}: {}", next.text);
+        let sync = app.chat(&key, &id, "crash").await;
+        sync.assert_error(502, "cli_failed");
+        let answer = app.chat(&key, &id, "again").await;
+        assert_eq!(answer.status, StatusCode::OK, "round {round}: {}", answer.text);
+        assert_eq!(answer.body["text"], "echo: again");
+    }
 }
 
 async fn an_idle_session_is_evicted_and_resumes_transparently(backend: Backend) {

@@ -97,6 +97,7 @@ impl SessionActor {
     }
 
     pub(super) fn on_exit(&mut self, info: ExitInfo, ctx: &mut Context<Self>) {
+        self.exited = true;
         let stderr = self.process.stderr_tail.lock().map(|t| t.text()).unwrap_or_default();
         let reason = self.stopping;
         let why = match (&self.start_error, reason) {
@@ -188,6 +189,10 @@ impl SessionActor {
             return;
         }
         self.ready = true;
+        if self.ready_waiters.is_empty() && self.turn.is_none() {
+            // Started ahead of any message (at create): its start-up housekeeping yields.
+            self.priority.idle(self.process.pid);
+        }
         self.registry.do_send(Ready { session_id: self.id.clone(), generation: self.generation });
         self.set_status(SessionStatus::Active);
         for waiter in self.ready_waiters.drain(..) {

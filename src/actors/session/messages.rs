@@ -90,7 +90,7 @@ impl Handler<StartTurn> for SessionActor {
         {
             return Box::pin(fut::ready(Err(TurnRefused::Api(ApiError::CliFailed(why.clone())))));
         }
-        if self.stopping.is_some() || self.stop_after_turn.is_some_and(|r| !r.spares_a_turn()) {
+        if self.exited || self.stopping.is_some() || self.stop_after_turn.is_some_and(|r| !r.spares_a_turn()) {
             return Box::pin(fut::ready(Err(TurnRefused::Gone)));
         }
         if self.turn.is_some() || self.reserved || self.committing.is_some() || !self.queue.is_empty() {
@@ -192,7 +192,7 @@ impl SessionActor {
                     return Err(TurnRefused::Api(e));
                 }
             };
-            if act.stopping.is_some() {
+            if act.exited || act.stopping.is_some() {
                 return Err(TurnRefused::Gone);
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -204,6 +204,7 @@ impl SessionActor {
             let turn_id: Arc<str> = msg.queued_id.unwrap_or_else(|| Arc::from(uuid::Uuid::new_v4().to_string()));
             let (sink, events) = mpsc::channel(CLIENT_BUFFER);
             let sink = (!queued).then_some(sink);
+            act.priority.busy(act.process.pid);
             act.write(to_line(&UserInput::new(&act.cli_session_id, &turn_id, &msg.message)));
             let timeout_turn = turn_id.clone();
             let deadline_timer = act.timer(ctx, left, move |act, ctx| {

@@ -21,6 +21,7 @@ use super::EventHub;
 use super::event::TurnOutcome;
 use super::persist::{self, PersistJob};
 use super::registry::Registry;
+use crate::cli::priority::CliPriority;
 use crate::cli::process::{CliProcess, MAX_LINE_BYTES, StdoutItem};
 use crate::cli::protocol::{CliMessage, ControlError, OutgoingControlRequest, OutgoingControlResponse, to_line};
 use crate::domain::{AgentInfo, SessionStatus};
@@ -104,6 +105,9 @@ pub struct SessionActor {
     process: CliProcess,
     tmp_dir: PathBuf,
     ready: bool,
+    /// The CLI exited: the actor only waits for its last events to be stored, and a turn
+    /// handed to it is `Gone` (the caller starts a new CLI).
+    exited: bool,
     ready_waiters: Vec<oneshot::Sender<Result<(), ApiError>>>,
     /// A turn request is waiting for a slot or for readiness.
     reserved: bool,
@@ -147,6 +151,8 @@ pub struct SessionActor {
     queue: queue::Queue,
     /// Events of no turn (a dropped message's) that wait for the last turn's final frame.
     deferred: Vec<(Arc<str>, String)>,
+    /// The CLI's CPU priority: lowered while nothing waits for it (`cli.idle_nice`).
+    priority: CliPriority,
 }
 
 impl SessionActor {
@@ -173,6 +179,7 @@ impl SessionActor {
             queue: Default::default(),
             deferred: Vec::new(),
             replay_keep: settings.events.replay as i64,
+            priority: CliPriority::new(settings.cli.idle_nice),
             persist: persist::start(storage, setup.session_id.clone(), settings.budgets.clone()),
             id: setup.session_id,
             cli_session_id: setup.cli_session_id,
@@ -183,6 +190,7 @@ impl SessionActor {
             process,
             tmp_dir: setup.tmp_dir,
             ready: false,
+            exited: false,
             ready_waiters: Vec::new(),
             reserved: false,
             turn: None,
