@@ -267,6 +267,10 @@ pub struct CliSettings {
     /// is still start-up work on the CPU, and the client waiting for it is served before the
     /// next start competes for the cores.
     pub start_holds_first_turn_ms: u64,
+    /// The niceness of an idle CLI's process group (0 to 19; 0 = never lowered): CLIs a client
+    /// waits for (starting, or in a turn) run at full priority before the housekeeping of idle
+    /// ones. Only where the service may raise it back (root, `CAP_SYS_NICE`, `RLIMIT_NICE`).
+    pub idle_nice: i32,
 }
 
 impl CliSettings {
@@ -289,6 +293,7 @@ impl Default for CliSettings {
             shared_config_dir: None,
             max_concurrent_starts: 0,
             start_holds_first_turn_ms: 500,
+            idle_nice: 19,
         }
     }
 }

@@ -3,6 +3,7 @@
 pub mod command;
 pub mod launch;
 pub mod orphans;
+pub mod priority;
 pub mod probe;
 pub mod process;
 pub mod protocol;

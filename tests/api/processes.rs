@@ -59,3 +59,31 @@ async fn server_shutdown_leaves_no_process_and_sessions_resume_afterwards() {
         assert_eq!(res.body["text"], "spawn", "{}", res.text);
     }
 }
+
+/// Idle CLIs yield the CPU to those a client waits for (`cli.idle_nice`), their children too;
+/// a turn gets full priority back before its message is written.
+#[actix_web::test]
+async fn an_idle_cli_runs_niced_and_a_turn_at_full_priority() {
+    use claude_agent_http::cli::priority::nice_of;
+    let app = spawn_app(Backend::Sqlite).await;
+    let key = app.create_user("alice").await;
+    let id = app.create_session(&key, json!({})).await;
+    let res = app.chat(&key, &id, "spawn").await;
+    let grandchild = grandchild_pid(res.body["text"].as_str().unwrap());
+    let cli = app.cli_pids().await[0];
+    assert_eq!((nice_of(cli), nice_of(grandchild)), (Some(19), Some(19)), "idle after its turn");
+    let stream = {
+        let (app, key, id) = (&app, key.clone(), id.clone());
+        async move { app.chat_stream(&key, json!({"session_id": id, "message": "slow 10 100"})).await }
+    };
+    let probe = async {
+        let busy =
+            crate::helpers::eventually(std::time::Duration::from_secs(5), || async { nice_of(cli) == Some(0) }).await;
+        assert!(busy, "full priority during the turn");
+    };
+    let (done, ()) = futures_util::join!(stream, probe);
+    assert_eq!(done.last()["type"], "done");
+    assert_eq!(nice_of(cli), Some(19), "idle again once the turn ended");
+    app.delete_session(&key, &id, "").await;
+    assert!(all_gone(&[cli, grandchild]).await);
+}

@@ -158,6 +158,8 @@ impl SessionActor {
         self.drop_untaken_steers(outcome_code, ctx);
         let Some(mut turn) = self.turn.take() else { return };
         self.hub.turns().end(&self.id);
+        // A queued message raises it again as it is written.
+        self.priority.idle(self.process.pid);
         let last = self.log.number(json, Some(outcome), &turn.id);
         // The turn's last events are stored in the same transaction as the turn itself.
         let (events, stored, _) = self.hand_events(Some(&last), ctx).expect("the last frame is a row");
