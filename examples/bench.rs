@@ -24,6 +24,7 @@
 //! against examples/mock_anthropic.rs: bursts of 10 and 20 creates each followed by one
 //! message (create → first answer), and 50 sessions in round robin with memory room for 5
 //! CLIs (turns answered without a client retry; latency against one respawn + turn).
+//! `--real-cli --only bursts`: the bursts alone.
 //! `--real-cli --only cli-floor [--floor 10x2,20x4]`: the floor those are read against, the
 //! real CLI started directly (no service) on the service's recipe, N at K at a time.
 //!
@@ -72,7 +73,7 @@ fn main() {
             return;
         }
         let rounds = value("--robin-rounds").and_then(|n| n.parse().ok()).unwrap_or(1);
-        actix_web::rt::System::new().block_on(real_cli::run(rounds));
+        actix_web::rt::System::new().block_on(real_cli::run(rounds, only == Some("bursts")));
         return;
     }
     actix_web::rt::System::new().block_on(async {
@@ -104,6 +105,7 @@ fn serve() {
         env_logger::Builder::from_env(
             env_logger::Env::default().default_filter_or("warn,claude_agent_http::startup=info"),
         )
+        .format_timestamp_millis()
         .init();
         let settings = claude_agent_http::Settings::load(None).expect("settings");
         let app = claude_agent_http::Application::build(settings).await.expect("service starts");
@@ -176,8 +178,16 @@ impl Service {
                 break rest.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()).expect("port");
             }
         };
-        // Keep draining the log so the service never blocks on it.
-        std::thread::spawn(move || for _ in lines {});
+        // Keep draining the log so the service never blocks on it; `BENCH_SERVICE_LOG=<file>`
+        // keeps it (with `RUST_LOG=debug`, a timeline of every start).
+        let mut keep = std::env::var("BENCH_SERVICE_LOG").ok().and_then(|p| std::fs::File::create(p).ok());
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if let Some(file) = keep.as_mut() {
+                    let _ = writeln!(file, "{line}");
+                }
+            }
+        });
         Service { child, url: format!("http://127.0.0.1:{port}"), _dir: dir }
     }
 

@@ -83,6 +83,9 @@ fn start_service(mock: &Mock, extra: &[(&str, &str)]) -> Service {
     if !hold.is_empty() {
         env.push(("CLAUDE_AGENT_CLI__START_HOLDS_FIRST_TURN_MS", &hold));
     }
+    // `BENCH_SERVICE_ENV="K=V,K=V"`: more settings for the service (e.g. CLAUDE_AGENT_CLI__IDLE_NICE=19).
+    let more = std::env::var("BENCH_SERVICE_ENV").unwrap_or_default();
+    env.extend(more.split(',').filter_map(|pair| pair.split_once('=')));
     env.extend_from_slice(extra);
     Service::start(&env)
 }
@@ -109,6 +112,7 @@ async fn until_ok(api: &Api, path: &str, body: Value) -> (Value, u32) {
             return (answer, tries);
         }
         assert_eq!(status, 503, "{path}: {answer}");
+        eprintln!("  (503 on {path}: {})", answer["error"]["code"]);
         actix_web::rt::time::sleep(Duration::from_secs(retry.unwrap_or(1).clamp(1, 5))).await;
     }
     panic!("{path}: still refused after 60 tries");
@@ -132,7 +136,7 @@ fn rss_kib(pid: u32) -> (u64, u64) {
     (own / 1024, table.tree_rss(pid).saturating_sub(own) / 1024)
 }
 
-pub async fn run(rounds: usize) {
+pub async fn run(rounds: usize, bursts_only: bool) {
     println!("claude-agent-http benchmark, real CLI {} against mock_anthropic", cli_path().display());
     println!("machine: {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let mock = Mock::start();
@@ -143,20 +147,31 @@ pub async fn run(rounds: usize) {
     for n in [10, 20] {
         let service = start_service(&mock, &[]);
         let api = Api::new(&service, "burst").await;
+        let cpu_before = service.cpu_ms();
         let clients = (0..n).map(|_| {
             let api = api.with_own_client();
             async move {
                 let t = Instant::now();
-                let (id, _) = create(&api).await;
-                chat(&api, &id, "hello").await;
-                t.elapsed().as_secs_f64()
+                let (id, create_tries) = create(&api).await;
+                let chat_tries = chat(&api, &id, "hello").await;
+                (t.elapsed().as_secs_f64(), create_tries + chat_tries - 2)
             }
         });
-        let latencies: Vec<f64> = futures_util::future::join_all(clients).await;
+        let answers: Vec<(f64, u32)> = futures_util::future::join_all(clients).await;
+        let retried = answers.iter().filter(|a| a.1 > 0).count();
+        let latencies: Vec<f64> = answers.into_iter().map(|a| a.0).collect();
         let max = latencies.iter().cloned().fold(0.0, f64::max);
         let (p50, _) = summary(latencies);
-        println!("  {n:>2} creates:  p50 {p50:5.2} s   max {max:5.2} s");
+        let cpu = (service.cpu_ms() - cpu_before) / 1000.0;
+        println!(
+            "  {n:>2} creates:  p50 {p50:5.2} s   max {max:5.2} s   clients that had to retry a 503: {retried}   \
+             service CPU {cpu:.2} s"
+        );
         drop(service);
+    }
+
+    if bursts_only {
+        return;
     }
 
     // 2. One respawn + turn, and the RSS of a CLI, with memory to spare.
@@ -297,6 +312,7 @@ fn one_cli(
 ) -> (f64, f64, f64) {
     use claude_agent_http::cli::command::{AgentOptions, SecretFiles, StartMode, build_args, build_env};
     use std::io::Write;
+    use std::os::unix::process::CommandExt;
     let (config, tmp, cwd) = (dir.join("user/.claude"), dir.join("tmp"), dir.join("user/work"));
     for d in [&config, &tmp, &cwd] {
         std::fs::create_dir_all(d).expect("dirs");
@@ -318,6 +334,7 @@ fn one_cli(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
+        .process_group(0)
         .spawn()
         .expect("spawn the CLI");
     let mut stdin = child.stdin.take().expect("stdin");
@@ -342,9 +359,26 @@ fn one_cli(
     let user = json!({"type": "user", "message": {"role": "user", "content": "hello"}, "parent_tool_use_id": null, "session_id": id});
     writeln!(stdin, "{user}").expect("write");
     let answered = wait_for("result");
+    // `BENCH_FLOOR_KEEP_MS=<ms>`: the CLI stays alive, idle, that long after its answer (as
+    // the service keeps its CLIs), to see what idle CLIs cost the ones still starting.
+    let keep = std::env::var("BENCH_FLOOR_KEEP_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let stamps = (at(spawned), at(ready), at(answered));
+    if keep > 0 {
+        // `BENCH_FLOOR_IDLE_NICE=<n>`: the idle CLI's process group runs at that niceness.
+        if let Some(nice) = std::env::var("BENCH_FLOOR_IDLE_NICE").ok().and_then(|v| v.parse().ok()) {
+            // SAFETY: setpriority has no memory preconditions.
+            unsafe { libc::setpriority(libc::PRIO_PGRP, child.id(), nice) };
+        }
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(keep));
+            drop(stdin);
+            let _ = child.wait();
+        });
+        return stamps;
+    }
     drop(stdin);
     let _ = child.wait();
-    (at(spawned), at(ready), at(answered))
+    stamps
 }
 
 /// User + system CPU of the reaped children so far.
