@@ -368,3 +368,57 @@ async fn models_and_system_prompts_follow_the_settings() {
     let options = strict.get_session(&key, a.session.as_deref().unwrap()).await.body["options"].clone();
     assert_eq!(options, json!({}), "the system message was ignored");
 }
+
+/// The official `openai` Python package (pinned, `scripts/install-openai-client`) against the
+/// service: a whole answer, a streamed one on the same session, the model list, and errors
+/// raised as its own exception classes.
+#[actix_web::test]
+async fn the_official_openai_python_client_reads_answers_streams_and_errors() {
+    let python = std::env::var("OPENAI_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ci/.venv-openai/bin/python"));
+    assert!(
+        python.exists(),
+        "the openai package is missing at {}: run scripts/install-openai-client (scripts/test does)",
+        python.display()
+    );
+    let app = spawn_app(Backend::Sqlite).await;
+    let key = app.create_user("alice").await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/openai/client.py");
+    let (address, client_key) = (app.address.clone(), key.clone());
+    // The client blocks; the service runs on this thread's runtime meanwhile.
+    let out = actix_web::rt::task::spawn_blocking(move || {
+        std::process::Command::new(python).arg(script).arg(address).arg(client_key).output()
+    })
+    .await
+    .expect("joined")
+    .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let seen: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+
+    let whole = &seen["whole"];
+    assert_eq!(whole["object"], "chat.completion", "{seen}");
+    assert_eq!(whole["content"], "echo: hello");
+    assert_eq!(whole["finish_reason"], "stop");
+    assert!(whole["total_tokens"].as_i64().unwrap() > 0, "{seen}");
+    let session = whole["session"].as_str().expect("X-Session-Id read by the client");
+
+    let stream = &seen["stream"];
+    let pieces: Vec<&str> = stream["pieces"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(pieces.len() >= 2, "streamed in pieces: {seen}");
+    assert_eq!(pieces.concat(), "w0 w1 w2 w3 ", "{seen}");
+    assert_eq!(stream["finish_reason"], "stop");
+    assert!(stream["total_tokens"].as_i64().unwrap() > 0, "the usage chunk: {seen}");
+    // Both answers went to one session: the header continued it.
+    assert_eq!(app.get_session(&key, session).await.body["message_count"], 2);
+
+    assert!(seen["models"].as_array().unwrap().iter().any(|m| m == "default"), "{seen}");
+    let errors = &seen["errors"];
+    assert_eq!(errors["wrong_key"]["class"], "AuthenticationError", "{seen}");
+    assert_eq!(errors["wrong_key"]["status"], 401);
+    assert_eq!(errors["wrong_key"]["code"], "invalid_api_key");
+    assert_eq!(errors["unknown_model"]["class"], "BadRequestError", "{seen}");
+    assert_eq!(errors["unknown_model"]["code"], "model_not_found");
+    assert_eq!(errors["unknown_model"]["param"], "model");
+}
