@@ -187,6 +187,18 @@ pub fn build_args(
     args
 }
 
+/// Where the CLI looks for a transcript it has not written yet (`None` for a cwd whose
+/// project directory name the CLI shortens with a hash of its own).
+pub fn new_transcript_path(config_dir: &Path, cwd: &str, session_id: &str) -> Option<PathBuf> {
+    let sanitized = project_dir_name(cwd);
+    (sanitized.len() <= 200).then(|| config_dir.join("projects").join(sanitized).join(format!("{session_id}.jsonl")))
+}
+
+/// The CLI's directory name for a cwd under `projects/`: every non-alphanumeric char as `-`.
+fn project_dir_name(cwd: &str) -> String {
+    cwd.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect()
+}
+
 /// Variables passed through from the service's environment; everything else stays behind
 /// (the admin key, database URLs, the service's own settings).
 const PASSED_THROUGH: &[&str] = &["PATH", "LANG", "LC_ALL", "LC_CTYPE", "HOME", "TZ", "TERM"];
@@ -242,7 +254,7 @@ pub fn build_env(
 /// non-alphanumeric character as ->/<session id>.jsonl`. Long paths are cut and hashed by
 /// the CLI, so those are found by prefix.
 pub fn transcript_path(config_dir: &Path, cwd: &str, session_id: &str) -> Option<PathBuf> {
-    let sanitized: String = cwd.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    let sanitized = project_dir_name(cwd);
     let projects = config_dir.join("projects");
     let file = format!("{session_id}.jsonl");
     if sanitized.len() <= 200 {

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{Session, SessionService, workspace};
-use crate::actors::{RewindCommit, SessionHandle, Urgency};
+use crate::actors::{RewindCommit, SessionHandle, StopReason, Urgency};
 use crate::auth::Caller;
 use crate::domain::SessionStatus;
 use crate::error::ApiError;
@@ -154,6 +154,48 @@ impl SessionService {
             return Err(e);
         }
         Ok(row.into())
+    }
+
+    /// A fork starts from its source's transcript until it has written one of its own (the
+    /// CLI does at its first message): before a purge deletes the source's, each fork still
+    /// without its own gets a copy of it under its own id, which its next start resumes (at
+    /// the fork's message). A live one is stopped first: it holds the source's in memory only.
+    pub(super) async fn keep_forks_of(&self, source: &SessionRow) -> Result<(), ApiError> {
+        let forks = self.storage.forks_of(&source.user_id, &source.cli_session_id).await?;
+        if forks.is_empty() {
+            return Ok(());
+        }
+        let users_root = self.users_root.clone();
+        let config_dir = users_root.join(&source.user_id).join(".claude");
+        let (from_cwd, from_cli) = (source.cwd.clone(), source.cli_session_id.clone());
+        let looked_in = config_dir.clone();
+        let orphans: Vec<SessionRow> = workspace::blocking(move || {
+            Ok(forks
+                .into_iter()
+                .filter(|f| crate::cli::command::transcript_path(&looked_in, &f.cwd, &f.cli_session_id).is_none())
+                .collect())
+        })
+        .await?;
+        if orphans.is_empty() {
+            return Ok(());
+        }
+        self.retire(orphans.iter().map(|f| f.session_id.clone()).collect(), StopReason::SourcePurged);
+        let user = source.user_id.clone();
+        workspace::blocking(move || {
+            let Some(from) = crate::cli::command::transcript_path(&config_dir, &from_cwd, &from_cli) else {
+                return Ok(());
+            };
+            for fork in orphans {
+                let Some(to) = crate::cli::command::new_transcript_path(&config_dir, &fork.cwd, &fork.cli_session_id)
+                else {
+                    log::warn!("session {}: no transcript copied for it (its cwd is too long)", fork.session_id);
+                    continue;
+                };
+                workspace::copy_user_file(&users_root, &user, &from, &to)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Rewinds a session to before one of its user messages: that message and every later one

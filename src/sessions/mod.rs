@@ -301,6 +301,7 @@ impl SessionService {
     pub async fn close(&self, caller: &Caller, session_id: &str, purge: bool) -> Result<(), ApiError> {
         let row = self.get(caller, session_id).await?;
         if purge {
+            self.keep_forks_of(&row).await?;
             self.storage.purge_session(&row.session_id).await?;
             self.retire(vec![row.session_id.clone()], StopReason::Purged);
             self.remove_transcript(&row).await;

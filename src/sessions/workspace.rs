@@ -187,6 +187,44 @@ pub fn remove_user_file(users_root: &Path, user_id: &str, absolute: &Path) -> Re
     }
 }
 
+/// Copies the file at `from` to a new file at `to` (both inside `<users_root>/<user_id>`,
+/// computed by the service), beneath the user's directory handle: neither path leaves it,
+/// through a link or otherwise, and an existing `to` is never overwritten. Its directories
+/// are made as needed. `false` when `from` is missing or `to` exists already. Blocking.
+pub fn copy_user_file(users_root: &Path, user_id: &str, from: &Path, to: &Path) -> Result<bool, ApiError> {
+    let home = users_root.join(user_id);
+    let inside = |path: &Path| {
+        path.strip_prefix(&home)
+            .map(Path::to_path_buf)
+            .map_err(|_| ApiError::InvalidPath(format!("{} is not in the user's directory", path.display())))
+    };
+    let (from, to) = (inside(from)?, inside(to)?);
+    let user = open_user_dir(users_root, user_id, false)?;
+    let err = |e: io::Error| confined_error("transcript", e);
+    let mut source = match user.open(&from) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        other => other.map_err(err)?,
+    };
+    if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
+        // A name on the way that exists but is no directory beneath the handle (a file, a
+        // link out) is where the copy would leave the user's directory.
+        user.create_dir_all(parent).map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => {
+                ApiError::InvalidPath("a directory of the transcript's path is not one".into())
+            }
+            _ => err(e),
+        })?;
+    }
+    let mut options = cap_std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    let mut target = match user.open_with(&to, &options) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+        other => other.map_err(err)?,
+    };
+    io::copy(&mut source, &mut target).map_err(err)?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,6 +300,37 @@ mod tests {
             assert_eq!(open_user_dir(&users, user, true).unwrap_err().code(), "invalid_path", "{user}");
             assert_eq!(open_session_dir(&users, user, "").unwrap_err().code(), "invalid_path", "{user}");
         }
+    }
+
+    #[test]
+    fn copying_a_user_file_stays_beneath_the_users_directory() {
+        let (root, users) = users();
+        create_session_dir(&users, "alice", "", true).unwrap();
+        let home = users.join("alice");
+        std::fs::create_dir_all(home.join(".claude/projects/a")).unwrap();
+        std::fs::write(home.join(".claude/projects/a/t.jsonl"), "transcript").unwrap();
+        let (from, to) = (home.join(".claude/projects/a/t.jsonl"), home.join(".claude/projects/b/u.jsonl"));
+        assert!(copy_user_file(&users, "alice", &from, &to).unwrap());
+        assert_eq!(std::fs::read_to_string(&to).unwrap(), "transcript");
+        std::fs::write(&to, "its own").unwrap();
+        assert!(!copy_user_file(&users, "alice", &from, &to).unwrap(), "never overwrites");
+        assert_eq!(std::fs::read_to_string(&to).unwrap(), "its own");
+        assert!(!copy_user_file(&users, "alice", &home.join("gone"), &home.join("x")).unwrap());
+        // A directory on the way swapped for a link out: nothing is written outside.
+        let outside = root.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, home.join(".claude/projects/c")).unwrap();
+        let out = home.join(".claude/projects/c/v.jsonl");
+        assert_eq!(copy_user_file(&users, "alice", &from, &out).unwrap_err().code(), "invalid_path");
+        assert!(std::fs::read_dir(&outside).unwrap().next().is_none());
+        // Nor is anything read through one.
+        std::fs::write(outside.join("secret"), "s").unwrap();
+        std::os::unix::fs::symlink(outside.join("secret"), home.join("s")).unwrap();
+        assert_eq!(
+            copy_user_file(&users, "alice", &home.join("s"), &home.join("y")).unwrap_err().code(),
+            "invalid_path"
+        );
+        assert!(copy_user_file(&users, "alice", &outside.join("secret"), &home.join("z")).is_err());
     }
 
     #[test]

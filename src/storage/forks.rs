@@ -118,6 +118,18 @@ impl Storage {
         })
     }
 
+    /// The sessions of `user_id` forked from the conversation `cli_session_id`.
+    pub async fn forks_of(&self, user_id: &str, cli_session_id: &str) -> Result<Vec<SessionRow>, StorageError> {
+        run!(self, [user_id, cli_session_id], |conn| {
+            sessions::table
+                .filter(sessions::user_id.eq(user_id))
+                .filter(sessions::fork_from.eq(cli_session_id))
+                .select(SessionRow::as_select())
+                .load(conn)
+                .await?
+        })
+    }
+
     /// Cuts a session's history before message `from` (that message and every later one are
     /// deleted, and their turns no longer counted), and sets where its CLI continues.
     /// Returns the row after the change (`None` if the session is gone).

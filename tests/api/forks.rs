@@ -274,3 +274,35 @@ async fn a_fork_counts_against_the_quotas_like_a_create_and_a_refused_one_leaves
     assert_eq!(res.status, StatusCode::CREATED, "{}", res.text);
     assert_eq!(app.get_session(&key, &id).await.body["status"], "closed", "the source stays closed");
 }
+
+/// A fork writes a transcript of its own only at its first message; until then it starts from
+/// its source's. Purging the source first must not take the fork's conversation with it: the
+/// purge leaves each such fork a copy (at its fork point), its live CLI stopped.
+#[actix_web::test]
+async fn a_fork_outlives_the_purge_of_its_source_before_its_first_message() {
+    let mock = MockApi::start();
+    let app = spawn_real_app(&mock, |s| s.api.idle_session_timeout = 1).await;
+    let key = app.create_user("alice").await;
+    let id = app.create_session(&key, json!({})).await;
+    for text in ["one", "two", "three"] {
+        assert_eq!(say(&app, &key, &id, text).await, format!("mock: {text}"));
+    }
+    let history = messages(&app, &key, &id).await;
+    let at_two = fork(&app, &key, &id, json!({"at_message_id": history[3]["id"]})).await;
+    assert_eq!(at_two.status, StatusCode::CREATED, "{}", at_two.text);
+    let at_two = at_two.body["session_id"].as_str().unwrap().to_string();
+    let elsewhere = fork(&app, &key, &id, json!({"subdir": "elsewhere"})).await;
+    assert_eq!(elsewhere.status, StatusCode::CREATED, "{}", elsewhere.text);
+    let elsewhere = elsewhere.body["session_id"].as_str().unwrap().to_string();
+    // One fork's CLI is evicted before the purge; the other's is live through it.
+    let evicted = crate::helpers::eventually(std::time::Duration::from_secs(15), || async {
+        app.get_session(&key, &at_two).await.body["status"] == "idle"
+    })
+    .await;
+    assert!(evicted, "the fork's CLI went idle");
+    let res = app.request(Method::DELETE, &format!("/api/v1/sessions/{id}?purge=true"), Some(&key), None).await;
+    assert!(res.status.is_success(), "{}", res.text);
+    assert_eq!(say(&app, &key, &at_two, "history").await, "one | two");
+    assert_eq!(say(&app, &key, &elsewhere, "history").await, "one | two | three");
+    assert_eq!(say(&app, &key, &at_two, "history").await, "one | two | history");
+}

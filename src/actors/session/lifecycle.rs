@@ -43,6 +43,9 @@ pub enum StopReason {
     StartFailed,
     /// Its conversation was rewound: the next start resumes before the rewound message.
     Rewound,
+    /// The session it was forked from was purged before it wrote a transcript of its own:
+    /// the next start resumes the copy it was given.
+    SourcePurged,
 }
 
 impl StopReason {
@@ -52,7 +55,7 @@ impl StopReason {
         match self {
             Closed | Purged | Expired | UserDeleted => None,
             IdleEviction | MemoryEviction | TooLarge | BudgetSpent | Shutdown | ForcedShutdown | Unresponsive
-            | ProtocolError | Rewound => Some(SessionStatus::Idle),
+            | ProtocolError | Rewound | SourcePurged => Some(SessionStatus::Idle),
             StartFailed => Some(SessionStatus::Failed),
         }
     }
