@@ -112,9 +112,11 @@ fn parse_record(text: &str) -> Vec<(i32, Spawned)> {
         .collect()
 }
 
-/// Start times are in clock ticks: a second of slack.
+/// A process's start time is the boot time, which `/proc/stat` gives in whole seconds (up to
+/// 1 s early), plus clock ticks: two seconds of slack. With one, a process started a few ms
+/// after its CLI was missed on a machine booted late in its second.
 fn started_since(p: &Proc, spawned: &Spawned) -> bool {
-    p.started_ms + 1000 >= spawned.at_ms
+    p.started_ms + 2000 >= spawned.at_ms
 }
 
 fn kill(pid: i32) {
