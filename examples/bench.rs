@@ -18,6 +18,9 @@
 //! profiler: `BENCH_SERVICE_WRAPPER="valgrind --tool=callgrind"` runs the service under it).
 //! `--only outage [--outage-secs 60] [--outage-sessions 20]`: PostgreSQL stopped under load on a
 //! private cluster (needs postgresql-common's `pg_createcluster`; see bench_parts/outage.rs).
+//! `--only cluster [--turns N] [--lease-ttl S]`: two instances on one PostgreSQL: a turn and an
+//! SSE frame forwarded versus direct, and the takeover after a `kill -9` of the owner
+//! (bench_parts/cluster.rs).
 //!
 //! `--real-cli [--robin-rounds N]` runs instead the start-up and memory scenarios with the real CLI
 //! (`REAL_CLAUDE_PATH`, default `.cli/node_modules/.bin/claude` from scripts/install-cli)
@@ -39,6 +42,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
+#[path = "bench_parts/cluster.rs"]
+mod cluster;
 #[path = "bench_parts/outage.rs"]
 mod outage;
 #[path = "bench_parts/real_cli.rs"]
@@ -81,6 +86,11 @@ fn main() {
             let secs = value("--outage-secs").and_then(|n| n.parse().ok()).unwrap_or(60);
             let sessions = value("--outage-sessions").and_then(|n| n.parse().ok()).unwrap_or(20);
             outage::run(secs, sessions).await;
+            return;
+        }
+        if only == Some("cluster") {
+            let ttl = value("--lease-ttl").and_then(|n| n.parse().ok()).unwrap_or(15);
+            cluster::run(turns.unwrap_or(500), ttl).await;
             return;
         }
         if only == Some("scale") {

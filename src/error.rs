@@ -10,6 +10,14 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+/// The instance that holds a session's lease, on an answer that says so (see
+/// [`ApiError::SessionElsewhere`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub instance_id: String,
+    pub url: String,
+}
+
 /// One invalid field of a request (422 `validation_error`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct FieldError {
@@ -127,6 +135,7 @@ pub enum ErrorCode {
     CliFailed,
     MemoryPressure,
     Overloaded,
+    SessionMoved,
     StorageUnavailable,
     TurnTimeout,
     InternalError,
@@ -164,6 +173,7 @@ impl ErrorCode {
             CliFailed => "cli_failed",
             MemoryPressure => "memory_pressure",
             Overloaded => "overloaded",
+            SessionMoved => "session_moved",
             StorageUnavailable => "storage_unavailable",
             TurnTimeout => "turn_timeout",
             InternalError => "internal_error",
@@ -222,6 +232,12 @@ pub enum ApiError {
     Overloaded {
         retry_after_secs: u64,
     },
+    /// Another instance holds the session's lease (the request is forwarded to `url` when it
+    /// can be; a request that was forwarded already answers this).
+    SessionElsewhere {
+        owner: String,
+        url: Option<String>,
+    },
     StorageUnavailable(String),
     TurnTimeout(String),
     Internal(String),
@@ -260,6 +276,7 @@ impl ApiError {
             CliFailed(_) => (StatusCode::BAD_GATEWAY, ErrorCode::CliFailed),
             MemoryPressure { .. } => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::MemoryPressure),
             Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Overloaded),
+            SessionElsewhere { .. } => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::SessionMoved),
             StorageUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StorageUnavailable),
             TurnTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, ErrorCode::TurnTimeout),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::InternalError),
@@ -279,6 +296,7 @@ impl ApiError {
             | ApiError::Overloaded { retry_after_secs }
             | ApiError::RateLimited { retry_after_secs } => Some((*retry_after_secs).max(1)),
             ApiError::StorageUnavailable(_) => Some(5),
+            ApiError::SessionElsewhere { .. } => Some(1),
             ApiError::BudgetExceeded(b) => b.retry_after_secs,
             _ => None,
         }
@@ -331,6 +349,9 @@ impl ApiError {
                  (or set it while no CLI runs) so that the CLI starts with it"
             ),
             Overloaded { .. } => "Too many turns are running; try again shortly".into(),
+            SessionElsewhere { owner, .. } => {
+                format!("The session is live on another instance ({owner}) that did not answer; try again")
+            }
             RateLimited { retry_after_secs } => {
                 format!("Too many failed authentications from this address; try again in {retry_after_secs} s")
             }
@@ -426,7 +447,12 @@ impl ResponseError for ApiError {
         {
             response.insert_header((header::ALLOW, value));
         }
-        response.json(body)
+        let mut response = response.json(body);
+        if let ApiError::SessionElsewhere { owner, url: Some(url) } = self {
+            // For the forwarding layer: the request goes to the owner instead of this answer.
+            response.extensions_mut().insert(Owner { instance_id: owner.clone(), url: url.clone() });
+        }
+        response
     }
 }
 

@@ -57,6 +57,11 @@ pub struct LimitLabel {
 /// How a webhook delivery attempt went: `delivered`, `retried` (failed, tried again later) or
 /// `failed` (failed for good).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabel {
+    pub instance_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
     pub outcome: String,
 }
@@ -112,6 +117,12 @@ pub struct Metrics {
     pub user_budget_usd: Family<UserLimitLabels, Gauge<f64, AtomicU64>>,
     pub default_budget_usd: Family<LimitLabel, Gauge<f64, AtomicU64>>,
     pub webhook_attempts: Family<OutcomeLabel, Counter>,
+    pub instance_info: Family<InstanceLabel, Gauge>,
+    pub owned_sessions: Gauge,
+    /// Counters kept by the cluster, copied at scrape.
+    pub lease_takeovers: Gauge,
+    pub leases_lost: Gauge,
+    pub forwarded_requests: Gauge,
 }
 
 impl Default for Metrics {
@@ -136,6 +147,11 @@ impl Default for Metrics {
             user_budget_usd: Family::default(),
             default_budget_usd: Family::default(),
             webhook_attempts: Family::default(),
+            instance_info: Family::default(),
+            owned_sessions: Gauge::default(),
+            lease_takeovers: Gauge::default(),
+            leases_lost: Gauge::default(),
+            forwarded_requests: Gauge::default(),
         };
         let r = &mut m.registry;
         r.register("sessions", "Sessions by status", m.sessions.clone());
@@ -166,6 +182,19 @@ impl Default for Metrics {
             "default_budget_usd",
             "The spending limits of users without their own ([budgets])",
             m.default_budget_usd.clone(),
+        );
+        r.register("instance_info", "This instance's id in the cluster (always 1)", m.instance_info.clone());
+        r.register("owned_sessions", "Sessions whose lease this instance holds", m.owned_sessions.clone());
+        r.register(
+            "lease_takeovers",
+            "Expired leases of other instances taken over (since start)",
+            m.lease_takeovers.clone(),
+        );
+        r.register("leases_lost", "Leases found taken by another instance (since start)", m.leases_lost.clone());
+        r.register(
+            "forwarded_requests",
+            "Requests sent on to the instance owning their session (since start)",
+            m.forwarded_requests.clone(),
         );
         r.register(
             "webhook_attempts",

@@ -41,6 +41,7 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     pub budgets: BudgetSettings,
     pub webhooks: WebhookSettings,
+    pub cluster: ClusterSettings,
     /// The settings file these came from (set by [`Settings::load`]); hidden from the agents.
     #[serde(skip)]
     pub file: Option<PathBuf>,
@@ -477,6 +478,27 @@ impl Default for DataSettings {
     }
 }
 
+/// Several instances on one PostgreSQL (ignored by SQLite and `memory`, which are single-instance).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    /// This instance's id in the `instances` table and in session leases; empty: `<hostname>-<port>`.
+    pub instance_id: String,
+    /// The URL other instances forward requests to; empty: `http://<api.host or hostname>:<port>`.
+    pub advertise_url: String,
+    /// Seconds a session lease (and an instance's heartbeat) lasts without renewal.
+    pub lease_ttl: u64,
+    /// Shared by the instances to authenticate forwarded requests; required when several
+    /// instances share a database.
+    pub secret: String,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self { instance_id: String::new(), advertise_url: String::new(), lease_ttl: 15, secret: String::new() }
+    }
+}
+
 /// Why the settings could not be loaded: always one line that names the key or file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SettingsError(pub String);
@@ -702,6 +724,7 @@ impl Settings {
             ("files.max_upload_mb", self.files.max_upload_mb),
             ("auth.failed_auth_per_minute", self.auth.failed_auth_per_minute.into()),
             ("auth.failed_auth_burst", self.auth.failed_auth_burst.into()),
+            ("cluster.lease_ttl", self.cluster.lease_ttl),
         ];
         for (key, value) in positive {
             if *value == 0 {

@@ -52,6 +52,11 @@ impl Application {
         create_dir(&settings.user.base_dir, "user.base_dir")?;
         let users_root = std::fs::canonicalize(&settings.user.base_dir)
             .map_err(|e| StartupError(format!("user.base_dir {}: {e}", settings.user.base_dir.display())))?;
+        // Bound first: the port names this instance in a cluster, and the agents' confinement
+        // keeps them from it.
+        let listener = TcpListener::bind(settings.bind_address())
+            .map_err(|e| StartupError(format!("cannot listen on {}: {e}", settings.bind_address())))?;
+        let port = listener.local_addr().map_err(|e| StartupError(e.to_string()))?.port();
 
         let storage = Storage::connect(&settings.session).await.map_err(|e| {
             StartupError(format!(
@@ -60,10 +65,12 @@ impl Application {
                 describe_storage(&settings)
             ))
         })?;
-        let reset = storage
-            .mark_live_sessions_idle()
-            .await
-            .map_err(|e| StartupError(format!("cannot update sessions at start-up: {e}")))?;
+        let cluster = join_cluster(&settings, &storage, port).await?;
+        let reset = match &cluster {
+            Some(cluster) => cluster.join().await,
+            None => storage.mark_live_sessions_idle().await,
+        }
+        .map_err(|e| StartupError(format!("cannot update sessions at start-up: {e}")))?;
         if reset > 0 {
             log::info!(
                 "{reset} session(s) left live by the previous run are now idle (they resume on their next message)"
@@ -92,7 +99,10 @@ impl Application {
         let webhooks = crate::webhooks::Webhooks::new(storage.clone(), credentials_key.clone(), settings.clone());
         let hub = Arc::new(crate::actors::EventHub::default());
         let metrics = Arc::new(crate::metrics::Metrics::default());
-        let groups = Arc::new(crate::cli::orphans::GroupRecord::new(&settings.data.dir));
+        let groups = Arc::new(match &cluster {
+            Some(c) => crate::cli::orphans::GroupRecord::for_instance(&settings.data.dir, c.instance_id()),
+            None => crate::cli::orphans::GroupRecord::new(&settings.data.dir),
+        });
         // A /proc scan and a bounded wait for the killed: before anything is served.
         let reaping = groups.clone();
         let reaped = tokio::task::spawn_blocking(move || reaping.reap_previous_run()).await.unwrap_or(0);
@@ -106,10 +116,6 @@ impl Application {
                 shared.display()
             );
         }
-        // Bound before the agents' confinement is made: the port they may never reach is known then.
-        let listener = TcpListener::bind(settings.bind_address())
-            .map_err(|e| StartupError(format!("cannot listen on {}: {e}", settings.bind_address())))?;
-        let port = listener.local_addr().map_err(|e| StartupError(e.to_string()))?.port();
         let confinement = sandbox.map(|abi| Arc::new(crate::cli::sandbox::Sandbox::new(abi, &settings, port)));
         if crate::cli::process::private_proc() {
             log::info!("each CLI gets its own /proc (hidepid=2): the service and other sessions are invisible to it");
@@ -134,8 +140,13 @@ impl Application {
             users_root.clone(),
             threads,
         )
+        .with_cluster(cluster.clone())
         .start();
         let registry = RegistryHandle::new(registry);
+        if let Some(cluster) = &cluster {
+            let retiring = registry.clone();
+            cluster.start_heartbeat(Box::new(move |lost| retiring.retire(lost, crate::actors::StopReason::LeaseLost)));
+        }
         let sessions = SessionService::new(
             settings.clone(),
             storage.clone(),
@@ -143,7 +154,8 @@ impl Application {
             hub.clone(),
             users_root,
             credentials.clone(),
-        );
+        )
+        .with_cluster(cluster.clone());
         let trusted_proxies = settings
             .api
             .trusted_proxy_nets()
@@ -152,6 +164,14 @@ impl Application {
         failed_auth.start_housekeeping();
         crate::api::users::remove_leftover_user_dirs(sessions.users_root());
         let revocations = crate::auth::revocation::Revocations::default();
+        if cluster.is_some() {
+            let told = revocations.clone();
+            storage.listen_for_revocations(move |notice| {
+                if let Some(revoked) = crate::auth::revocation::Revoked::from_notice(notice) {
+                    told.announce(revoked);
+                }
+            });
+        }
         let state = web::Data::new(AppState {
             authenticator: Authenticator {
                 storage: storage.clone(),
@@ -173,9 +193,23 @@ impl Application {
             sandbox,
             started_at: Instant::now(),
             cli_probe: Default::default(),
+            cluster: cluster.clone(),
         });
 
-        let server = build_server(listener, state.clone())?;
+        let forwarder = match &cluster {
+            Some(cluster) if !settings.cluster.secret.is_empty() => Some(web::Data::new(
+                crate::api::forward::Forwarder::new(
+                    cluster.clone(),
+                    state.storage.clone(),
+                    settings.cluster.secret.clone(),
+                    settings.api.max_body_kb * 1024,
+                    state.authenticator.trusted_proxies.clone(),
+                )
+                .map_err(StartupError)?,
+            )),
+            _ => None,
+        };
+        let server = build_server(listener, state.clone(), forwarder)?;
         // Delivers what the outbox holds: this run's events and those a previous run left.
         let webhook_worker = crate::webhooks::DeliveryWorker::start(
             state.storage.clone(),
@@ -225,6 +259,10 @@ impl Application {
                 let _ = registry.shutdown(true).await;
             }
         }
+        // Drain: what this instance owned is idle and free at once, for any other to resume.
+        if let Some(cluster) = &self.state.cluster {
+            cluster.leave().await;
+        }
         // After the sessions' last status changes are stored: what is left in the outbox
         // waits for the next run.
         self.webhook_worker.stop().await;
@@ -232,7 +270,11 @@ impl Application {
     }
 }
 
-fn build_server(listener: TcpListener, state: web::Data<AppState>) -> Result<Server, StartupError> {
+fn build_server(
+    listener: TcpListener,
+    state: web::Data<AppState>,
+    forwarder: Option<web::Data<crate::api::forward::Forwarder>>,
+) -> Result<Server, StartupError> {
     let settings = state.settings.clone();
     let authenticator = web::Data::new(state.authenticator.clone());
     let (workers, grace) = (settings.api.workers, settings.api.shutdown_grace);
@@ -241,6 +283,7 @@ fn build_server(listener: TcpListener, state: web::Data<AppState>) -> Result<Ser
         // Called once on each worker thread, in its runtime.
         crate::alloc::flush_thread_cache_periodically();
         let cors_origins = &settings.api.cors_origins;
+        let forwarding = forwarder.clone();
         App::new()
             .app_data(state.clone())
             .app_data(authenticator.clone())
@@ -249,6 +292,12 @@ fn build_server(listener: TcpListener, state: web::Data<AppState>) -> Result<Ser
             .app_data(web::PathConfig::default().error_handler(path_error))
             .configure(crate::api::configure)
             .default_service(web::to(crate::api::not_found))
+            .wrap(Condition::new(forwarding.is_some(), from_fn(crate::api::forward::to_owner)))
+            .configure(|cfg| {
+                if let Some(forwarder) = forwarding {
+                    cfg.app_data(forwarder);
+                }
+            })
             .wrap(Condition::new(!cors_origins.is_empty(), cors(cors_origins)))
             .wrap(from_fn(log_requests))
     })
@@ -340,6 +389,71 @@ fn create_private_dir(dir: &Path, key: &str) -> Result<PathBuf, StartupError> {
 fn create_dir(dir: &Path, key: &str) -> Result<PathBuf, StartupError> {
     std::fs::create_dir_all(dir).map_err(|e| StartupError(format!("cannot create {key} {}: {e}", dir.display())))?;
     Ok(dir.to_path_buf())
+}
+
+/// On PostgreSQL: this instance in the cluster of those sharing the database (checked: every
+/// instance of a cluster has `cluster.secret`). SQLite and `memory` are single-instance.
+async fn join_cluster(
+    settings: &Settings,
+    storage: &crate::storage::Storage,
+    port: u16,
+) -> Result<Option<Arc<crate::actors::cluster::Cluster>>, StartupError> {
+    use crate::actors::cluster::{Cluster, default_advertise_url, default_instance_id};
+    if storage.kind() != crate::settings::StorageKind::Postgresql {
+        log::info!(
+            "{} storage: a single instance (several instances need session.storage = \"postgresql\")",
+            settings.session.storage.as_str()
+        );
+        return Ok(None);
+    }
+    let c = &settings.cluster;
+    let instance_id = if c.instance_id.trim().is_empty() { default_instance_id(port) } else { c.instance_id.clone() };
+    let url = match (c.secret.is_empty(), c.advertise_url.trim().is_empty()) {
+        (true, _) => String::new(),
+        (false, true) => default_advertise_url(&settings.api.host, port),
+        (false, false) => c.advertise_url.clone(),
+    };
+    let ttl = std::time::Duration::from_secs(c.lease_ttl);
+    let caps = (settings.api.max_sessions_per_user, settings.api.max_sessions);
+    let cluster = Cluster::new(instance_id, url, ttl, storage.clone(), caps);
+    let read_peers =
+        || async { cluster.peers().await.map_err(|e| StartupError(format!("cannot read the instances table: {e}"))) };
+    let mut peers = read_peers().await?;
+    // Without a secret this instance may only run alone: an instance killed just before
+    // (whose row has not gone stale yet) is waited for, up to one lease TTL.
+    let alone_by = std::time::Instant::now() + ttl + std::time::Duration::from_secs(1);
+    while c.secret.is_empty() && !peers.is_empty() && std::time::Instant::now() < alone_by {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        peers = read_peers().await?;
+    }
+    let names = || peers.iter().map(|p| p.instance_id.as_str()).collect::<Vec<_>>().join(", ");
+    if c.secret.is_empty() && !peers.is_empty() {
+        return Err(StartupError(format!(
+            "cluster.secret is required: other instances share this database ({})",
+            names()
+        )));
+    }
+    if let Some(lone) = peers.iter().find(|p| p.advertise_url.is_none()) {
+        return Err(StartupError(format!(
+            "instance {} shares this database without cluster.secret: give every instance the same secret",
+            lone.instance_id
+        )));
+    }
+    if c.secret.is_empty() {
+        log::warn!(
+            "PostgreSQL without cluster.secret: this instance ({}) runs alone; another one would refuse to start",
+            cluster.instance_id()
+        );
+    }
+    log::info!(
+        "cluster: instance {} at {} (lease_ttl {} s), {} other live instance(s){}",
+        cluster.instance_id(),
+        cluster.advertise_url(),
+        c.lease_ttl,
+        peers.len(),
+        if peers.is_empty() { String::new() } else { format!(": {}", names()) }
+    );
+    Ok(Some(cluster))
 }
 
 /// Where the storage is, without credentials.

@@ -33,4 +33,6 @@ pub struct AppState {
     pub started_at: Instant,
     /// `cli.path --version` for `/health`, remembered.
     pub cli_probe: CliProbe,
+    /// With several instances on one PostgreSQL: this instance and the leases it holds.
+    pub cluster: Option<Arc<crate::actors::cluster::Cluster>>,
 }

@@ -1,6 +1,7 @@
 //! Actors: the registry that admits and supervises every live session, and one
 //! `SessionActor` per live session that owns its CLI process.
 
+pub mod cluster;
 pub mod event;
 mod handle;
 pub mod hub;

@@ -121,8 +121,15 @@ fn enqueue(jobs: &mut VecDeque<PersistJob>, job: PersistJob, cap: usize) -> Resu
 }
 
 /// Starts the writer task of one session. `budgets` are the `[budgets]` defaults, for
-/// `budget.reached` after a turn.
-pub fn start(storage: Storage, session_id: String, budgets: BudgetSettings) -> Writer {
+/// `budget.reached` after a turn. A fenced `storage` (a cluster's lease) is given back to
+/// `cluster` once the last job is stored: never before, so no other instance takes the
+/// session while this one still writes for it.
+pub fn start(
+    storage: Storage,
+    session_id: String,
+    budgets: BudgetSettings,
+    cluster: Option<Arc<crate::actors::cluster::Cluster>>,
+) -> Writer {
     let shared = Arc::new(Shared {
         jobs: Mutex::new(VecDeque::new()),
         wake: Notify::new(),
@@ -151,6 +158,9 @@ pub fn start(storage: Storage, session_id: String, budgets: BudgetSettings) -> W
                 // A push between the check and here leaves a permit: no wake-up is lost.
                 None => task.wake.notified().await,
             }
+        }
+        if let (Some(cluster), Some(lease)) = (cluster, storage.fence()) {
+            cluster.release(&session_id, lease).await;
         }
     });
     Writer { shared }
@@ -189,6 +199,12 @@ async fn run(storage: &Storage, session_id: &str, budgets: &BudgetSettings, job:
         };
         match result {
             Ok(value) => break Ok(value),
+            Err(StorageError::Fenced) => {
+                // Another instance took the session: nothing more of this one's is stored
+                // (the heartbeat stops its CLI).
+                log::warn!("session {session_id}: {} refused: {}", job.describe(), StorageError::Fenced);
+                break Err(StorageError::Fenced.to_string());
+            }
             Err(StorageError::Unavailable(e)) if started.elapsed() < RETRY_FOR => {
                 log::warn!("session {session_id}: storage unavailable ({e}); retrying in {delay:?}");
                 tokio::time::sleep(delay).await;

@@ -6,6 +6,7 @@ mod chat;
 mod credentials;
 pub mod extract;
 mod files;
+pub mod forward;
 pub mod middleware;
 pub mod openai;
 pub mod openapi;

@@ -46,9 +46,30 @@ pub(super) struct Health {
     cli: CliInfo,
     /// `landlock` (with the kernel's ABI) or `off`.
     sandbox: Sandbox,
+    /// This instance in a cluster (PostgreSQL); absent with SQLite and `memory`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<ClusterHealth>,
     /// Why the service is unhealthy.
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ClusterHealth {
+    instance_id: String,
+    /// The URL other instances forward requests to (absent without `cluster.secret`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    advertise_url: Option<String>,
+    /// Sessions whose lease this instance holds.
+    owned_sessions: usize,
+    /// Expired leases of other instances this one took over since it started.
+    lease_takeovers: u64,
+    /// Leases this instance held and found taken by another (it was paused or cut off).
+    leases_lost: u64,
+    /// Requests this instance sent on to the instance owning their session.
+    forwarded_requests: u64,
+    /// Live instances sharing the database, this one included.
+    instances: usize,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -70,8 +91,20 @@ pub(super) struct Sandbox {
         (status = 503, description = "Unhealthy: `error` says why", body = Health),
     ),
 )]
-pub(super) async fn get_health(state: web::Data<AppState>) -> HttpResponse {
+pub(super) async fn get_health(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     let stats = state.registry.stats().await.ok();
+    let cluster = match &state.cluster {
+        Some(c) => Some(ClusterHealth {
+            instance_id: c.instance_id().to_string(),
+            advertise_url: Some(c.advertise_url().to_string()).filter(|u| !u.is_empty()),
+            owned_sessions: c.owned_count(),
+            lease_takeovers: c.takeovers(),
+            leases_lost: c.leases_lost(),
+            forwarded_requests: forwarded(&req),
+            instances: c.peers().await.map(|p| p.len() + 1).unwrap_or(1),
+        }),
+        None => None,
+    };
     let (active_sessions, storage_error) = match state.storage.count_open_sessions().await {
         Ok(n) => (n, None),
         Err(e) => (0, Some(e.to_string())),
@@ -100,6 +133,7 @@ pub(super) async fn get_health(state: web::Data<AppState>) -> HttpResponse {
             version,
         },
         sandbox: Sandbox { mode: if state.sandbox.is_some() { "landlock" } else { "off" }, abi: state.sandbox },
+        cluster,
         error,
     };
     if body.error.is_some() {
@@ -143,8 +177,20 @@ pub(super) async fn get_metrics(state: web::Data<AppState>, req: HttpRequest) ->
         m.rss_bytes.get_or_create(&ProcessLabel { process: "service".into() }).set(stats.memory.service_bytes as i64);
         m.rss_bytes.get_or_create(&ProcessLabel { process: "children".into() }).set(stats.memory.children_bytes as i64);
     }
+    if let Some(c) = &state.cluster {
+        m.instance_info.get_or_create(&crate::metrics::InstanceLabel { instance_id: c.instance_id().into() }).set(1);
+        m.owned_sessions.set(c.owned_count() as i64);
+        m.lease_takeovers.set(c.takeovers() as i64);
+        m.leases_lost.set(c.leases_lost() as i64);
+        m.forwarded_requests.set(forwarded(&req) as i64);
+    }
     budget_gauges(&state).await?;
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(m.encode()))
+}
+
+/// Requests this instance forwarded to others.
+fn forwarded(req: &HttpRequest) -> u64 {
+    req.app_data::<web::Data<crate::api::forward::Forwarder>>().map_or(0, |f| f.forwarded())
 }
 
 /// Per-user spend (today, this month) and limits, read at scrape: series of users who no

@@ -160,7 +160,7 @@ pub(super) async fn delete_user(state: web::Data<AppState>, caller: Caller, path
     caller.require_admin()?;
     let user_id = path.into_inner();
     let sessions = state.storage.delete_user(&user_id).await?.ok_or(ApiError::UserNotFound)?;
-    state.revocations.announce(Revoked::User(user_id.clone()));
+    state.revocations.announce_everywhere(Revoked::User(user_id.clone()), &state.storage).await;
     state.sessions.retire(sessions, crate::actors::StopReason::UserDeleted);
     // Moved aside before answering, so a user created again at once gets a fresh directory;
     // removed once the CLIs (whose working directories are inside) have had time to stop.
@@ -277,7 +277,7 @@ pub(super) async fn revoke_key(
     if !state.storage.revoke_key(&user_id, &key_id, clock::now_ms()).await? {
         return Err(ApiError::NotFound("No such active key for this user".into()));
     }
-    state.revocations.announce(Revoked::Key(key_id));
+    state.revocations.announce_everywhere(Revoked::Key(key_id), &state.storage).await;
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -10,7 +10,7 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix_web::HttpRequest;
+use actix_web::{HttpMessage, HttpRequest};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use ipnet::IpNet;
@@ -118,10 +118,18 @@ fn bucket(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// On a request another instance of the cluster forwarded (its secret checked): the client's
+/// address as that instance saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardedBy(pub IpAddr);
+
 /// The client's address: the peer's, unless the peer is a trusted proxy; then the right-most
 /// `X-Forwarded-For` entry that is not itself a trusted proxy (entries further left were
 /// written by the client and prove nothing).
 pub fn client_address(req: &HttpRequest, trusted_proxies: &[IpNet]) -> Option<IpAddr> {
+    if let Some(ForwardedBy(client)) = req.extensions().get::<ForwardedBy>() {
+        return Some(*client);
+    }
     let peer = req.peer_addr()?.ip();
     forwarded_client(peer, req.headers().get_all("x-forwarded-for").filter_map(|v| v.to_str().ok()), trusted_proxies)
 }

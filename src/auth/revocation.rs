@@ -1,9 +1,8 @@
 //! Revocation that reaches open streams: revoking a key or deleting a user ends, within moments,
 //! every SSE stream that was opened with it (`/events`, `/chat/stream`).
 //!
-//! Single instance for now: revocations are announced in-process only. With several instances
-//! on one PostgreSQL, a revocation made on one instance does not yet reach streams served by
-//! another (a later issue carries them over PostgreSQL notifications).
+//! With several instances on one PostgreSQL, a revocation is also notified (`NOTIFY`, ids
+//! only) and every instance announces it to its own streams and key cache.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,7 +29,26 @@ pub enum Revoked {
     User(String),
 }
 
-/// The in-process notifier (one per application, in `AppState`).
+impl Revoked {
+    /// As other instances are told (`key:<id>`, `user:<id>`).
+    pub fn notice(&self) -> String {
+        match self {
+            Revoked::Key(k) => format!("key:{k}"),
+            Revoked::User(u) => format!("user:{u}"),
+        }
+    }
+
+    pub fn from_notice(notice: &str) -> Option<Revoked> {
+        match notice.split_once(':')? {
+            ("key", k) => Some(Revoked::Key(k.to_string())),
+            ("user", u) => Some(Revoked::User(u.to_string())),
+            _ => None,
+        }
+    }
+}
+
+/// The in-process notifier (one per application, in `AppState`; clones share it).
+#[derive(Clone)]
 pub struct Revocations {
     announced: broadcast::Sender<Revoked>,
     /// The authenticator's cache of verified keys (see [`Revocations::key_cache`]).
@@ -50,6 +68,17 @@ impl Revocations {
         self.keys.revoke(&revoked);
         // No receiver (no stream open) is not an error.
         let _ = self.announced.send(revoked);
+    }
+
+    /// [`Revocations::announce`] here, and to the other instances sharing the database (a
+    /// failed notice is logged: their key caches forget it within a second, their streams
+    /// keep going).
+    pub async fn announce_everywhere(&self, revoked: Revoked, storage: &Storage) {
+        let notice = revoked.notice();
+        self.announce(revoked);
+        if let Err(e) = storage.notify_revocation(&notice).await {
+            log::warn!("revocation {notice} not told to the other instances: {e}");
+        }
     }
 
     /// The cache the authenticator keeps verified keys in, which [`Revocations::announce`]
@@ -118,6 +147,15 @@ impl Future for RevocationWatch {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn notices_carry_ids_both_ways() {
+        for revoked in [Revoked::Key("k:1".into()), Revoked::User("alice".into())] {
+            assert_eq!(Revoked::from_notice(&revoked.notice()), Some(revoked));
+        }
+        assert_eq!(Revoked::from_notice("nonsense"), None);
+        assert_eq!(Revoked::from_notice("group:x"), None);
+    }
+
     use std::time::Duration;
 
     use super::*;

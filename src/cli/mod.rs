@@ -17,9 +17,11 @@ use crate::settings::Settings;
 /// Under the system temp dir: one private (0700) temp dir per session.
 pub const TEMP_ROOT: &str = "claude-agent-http";
 
-/// The private temp dir of one session (the CLI's `TMPDIR`, its secret files).
+/// The private temp dir of one session (the CLI's `TMPDIR`, its secret files), named after
+/// this process too: instances on one host (a cluster's, in turn or at once) never share one,
+/// so one's clean-up never removes another's files or kills another's processes.
 pub fn session_temp_dir(session_id: &str) -> PathBuf {
-    std::env::temp_dir().join(TEMP_ROOT).join(session_id)
+    std::env::temp_dir().join(TEMP_ROOT).join(format!("{session_id}-{}", std::process::id()))
 }
 
 /// `cli.path`'s default: `claude` on `PATH`.

@@ -34,6 +34,14 @@ impl GroupRecord {
         GroupRecord { path: data_dir.join(FILE), groups: Mutex::new(HashMap::new()) }
     }
 
+    /// The record of one instance of a cluster (`cli-groups.<instance id>`): instances that
+    /// share a data dir reap only what they started themselves.
+    pub fn for_instance(data_dir: &Path, instance_id: &str) -> Self {
+        let safe: String =
+            instance_id.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
+        GroupRecord { path: data_dir.join(format!("{FILE}.{safe}")), groups: Mutex::new(HashMap::new()) }
+    }
+
     pub fn add(&self, pgid: i32, tmp_dir: &Path, spawned_at_ms: i64) {
         let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
         groups.insert(pgid, Spawned { at_ms: spawned_at_ms, tmp_dir: tmp_dir.display().to_string() });

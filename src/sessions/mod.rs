@@ -167,6 +167,8 @@ pub struct SessionService {
     budgets: Budgets,
     /// The actors of recent turns: a warm session's turn skips the registry.
     recent: RecentActors,
+    /// With several instances: the leases this one holds.
+    cluster: Option<Arc<crate::actors::cluster::Cluster>>,
 }
 
 impl SessionService {
@@ -180,7 +182,23 @@ impl SessionService {
     ) -> Self {
         let budgets = Budgets::new(settings.clone(), storage.clone());
         let credentials = Arc::new(LaunchCredentials { credentials, budgets: budgets.clone() });
-        Self { settings, storage, registry, hub, users_root, credentials, budgets, recent: Default::default() }
+        Self {
+            settings,
+            storage,
+            registry,
+            hub,
+            users_root,
+            credentials,
+            budgets,
+            recent: Default::default(),
+            cluster: None,
+        }
+    }
+
+    /// In a cluster, a local actor is used only while this instance still holds its lease.
+    pub fn with_cluster(mut self, cluster: Option<Arc<crate::actors::cluster::Cluster>>) -> Self {
+        self.cluster = cluster;
+        self
     }
 
     /// Users' spending limits and what they spent.
@@ -418,10 +436,18 @@ impl SessionService {
             SessionStatus::Expired => return Err(ApiError::SessionExpired),
             _ => {}
         }
-        let (actor, recent) = match self.recent.get(&row.session_id) {
+        let (mut actor, recent) = match self.recent.get(&row.session_id) {
             Some(actor) => (Some(actor), true),
             None => (self.registry.lookup(&row.session_id).await?, false),
         };
+        if let (Some(_), Some(cluster)) = (&actor, &self.cluster)
+            && !cluster.still_owns(&row.session_id).await
+        {
+            // Its lease went to another instance while this one was paused or cut off: its
+            // CLI is being stopped, and the launch below finds the new owner.
+            self.recent.forget(&row.session_id);
+            actor = None;
+        }
         // Before the CLI is asked anything, so a user over a limit spends nothing more.
         let cli_left = async {
             match &actor {
@@ -493,6 +519,7 @@ impl SessionService {
             .collect();
         replay.extend(unstored.into_iter().map(|e| (e.id, e)));
         let (tx, rx) = tokio::sync::mpsc::channel(CLIENT_BUFFER);
+        let moved = self.moved_elsewhere(row.session_id.clone());
         actix_web::rt::spawn(async move {
             let forward = async {
                 let mut last = after;
@@ -517,10 +544,32 @@ impl SessionService {
             tokio::select! {
                 () = forward => {}
                 () = tx.closed() => {}
+                // Another instance runs the session now: the stream ends, and the client's
+                // reconnection (with its last id) is forwarded to that instance.
+                () = moved => {}
             }
             // `live` goes with the task: the hub drops the session's channel with its last follower.
         });
         Ok(rx)
+    }
+
+    /// Resolves once another instance holds the session's lease (never on a single instance):
+    /// a follower here would not see its events.
+    fn moved_elsewhere(&self, session_id: String) -> impl std::future::Future<Output = ()> + use<> {
+        let (cluster, storage) = (self.cluster.clone(), self.storage.clone());
+        async move {
+            let Some(cluster) = cluster else { return std::future::pending().await };
+            let every = (cluster.lease_ttl() / 3).clamp(Duration::from_millis(250), Duration::from_secs(2));
+            loop {
+                tokio::time::sleep(every).await;
+                if cluster.owns(&session_id) {
+                    continue;
+                }
+                if let Ok(Some(_)) = storage.owner_elsewhere(&session_id, cluster.instance_id()).await {
+                    return;
+                }
+            }
+        }
     }
 
     /// What the session's CLI reported at the start of its last turn (404 before its first

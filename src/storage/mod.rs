@@ -10,8 +10,10 @@ mod blocking;
 mod budgets;
 mod credentials;
 mod forks;
+mod leases;
 mod migrations;
 pub mod models;
+mod notices;
 mod openai;
 pub mod schema;
 mod sessions;
@@ -36,6 +38,7 @@ use crate::settings::{SessionSettings, StorageKind};
 pub use budgets::{BudgetRow, UsageRow};
 pub use credentials::CredentialsRow;
 pub use forks::RewindTo;
+pub use leases::{InstanceRow, Lease, Take};
 pub use models::*;
 pub use sessions::{MessageRow, SessionFilter, TurnRecord};
 pub use webhooks::{DELIVERED, DeliveryRow, FAILED, PENDING, WebhookRow, message_id};
@@ -51,6 +54,8 @@ pub enum StorageError {
     Unavailable(String),
     /// A unique key already exists.
     Conflict(String),
+    /// A write of a session's former owner, refused: another instance holds its lease now.
+    Fenced,
     /// Any other query failure (a bug or a corrupt database).
     Query(String),
 }
@@ -60,6 +65,7 @@ impl std::fmt::Display for StorageError {
         match self {
             StorageError::Unavailable(m) => write!(f, "storage unavailable: {m}"),
             StorageError::Conflict(m) => write!(f, "conflict: {m}"),
+            StorageError::Fenced => f.write_str("fenced: the session's lease belongs to another instance now"),
             StorageError::Query(m) => write!(f, "query failed: {m}"),
         }
     }
@@ -70,6 +76,9 @@ impl std::error::Error for StorageError {}
 impl From<diesel::result::Error> for StorageError {
     fn from(e: diesel::result::Error) -> Self {
         use diesel::result::Error as E;
+        if leases::is_fenced(&e) {
+            return StorageError::Fenced;
+        }
         match &e {
             E::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
                 StorageError::Conflict(info.message().to_string())
@@ -123,6 +132,10 @@ pub struct Storage {
     _keepalive: Option<Arc<std::sync::Mutex<SqliteConn>>>,
     /// Rung after a commit that added webhook deliveries (the worker waits on it).
     outbox_bell: Arc<tokio::sync::Notify>,
+    /// A session writer's lease: its session writes are refused once another instance took it.
+    fence: Option<Arc<Lease>>,
+    /// PostgreSQL's URL, for the connection that listens for other instances' notices.
+    database_url: Option<String>,
 }
 
 /// Runs `$body` with `$conn` bound to a pooled connection of whichever backend is configured.
@@ -249,6 +262,8 @@ impl Storage {
                     kind: StorageKind::Sqlite,
                     _keepalive: None,
                     outbox_bell: Default::default(),
+                    fence: None,
+                    database_url: None,
                 };
                 storage.ping().await?;
                 Ok(storage)
@@ -267,12 +282,15 @@ impl Storage {
                     kind: StorageKind::Memory,
                     _keepalive: Some(Arc::new(std::sync::Mutex::new(keepalive))),
                     outbox_bell: Default::default(),
+                    fence: None,
+                    database_url: None,
                 };
                 storage.ping().await?;
                 Ok(storage)
             }
             StorageKind::Postgresql => {
                 let url = settings.database_url.clone().unwrap_or_default();
+                let url_for_notices = url.clone();
                 migrations::run_postgres(&url).await?;
                 let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
                 let pool = Pool::builder(manager)
@@ -288,6 +306,8 @@ impl Storage {
                     kind: StorageKind::Postgresql,
                     _keepalive: None,
                     outbox_bell: Default::default(),
+                    fence: None,
+                    database_url: Some(url_for_notices),
                 };
                 storage.ping().await?;
                 Ok(storage)
@@ -435,6 +455,7 @@ impl From<StorageError> for ApiError {
         match e {
             StorageError::Unavailable(m) => ApiError::StorageUnavailable(m),
             StorageError::Conflict(m) | StorageError::Query(m) => ApiError::Internal(m),
+            StorageError::Fenced => ApiError::Internal(StorageError::Fenced.to_string()),
         }
     }
 }

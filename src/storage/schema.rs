@@ -39,6 +39,18 @@ diesel::table! {
         event_id_reserved -> BigInt,
         fork_from -> Nullable<Text>,
         resume_at -> Nullable<Text>,
+        owner_instance -> Nullable<Text>,
+        lease_generation -> BigInt,
+        lease_expires_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    instances (instance_id) {
+        instance_id -> Text,
+        advertise_url -> Nullable<Text>,
+        started_at -> BigInt,
+        heartbeat_at -> BigInt,
     }
 }
 
@@ -158,5 +170,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     webhooks,
     webhook_deliveries,
     webhook_budget_marks,
-    openai_conversations
+    openai_conversations,
+    instances
 );

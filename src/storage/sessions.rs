@@ -4,6 +4,7 @@ use diesel::prelude::*;
 use diesel_async::AsyncConnection;
 use diesel_async::RunQueryDsl;
 
+use super::leases::check_fence;
 use super::schema::{events, messages, sessions, turn_usage};
 use super::webhooks::{Outbox, turn_event, turn_event_type};
 use super::{EventRow, NewMessage, SessionRow, Storage, StorageError, run};
@@ -194,8 +195,10 @@ impl Storage {
     /// event id, busy → active), stores its two messages and its webhook deliveries, atomically.
     /// Returns the session's owner (`None` if the session is gone).
     pub async fn finish_turn(&self, r: &TurnRecord) -> Result<Option<String>, StorageError> {
-        let (owner, added) = run!(self, [r], |conn| {
+        let fence = self.fence.clone();
+        let (owner, added) = run!(self, [r, fence], |conn| {
             conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
+                check_fence!(conn, &r.session_id, fence.as_deref());
                 // busy (or starting: the writer may have skipped a short turn's `busy`, merged
                 // with the `active` of the CLI's start) → active, in the same statement (diesel
                 // prepares every UPDATE anew).
@@ -367,9 +370,10 @@ impl Storage {
     pub async fn insert_events(&self, rows: &[EventRow], keep: i64) -> Result<(), StorageError> {
         let Some(last) = rows.last() else { return Ok(()) };
         let (session_id, last_id) = (last.session_id.clone(), last.event_id);
-        let rows = rows.to_vec();
-        run!(self, [rows, session_id, last_id, keep], |conn| {
+        let (rows, fence) = (rows.to_vec(), self.fence.clone());
+        run!(self, [rows, session_id, last_id, keep, fence], |conn| {
             conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
+                check_fence!(conn, session_id, fence.as_deref());
                 conn.insert_event_rows(kept_events(rows, last_id - keep)).await?;
                 diesel::delete(
                     events::table.filter(events::session_id.eq(session_id)).filter(events::event_id.le(last_id - keep)),
@@ -403,8 +407,10 @@ impl Storage {
     /// Adds `tool` to the session's `allowed_tools` option ("always allow"), so a respawned
     /// CLI does not ask again.
     pub async fn allow_tool(&self, session_id: &str, tool: &str) -> Result<(), StorageError> {
-        run!(self, [session_id, tool], |conn| {
+        let fence = self.fence.clone();
+        run!(self, [session_id, tool, fence], |conn| {
             conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
+                check_fence!(conn, session_id, fence.as_deref());
                 let options: Option<String> =
                     sessions::table.find(session_id).select(sessions::options).get_result(conn).await.optional()?;
                 let Some(options) = options else { return Ok(()) };
@@ -495,11 +501,11 @@ impl Storage {
         from: &[SessionStatus],
         to: SessionStatus,
     ) -> Result<(), StorageError> {
-        let from = from.to_vec();
-        let added = run!(self, [session_id, from, to], |conn| {
+        let (from, fence) = (from.to_vec(), self.fence.clone());
+        let added = run!(self, [session_id, from, to, fence], |conn| {
             let target =
                 sessions::table.filter(sessions::session_id.eq(session_id)).filter(sessions::status.eq_any(from));
-            if let (None, [a, b, c]) = (WebhookEvent::of_status(*to), from.as_slice()) {
+            if let (None, [a, b, c], None) = (WebhookEvent::of_status(*to), from.as_slice(), fence) {
                 // busy and active, on every turn: one statement, of a fixed shape (an `IN` list
                 // is a statement SQLite would prepare again on every run).
                 let target = sessions::table
@@ -507,13 +513,15 @@ impl Storage {
                     .filter(sessions::status.eq(*a).or(sessions::status.eq(*b)).or(sessions::status.eq(*c)));
                 diesel::update(target).set(sessions::status.eq(to)).execute(conn).await?;
                 0
-            } else if WebhookEvent::of_status(*to).is_none() {
+            } else if WebhookEvent::of_status(*to).is_none() && fence.is_none() {
                 diesel::update(target).set(sessions::status.eq(to)).execute(conn).await?;
                 0
             } else {
+                // Fenced, or with the deliveries of its webhook event: one transaction.
                 conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
+                    check_fence!(conn, session_id, fence.as_deref());
                     let n = diesel::update(target).set(sessions::status.eq(to)).execute(conn).await?;
-                    if n == 0 {
+                    if n == 0 || WebhookEvent::of_status(*to).is_none() {
                         return Ok(0);
                     }
                     conn.insert_status_deliveries(session_id, *to, crate::clock::now_ms()).await
@@ -532,8 +540,10 @@ impl Storage {
     /// id stored or reserved before, so ids handed out by an earlier actor (even ones never
     /// stored) are never handed out again.
     pub async fn reserve_event_ids(&self, session_id: &str, block: i64) -> Result<i64, StorageError> {
-        run!(self, [session_id, block], |conn| {
+        let fence = self.fence.clone();
+        run!(self, [session_id, block, fence], |conn| {
             conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
+                check_fence!(conn, session_id, fence.as_deref());
                 let (last, reserved): (i64, i64) = sessions::table
                     .find(session_id)
                     .select((sessions::last_event_id, sessions::event_id_reserved))
@@ -552,24 +562,34 @@ impl Storage {
 
     /// Moves the session's reservation up to `up_to` (never down).
     pub async fn extend_event_ids(&self, session_id: &str, up_to: i64) -> Result<(), StorageError> {
-        run!(self, [session_id, up_to], |conn| {
-            diesel::update(sessions::table.find(session_id))
-                .filter(sessions::event_id_reserved.lt(up_to))
-                .set(sessions::event_id_reserved.eq(up_to))
-                .execute(conn)
-                .await?;
+        let fence = self.fence.clone();
+        run!(self, [session_id, up_to, fence], |conn| {
+            conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
+                check_fence!(conn, session_id, fence.as_deref());
+                diesel::update(sessions::table.find(session_id))
+                    .filter(sessions::event_id_reserved.lt(up_to))
+                    .set(sessions::event_id_reserved.eq(up_to))
+                    .execute(conn)
+                    .await
+            })
+            .await?;
         })
     }
 
     /// Gives back the unused part of a reservation (`ours`) once every id below `to` is
     /// stored, so the next actor continues without a gap; a no-op if another actor reserved since.
     pub async fn release_event_ids(&self, session_id: &str, ours: i64, to: i64) -> Result<(), StorageError> {
-        run!(self, [session_id, ours, to], |conn| {
-            diesel::update(sessions::table.find(session_id))
-                .filter(sessions::event_id_reserved.eq(ours))
-                .set(sessions::event_id_reserved.eq(to))
-                .execute(conn)
-                .await?;
+        let fence = self.fence.clone();
+        run!(self, [session_id, ours, to, fence], |conn| {
+            conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
+                check_fence!(conn, session_id, fence.as_deref());
+                diesel::update(sessions::table.find(session_id))
+                    .filter(sessions::event_id_reserved.eq(ours))
+                    .set(sessions::event_id_reserved.eq(to))
+                    .execute(conn)
+                    .await
+            })
+            .await?;
         })
     }
 }

@@ -133,7 +133,7 @@ async fn attack(mode: SandboxMode) -> Loot {
     app.wait_active(&alice, &alice_session).await;
     let me = std::process::id();
     let port = app.address.rsplit(':').next().unwrap().to_string();
-    let bob_prompt = format!("/tmp/claude-agent-http/{bob_session}/system-prompt.txt");
+    let bob_prompt = format!("/tmp/claude-agent-http/{bob_session}-{me}/system-prompt.txt");
     assert!(std::fs::read_to_string(&bob_prompt).unwrap().contains(BOB_PROMPT), "the prompt is in its file");
 
     let ask = |command: String| {

@@ -192,6 +192,8 @@ pub struct Registry {
     starts: Arc<Semaphore>,
     start_queue: StartQueue<PendingLaunch>,
     estimate: CliEstimate,
+    /// With several instances on one PostgreSQL: the leases every launch takes first.
+    cluster: Option<Arc<crate::actors::cluster::Cluster>>,
 }
 
 impl Registry {
@@ -233,7 +235,14 @@ impl Registry {
             memory,
             processes,
             sweeping: false,
+            cluster: None,
         }
+    }
+
+    /// Launches take the session's lease in `cluster` first (see `actors::cluster`).
+    pub fn with_cluster(mut self, cluster: Option<Arc<crate::actors::cluster::Cluster>>) -> Self {
+        self.cluster = cluster;
+        self
     }
 
     /// Sessions holding a quota slot: live, or admitted and launching.

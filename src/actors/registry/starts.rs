@@ -15,7 +15,12 @@ use crate::actors::session::{SessionActor, SessionSetup, Stop, StopReason};
 use crate::actors::threads::SessionThread;
 use crate::cli::launch::{self, LaunchRequest, Launched};
 use crate::error::ApiError;
-use crate::storage::SessionRow;
+use crate::storage::{Lease, SessionRow};
+
+/// A launch's fork: the row it started from (fresh after taking the lease), the lease, the CLI.
+pub(super) type Started = (SessionRow, Option<Lease>, Launched);
+/// A launch that failed, with what it held (a lease taken is given back).
+pub(super) type NotStarted = (ApiError, SessionRow, Option<Lease>);
 
 /// A launch admitted and waiting for room and a start permit.
 pub(super) struct PendingLaunch {
@@ -224,7 +229,8 @@ impl Registry {
         entry.queued = false;
         entry.start_permit = Some(permit);
         let thread = self.threads.pick();
-        let request = LaunchRequest {
+        let cluster = self.cluster.clone();
+        let mut request = LaunchRequest {
             session_id: row.session_id.clone(),
             user_id: row.user_id.clone(),
             cli_session_id: row.cli_session_id.clone(),
@@ -240,9 +246,27 @@ impl Registry {
             credentials,
         };
         let me = ctx.address();
-        let started = launch::launch(request, thread.runtime.clone());
+        let runtime = thread.runtime.clone();
+        // In a cluster the lease comes first: the CLI starts only on the instance that took
+        // it, from the row as it is then (a takeover continues after the last owner's ids).
+        let started = async move {
+            let (row, lease) = match cluster {
+                Some(cluster) => {
+                    let (fresh, lease) = cluster.take(&row.session_id).await.map_err(|e| (e, row.clone(), None))?;
+                    request.options = fresh.options.clone();
+                    request.resume_at = fresh.resume_at.clone();
+                    request.fork_from = fresh.fork_from.clone();
+                    (fresh, Some(lease))
+                }
+                None => (row, None),
+            };
+            match launch::launch(request, runtime).await {
+                Ok(launched) => Ok((row, lease, launched)),
+                Err(e) => Err((e, row, lease)),
+            }
+        };
         ctx.spawn(started.into_actor(self).map(move |result, act, ctx| {
-            let answer = act.launched(row, generation, urgency, thread, me, result);
+            let answer = act.launched(generation, urgency, thread, me, result);
             let _ = reply.send(answer);
             act.pump(ctx);
         }));
@@ -251,16 +275,19 @@ impl Registry {
     /// The end of a launch's fork: the session actor starts on `thread`, or the slot is freed.
     pub(super) fn launched(
         &mut self,
-        row: SessionRow,
         generation: u64,
         urgency: Urgency,
         thread: SessionThread,
         me: Addr<Self>,
-        result: Result<Launched, ApiError>,
+        result: Result<Started, NotStarted>,
     ) -> LaunchResult {
-        let launched = match result {
+        let (row, lease, launched) = match result {
             Ok(launched) => launched,
-            Err(e) => {
+            Err((e, row, lease)) => {
+                if let (Some(cluster), Some(lease)) = (self.cluster.clone(), lease) {
+                    let id = row.session_id.clone();
+                    actix_web::rt::spawn(async move { cluster.release(&id, &lease).await });
+                }
                 // Released: the slot is free again, and whoever waited looks again.
                 if self.current(&row.session_id, generation).is_some()
                     && let Some(entry) = self.entries.remove(&row.session_id)
@@ -284,9 +311,10 @@ impl Registry {
             max_budget_usd,
             generation,
             turn_slots: self.turn_slots.clone(),
+            cluster: self.cluster.clone().filter(|_| lease.is_some()),
         };
         let (storage, settings, hub, metrics) =
-            (self.storage.clone(), self.settings.clone(), self.hub.clone(), self.metrics.clone());
+            (self.storage.fenced(lease), self.settings.clone(), self.hub.clone(), self.metrics.clone());
         let addr = SessionActor::start_in_arbiter(&thread.arbiter, move |_| {
             SessionActor::new(setup, child, me, storage, settings, hub, metrics)
         });

@@ -46,6 +46,9 @@ pub enum StopReason {
     /// The session it was forked from was purged before it wrote a transcript of its own:
     /// the next start resumes the copy it was given.
     SourcePurged,
+    /// Another instance took the session's lease (this one was paused or cut off): the CLI
+    /// stops and nothing is written for the session (the new owner's writes win).
+    LeaseLost,
 }
 
 impl StopReason {
@@ -53,7 +56,7 @@ impl StopReason {
     pub(super) fn final_status(self) -> Option<SessionStatus> {
         use StopReason::*;
         match self {
-            Closed | Purged | Expired | UserDeleted => None,
+            Closed | Purged | Expired | UserDeleted | LeaseLost => None,
             IdleEviction | MemoryEviction | TooLarge | BudgetSpent | Shutdown | ForcedShutdown | Unresponsive
             | ProtocolError | Rewound | SourcePurged => Some(SessionStatus::Idle),
             StartFailed => Some(SessionStatus::Failed),

@@ -92,6 +92,8 @@ pub struct SessionSetup {
     pub generation: u64,
     /// `api.max_concurrent_requests` turn slots, shared by every session.
     pub turn_slots: Arc<Semaphore>,
+    /// In a cluster: where the writer gives the session's lease back once it is done.
+    pub cluster: Option<Arc<crate::actors::cluster::Cluster>>,
 }
 
 pub struct SessionActor {
@@ -180,7 +182,7 @@ impl SessionActor {
             deferred: Vec::new(),
             replay_keep: settings.events.replay as i64,
             priority: CliPriority::new(settings.cli.idle_nice),
-            persist: persist::start(storage, setup.session_id.clone(), settings.budgets.clone()),
+            persist: persist::start(storage, setup.session_id.clone(), settings.budgets.clone(), setup.cluster),
             id: setup.session_id,
             cli_session_id: setup.cli_session_id,
             generation: setup.generation,

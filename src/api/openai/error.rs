@@ -104,7 +104,7 @@ fn openai_status_and_type(code: ErrorCode, ours: StatusCode) -> (StatusCode, &'s
         SessionNotFound | UserNotFound | NotFound => (StatusCode::NOT_FOUND, "not_found_error"),
         SessionBusy | QueueFull | QuotaExceeded | RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
         BudgetExceeded => (StatusCode::TOO_MANY_REQUESTS, "insufficient_quota"),
-        CliFailed | MemoryPressure | Overloaded | StorageUnavailable | TurnTimeout | InternalError => {
+        CliFailed | MemoryPressure | Overloaded | SessionMoved | StorageUnavailable | TurnTimeout | InternalError => {
             (ours, "server_error")
         }
     }
