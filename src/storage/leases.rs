@@ -308,14 +308,19 @@ impl Storage {
     }
 
     /// At start-up and at the end of a drain: every session this instance owned becomes
-    /// `idle` (if it was live) and free; so do live sessions nobody owns (left by a run
-    /// before leases). Other instances' sessions are not touched. Returns how many changed.
+    /// `idle` (if it was live) and free; so do live sessions nobody owns and nobody touched
+    /// for a minute (left by a run before leases; a session being created has no lease for a
+    /// moment). Other instances' sessions are not touched. Returns how many changed.
     pub async fn release_all_leases(&self, instance_id: &str) -> Result<usize, StorageError> {
-        run!(self, [instance_id], |conn| {
+        let quiet_since = crate::clock::now_ms() - 60_000;
+        run!(self, [instance_id, quiet_since], |conn| {
             conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
                 let ours = || {
-                    sessions::table
-                        .filter(sessions::owner_instance.eq(instance_id.clone()).or(sessions::owner_instance.is_null()))
+                    sessions::table.filter(
+                        sessions::owner_instance
+                            .eq(instance_id.clone())
+                            .or(sessions::owner_instance.is_null().and(sessions::last_active_at.lt(*quiet_since))),
+                    )
                 };
                 let n = diesel::update(ours().filter(sessions::status.eq_any(SessionStatus::LIVE)))
                     .set(sessions::status.eq(SessionStatus::Idle))

@@ -23,6 +23,8 @@ pub struct OpenAiError {
     /// The request field at fault, when one is.
     pub param: Option<String>,
     pub retry_after_secs: Option<u64>,
+    /// Another instance owns the session: the forwarding layer sends the request there.
+    pub owner: Option<crate::error::Owner>,
 }
 
 /// The body of every error on `/v1`.
@@ -55,6 +57,7 @@ impl OpenAiError {
             message: format!("The model `{model}` does not exist or is not offered here; see GET /v1/models"),
             param: Some("model".into()),
             retry_after_secs: None,
+            owner: None,
         }
     }
 
@@ -67,6 +70,7 @@ impl OpenAiError {
             message: message.into(),
             param: Some(param.into()),
             retry_after_secs: None,
+            owner: None,
         }
     }
 
@@ -125,7 +129,13 @@ impl From<ApiError> for OpenAiError {
             ErrorCode::Unauthorized => "invalid_api_key".to_string(),
             other => other.as_str().to_string(),
         };
-        OpenAiError { status, kind, code, message: e.message(), param, retry_after_secs: e.retry_after_secs() }
+        let owner = match &e {
+            ApiError::SessionElsewhere { owner, url: Some(url) } => {
+                Some(crate::error::Owner { instance_id: owner.clone(), url: url.clone() })
+            }
+            _ => None,
+        };
+        OpenAiError { status, kind, code, message: e.message(), param, retry_after_secs: e.retry_after_secs(), owner }
     }
 }
 
@@ -150,7 +160,11 @@ impl ResponseError for OpenAiError {
         if self.kind == "insufficient_quota" {
             response.insert_header(("x-should-retry", "false"));
         }
-        response.json(self.body())
+        let mut response = response.json(self.body());
+        if let Some(owner) = &self.owner {
+            response.extensions_mut().insert(owner.clone());
+        }
+        response
     }
 }
 
@@ -196,6 +210,7 @@ mod tests {
             spent_usd: 1.0,
             resets_at: None,
             retry_after_secs: None,
+            owner: None,
         };
         let o = OpenAiError::from(ApiError::BudgetExceeded(spent));
         assert_eq!((o.status.as_u16(), o.kind, o.code.as_str()), (429, "insufficient_quota", "budget_exceeded"));
