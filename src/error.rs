@@ -10,6 +10,9 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+/// On an answer that is [`ApiError::SessionElsewhere`].
+pub const MOVED_HEADER: &str = "x-session-moved";
+
 /// The instance that holds a session's lease, on an answer that says so (see
 /// [`ApiError::SessionElsewhere`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -446,6 +449,10 @@ impl ResponseError for ApiError {
             && let Ok(value) = HeaderValue::from_str(allow)
         {
             response.insert_header((header::ALLOW, value));
+        }
+        if let ApiError::SessionElsewhere { .. } = self {
+            // For a forwarding instance: its idea of the owner is out of date.
+            response.insert_header((MOVED_HEADER, "1"));
         }
         let mut response = response.json(body);
         if let ApiError::SessionElsewhere { owner, url: Some(url) } = self {

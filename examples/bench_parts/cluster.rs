@@ -19,7 +19,12 @@ fn pg_base() -> String {
 }
 
 fn psql(sql: &str) {
-    let ok = Command::new("psql").arg(pg_base()).args(["-q", "-c", sql]).status().is_ok_and(|s| s.success());
+    let ok = Command::new("psql")
+        .arg(pg_base())
+        .args(["-q", "-c", &format!("SET client_min_messages = warning; {sql}")])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
     assert!(ok, "psql {sql} failed (PostgreSQL at {} is needed)", pg_base());
 }
 

@@ -5,10 +5,11 @@
 //! lease has not run out yet), the request waits for the lease to run out and is served here:
 //! the session is taken over and its CLI resumed from the transcript.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
@@ -22,7 +23,7 @@ use ipnet::IpNet;
 
 use crate::actors::cluster::Cluster;
 use crate::auth::limit::ForwardedBy;
-use crate::error::{ApiError, Owner};
+use crate::error::{ApiError, MOVED_HEADER, Owner};
 use crate::storage::Storage;
 
 /// The instance-to-instance secret.
@@ -45,7 +46,13 @@ pub struct Forwarder {
     max_kept_body: usize,
     trusted_proxies: Arc<[IpNet]>,
     forwarded: AtomicU64,
+    /// Owners looked up a moment ago (a turn forwarded is not one more database read): an
+    /// entry goes when its owner fails to answer or answers that it is not the owner any more.
+    owners: std::sync::Mutex<HashMap<String, (Owner, Instant)>>,
 }
+
+/// Entries of the owners' cache at most: past it the cache starts again empty.
+const MAX_CACHED_OWNERS: usize = 10_000;
 
 impl Forwarder {
     pub fn new(
@@ -62,7 +69,16 @@ impl Forwarder {
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| format!("cannot build the forwarding client: {e}"))?;
-        Ok(Forwarder { cluster, storage, secret, client, max_kept_body, trusted_proxies, forwarded: AtomicU64::new(0) })
+        Ok(Forwarder {
+            cluster,
+            storage,
+            secret,
+            client,
+            max_kept_body,
+            trusted_proxies,
+            forwarded: AtomicU64::new(0),
+            owners: Default::default(),
+        })
     }
 
     /// Requests sent on to the instance owning their session.
@@ -135,18 +151,57 @@ impl Forwarder {
         let every = (self.cluster.lease_ttl() / 3).clamp(LEASE_POLL, Duration::from_secs(2));
         loop {
             tokio::time::sleep(every).await;
-            match self.owner_of(session_id).await {
+            if self.cluster.owns(session_id) {
+                return;
+            }
+            match self.lookup(session_id).await {
                 Some(o) if o.instance_id == owner => {}
-                _ => return,
+                _ => {
+                    self.forget(session_id);
+                    return;
+                }
             }
         }
     }
 
-    /// The owner of `session_id` if another live instance holds its lease.
+    /// The owner of `session_id` if another live instance holds its lease: as looked up less
+    /// than a third of the lease TTL ago, or from the database.
     async fn owner_of(&self, session_id: &str) -> Option<Owner> {
         if self.cluster.owns(session_id) {
             return None;
         }
+        let fresh_for = self.cluster.lease_ttl() / 3;
+        if let Some((owner, at)) = self.cached().get(session_id)
+            && at.elapsed() < fresh_for
+        {
+            return Some(owner.clone());
+        }
+        let owner = self.lookup(session_id).await;
+        let mut cache = self.cached();
+        match &owner {
+            Some(o) => {
+                if cache.len() >= MAX_CACHED_OWNERS {
+                    cache.clear();
+                }
+                cache.insert(session_id.to_string(), (o.clone(), Instant::now()));
+            }
+            None => {
+                cache.remove(session_id);
+            }
+        }
+        owner
+    }
+
+    fn cached(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Owner, Instant)>> {
+        self.owners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn forget(&self, session_id: &str) {
+        self.cached().remove(session_id);
+    }
+
+    /// The owner of `session_id` in the database, if another live instance holds its lease.
+    async fn lookup(&self, session_id: &str) -> Option<Owner> {
         match self.storage.owner_elsewhere(session_id, self.cluster.instance_id()).await {
             Ok(Some((instance_id, Some(url)))) => Some(Owner { instance_id, url }),
             Ok(_) => None,
@@ -283,6 +338,7 @@ pub async fn to_owner(
     };
     if let Some(id) = &session {
         let deadline = tokio::time::Instant::now() + fwd.cluster.lease_ttl() + Duration::from_secs(2);
+        let mut moves = 0;
         while let Some(owner) = fwd.owner_of(id).await {
             let body = match &kept {
                 Some(b) => reqwest::Body::from(b.clone()),
@@ -302,6 +358,12 @@ pub async fn to_owner(
                 }
             };
             match answer {
+                // Not the owner any more (it lost the lease): looked up again, sent again.
+                Ok(response) if response.headers().contains_key(MOVED_HEADER) && kept.is_some() && moves < 2 => {
+                    moves += 1;
+                    fwd.forget(id);
+                    tokio::time::sleep(LEASE_POLL / 5).await;
+                }
                 Ok(response) => return Ok(req.into_response(response)),
                 // A body already streamed cannot be sent again.
                 Err(e) if kept.is_none() || tokio::time::Instant::now() >= deadline => {
@@ -311,6 +373,7 @@ pub async fn to_owner(
                 }
                 Err(e) => {
                     // Dead or restarting: its lease runs out within the TTL, then it is ours.
+                    fwd.forget(id);
                     log::debug!("session {id}: owner {} unreachable ({e}); waiting for its lease", owner.instance_id);
                     tokio::time::sleep(LEASE_POLL).await;
                 }

@@ -160,6 +160,9 @@ impl ResponseError for OpenAiError {
         if self.kind == "insufficient_quota" {
             response.insert_header(("x-should-retry", "false"));
         }
+        if self.code == ErrorCode::SessionMoved.as_str() {
+            response.insert_header((crate::error::MOVED_HEADER, "1"));
+        }
         let mut response = response.json(self.body());
         if let Some(owner) = &self.owner {
             response.extensions_mut().insert(owner.clone());
