@@ -24,7 +24,7 @@ pub struct OpenAiError {
     pub param: Option<String>,
     pub retry_after_secs: Option<u64>,
     /// Another instance owns the session: the forwarding layer sends the request there.
-    pub owner: Option<crate::error::Owner>,
+    pub owner: Option<Box<crate::error::Owner>>,
 }
 
 /// The body of every error on `/v1`.
@@ -131,7 +131,7 @@ impl From<ApiError> for OpenAiError {
         };
         let owner = match &e {
             ApiError::SessionElsewhere { owner, url: Some(url) } => {
-                Some(crate::error::Owner { instance_id: owner.clone(), url: url.clone() })
+                Some(Box::new(crate::error::Owner { instance_id: owner.clone(), url: url.clone() }))
             }
             _ => None,
         };
@@ -165,7 +165,7 @@ impl ResponseError for OpenAiError {
         }
         let mut response = response.json(self.body());
         if let Some(owner) = &self.owner {
-            response.extensions_mut().insert(owner.clone());
+            response.extensions_mut().insert(owner.as_ref().clone());
         }
         response
     }
@@ -213,7 +213,6 @@ mod tests {
             spent_usd: 1.0,
             resets_at: None,
             retry_after_secs: None,
-            owner: None,
         };
         let o = OpenAiError::from(ApiError::BudgetExceeded(spent));
         assert_eq!((o.status.as_u16(), o.kind, o.code.as_str()), (429, "insufficient_quota", "budget_exceeded"));
