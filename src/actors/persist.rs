@@ -27,7 +27,8 @@ pub enum PersistJob {
     /// "Always allow" this tool in this session.
     AllowTool(String),
     /// A batch of events (several merged ones answer each of their senders).
-    Events { rows: Vec<EventRow>, keep: i64, stored: Vec<oneshot::Sender<Stored>> },
+    /// Stored events up to `trim_to` go in the same transaction (the newest `events.replay` stay).
+    Events { rows: Vec<EventRow>, trim_to: i64, stored: Vec<oneshot::Sender<Stored>> },
     /// Reserve a block of event ids for a new actor: answers the floor.
     ReserveIds { block: i64, floor: oneshot::Sender<Result<i64, String>> },
     /// Move the reservation up to `up_to`.
@@ -91,11 +92,11 @@ fn enqueue(jobs: &mut VecDeque<PersistJob>, job: PersistJob, cap: usize) -> Resu
     let full = jobs.len() >= cap;
     match (jobs.back_mut(), job) {
         (
-            Some(PersistJob::Events { rows, keep, stored }),
-            PersistJob::Events { rows: more, keep: new_keep, stored: also },
+            Some(PersistJob::Events { rows, trim_to, stored }),
+            PersistJob::Events { rows: more, trim_to: later, stored: also },
         ) => {
             rows.extend(more);
-            *keep = new_keep;
+            *trim_to = (*trim_to).max(later);
             stored.extend(also);
             Ok(())
         }
@@ -191,7 +192,7 @@ async fn run(storage: &Storage, session_id: &str, budgets: &BudgetSettings, job:
                     .await
                     .map(|_| 0)
             }
-            PersistJob::Events { rows, keep, .. } => storage.insert_events(rows, *keep).await.map(|_| 0),
+            PersistJob::Events { rows, trim_to, .. } => storage.insert_events(rows, *trim_to).await.map(|_| 0),
             PersistJob::AllowTool(tool) => storage.allow_tool(session_id, tool).await.map(|_| 0),
             PersistJob::ReserveIds { block, .. } => storage.reserve_event_ids(session_id, *block).await,
             PersistJob::ExtendIds { up_to, .. } => storage.extend_event_ids(session_id, *up_to).await.map(|_| 0),
@@ -271,7 +272,7 @@ mod tests {
 
     fn events(ids: &[i64]) -> (PersistJob, oneshot::Receiver<Stored>) {
         let (tx, rx) = oneshot::channel();
-        (PersistJob::Events { rows: ids.iter().copied().map(row).collect(), keep: 10, stored: vec![tx] }, rx)
+        (PersistJob::Events { rows: ids.iter().copied().map(row).collect(), trim_to: 0, stored: vec![tx] }, rx)
     }
 
     fn status(to: SessionStatus) -> PersistJob {

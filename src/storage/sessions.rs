@@ -180,9 +180,10 @@ pub struct TurnRecord {
     pub error_code: Option<String>,
     /// The result's subtype (`success`, `error_max_budget_usd`, `interrupted`, ...).
     pub subtype: Option<String>,
-    /// The turn's events not yet stored, and how many events the session keeps.
+    /// The turn's events not yet stored, and the id up to which stored ones go (the newest
+    /// `events.replay` stay).
     pub events: Vec<EventRow>,
-    pub keep_events: i64,
+    pub trim_events_to: i64,
     /// The CLI's uuid of the user message (the one it was sent with).
     pub user_cli_uuid: Option<String>,
     /// The CLI's uuid of the turn's last assistant message: a fork or a rewind resumes there.
@@ -270,12 +271,12 @@ impl Storage {
                 for message in [&user, &assistant] {
                     diesel::insert_into(messages::table).values(message).execute(conn).await?;
                 }
-                if let Some(last) = r.events.last() {
-                    conn.insert_event_rows(kept_events(&r.events, last.event_id - r.keep_events)).await?;
+                if !r.events.is_empty() {
+                    conn.insert_event_rows(kept_events(&r.events, r.trim_events_to)).await?;
                     diesel::delete(
                         events::table
                             .filter(events::session_id.eq(&r.session_id))
-                            .filter(events::event_id.le(last.event_id - r.keep_events)),
+                            .filter(events::event_id.le(r.trim_events_to)),
                     )
                     .execute(conn)
                     .await?;
@@ -365,18 +366,18 @@ fn kept_events(rows: &[EventRow], trim_to: i64) -> Vec<&EventRow> {
 }
 
 impl Storage {
-    /// Stores a batch of events and keeps only the latest `keep` of the session, in one
+    /// Stores a batch of events and deletes the session's stored ones up to `trim_to`, in one
     /// transaction; also records the highest id on the session row.
-    pub async fn insert_events(&self, rows: &[EventRow], keep: i64) -> Result<(), StorageError> {
+    pub async fn insert_events(&self, rows: &[EventRow], trim_to: i64) -> Result<(), StorageError> {
         let Some(last) = rows.last() else { return Ok(()) };
         let (session_id, last_id) = (last.session_id.clone(), last.event_id);
         let (rows, fence) = (rows.to_vec(), self.fence.clone());
-        run!(self, [rows, session_id, last_id, keep, fence], |conn| {
+        run!(self, [rows, session_id, last_id, trim_to, fence], |conn| {
             conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
                 check_fence!(conn, session_id, fence.as_deref());
-                conn.insert_event_rows(kept_events(rows, last_id - keep)).await?;
+                conn.insert_event_rows(kept_events(rows, *trim_to)).await?;
                 diesel::delete(
-                    events::table.filter(events::session_id.eq(session_id)).filter(events::event_id.le(last_id - keep)),
+                    events::table.filter(events::session_id.eq(session_id)).filter(events::event_id.le(trim_to)),
                 )
                 .execute(conn)
                 .await?;
@@ -389,6 +390,17 @@ impl Storage {
             })
             .await?
         })
+    }
+
+    /// The newest `limit` stored event ids of a session, newest first.
+    pub async fn newest_event_ids(&self, session_id: &str, limit: i64) -> Result<Vec<i64>, StorageError> {
+        run!(self, [session_id, limit], |conn| events::table
+            .filter(events::session_id.eq(session_id))
+            .select(events::event_id)
+            .order(events::event_id.desc())
+            .limit(*limit)
+            .load(conn)
+            .await?)
     }
 
     /// Stored events of a session after `after`, oldest first.

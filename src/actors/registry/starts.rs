@@ -18,7 +18,7 @@ use crate::error::ApiError;
 use crate::storage::{Lease, SessionRow};
 
 /// A launch's fork: the row it started from (fresh after taking the lease), the lease, the CLI.
-pub(super) type Started = (SessionRow, Option<Lease>, Launched);
+pub(super) type Started = (SessionRow, Option<Lease>, Vec<i64>, Launched);
 /// A launch that failed, with what it held (a lease taken is given back).
 pub(super) type NotStarted = (ApiError, SessionRow, Option<Lease>);
 
@@ -230,6 +230,7 @@ impl Registry {
         entry.start_permit = Some(permit);
         let thread = self.threads.pick();
         let cluster = self.cluster.clone();
+        let (storage, keep) = (self.storage.clone(), self.settings.events.replay as i64);
         let mut request = LaunchRequest {
             session_id: row.session_id.clone(),
             user_id: row.user_id.clone(),
@@ -260,8 +261,15 @@ impl Registry {
                 }
                 None => (row, None),
             };
+            // What the session keeps of its events so far: the new actor trims by it (ids are
+            // not dense across starts). None read: nothing older is trimmed until its own fill
+            // the window.
+            let stored = storage.newest_event_ids(&row.session_id, keep).await.unwrap_or_else(|e| {
+                log::warn!("session {}: stored event ids not read ({e})", row.session_id);
+                Vec::new()
+            });
             match launch::launch(request, runtime).await {
-                Ok(launched) => Ok((row, lease, launched)),
+                Ok(launched) => Ok((row, lease, stored, launched)),
                 Err(e) => Err((e, row, lease)),
             }
         };
@@ -281,7 +289,7 @@ impl Registry {
         me: Addr<Self>,
         result: Result<Started, NotStarted>,
     ) -> LaunchResult {
-        let (row, lease, launched) = match result {
+        let (row, lease, stored_event_ids, launched) = match result {
             Ok(launched) => launched,
             Err((e, row, lease)) => {
                 if let (Some(cluster), Some(lease)) = (self.cluster.clone(), lease) {
@@ -312,6 +320,7 @@ impl Registry {
             generation,
             turn_slots: self.turn_slots.clone(),
             cluster: self.cluster.clone().filter(|_| lease.is_some()),
+            stored_event_ids,
         };
         let (storage, settings, hub, metrics) =
             (self.storage.fenced(lease), self.settings.clone(), self.hub.clone(), self.metrics.clone());

@@ -32,6 +32,10 @@ pub(super) struct EventLog {
     handed_up_to: i64,
     /// Events not yet confirmed stored, oldest first (followers read them at the seam).
     unstored: VecDeque<Arc<SessionEvent>>,
+    /// The ids this log hands out start above this one.
+    floor: i64,
+    /// The newest ids stored before this log started, newest first (see [`EventLog::trim_to`]).
+    older: Vec<i64>,
 }
 
 /// Events handed to the writer as one batch: those not handed before, oldest first.
@@ -64,12 +68,34 @@ impl EventLog {
             extending: false,
             handed_up_to: last_event_id,
             unstored: VecDeque::new(),
+            floor: last_event_id,
+            older: Vec::new(),
         }
+    }
+
+    /// The newest ids stored before this log (newest first), for [`EventLog::trim_to`].
+    pub(super) fn after_stored(mut self, older: Vec<i64>) -> Self {
+        self.older = older;
+        self
+    }
+
+    /// The id up to which stored events may go once everything up to `up_to` is stored, so
+    /// that the newest `keep` stay. Not `up_to - keep`: ids are not dense across owners (a
+    /// takeover, a crash or a restart numbers on above the ids its predecessor reserved), and
+    /// that would delete every event from before the gap.
+    pub(super) fn trim_to(&self, up_to: i64, keep: i64) -> i64 {
+        let own = up_to - self.floor;
+        if own >= keep {
+            return up_to - keep;
+        }
+        let older_kept = (keep - own) as usize;
+        self.older.get(older_kept).copied().unwrap_or(0)
     }
 
     /// Storage reserved the block above `floor` (above every id handed out before, stored or
     /// not): ids continue from there.
     pub(super) fn reserved(&mut self, floor: i64) {
+        self.floor = floor;
         self.next_id = floor + 1;
         self.handed_up_to = floor;
         self.reserved_up_to = floor + self.block;
@@ -242,8 +268,9 @@ impl SessionActor {
     /// until it confirms. The receiver resolves once they are stored (or given up on).
     pub(super) fn flush_events(&mut self, ctx: &mut Context<Self>) -> Option<oneshot::Receiver<()>> {
         let (rows, stored, done) = self.hand_events(None, ctx)?;
+        let trim_to = rows.last().map_or(0, |r| self.log.trim_to(r.event_id, self.replay_keep));
         if let Err(PersistJob::Events { stored, .. }) =
-            self.persist.push(PersistJob::Events { rows, keep: self.replay_keep, stored: vec![stored] })
+            self.persist.push(PersistJob::Events { rows, trim_to, stored: vec![stored] })
         {
             // No room: they are handed again later.
             for s in stored {
@@ -322,6 +349,26 @@ mod tests {
 
     fn ids(events: &[Arc<SessionEvent>]) -> Vec<i64> {
         events.iter().map(|e| e.id).collect()
+    }
+
+    #[test]
+    fn the_trim_keeps_the_newest_events_across_a_gap_in_the_ids() {
+        // Dense: this log's own ids fill the window.
+        let mut dense = EventLog::new(0, 100);
+        dense.reserved(0);
+        assert_eq!(dense.trim_to(10, 5), 5);
+        // A takeover numbers on far above what its predecessor stored (91..=100): with two
+        // ids of its own, the three newest older ones stay (98, 99, 100), the rest go.
+        let older: Vec<i64> = (91..=100).rev().collect();
+        let mut after_gap = EventLog::new(100, 100).after_stored(older);
+        after_gap.reserved(1 << 20);
+        assert_eq!(after_gap.trim_to((1 << 20) + 2, 5), 97);
+        // Once its own fill the window, by id again.
+        assert_eq!(after_gap.trim_to((1 << 20) + 9, 5), (1 << 20) + 4);
+        // Fewer older ones than the window leaves room for: nothing goes.
+        let mut few = EventLog::new(3, 100).after_stored(vec![3, 2, 1]);
+        few.reserved(1 << 20);
+        assert_eq!(few.trim_to((1 << 20) + 2, 10), 0);
     }
 
     #[test]

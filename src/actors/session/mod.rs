@@ -92,6 +92,8 @@ pub struct SessionSetup {
     pub generation: u64,
     /// `api.max_concurrent_requests` turn slots, shared by every session.
     pub turn_slots: Arc<Semaphore>,
+    /// The newest event ids stored so far (newest first, at most `events.replay`).
+    pub stored_event_ids: Vec<i64>,
     /// In a cluster: where the writer gives the session's lease back once it is done.
     pub cluster: Option<Arc<crate::actors::cluster::Cluster>>,
 }
@@ -174,7 +176,7 @@ impl SessionActor {
             permissions: PermissionBroker::new(setup.always_allowed.iter().cloned()),
             draining: None,
             timer_probe: Arc::new(()),
-            log: EventLog::new(setup.last_event_id, ID_BLOCK),
+            log: EventLog::new(setup.last_event_id, ID_BLOCK).after_stored(setup.stored_event_ids),
             flush_scheduled: false,
             cli_ready: false,
             committing: None,

@@ -177,7 +177,7 @@ impl SessionActor {
         );
         let record = TurnRecord {
             events,
-            keep_events: self.replay_keep,
+            trim_events_to: self.log.trim_to(last.id, self.replay_keep),
             session_id: self.id.clone(),
             turn_id: turn.id.to_string(),
             started_at: turn.started_at,
