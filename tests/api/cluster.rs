@@ -15,7 +15,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
-use crate::helpers::{eventually, fake_cli_path, parse_sse, pg_admin, pg_base_url, pg_url_with_schema, process_alive};
+use crate::helpers::{eventually, fake_cli_path, pg_admin, pg_base_url, pg_url_with_schema, process_alive};
 
 const BIN: &str = env!("CARGO_BIN_EXE_claude-agent-http");
 pub const ADMIN: &str = "cluster-test-admin-key-0123456789";
@@ -452,8 +452,7 @@ pub async fn request(client: &awc::Client, url: &str, method: Method, key: Optio
 
 /// An SSE answer read as it arrives.
 pub struct Sse {
-    res: Box<awc::ClientResponse>,
-    buffer: String,
+    reader: crate::helpers::SseReader,
 }
 
 pub type Frame = (i64, Value);
@@ -480,27 +479,12 @@ impl Sse {
             let body = res.body().await.unwrap_or_default();
             panic!("{url}: {} {}", res.status(), String::from_utf8_lossy(&body));
         }
-        Sse { res: Box::new(res), buffer: String::new() }
+        Sse { reader: crate::helpers::SseReader::new(res) }
     }
 
     /// The next frame, or `None` when the stream ends (or has no frame for 30 s).
     pub async fn next_frame(&mut self) -> Option<Frame> {
-        tokio::time::timeout(Duration::from_secs(30), self.frame()).await.ok()?
-    }
-
-    async fn frame(&mut self) -> Option<Frame> {
-        use futures_util::StreamExt;
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                if let Some(frame) = parse_sse(&block).pop() {
-                    return Some(frame);
-                }
-                continue;
-            }
-            let chunk = self.res.next().await?.ok()?;
-            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
-        }
+        tokio::time::timeout(Duration::from_secs(30), self.reader.next_frame()).await.ok()?
     }
 
     /// Frames up to and including the next `done` or `error`.
@@ -675,7 +659,7 @@ async fn a_per_user_cap_of_3_holds_under_20_creates_racing_on_three_instances() 
 async fn kill_9_of_the_owner_mid_turn_the_next_message_elsewhere_resumes_it_with_no_event_id_reused() {
     let mock = crate::real_cli::MockApi::start();
     let spec = Spec {
-        cli: real_cli_path(),
+        cli: crate::real_cli::real_cli_path(),
         env: vec![("CLAUDE_AGENT_CLI__STOP_GRACE".into(), "3".into())],
         settings_toml: format!(
             "[defaults]\nmodel = \"claude-sonnet-4-5\"\n\n[cli.env]\nANTHROPIC_BASE_URL = \"{}\"\n\
@@ -748,18 +732,6 @@ async fn kill_9_of_the_owner_mid_turn_the_next_message_elsewhere_resumes_it_with
 
 fn replayed_deltas(frames: &[Frame]) -> usize {
     frames.iter().filter(|(_, f)| f["type"] == "text_delta").count()
-}
-
-fn real_cli_path() -> PathBuf {
-    let path = std::env::var("REAL_CLAUDE_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cli/node_modules/.bin/claude"));
-    assert!(
-        path.exists(),
-        "the real CLI is missing at {}: run scripts/install-cli (scripts/test does)",
-        path.display()
-    );
-    path
 }
 
 /// The first message for an idle session reaches B and C at the same instant, 50 times:

@@ -518,6 +518,10 @@ pub struct SseReader {
 }
 
 impl SseReader {
+    pub fn new(res: LiveBody) -> Self {
+        SseReader { res: Box::new(res), buffer: String::new() }
+    }
+
     /// The next frame, or `None` at the end of the stream.
     pub async fn next_frame(&mut self) -> Option<(i64, Value)> {
         use futures_util::StreamExt;

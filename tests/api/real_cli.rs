@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Backend, TestApp, eventually, spawn_app_with};
 
-fn real_cli_path() -> PathBuf {
+pub fn real_cli_path() -> PathBuf {
     let path = std::env::var("REAL_CLAUDE_PATH")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cli/node_modules/.bin/claude"));
