@@ -29,6 +29,8 @@ pub struct Cluster {
     renewed_at: Mutex<Instant>,
     /// What stops the CLIs of lost leases (the registry), set once the heartbeat starts.
     on_lost: std::sync::OnceLock<OnLost>,
+    /// When a request last asked for a heartbeat (see [`Cluster::still_owns`]).
+    checked_at: Mutex<Option<Instant>>,
     /// One heartbeat at a time (the timer's, or one a request asked for).
     beating: tokio::sync::Mutex<()>,
 }
@@ -56,6 +58,7 @@ impl Cluster {
             renewed_at: Mutex::new(Instant::now()),
             on_lost: std::sync::OnceLock::new(),
             beating: tokio::sync::Mutex::new(()),
+            checked_at: Mutex::new(None),
         })
     }
 
@@ -83,12 +86,24 @@ impl Cluster {
     /// Whether this instance still holds the session's lease, checked with the database
     /// first when the last renewal is older than the TTL (the process was paused, or the
     /// database away): a lease lost meanwhile has its CLI stopped before anything is asked of it.
+    /// A database that does not answer within a moment leaves the answer at what this instance
+    /// knows (its writes stay fenced anyway), so an outage does not hold every turn up.
     pub async fn still_owns(&self, session_id: &str) -> bool {
         let stale = self.renewed_at.lock().map(|at| at.elapsed() >= self.ttl).unwrap_or(true);
-        if stale {
-            self.beat_and_stop_lost().await;
+        if stale && self.may_check_now() {
+            let _ = tokio::time::timeout(Duration::from_millis(500), self.beat_and_stop_lost()).await;
         }
         self.owns(session_id)
+    }
+
+    /// At most one heartbeat a second asked for by requests.
+    fn may_check_now(&self) -> bool {
+        let Ok(mut last) = self.checked_at.lock() else { return false };
+        if last.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
     }
 
     pub fn owned_count(&self) -> usize {
