@@ -74,6 +74,12 @@ impl Cluster {
         self.ttl
     }
 
+    /// How often something waiting on a lease (a forwarded request, a follower elsewhere)
+    /// looks at it again: a third of the TTL, from 250 ms to 2 s.
+    pub fn lease_poll(&self) -> Duration {
+        (self.ttl / 3).clamp(Duration::from_millis(250), Duration::from_secs(2))
+    }
+
     fn ttl_ms(&self) -> i64 {
         self.ttl.as_millis() as i64
     }

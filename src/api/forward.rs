@@ -148,7 +148,7 @@ impl Forwarder {
 
     /// Resolves once `owner` no longer holds a live lease on the session.
     async fn lease_leaves(&self, session_id: &str, owner: &str) {
-        let every = (self.cluster.lease_ttl() / 3).clamp(LEASE_POLL, Duration::from_secs(2));
+        let every = self.cluster.lease_poll();
         loop {
             tokio::time::sleep(every).await;
             if self.cluster.owns(session_id) {

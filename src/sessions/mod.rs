@@ -559,7 +559,7 @@ impl SessionService {
         let (cluster, storage) = (self.cluster.clone(), self.storage.clone());
         async move {
             let Some(cluster) = cluster else { return std::future::pending().await };
-            let every = (cluster.lease_ttl() / 3).clamp(Duration::from_millis(250), Duration::from_secs(2));
+            let every = cluster.lease_poll();
             loop {
                 tokio::time::sleep(every).await;
                 if cluster.owns(&session_id) {

@@ -269,11 +269,9 @@ impl Storage {
                     ))
                     .execute(conn)
                     .await?;
-                let row: SessionRow =
-                    sessions::table.find(session_id).select(SessionRow::as_select()).get_result(conn).await?;
-                let (holder, generation): (Option<String>, i64) = sessions::table
+                let (row, holder, generation): (SessionRow, Option<String>, i64) = sessions::table
                     .find(session_id)
-                    .select((sessions::owner_instance, sessions::lease_generation))
+                    .select((SessionRow::as_select(), sessions::owner_instance, sessions::lease_generation))
                     .get_result(conn)
                     .await?;
                 if taken == 0 {
