@@ -317,6 +317,9 @@ pub struct SandboxSettings {
     /// Paths the agents may never read, even inside a readable system tree. The settings
     /// file, data dir, users' root and database are always hidden too.
     pub hidden_paths: Vec<String>,
+    /// Whether the agents may create unix sockets. Off by default: before Landlock ABI 9 a
+    /// unix socket reaches any socket file the agent can name (a local database's, Docker's).
+    pub allow_unix_sockets: bool,
 }
 
 /// Host secrets an agent has no business reading, and where the deployment files put the
@@ -341,6 +344,7 @@ impl Default for SandboxSettings {
             mode: SandboxMode::Auto,
             allowed_tcp_ports: vec![443],
             hidden_paths: DEFAULT_HIDDEN_PATHS.iter().map(|s| s.to_string()).collect(),
+            allow_unix_sockets: false,
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod probe;
 pub mod process;
 pub mod protocol;
 pub mod sandbox;
+pub mod syscalls;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -172,6 +172,8 @@ pub struct Confinement {
     /// Read rights on the child's own `/proc` instance, a mount that only exists after the
     /// fork, so its rule is added in the child.
     pub proc_read: u64,
+    /// The seccomp filter ([`super::syscalls`]), installed after the ruleset.
+    pub syscalls: Option<&'static [seccompiler::sock_filter]>,
 }
 
 /// `struct landlock_path_beneath_attr` (packed in the kernel's UAPI).
@@ -183,7 +185,7 @@ struct PathBeneathAttr {
 
 impl Confinement {
     /// In the child between fork and exec: the rule for whatever `/proc` is now, then
-    /// `no_new_privs` and the ruleset. Raw syscalls: the crate's calls may allocate.
+    /// `no_new_privs`, the ruleset and the seccomp filter. Raw syscalls: the crate's calls may allocate.
     ///
     /// SAFETY (caller): async-signal-safe syscalls only.
     unsafe fn apply(&self) -> std::io::Result<()> {
@@ -209,6 +211,9 @@ impl Confinement {
             }
             if libc::syscall(libc::SYS_landlock_restrict_self, self.ruleset.as_raw_fd(), 0) != 0 {
                 return Err(last());
+            }
+            if let Some(program) = self.syscalls {
+                super::syscalls::install(program)?;
             }
         }
         Ok(())

@@ -5,6 +5,7 @@
 //! - network (ABI 4): `connect` to the allowed TCP ports only, `bind` to none;
 //! - scopes (ABI 6): no signals to, and no abstract unix sockets of, processes outside the
 //!   session (the service, other sessions);
+//! - syscalls (seccomp, every kernel): no unix sockets, no io_uring ([`super::syscalls`]);
 //! - ptrace (every ABI): no access to processes outside the session, so no `/proc/<pid>/environ`,
 //!   `mem`, `maps` or `fd` of the service or of another session.
 //!
@@ -28,6 +29,13 @@ const ABI_HANDLED: ABI = ABI::V9;
 /// System trees the agent may read and execute from.
 const SYSTEM_READ: &[&str] =
     &["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc", "/opt", "/run", "/proc", "/sys"];
+/// System trees searched for what only its owner or group may read: an agent runs as the
+/// service's uid (root in many containers), so a root-only 0600 file there (a Redis password,
+/// a private key) would be readable to it. /usr and /lib hold world-readable package files;
+/// /proc and /sys are not files.
+const SEARCHED_FOR_PRIVATE: &[&str] = &["/etc", "/opt", "/run"];
+/// Entries looked at by that search, at most (a few thousand on a usual host).
+const PRIVATE_SEARCH_LIMIT: usize = 200_000;
 /// Device nodes (`/dev/null`, `/dev/tty`, …) must be writable.
 const SYSTEM_WRITE: &[&str] = &["/dev"];
 
@@ -48,9 +56,6 @@ pub fn decide(mode: SandboxMode) -> Result<Option<i64>, String> {
         }
         (_, Some(abi)) => {
             log::info!("confining the agents with Landlock (kernel ABI {abi})");
-            for gap in unconfined_on(abi) {
-                log::warn!("this kernel's Landlock (ABI {abi}) cannot confine {gap}");
-            }
             Ok(Some(abi))
         }
         (SandboxMode::Auto, None) => {
@@ -63,19 +68,22 @@ pub fn decide(mode: SandboxMode) -> Result<Option<i64>, String> {
     }
 }
 
-/// What an agent can still do on a kernel with Landlock ABI `abi` (empty from ABI 9 on).
-pub fn unconfined_on(abi: i64) -> Vec<&'static str> {
-    let gaps: [(i64, &str); 5] = [
+/// What an agent can still do on a kernel with Landlock ABI `abi` (empty from ABI 9 on);
+/// `unix_filtered`: the seccomp filter refuses unix sockets, whatever the ABI.
+pub fn unconfined_on(abi: i64, unix_filtered: bool) -> Vec<&'static str> {
+    let gaps: [(i64, &str); 6] = [
         (2, "renames and links across directories (ABI 2, Linux 5.19)"),
         (3, "truncation of readable files (ABI 3, Linux 6.2)"),
         (
             4,
             "the network: agents may connect to any TCP port, the service's and the database's included (ABI 4, Linux 6.7)",
         ),
-        (6, "signals and abstract unix sockets: agents may signal the service and other sessions (ABI 6, Linux 6.12)"),
+        (6, "signals: agents may signal the service and other sessions (ABI 6, Linux 6.12)"),
+        (6, "abstract unix sockets (ABI 6, Linux 6.12)"),
         (9, "pathname unix sockets: agents may connect to any socket file they can reach, e.g. a local database's"),
     ];
-    gaps.iter().filter(|(since, _)| abi < *since).map(|(_, gap)| *gap).collect()
+    let unix = |gap: &str| gap.contains("unix sockets");
+    gaps.iter().filter(|(since, gap)| abi < *since && !(unix_filtered && unix(gap))).map(|(_, gap)| *gap).collect()
 }
 
 /// The confinement every session's CLI gets, computed once at start-up.
@@ -90,6 +98,8 @@ pub struct Sandbox {
     connect_ports: BTreeSet<u16>,
     /// Ports never granted, whatever asks for them: the service's own, the database's.
     forbidden_ports: BTreeSet<u16>,
+    /// No unix sockets, no io_uring (`None`: `sandbox.allow_unix_sockets`, or no filter here).
+    syscalls: Option<&'static [seccompiler::sock_filter]>,
 }
 
 impl Sandbox {
@@ -101,7 +111,22 @@ impl Sandbox {
         if let Some(port) = settings.database_port() {
             forbidden_ports.insert(port);
         }
-        let mut sandbox = Sandbox { abi, read, hidden, connect_ports: BTreeSet::new(), forbidden_ports };
+        let syscalls = if settings.sandbox.allow_unix_sockets {
+            log::warn!("sandbox.allow_unix_sockets: the agents may connect to unix sockets they can name");
+            None
+        } else {
+            match super::syscalls::filter() {
+                Ok(program) => Some(program.as_slice()),
+                Err(e) => {
+                    log::warn!("{e}: the agents may connect to unix sockets they can name");
+                    None
+                }
+            }
+        };
+        for gap in unconfined_on(abi, syscalls.is_some()) {
+            log::warn!("this kernel's Landlock (ABI {abi}) cannot confine {gap}");
+        }
+        let mut sandbox = Sandbox { abi, read, hidden, connect_ports: BTreeSet::new(), forbidden_ports, syscalls };
         let wanted: Vec<u16> = settings
             .sandbox
             .allowed_tcp_ports
@@ -166,7 +191,7 @@ impl Sandbox {
         let ruleset = ruleset.ok_or("this kernel has no Landlock")?;
         // What the ruleset handles on this kernel: a right it does not handle would be refused.
         let proc_read = (AccessFs::from_read(ABI_HANDLED) & AccessFs::from_read(ABI::from(self.abi as i32))).bits();
-        Ok(Confinement { ruleset, proc_read })
+        Ok(Confinement { ruleset, proc_read, syscalls: self.syscalls })
     }
 }
 
@@ -183,6 +208,15 @@ fn hidden_paths(settings: &Settings) -> Vec<PathBuf> {
         db.push(suffix);
         paths.push(PathBuf::from(db));
     }
+    let mut budget = PRIVATE_SEARCH_LIMIT;
+    for root in SEARCHED_FOR_PRIVATE {
+        private_entries(Path::new(root), &mut paths, &mut budget);
+    }
+    if budget == 0 {
+        log::warn!(
+            "sandbox: stopped looking for private files in {SEARCHED_FOR_PRIVATE:?} after {PRIVATE_SEARCH_LIMIT} entries"
+        );
+    }
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let mut out: Vec<PathBuf> = paths
         .into_iter()
@@ -196,6 +230,31 @@ fn hidden_paths(settings: &Settings) -> Vec<PathBuf> {
     out.sort();
     out.dedup();
     out
+}
+
+/// Adds to `out` what beneath `dir` others may not read: files without `o+r`, directories
+/// without `o+x` (not entered further). Links are not followed (where they lead is judged
+/// there). Looks at `budget` entries at most.
+fn private_entries(dir: &Path, out: &mut Vec<PathBuf>, budget: &mut usize) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        if *budget == 0 {
+            return;
+        }
+        *budget -= 1;
+        let Ok(meta) = entry.metadata() else { continue };
+        let mode = meta.permissions().mode();
+        if meta.is_dir() {
+            if mode & 0o001 == 0 {
+                out.push(entry.path());
+            } else {
+                private_entries(&entry.path(), out, budget);
+            }
+        } else if meta.is_file() && mode & 0o004 == 0 {
+            out.push(entry.path());
+        }
+    }
 }
 
 /// `a/./b/../c` → `a/c`, without touching the filesystem.
@@ -282,6 +341,30 @@ mod tests {
     }
 
     #[test]
+    fn files_and_directories_others_may_not_read_are_found() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        let at = |name: &str| root.path().join(name);
+        std::fs::create_dir_all(at("open/deep")).unwrap();
+        std::fs::create_dir_all(at("closed/inner")).unwrap();
+        std::fs::write(at("public.conf"), "").unwrap();
+        std::fs::write(at("open/deep/secret.key"), "").unwrap();
+        mode(&at("open/deep/secret.key"), 0o640);
+        std::fs::write(at("closed/inner/x"), "").unwrap();
+        mode(&at("closed"), 0o750);
+        std::os::unix::fs::symlink("/etc/shadow", at("link")).unwrap();
+        let mut found = Vec::new();
+        let mut budget = 100;
+        private_entries(root.path(), &mut found, &mut budget);
+        found.sort();
+        assert_eq!(found, vec![at("closed"), at("open/deep/secret.key")]);
+        let mut none = Vec::new();
+        private_entries(root.path(), &mut none, &mut 0);
+        assert!(none.is_empty(), "no budget, no search");
+    }
+
+    #[test]
     fn url_ports() {
         assert_eq!(port_of_url("http://127.0.0.1:4567"), Some(4567));
         assert_eq!(port_of_url("https://api.anthropic.com/v1"), Some(443));
@@ -304,8 +387,11 @@ mod tests {
 
     #[test]
     fn older_kernels_say_what_they_cannot_confine() {
-        assert!(unconfined_on(9).is_empty());
-        assert_eq!(unconfined_on(7).len(), 1);
-        assert!(unconfined_on(3).iter().any(|g| g.contains("network")));
+        assert!(unconfined_on(9, false).is_empty());
+        assert_eq!(unconfined_on(7, false).len(), 1);
+        assert!(unconfined_on(7, true).is_empty(), "the seccomp filter refuses unix sockets");
+        assert!(unconfined_on(3, false).iter().any(|g| g.contains("network")));
+        assert!(unconfined_on(5, true).iter().all(|g| !g.contains("unix sockets")));
+        assert_eq!(unconfined_on(5, false).iter().filter(|g| g.contains("unix sockets")).count(), 2);
     }
 }

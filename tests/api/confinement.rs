@@ -84,7 +84,8 @@ async fn the_real_cli_works_confined_and_its_tools_cannot_leave_the_users_direct
 
 /// What Alice's agent (the real CLI's own Bash tool) saw when it went for everything that is
 /// not hers: the service's process, Bob's session, a settings file under /run, the service's
-/// and PostgreSQL's ports, and a signal to the service.
+/// and PostgreSQL's ports, unix sockets (PostgreSQL's and one of the test's), a root-only file
+/// in a system tree, and a signal to the service.
 #[derive(Debug)]
 struct Loot {
     service_proc: String,
@@ -95,7 +96,28 @@ struct Loot {
     settings_file: String,
     sibling_file: String,
     ports: String,
+    /// A unix socket the test listens on, and PostgreSQL's own (trust auth as root).
+    unix_socket: String,
+    postgres_socket: String,
+    /// A root-owned 0600 file in a readable system tree (where a host keeps e.g. a Redis
+    /// password): the agent runs as root too, so only the sandbox keeps it away.
+    private_file: String,
     signal: String,
+}
+
+const UNIX_SECRET: &str = "unix-socket-secret";
+const PRIVATE_SECRET: &str = "requirepass private-secret";
+const POSTGRES_SOCKET_DIR: &str = "/var/run/postgresql";
+
+/// Listens on a unix socket and answers every connection with [`UNIX_SECRET`].
+fn unix_listener(path: &std::path::Path) -> std::thread::JoinHandle<()> {
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let _ = std::io::Write::write_all(&mut stream, UNIX_SECRET.as_bytes());
+        }
+    })
 }
 
 const BOB_PROMPT: &str = "bob-secret-system-prompt";
@@ -116,6 +138,13 @@ async fn attack(mode: SandboxMode) -> Loot {
     std::fs::write(&settings_file, SETTINGS_SECRET).unwrap();
     let sibling = std::path::PathBuf::from(format!("{}-sibling.txt", run.display()));
     std::fs::write(&sibling, "sibling is readable").unwrap();
+    // Readable to anyone (the service's umask is 077, and these tests share its process).
+    std::fs::set_permissions(&sibling, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let private = std::path::PathBuf::from(format!("{}-private.conf", run.display()));
+    std::fs::write(&private, PRIVATE_SECRET).unwrap();
+    std::fs::set_permissions(&private, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let socket = std::path::PathBuf::from(format!("{}.sock", run.display()));
+    let _listener = unix_listener(&socket);
 
     let mock = MockApi::start();
     let file = settings_file.clone();
@@ -155,12 +184,26 @@ async fn attack(mode: SandboxMode) -> Loot {
             "for p in {port} 5432; do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && echo OPEN-$p || echo CLOSED-$p; done"
         ))
         .await,
+        unix_socket: ask(format!(
+            "/usr/bin/python3 -c \"import socket; s = socket.socket(socket.AF_UNIX); s.connect('{}'); print(s.recv(99).decode())\" 2>&1",
+            socket.display()
+        ))
+        .await,
+        postgres_socket: ask(format!(
+            "$(ls /usr/lib/postgresql/*/bin/psql | head -1) -h {POSTGRES_SOCKET_DIR} -U postgres -d postgres -Atc \"select 'PG-' || current_user\" 2>&1"
+        ))
+        .await,
+        private_file: ask(format!("cat {} 2>&1", private.display())).await,
         signal: ask(format!("kill -0 {me} 2>/dev/null && echo SIGNALLED || echo SIGNAL-REFUSED")).await,
     };
     // And the agent still works: its own API port is reachable.
     assert_eq!(app.chat(&alice, &alice_session, "hello").await.body["text"], "mock: hello");
     std::fs::remove_dir_all(&run).unwrap();
     std::fs::remove_file(&sibling).unwrap();
+    std::fs::remove_file(&private).unwrap();
+    std::fs::remove_file(&socket).unwrap();
+    // What the agent saw, for the log of a failure and for the isolation notes.
+    eprintln!("{mode:?}: {loot:#?}");
     loot
 }
 
@@ -178,6 +221,14 @@ async fn under_landlock_the_real_clis_agent_reaches_neither_the_service_nor_othe
     assert!(loot.settings_file.contains("Permission denied"), "{}", loot.settings_file);
     assert!(loot.sibling_file.contains("sibling is readable"), "{}", loot.sibling_file);
     assert!(loot.ports.contains("CLOSED-5432") && !loot.ports.contains("OPEN"), "{}", loot.ports);
+    assert!(!loot.unix_socket.contains(UNIX_SECRET), "{}", loot.unix_socket);
+    assert!(loot.unix_socket.contains("PermissionError"), "{}", loot.unix_socket);
+    assert!(!loot.postgres_socket.contains("PG-postgres"), "{}", loot.postgres_socket);
+    if std::path::Path::new(POSTGRES_SOCKET_DIR).join(".s.PGSQL.5432").exists() {
+        assert!(loot.postgres_socket.contains("Permission denied"), "{}", loot.postgres_socket);
+    }
+    assert!(!loot.private_file.contains("private-secret"), "{}", loot.private_file);
+    assert!(loot.private_file.contains("Permission denied"), "{}", loot.private_file);
     assert!(loot.signal.contains("SIGNAL-REFUSED"), "{}", loot.signal);
 }
 
@@ -197,6 +248,11 @@ async fn with_the_sandbox_off_the_same_attacks_reach_what_landlock_keeps_away() 
     assert!(loot.bob_environ.contains("GOT-KEY"), "{}", loot.bob_environ);
     assert!(loot.settings_file.contains("settings-secret"), "{}", loot.settings_file);
     assert!(loot.ports.contains("OPEN-5432") && !loot.ports.contains("CLOSED"), "{}", loot.ports);
+    assert!(loot.unix_socket.contains(UNIX_SECRET), "{}", loot.unix_socket);
+    if std::path::Path::new(POSTGRES_SOCKET_DIR).join(".s.PGSQL.5432").exists() {
+        assert!(loot.postgres_socket.contains("PG-postgres"), "{}", loot.postgres_socket);
+    }
+    assert!(loot.private_file.contains("private-secret"), "{}", loot.private_file);
     assert!(loot.signal.contains("SIGNALLED"), "{}", loot.signal);
 }
 
