@@ -76,7 +76,7 @@ pub fn private_proc() -> bool {
 }
 
 /// In the child between fork and exec: its own mount namespace with a new `/proc` instance
-/// that hides every process it may not ptrace. Best effort: without it the inherited `/proc`
+/// that hides every process it may not ptrace, and an empty `/dev/shm` of its own. Best effort: without it the inherited `/proc`
 /// stays, where the service is still unreadable (non-dumpable) but listed.
 ///
 /// SAFETY (caller): only async-signal-safe syscalls on static strings.
@@ -97,6 +97,14 @@ unsafe fn mount_private_proc() {
             return;
         }
         let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        // Its own /dev/shm: the host's is shared with every session and the host's processes.
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            c"/dev/shm".as_ptr(),
+            c"tmpfs".as_ptr(),
+            flags,
+            c"mode=1777,size=512m".as_ptr().cast(),
+        );
         // `ptraceable` (Linux 5.8) has no group exemption; `hidepid=2` exempts its `gid`, which
         // defaults to 0: root's group would see everything.
         if libc::mount(

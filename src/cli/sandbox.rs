@@ -36,8 +36,12 @@ const SYSTEM_READ: &[&str] =
 const SEARCHED_FOR_PRIVATE: &[&str] = &["/etc", "/opt", "/run"];
 /// Entries looked at by that search, at most (a few thousand on a usual host).
 const PRIVATE_SEARCH_LIMIT: usize = 200_000;
-/// Device nodes (`/dev/null`, `/dev/tty`, …) must be writable.
-const SYSTEM_WRITE: &[&str] = &["/dev"];
+/// The device nodes tools use, readable and writable. Not `/dev` whole: an agent running as
+/// root owns `/dev/tty1`, `/dev/console` and the admins' `/dev/pts/N` (their keystrokes), and
+/// `/dev/shm` is shared with the host's other processes unless the CLI gets its own (see
+/// `process::mount_private_proc`).
+const SYSTEM_WRITE: &[&str] =
+    &["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/shm"];
 
 /// The kernel's Landlock ABI version, if it has Landlock.
 pub fn kernel_abi() -> Option<i64> {

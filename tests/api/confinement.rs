@@ -85,7 +85,7 @@ async fn the_real_cli_works_confined_and_its_tools_cannot_leave_the_users_direct
 /// What Alice's agent (the real CLI's own Bash tool) saw when it went for everything that is
 /// not hers: the service's process, Bob's session, a settings file under /run, the service's
 /// and PostgreSQL's ports, unix sockets (PostgreSQL's and one of the test's), a root-only file
-/// in a system tree, and a signal to the service.
+/// in a system tree, a virtual console, the host's /dev/shm, and a signal to the service.
 #[derive(Debug)]
 struct Loot {
     service_proc: String,
@@ -102,8 +102,15 @@ struct Loot {
     /// A root-owned 0600 file in a readable system tree (where a host keeps e.g. a Redis
     /// password): the agent runs as root too, so only the sandbox keeps it away.
     private_file: String,
+    /// A virtual console (root-owned, 0600: an agent running as root owns it) and a file the
+    /// host left in /dev/shm.
+    console: String,
+    host_shm: String,
     signal: String,
 }
+
+const SHM_SECRET: &str = "host-shm-secret";
+const CONSOLE: &str = "/dev/tty1";
 
 const UNIX_SECRET: &str = "unix-socket-secret";
 const PRIVATE_SECRET: &str = "requirepass private-secret";
@@ -143,6 +150,9 @@ async fn attack(mode: SandboxMode) -> Loot {
     let private = std::path::PathBuf::from(format!("{}-private.conf", run.display()));
     std::fs::write(&private, PRIVATE_SECRET).unwrap();
     std::fs::set_permissions(&private, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let shm = std::path::PathBuf::from(format!("/dev/shm/cah-test-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&shm, SHM_SECRET).unwrap();
+    std::fs::set_permissions(&shm, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let socket = std::path::PathBuf::from(format!("{}.sock", run.display()));
     let _listener = unix_listener(&socket);
 
@@ -194,6 +204,8 @@ async fn attack(mode: SandboxMode) -> Loot {
         ))
         .await,
         private_file: ask(format!("cat {} 2>&1", private.display())).await,
+        console: ask(format!("(exec 3<>{CONSOLE}) 2>&1 && echo CONSOLE-OPEN || echo CONSOLE-REFUSED")).await,
+        host_shm: ask(format!("cat {} 2>&1", shm.display())).await,
         signal: ask(format!("kill -0 {me} 2>/dev/null && echo SIGNALLED || echo SIGNAL-REFUSED")).await,
     };
     // And the agent still works: its own API port is reachable.
@@ -202,6 +214,7 @@ async fn attack(mode: SandboxMode) -> Loot {
     std::fs::remove_file(&sibling).unwrap();
     std::fs::remove_file(&private).unwrap();
     std::fs::remove_file(&socket).unwrap();
+    std::fs::remove_file(&shm).unwrap();
     // What the agent saw, for the log of a failure and for the isolation notes.
     eprintln!("{mode:?}: {loot:#?}");
     loot
@@ -229,12 +242,18 @@ async fn under_landlock_the_real_clis_agent_reaches_neither_the_service_nor_othe
     }
     assert!(!loot.private_file.contains("private-secret"), "{}", loot.private_file);
     assert!(loot.private_file.contains("Permission denied"), "{}", loot.private_file);
+    if std::path::Path::new(CONSOLE).exists() {
+        assert!(loot.console.contains("CONSOLE-REFUSED"), "{}", loot.console);
+        assert!(loot.console.contains("Permission denied"), "{}", loot.console);
+    }
+    assert!(!loot.host_shm.contains(SHM_SECRET), "{}", loot.host_shm);
     assert!(loot.signal.contains("SIGNAL-REFUSED"), "{}", loot.signal);
 }
 
 /// The same attacks with the sandbox off: what is the sandbox's to refuse succeeds, so the test
 /// above tests something. What holds without it holds here too: the service is not dumpable
-/// (its /proc stays closed) and Bob's prompt is in a file, not in his CLI's argv.
+/// (its /proc stays closed), Bob's prompt is in a file, not in his CLI's argv, and the CLI's
+/// /dev/shm is its own.
 #[actix_web::test]
 async fn with_the_sandbox_off_the_same_attacks_reach_what_landlock_keeps_away() {
     let loot = attack(SandboxMode::Off).await;
@@ -253,6 +272,11 @@ async fn with_the_sandbox_off_the_same_attacks_reach_what_landlock_keeps_away() 
         assert!(loot.postgres_socket.contains("PG-postgres"), "{}", loot.postgres_socket);
     }
     assert!(loot.private_file.contains("private-secret"), "{}", loot.private_file);
+    if std::path::Path::new(CONSOLE).exists() {
+        assert!(loot.console.contains("CONSOLE-OPEN"), "{}", loot.console);
+    }
+    // The CLI's own /dev/shm is its mount namespace's, not Landlock's.
+    assert!(!loot.host_shm.contains(SHM_SECRET), "{}", loot.host_shm);
     assert!(loot.signal.contains("SIGNALLED"), "{}", loot.signal);
 }
 
