@@ -336,6 +336,9 @@ pub const DEFAULT_HIDDEN_PATHS: &[&str] = &[
     "/etc/ssl/private",
     "/etc/postgresql",
     "/run/secrets",
+    // Kernel debugging and tracing (0700 root where mounted: an agent running as root owns them).
+    "/sys/kernel/debug",
+    "/sys/kernel/tracing",
 ];
 
 impl Default for SandboxSettings {

@@ -76,8 +76,9 @@ pub fn private_proc() -> bool {
 }
 
 /// In the child between fork and exec: its own mount namespace with a new `/proc` instance
-/// that hides every process it may not ptrace, and an empty `/dev/shm` of its own. Best effort: without it the inherited `/proc`
-/// stays, where the service is still unreadable (non-dumpable) but listed.
+/// that hides every process it may not ptrace, and an empty `/dev/shm` of its own. Best
+/// effort: without it the inherited `/proc` stays, where the service is still unreadable
+/// (non-dumpable) but listed, and `/dev/shm` is the host's.
 ///
 /// SAFETY (caller): only async-signal-safe syscalls on static strings.
 unsafe fn mount_private_proc() {
@@ -193,7 +194,8 @@ struct PathBeneathAttr {
 
 impl Confinement {
     /// In the child between fork and exec: the rule for whatever `/proc` is now, then
-    /// `no_new_privs`, the ruleset and the seccomp filter. Raw syscalls: the crate's calls may allocate.
+    /// `no_new_privs`, the ruleset and the seccomp filter. Raw syscalls: the landlock crate's
+    /// calls may allocate.
     ///
     /// SAFETY (caller): async-signal-safe syscalls only.
     unsafe fn apply(&self) -> std::io::Result<()> {
@@ -303,8 +305,9 @@ pub fn spawn(
     let shedding = shedding();
     let bounding: Vec<libc::c_ulong> = shedding.bounding.iter().map(|c| libc::c_ulong::from(c.index())).collect();
     let private_proc = shedding.private_proc;
-    // SAFETY: only syscalls between fork and exec (prctl, close_range, setrlimit, fchdir, unshare, mount,
-    // capset, Landlock's) on data prepared before the fork; errors are raw OS errors.
+    // SAFETY: only syscalls between fork and exec (prctl, close_range, setrlimit, fchdir,
+    // unshare, mount, capset, Landlock's, seccomp) on data prepared before the fork; errors are
+    // raw OS errors.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
