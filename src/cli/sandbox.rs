@@ -75,19 +75,24 @@ pub fn decide(mode: SandboxMode) -> Result<Option<i64>, String> {
 /// What an agent can still do on a kernel with Landlock ABI `abi` (empty from ABI 9 on);
 /// `unix_filtered`: the seccomp filter refuses unix sockets, whatever the ABI.
 pub fn unconfined_on(abi: i64, unix_filtered: bool) -> Vec<&'static str> {
-    let gaps: [(i64, &str); 6] = [
-        (2, "renames and links across directories (ABI 2, Linux 5.19)"),
-        (3, "truncation of readable files (ABI 3, Linux 6.2)"),
+    // (ABI that closes it, a unix-socket gap the seccomp filter closes too, what stays open)
+    let gaps: [(i64, bool, &str); 6] = [
+        (2, false, "renames and links across directories (ABI 2, Linux 5.19)"),
+        (3, false, "truncation of readable files (ABI 3, Linux 6.2)"),
         (
             4,
+            false,
             "the network: agents may connect to any TCP port, the service's and the database's included (ABI 4, Linux 6.7)",
         ),
-        (6, "signals: agents may signal the service and other sessions (ABI 6, Linux 6.12)"),
-        (6, "abstract unix sockets (ABI 6, Linux 6.12)"),
-        (9, "pathname unix sockets: agents may connect to any socket file they can reach, e.g. a local database's"),
+        (6, false, "signals: agents may signal the service and other sessions (ABI 6, Linux 6.12)"),
+        (6, true, "abstract unix sockets (ABI 6, Linux 6.12)"),
+        (
+            9,
+            true,
+            "pathname unix sockets: agents may connect to any socket file they can reach, e.g. a local database's",
+        ),
     ];
-    let unix = |gap: &str| gap.contains("unix sockets");
-    gaps.iter().filter(|(since, gap)| abi < *since && !(unix_filtered && unix(gap))).map(|(_, gap)| *gap).collect()
+    gaps.iter().filter(|(since, unix, _)| abi < *since && !(unix_filtered && *unix)).map(|(_, _, gap)| *gap).collect()
 }
 
 /// The confinement every session's CLI gets, computed once at start-up.
